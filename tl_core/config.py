@@ -1,0 +1,331 @@
+"""The model spec: one YAML file per model, validated by pydantic.
+
+Every field has a default and a one-line doc. Validation errors name the field path and what
+was expected, e.g. ``gate.calibration.ece_max: must be between 0 and 1, got 1.7``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tl_core.errors import SpecError
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+STRATEGIES = ("frozen", "lora", "partial", "full", "scratch")
+# Cheaper strategies win ties in model selection (DESIGN/issue 4).
+STRATEGY_COST_ORDER = {name: rank for rank, name in enumerate(STRATEGIES)}
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece")
+# Metrics where smaller is better; the gate flips the sign of their deltas.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be 0 or greater, got {value}")
+    return value
+
+
+def _name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            "must be 1-63 characters of lowercase letters, digits, '-' or '_', starting with a letter "
+            f"or digit (it becomes part of S3 keys and DAG ids), got {value!r}"
+        )
+    return value
+
+
+def _store_uri(value: str) -> str:
+    if not (value.startswith("s3://") or value.startswith("file://")):
+        raise ValueError(f"must be a store URI starting with s3:// or file://, got {value!r}")
+    return value
+
+
+Fraction = Annotated[float, AfterValidator(_fraction)]
+PositiveFloat = Annotated[float, AfterValidator(_positive)]
+PositiveInt = Annotated[int, AfterValidator(_positive)]
+NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
+NonNegativeFloat = Annotated[float, AfterValidator(_non_negative)]
+ModelName = Annotated[str, AfterValidator(_name)]
+StoreUri = Annotated[str, AfterValidator(_store_uri)]
+Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class BackboneSpec(_Strict):
+    """Which pretrained network to start from and where its weights come from."""
+
+    library: Literal["timm", "transformers"] = Field("timm", description="timm for images, transformers for text.")
+    name: str = Field("resnet18", description="timm model name or Hugging Face id (or directory).")
+    revision: str = Field("main", description="Hub revision (commit, tag, branch); part of the cache key.")
+    weights: Literal["hub", "local", "store", "none"] = Field(
+        "hub", description="hub: download; local: a path on disk; store: a store URI; none: random init."
+    )
+    path: str | None = Field(None, description="Directory/file (local) or URI (store) holding the weights.")
+    package: str | None = Field(
+        None, description="Python package that ships the weights as a directory (used when path is unset)."
+    )
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra create_model kwargs.")
+    max_length: PositiveInt = Field(128, description="Text: maximum tokens per example.")
+
+    @model_validator(mode="after")
+    def _path_required(self) -> BackboneSpec:
+        if self.weights in ("local", "store") and not (self.path or self.package):
+            raise ValueError(f"weights={self.weights!r} needs 'path' (or 'package'); set backbone.path")
+        if self.weights == "store" and self.path and not self.path.startswith(("s3://", "file://")):
+            raise ValueError(f"weights='store' needs a store URI in path, got {self.path!r}")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where production-labeled partitions live and how the window and split are drawn."""
+
+    root: StoreUri = Field("file://.tl/data", description="Store URI holding <dataset>/dt=YYYY-MM-DD/*.parquet.")
+    dataset: str = Field("default", description="Dataset folder under the data root.")
+    window_days: PositiveInt = Field(14, description="A run for date D reads partitions in [D - window_days, D].")
+    input_column: str = Field("text", description="Input column: text, image or image_uri.")
+    slice_columns: list[str] = Field(default_factory=list, description="Columns whose values define slices.")
+    slice_crosses: list[list[str]] = Field(default_factory=list, description="Pairs of slice columns to cross.")
+    min_examples_per_class: PositiveInt = Field(10, description="Fewer examples in a class is a blocking finding.")
+    max_unknown_label_fraction: Fraction = Field(
+        0.01, description="Rows with labels outside the label set beyond this fraction block the run."
+    )
+    test_days: PositiveInt = Field(2, description="The newest labeling days that form the test set.")
+    validation_fraction: Fraction = Field(0.15, description="Share of the non-test rows used for validation.")
+    calibration_fraction: Fraction = Field(0.15, description="Share of the non-test rows used for calibration.")
+    near_duplicate_bits: NonNegativeInt = Field(4, description="Image perceptual-hash Hamming distance for near-dups.")
+    split_seed: NonNegativeInt = Field(0, description="Seed for the deterministic split.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> DataSpec:
+        total = self.validation_fraction + self.calibration_fraction
+        if total >= 0.9:
+            raise ValueError(
+                "validation_fraction + calibration_fraction must be below 0.9 to leave rows for training, "
+                f"got {total:.2f}"
+            )
+        return self
+
+
+class LoraSpec(_Strict):
+    """peft LoRA settings."""
+
+    r: PositiveInt = Field(8, description="Adapter rank.")
+    alpha: PositiveFloat = Field(16.0, description="Scaling numerator (scale = alpha / r).")
+    dropout: Fraction = Field(0.05, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; None picks per architecture.")
+
+
+class TrainSpec(_Strict):
+    """The fine-tuning recipe shared by all gradient-trained strategies."""
+
+    strategies: list[Literal["frozen", "lora", "partial", "full", "scratch"]] = Field(
+        default=["frozen", "lora"], description="Transfer strategies to train; all are compared."
+    )
+    seed: NonNegativeInt = Field(0, description="Seed for weights, sampling and augmentation.")
+    epochs: PositiveInt = Field(6, description="Maximum epochs after warm-up.")
+    warmup_epochs: NonNegativeInt = Field(1, description="Head-only epochs before unfreezing.")
+    batch_size: PositiveInt = Field(32, description="Training batch size.")
+    eval_batch_size: PositiveInt = Field(128, description="Batch size for embedding and evaluation.")
+    lr: PositiveFloat = Field(1e-3, description="Learning rate of the head; lower layers decay from it.")
+    backbone_lr: PositiveFloat = Field(1e-4, description="Learning rate of the top backbone block.")
+    layer_decay: Fraction = Field(0.8, description="Per-block learning-rate decay going down the backbone.")
+    weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay (not on norms and biases).")
+    warmup_fraction: Fraction = Field(0.1, description="Share of steps with linear LR warm-up before cosine.")
+    grad_clip: PositiveFloat = Field(1.0, description="Gradient-norm clipping.")
+    patience: PositiveInt = Field(2, description="Early-stopping patience in epochs on the validation metric.")
+    partial_blocks: PositiveInt = Field(2, description="partial: number of top blocks to unfreeze.")
+    class_weighting: Literal["balanced", "none"] = Field("balanced", description="Loss weights for imbalance.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
+    frozen_c_grid: list[PositiveFloat] = Field(
+        default=[0.01, 0.1, 1.0, 10.0], description="Logistic-regression C values tried on validation."
+    )
+    primary_metric: Metric = Field("macro_f1", description="Validation metric for early stopping and selection.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    compile: bool = Field(False, description="torch.compile the model (GPU workers).")
+    max_train_examples: PositiveInt | None = Field(None, description="Cap on training rows (demo/CI).")
+
+
+class CalibrationGate(_Strict):
+    """Calibration requirements after temperature scaling."""
+
+    ece_max: Fraction = Field(0.1, description="Absolute ceiling on the candidate's ECE after temperature.")
+    ece_tolerance: Fraction = Field(0.02, description="Candidate ECE may exceed the champion's by at most this.")
+
+
+class GateSpec(_Strict):
+    """The promotion policy. Thresholds live only here."""
+
+    confidence: Fraction = Field(0.95, description="Two-sided confidence level of the bootstrap intervals.")
+    n_bootstrap: PositiveInt = Field(1000, description="Paired bootstrap replicates.")
+    bootstrap_seed: NonNegativeInt = Field(0, description="Seed of the bootstrap resampling.")
+    margins: dict[Metric, NonNegativeFloat] = Field(
+        default={"macro_f1": 0.02, "accuracy": 0.02},
+        description="Non-inferiority margin per metric on the bound of candidate - champion.",
+    )
+    slice_metrics: list[Metric] = Field(
+        default=["macro_f1"], description="Metrics checked per slice (overall uses margins)."
+    )
+    correction: Literal["holm", "bonferroni", "none"] = Field("holm", description="Multiple-comparison correction.")
+    min_slice_size: PositiveInt = Field(30, description="Slices smaller than this are 'insufficient data'.")
+    insufficient_slice: Literal["fail", "warn"] = Field("warn", description="What an insufficient slice does.")
+    required_slices: list[str] = Field(
+        default_factory=list, description="Slices ('col=value') that must be present in the test set."
+    )
+    calibration: CalibrationGate = Field(default_factory=CalibrationGate, description="Calibration limits.")
+    absolute_minimums: dict[Metric, Fraction] = Field(
+        default={"macro_f1": 0.5}, description="Floors that apply always (and alone on bootstrap)."
+    )
+    must_beat_majority: bool = Field(True, description="Candidate must beat the majority-class predictor.")
+    must_match_frozen: bool = Field(True, description="A fine-tuned candidate must not be worse than frozen.")
+
+
+class ApprovalSpec(_Strict):
+    """Human approval in Airflow."""
+
+    assigned_users: list[str] = Field(default=["admin"], description="Who may approve.")
+    response_timeout_hours: PositiveFloat = Field(24.0, description="No answer within this means no promotion.")
+
+
+class ExportSpec(_Strict):
+    """ONNX export and parity."""
+
+    opset: PositiveInt = Field(18, description="ONNX opset (17 or newer).")
+    max_abs_logit_diff: PositiveFloat = Field(1e-4, description="Parity: torch vs onnxruntime logit tolerance.")
+    max_ece_diff: PositiveFloat = Field(1e-3, description="Parity: ECE difference tolerance.")
+    quantize_int8: bool = Field(False, description="Also produce an int8 dynamically quantized artifact.")
+    int8_tolerance: Fraction = Field(0.01, description="int8 accuracy/ECE may differ from fp32 by at most this.")
+
+    @model_validator(mode="after")
+    def _opset(self) -> ExportSpec:
+        if self.opset < 17:
+            raise ValueError(f"opset must be 17 or newer, got {self.opset}")
+        return self
+
+
+class ModelSpec(_Strict):
+    """One model/project: everything a retrain run needs."""
+
+    name: ModelName = Field("model", description="Model name; part of S3 keys and DAG ids.")
+    modality: Literal["text", "image"] = Field("text", description="Input modality.")
+    description: str = Field("", description="Free text shown in the UI.")
+    labels: list[str] = Field(default_factory=list, description="The label set, in output order.")
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="Pretrained backbone.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Data location, window and split.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training recipe.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="Promotion policy.")
+    export: ExportSpec = Field(default_factory=ExportSpec, description="ONNX export and parity.")
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec, description="Human approval.")
+    store: StoreUri = Field("file://.tl/store", description="Store URI for runs/ and (by default) registry/.")
+    registry: StoreUri | None = Field(None, description="Registry root; defaults to the store.")
+    schedule: str | None = Field("@daily", description="Airflow schedule of retrain_<name>; null for manual.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if len(self.labels) < 2:
+            raise ValueError(f"labels must list at least 2 classes, got {len(self.labels)}")
+        if len(set(self.labels)) != len(self.labels):
+            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            raise ValueError(f"labels must be unique, got duplicates {dupes}")
+        expected = "transformers" if self.modality == "text" else "timm"
+        if self.backbone.library != expected:
+            raise ValueError(
+                f"backbone.library must be {expected!r} for modality {self.modality!r}, got {self.backbone.library!r}"
+            )
+        if self.modality == "text" and self.data.input_column != "text":
+            raise ValueError(f"data.input_column must be 'text' for text models, got {self.data.input_column!r}")
+        if self.modality == "image" and self.data.input_column not in ("image", "image_uri"):
+            raise ValueError(
+                f"data.input_column must be 'image' or 'image_uri' for image models, got {self.data.input_column!r}"
+            )
+        for cross in self.data.slice_crosses:
+            unknown = [c for c in cross if c not in self.data.slice_columns]
+            if unknown or len(cross) != 2:
+                raise ValueError(
+                    f"data.slice_crosses entries must be pairs of slice_columns, got {cross} "
+                    f"(slice_columns: {self.data.slice_columns})"
+                )
+        if not self.train.strategies:
+            raise ValueError("train.strategies must name at least one strategy")
+        return self
+
+    @property
+    def registry_root(self) -> str:
+        return self.registry or self.store
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form; recorded with every artifact the spec produced."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def _format_error(err: Any) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<spec>"
+    msg: str = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field; remove it or check its spelling"
+    elif err["type"] == "missing":
+        msg = "is required"
+    else:
+        msg = f"{msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
+    return f"{path}: {msg}"
+
+
+def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> ModelSpec:
+    """Validate a spec mapping; raise SpecError naming every bad field path."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a spec must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise SpecError(f"{source}: invalid model spec:\n  " + "\n  ".join(lines)) from None
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Load and validate one YAML spec file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file not found: {p} (expected a YAML file such as configs/support-tickets.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{p}: not valid YAML: {exc}") from None
+    return parse_spec(raw, source=str(p))
+
+
+def load_specs(directory: str | Path) -> list[ModelSpec]:
+    """Every spec in a directory, sorted by file name; names must be unique."""
+    specs = [load_spec(p) for p in sorted(Path(directory).glob("*.yaml"))]
+    seen: dict[str, int] = {}
+    for s in specs:
+        seen[s.name] = seen.get(s.name, 0) + 1
+    dupes = [n for n, c in seen.items() if c > 1]
+    if dupes:
+        raise SpecError(f"{directory}: model names must be unique across specs, duplicated: {dupes}")
+    return specs

@@ -1,0 +1,42 @@
+"""Exceptions shared across tl_core. Each carries the observed value and the constraint."""
+
+from __future__ import annotations
+
+
+class TLError(Exception):
+    """Base class for every error tl_core raises on purpose."""
+
+
+class SpecError(TLError, ValueError):
+    """A model spec failed validation; the message lists every field path and the fix."""
+
+
+class StoreError(TLError):
+    """An object-store operation failed."""
+
+
+class NoSuchBucket(StoreError):
+    """The bucket (s3) or root directory (file) does not exist."""
+
+
+class NoSuchKey(StoreError, KeyError):
+    """The key does not exist in the store."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class AccessDenied(StoreError):
+    """The credentials in use may not perform the operation."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the key exists (create-only) or its etag changed (compare-and-swap)."""
+
+
+class DataError(TLError, ValueError):
+    """Input data violates the data contract (schema, labels, window)."""
+
+
+class BlockingAuditFinding(DataError):
+    """The data audit found a blocking problem; the run must stop."""
