@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from tl_core.cliutil import emit
 from tl_core.errors import TLError
 
 logger = logging.getLogger(__name__)
@@ -16,12 +16,15 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _emit(args: argparse.Namespace, payload: Any, text: str | None = None) -> None:
-    """Print JSON with --json, else the human text (or JSON when there is none)."""
-    if getattr(args, "json", False) or text is None:
-        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        sys.stdout.write(text.rstrip("\n") + "\n")
+# Each area adds its own subcommands (handlers import their heavy dependencies lazily).
+COMMAND_MODULES = (
+    "tl_core.data.commands",
+    "tl_core.train.commands",
+    "tl_core.export.commands",
+    "tl_core.evaluate.commands",
+    "tl_core.registry_commands",
+    "tl_core.ops_commands",
+)
 
 
 def cmd_validate_spec(args: argparse.Namespace) -> int:
@@ -29,7 +32,7 @@ def cmd_validate_spec(args: argparse.Namespace) -> int:
 
     for path in args.spec:
         spec = load_spec(path)
-        _emit(
+        emit(
             args,
             {"spec": path, "name": spec.name, "valid": True, "fingerprint": spec.fingerprint()},
             f"{path}: OK (model {spec.name!r}, {spec.modality}, strategies {', '.join(spec.train.strategies)})",
@@ -48,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="+", help="path to a spec YAML file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_validate_spec)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
 
     return parser
 
