@@ -70,7 +70,7 @@ class RunContext:
 
     def write_npz(self, rel: str, **arrays: np.ndarray) -> str:
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         self.store.put_bytes(self.key(rel), buf.getvalue())
         return self.uri(rel)
 
