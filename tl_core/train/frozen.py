@@ -1,0 +1,146 @@
+"""The frozen-backbone baseline: cached embeddings + a multinomial logistic-regression head.
+
+Embeddings are computed once in inference mode and cached in the store, keyed by backbone id and
+revision, the preprocessing config and each example's content hash; a nightly run embeds only the
+examples it has not seen. Cache layout: ``cache/embeddings/<cache_key>/<shard>.npz`` with arrays
+``content_hash`` and ``embedding``; each run adds one shard with what it embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tl_core.config import ModelSpec
+from tl_core.models.backbones import Backbone, Classifier
+from tl_core.store import ObjectStore, join_key
+from tl_core.train.data import Encoded, iterate
+from tl_core.train.finetune import choose_device, macro_f1
+
+logger = logging.getLogger(__name__)
+
+
+def cache_key(spec: ModelSpec, preprocessing: dict[str, Any]) -> str:
+    ident = {
+        "library": spec.backbone.library, "name": spec.backbone.name, "revision": spec.backbone.revision,
+        "weights": spec.backbone.weights, "path": spec.backbone.path, "model_kwargs": spec.backbone.model_kwargs,
+        "preprocessing": preprocessing,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    embed_s: float = 0.0
+
+
+class EmbeddingCache:
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self.store, self.prefix = store, join_key("cache", "embeddings", key)
+        self._table: dict[str, np.ndarray] | None = None
+
+    def table(self) -> dict[str, np.ndarray]:
+        if self._table is None:
+            self._table = {}
+            for shard in self.store.list(self.prefix + "/"):
+                with np.load(io.BytesIO(self.store.get_bytes(shard)), allow_pickle=False) as z:
+                    for h, e in zip(z["content_hash"].tolist(), z["embedding"], strict=True):
+                        self._table[h] = e
+        return self._table
+
+    def add(self, shard_name: str, hashes: list[str], embeddings: np.ndarray) -> None:
+        if not hashes:
+            return
+        buf = io.BytesIO()
+        np.savez(buf, content_hash=np.array(hashes), embedding=embeddings.astype(np.float32))
+        self.store.put_bytes(join_key(self.prefix, f"{shard_name}.npz"), buf.getvalue())
+        table = self.table()
+        for h, e in zip(hashes, embeddings, strict=True):
+            table[h] = e
+
+
+@torch.inference_mode()
+def embed(model: Classifier, data: Encoded, batch_size: int, device: torch.device, pad_id: int,
+          transform: Any) -> np.ndarray:
+    model.eval().to(device)
+    out = np.zeros((len(data), model.head.in_features), dtype=np.float32)
+    for idx, inputs in iterate(data, batch_size, False, None, pad_id, transform):
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                feats = model.features(*(x.to(device) for x in inputs))
+        else:
+            feats = model.features(*inputs)
+        out[idx] = feats.float().cpu().numpy()
+    return out
+
+
+def embed_with_cache(model: Classifier, backbone: Backbone, spec: ModelSpec, data: Encoded, hashes: list[str],
+                     cache: EmbeddingCache, shard_name: str, transform: Any, stats: CacheStats) -> np.ndarray:
+    table = cache.table()
+    missing = [i for i, h in enumerate(hashes) if h not in table]
+    stats.hits += len(hashes) - len(missing)
+    stats.misses += len(missing)
+    if missing:
+        sub = Encoded(data.kind, [data.ids[i] for i in missing], [data.values[i] for i in missing],
+                      data.labels[missing])
+        t0 = time.perf_counter()
+        pad_id = int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0)
+        device = choose_device(spec.train.device)
+        new = embed(model, sub, spec.train.eval_batch_size, device, pad_id, transform)
+        stats.embed_s += time.perf_counter() - t0
+        # One shard per (run, split); unique hashes only.
+        uniq: dict[str, int] = {}
+        for j, i in enumerate(missing):
+            uniq.setdefault(hashes[i], j)
+        cache.add(shard_name, list(uniq), new[list(uniq.values())])
+    return np.stack([table[h] for h in hashes]) if hashes else np.zeros((0, model.head.in_features), np.float32)
+
+
+def fit_head(spec: ModelSpec, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+             y_val: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Standardise, fit multinomial logistic regression per C, keep the best on validation macro-F1.
+
+    Returns head weight (C x D) and bias with the standardisation folded in, and the score per C.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    num_classes = len(spec.labels)
+    mean = x_train.mean(0)
+    std = x_train.std(0) + 1e-6
+    xs, xv = (x_train - mean) / std, (x_val - mean) / std
+    weight_mode = "balanced" if spec.train.class_weighting == "balanced" else None
+    best: tuple[float, Any] = (-1.0, None)
+    scores: dict[str, float] = {}
+    for c in spec.train.frozen_c_grid:
+        clf = LogisticRegression(C=c, max_iter=2000, class_weight=weight_mode, random_state=spec.train.seed)
+        clf.fit(xs, y_train)
+        logits = np.zeros((len(xv), num_classes))
+        logits[:, clf.classes_] = clf.decision_function(xv).reshape(len(xv), -1) if len(clf.classes_) > 2 else 0
+        if len(clf.classes_) == 2:  # binary sklearn returns one column: logit of the second class
+            logits[:, clf.classes_[1]] = clf.decision_function(xv)
+        score = macro_f1(y_val, logits.argmax(1), num_classes)
+        scores[str(c)] = score
+        if score > best[0]:
+            best = (score, clf)
+    clf = best[1]
+    coef = np.zeros((num_classes, x_train.shape[1]))
+    intercept = np.full(num_classes, -1e4)  # classes never seen in training are never predicted
+    if len(clf.classes_) == 2:
+        coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+        intercept[clf.classes_[0]] = 0.0
+    else:
+        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    # Fold standardisation into the linear head: w'x + b' == w((x - mean)/std) + b
+    weight = coef / std
+    bias = intercept - (coef * (mean / std)).sum(1)
+    return weight.astype(np.float32), bias.astype(np.float32), scores
