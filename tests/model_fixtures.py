@@ -58,7 +58,6 @@ def text_examples(n_per_class: int = 40, seed: int = 0) -> pd.DataFrame:
 
 def digit_png(value: int, rng: np.random.Generator) -> bytes:
     from PIL import Image
-
     from sklearn.datasets import load_digits
 
     digits = load_digits()

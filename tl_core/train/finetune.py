@@ -257,7 +257,7 @@ def finetune(
             nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
             optimizer.step()
             scheduler.step()
-            running += float(loss) * len(idx)
+            running += float(loss.detach()) * len(idx)
             count += len(idx)
             bar.update(len(idx))
             bar.set_postfix(loss=f"{running / count:.4f}")

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
+
+from tl_core.config import parse_spec
+from tl_core.errors import DataError
+from tl_core.models.artifacts import load_model_dir
+from tl_core.models.backbones import Classifier, load_backbone
+from tl_core.store import local_copy
+from tl_core.train.data import encode_split
+from tl_core.train.finetune import apply_lora, finetune, macro_f1, merge_lora
+from tl_core.train.run import run_select, run_train
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert_dir(tmp_path_factory.mktemp("models"))
+
+
+def test_macro_f1_matches_sklearn() -> None:
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    assert macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, average="macro"))
+    y2 = np.array([0, 0, 1, 1])  # a class absent from both is ignored, as in sklearn
+    assert macro_f1(y2, np.array([0, 1, 1, 1]), 3) == pytest.approx(f1_score(y2, [0, 1, 1, 1], average="macro"))
+
+
+def test_every_text_strategy_beats_chance(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir)
+    ctx = make_run(spec, text_examples())
+    for strategy in spec.train.strategies:
+        run_train(ctx, strategy)
+        report = ctx.read_json(f"models/{strategy}/train_report.json")
+        assert report["val_metric"] > 0.5, (strategy, report["val_metric"])  # chance is ~0.33 for 3 classes
+        test = ctx.read_npz(f"models/{strategy}/logits/test.npz")
+        assert test["logits"].shape == (len(test["example_id"]), 3)
+        if strategy != "frozen":
+            assert len(report["curves"]) >= 2 and report["curves"][0]["epoch"] == 1
+    candidate = ctx.read_json("candidate.json") if run_select(ctx) else None
+    assert candidate is not None and candidate["selected"] != "scratch"
+    best = max(v["val_metric"] for k, v in candidate["strategies"].items() if k != "scratch")
+    assert candidate["strategies"][candidate["selected"]]["val_metric"] == best
+
+
+def test_image_strategies_beat_chance(tmp_path: Path) -> None:
+    spec = image_spec(tmp_path.as_uri(), strategies=["frozen", "full", "scratch"], epochs=6, lr=0.01,
+                      backbone_lr=0.01)
+    ctx = make_run(spec, image_examples(n_per_class=60))
+    for strategy in spec.train.strategies:
+        run_train(ctx, strategy)
+        assert ctx.read_json(f"models/{strategy}/train_report.json")["val_metric"] > 0.5
+
+
+def test_saved_model_reloads_with_same_logits(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["lora"], epochs=1)
+    ctx = make_run(spec, text_examples())
+    run_train(ctx, "lora")
+    with local_copy(ctx.store, ctx.model_key("lora")) as model_dir:
+        loaded = load_model_dir(model_dir)
+        assert loaded.preprocessing == {"kind": "text", "max_length": 16}
+        df = text_examples()
+        test = df[df["split"] == "test"].reset_index(drop=True)
+        enc = encode_split(test, "text", spec.labels, loaded.preprocessing, loaded.tokenizer)
+        from tl_core.train.data import collate
+
+        with torch.no_grad():
+            logits = loaded.model(*collate(enc, np.arange(len(enc)), 0)).numpy()
+    stored = ctx.read_npz("models/lora/logits/test.npz")
+    assert list(stored["example_id"]) == list(test["example_id"])
+    torch.testing.assert_close(torch.from_numpy(logits), torch.from_numpy(stored["logits"]), atol=1e-4, rtol=1e-4)
+
+
+def test_training_is_bit_for_bit_repeatable(tmp_path: Path, bert_dir: Path) -> None:
+    weights = []
+    for i in range(2):
+        spec = text_spec((tmp_path / str(i)).as_uri(), bert_dir, strategies=["full"], epochs=2)
+        ctx = make_run(spec, text_examples())
+        run_train(ctx, "full")
+        weights.append(ctx.store.get_bytes(ctx.model_key("full", "model.safetensors")))
+    assert weights[0] == weights[1]
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _tiny_setup(bert_dir: Path, tmp_path: Path, strategy: str):
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=[strategy], epochs=3, warmup_epochs=1, patience=10)
+    torch.manual_seed(spec.train.seed)  # as run_train does: the head's init is part of the run
+    backbone = load_backbone(spec)
+    model = Classifier(backbone.module, backbone.kind, backbone.num_features, 3)
+    df = text_examples()
+    enc = {s: encode_split(df[df["split"] == s].reset_index(drop=True), "text", spec.labels, backbone.preprocessing,
+                           backbone.tokenizer) for s in ("train", "validation")}
+    return spec, backbone, model, enc
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_kill_and_resume_gives_same_weights(tmp_path: Path, bert_dir: Path, strategy: str) -> None:
+    spec, backbone, model, enc = _tiny_setup(bert_dir, tmp_path, strategy)
+    straight = finetune(model, backbone, strategy, spec, enc["train"], enc["validation"], (None, None),
+                        lambda: None, lambda blob: None)
+
+    saved: list[bytes] = []
+
+    def save_then_die(blob: bytes) -> None:
+        saved.append(blob)
+        if len(saved) == 2:  # the task is killed right after its second epoch's checkpoint
+            raise Killed("worker lost")
+
+    spec, backbone, model, enc = _tiny_setup(bert_dir, tmp_path, strategy)
+    with pytest.raises(Killed):
+        finetune(model, backbone, strategy, spec, enc["train"], enc["validation"], (None, None), lambda: None,
+                 save_then_die)
+    spec, backbone, model, enc = _tiny_setup(bert_dir, tmp_path, strategy)
+    resumed = finetune(model, backbone, strategy, spec, enc["train"], enc["validation"], (None, None),
+                       lambda: saved[-1], lambda blob: None)
+    assert resumed.resumed_from_epoch == 2
+    assert [c["epoch"] for c in resumed.curves] == [c["epoch"] for c in straight.curves]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_lora_merge_matches_adapter(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["lora"])
+    backbone = load_backbone(spec)
+    model = Classifier(backbone.module, backbone.kind, backbone.num_features, 3)
+    apply_lora(model, backbone, spec)
+    with torch.no_grad():  # make the adapters non-zero so the merge has something to fold
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    df = text_examples()
+    enc = encode_split(df.head(12), "text", spec.labels, backbone.preprocessing, backbone.tokenizer)
+    from tl_core.train.data import collate
+
+    inputs = collate(enc, np.arange(len(enc)), 0)
+    model.eval()
+    with torch.no_grad():
+        before = model(*inputs)
+        merged = merge_lora(model)
+        after = merged(*inputs)
+    assert not any("lora_" in k for k in merged.state_dict())
+    assert set(merged.state_dict()) == set(Classifier(load_backbone(spec).module, "transformers", 32, 3).state_dict())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_cache_hits_unchanged_and_misses_changed(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["frozen"])
+    df = text_examples()
+    ctx1 = make_run(spec, df, "run-1")
+    run_train(ctx1, "frozen")
+    first = ctx1.read_json("models/frozen/train_report.json")["cache"]
+    assert first["hits"] == 0 and first["misses"] == len(df)
+    changed = df.copy()
+    changed.loc[:9, "text"] = changed.loc[:9, "text"] + " refund please"
+    ctx2 = make_run(spec, changed, "run-2")
+    run_train(ctx2, "frozen")
+    second = ctx2.read_json("models/frozen/train_report.json")["cache"]
+    assert second["misses"] == 10 and second["hits"] == len(df) - 10
+    # Cached embeddings give the same logits as computing afresh.
+    fresh_spec = parse_spec({**spec.model_dump(mode="json"), "store": (tmp_path / "fresh").as_uri()})
+    ctx3 = make_run(fresh_spec, changed, "run-2")
+    run_train(ctx3, "frozen")
+    np.testing.assert_allclose(ctx2.read_npz("models/frozen/logits/test.npz")["logits"],
+                               ctx3.read_npz("models/frozen/logits/test.npz")["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_rerun_of_finished_strategy_is_idempotent(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["frozen"])
+    ctx = make_run(spec, text_examples())
+    run_train(ctx, "frozen")
+    etag = ctx.store.etag(ctx.model_key("frozen", "model.safetensors"))
+    run_train(ctx, "frozen")
+    assert ctx.store.etag(ctx.model_key("frozen", "model.safetensors")) == etag
+
+
+def test_errors(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["frozen"])
+    ctx = make_run(spec, text_examples())
+    with pytest.raises(ValueError, match="strategy 'full' is not in train.strategies"):
+        run_train(ctx, "full")
+    with pytest.raises(DataError, match="has no train_report.json"):
+        run_select(ctx)
+    empty = make_run(spec, text_examples().assign(split="test"), "empty")
+    with pytest.raises(DataError, match="the train split is empty"):
+        run_train(empty, "frozen")
+    from tl_core.runs import RunContext
+    from tl_core.store import FileStore
+
+    missing = RunContext(spec=spec, store=FileStore(tmp_path / "nothing"), run_id="r")
+    with pytest.raises(DataError, match="split/examples.parquet is missing"):
+        run_train(missing, "frozen")
+
+
+def test_select_prefers_cheaper_on_ties(tmp_path: Path, bert_dir: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["full", "lora", "frozen", "scratch"])
+    ctx = make_run(spec, text_examples())
+    for s, score in {"full": 0.9, "lora": 0.9, "frozen": 0.8, "scratch": 0.95}.items():
+        ctx.write_json(f"models/{s}/train_report.json", {"val_metric": score})
+    run_select(ctx)
+    assert ctx.read_json("candidate.json")["selected"] == "lora"
+
+
+@pytest.mark.slow
+def test_real_minilm_frozen_and_lora(tmp_path: Path) -> None:
+    """The real pretrained all-MiniLM-L6-v2 on a few hundred examples: frozen and LoRA both learn."""
+    from model_fixtures import MINILM_DIR
+
+    spec = text_spec(tmp_path.as_uri(), MINILM_DIR, strategies=["frozen", "lora"], epochs=2, lr=0.005,
+                     backbone_lr=0.001)
+    ctx = make_run(spec, text_examples(n_per_class=100))
+    for s in ("frozen", "lora"):
+        run_train(ctx, s)
+        assert ctx.read_json(f"models/{s}/train_report.json")["val_metric"] > 0.8
