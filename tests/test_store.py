@@ -118,8 +118,11 @@ def test_missing_bucket(moto_server: str) -> None:
 
 
 def test_missing_file_root(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "absent", create=False)
     with pytest.raises(NoSuchBucket, match="does not exist"):
-        FileStore(tmp_path / "absent", create=False)
+        store.get_bytes("x")
+    with pytest.raises(NoSuchBucket, match="does not exist"):
+        store.list()
 
 
 def test_access_denied_s3(moto_server: str, s3_bucket: str) -> None:

@@ -89,8 +89,6 @@ class FileStore:
         self.root = Path(root).resolve()
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
-        elif not self.root.is_dir():
-            raise NoSuchBucket(f"store root {self.root} does not exist (expected a directory)")
         self.uri = uri or self.root.as_uri()
 
     def _path(self, key: str) -> Path:

@@ -1,9 +1,65 @@
-"""`tl` subcommands of this area."""
+"""`tl train`, `tl select`, `tl pretrain-source`."""
 
 from __future__ import annotations
 
 import argparse
 
+from tl_core.cliutil import add_spec_run, emit
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tl_core.config import load_spec
+    from tl_core.pipeline import step_select, step_train
+    from tl_core.store import new_run_id
+
+    run_id = args.run or new_run_id()
+    strategies = args.strategy or load_spec(args.spec).train.strategies
+    if args.device:
+        import os
+
+        os.environ["TL_DEVICE"] = args.device
+    uris = {s: step_train(args.spec, run_id, s) for s in strategies}
+    candidate = step_select(args.spec, run_id) if not args.strategy else None
+    emit(args, {"run": run_id, "models": uris, "candidate": candidate},
+         "\n".join([f"run {run_id}"] + [f"  {s}: {u}" for s, u in uris.items()] +
+                   ([f"  candidate: {candidate}"] if candidate else [])))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from tl_core.pipeline import step_select
+
+    emit(args, {"candidate": step_select(args.spec, args.run)})
+    return 0
+
+
+def cmd_pretrain_source(args: argparse.Namespace) -> int:
+    from tl_core.config import load_spec
+    from tl_core.train.pretrain_source import pretrain_source
+
+    result = pretrain_source(load_spec(args.spec), per_class=args.per_class, epochs=args.epochs, seed=args.seed)
+    last = result["history"][-1]
+    emit(args, result, f"pretrained source backbone written to {result['uri']} "
+                       f"({result['examples']} glyphs, final train accuracy {last['accuracy']:.3f}, "
+                       f"{result['wall_s']:.1f}s)")
+    return 0
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register this area's subcommands."""
+    p = sub.add_parser("train", help="train the spec's strategies (or --strategy) on a run's split and select")
+    add_spec_run(p, run_required=False)
+    p.add_argument("--strategy", action="append", help="train only this strategy (repeatable); skips selection")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="force the device (default: CUDA when present)")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("select", help="pick the run's candidate from the trained strategies")
+    add_spec_run(p)
+    p.set_defaults(handler=cmd_select)
+
+    p = sub.add_parser("pretrain-source", help="demo: pretrain the image backbone on rendered digit glyphs")
+    p.add_argument("--spec", required=True, help="image model spec whose backbone.path receives the weights")
+    p.add_argument("--per-class", type=int, default=300, help="glyphs per digit")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_pretrain_source)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | 
 
 
 def choose_device(preference: str) -> torch.device:
+    """CUDA when present (train.device 'auto'); TL_DEVICE (set by `tl train --device`) overrides the spec."""
+    preference = os.environ.get("TL_DEVICE", preference)
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
