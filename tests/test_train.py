@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
 
+from model_fixtures import image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
 from tl_core.config import parse_spec
 from tl_core.errors import DataError
 from tl_core.models.artifacts import load_model_dir

@@ -49,8 +49,9 @@ def render_glyphs(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         font = ImageFont.truetype(fonts[rng.integers(len(fonts))], int(rng.integers(18, 30)))
         canvas = Image.new("L", (48, 48), 0)
         draw = ImageDraw.Draw(canvas)
-        draw.text((24.0 + float(rng.integers(-4, 5)), 24.0 + float(rng.integers(-4, 5))), str(digit), fill=255, font=font, anchor="mm",
-                  stroke_width=int(rng.integers(0, 2)), stroke_fill=255)
+        xy = (24.0 + float(rng.integers(-4, 5)), 24.0 + float(rng.integers(-4, 5)))
+        draw.text(xy, str(digit), fill=255, font=font, anchor="mm", stroke_width=int(rng.integers(0, 2)),
+                  stroke_fill=255)
         canvas = canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             canvas = canvas.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
