@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tl_core.errors import TLError
+from tl_core.evaluate.metrics import ece
 from tl_core.models.artifacts import LoadedModel, load_model_dir
 from tl_core.runs import RunContext
 from tl_core.store import local_copy
@@ -68,22 +69,6 @@ def export_onnx(loaded: LoadedModel, temperature: float, sample: tuple[torch.Ten
         torch.onnx.export(wrapper, sample, str(path), input_names=names, output_names=["logits", "probabilities"],
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
     onnx.checker.check_model(str(path), full_check=True)
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error with equal-width confidence bins."""
-    if len(labels) == 0:
-        return 0.0
-    conf = probs.max(1)
-    correct = (probs.argmax(1) == labels).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(total)
 
 
 def onnx_inputs(kind: str, batch: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
