@@ -66,3 +66,44 @@ def step_gate(spec_path: str, run_id: str) -> dict[str, Any]:
     from tl_core.evaluate.run import run_gate
 
     return run_gate(_ctx(spec_path, run_id))
+
+
+def step_register(spec_path: str, run_id: str, shadow: bool) -> str:
+    from tl_core.registry import Registry
+
+    ctx = _ctx(spec_path, run_id)
+    return Registry.for_spec(ctx.spec).register(ctx, shadow=shadow)
+
+
+def step_check_evidence(spec_path: str, run_id: str, expected_hash: str) -> str:
+    """Refuse when anything the gate decided on changed since (champion pointer, candidate files, reports)."""
+    from tl_core.evaluate.run import current_evidence_hash
+    from tl_core.registry import RegistryError
+
+    current = current_evidence_hash(_ctx(spec_path, run_id))
+    if current != expected_hash:
+        raise RegistryError(
+            f"run {run_id}: the evidence changed since the gate decided (hash {expected_hash[:12]}... now "
+            f"{current[:12]}...): the champion pointer, the candidate's files or the reports were modified; re-run"
+        )
+    return current
+
+
+def step_promote(spec_path: str, version: str, expect_champion: str | None, approval: dict[str, Any], actor: str,
+                 evidence_hash: str | None = None) -> dict[str, Any]:
+    from tl_core.registry import Registry
+
+    return Registry.for_spec(load_spec(spec_path)).promote(version, expect_champion, approval, actor,
+                                                           approval.get("comment", ""), evidence_hash)
+
+
+def step_reject(spec_path: str, run_id: str, reasons: list[str], actor: str) -> int:
+    from tl_core.registry import Registry
+
+    return Registry.for_spec(load_spec(spec_path)).record_rejection(run_id, reasons, actor)
+
+
+def step_rollback(spec_path: str, to: str | None, reason: str, actor: str) -> dict[str, Any]:
+    from tl_core.registry import Registry
+
+    return Registry.for_spec(load_spec(spec_path)).rollback(to, reason, actor)
