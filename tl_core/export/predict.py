@@ -82,7 +82,7 @@ def score(model: ServedModel, df: pd.DataFrame, batch_size: int = 64) -> tuple[n
     names = [i.name for i in model.session.get_inputs()]
     logits = np.zeros((len(enc), len(model.labels)), np.float32)
     probs = np.zeros_like(logits)
-    with tqdm(total=len(enc), desc="scoring", unit="ex", leave=False) as bar:
+    with tqdm(total=len(enc), desc="scoring", unit="ex", leave=False, disable=None) as bar:
         for start in range(0, len(enc), batch_size):
             idx = np.arange(start, min(start + batch_size, len(enc)))
             feeds = {n: t.numpy() for n, t in zip(names, collate(enc, idx, pad_id, transform), strict=True)}

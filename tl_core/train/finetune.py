@@ -249,7 +249,8 @@ def finetune(
         model.train()
         _freeze_frozen_norms(model)
         running, count = 0.0, 0
-        bar = tqdm(total=len(train), desc=f"{strategy} epoch {epoch + 1}/{total_epochs}", unit="ex", leave=False)
+        bar = tqdm(total=len(train), desc=f"{strategy} epoch {epoch + 1}/{total_epochs}", unit="ex", leave=False,
+                   disable=None)
         for idx, inputs in iterate(train, t.batch_size, True, generator, pad_id, transforms[0]):
             targets = torch.as_tensor(train.labels[idx], device=device)
             inputs = tuple(x.to(device, non_blocking=True) for x in inputs)

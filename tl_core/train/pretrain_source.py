@@ -86,7 +86,8 @@ def pretrain_source(spec: ModelSpec, per_class: int = 300, epochs: int = 4, seed
         model.train()
         order = torch.randperm(len(x), generator=generator)
         correct, total, loss_sum = 0, 0, 0.0
-        for start in tqdm(range(0, len(x), 64), desc=f"pretrain epoch {epoch + 1}/{epochs}", leave=False):
+        for start in tqdm(range(0, len(x), 64), desc=f"pretrain epoch {epoch + 1}/{epochs}", leave=False,
+                          disable=None):
             idx = order[start : start + 64]
             logits = model(x[idx])
             loss = nn.functional.cross_entropy(logits, y[idx])

@@ -1,0 +1,243 @@
+"""tl-retrain DAGs: for every model spec in the configs folder, three DAGs.
+
+  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> train (one task per strategy,
+                    queue "gpu", pool "gpu") -> select -> export + parity -> evaluate (champion re-scored)
+                    -> gate -> PASS: register -> approval -> evidence re-check -> promote
+                               FAIL: the rejection and its reasons go to the ledger
+                    Backfilled runs are shadow runs: registered as shadow versions, never promoted unless
+                    params.allow_promotion is true.
+  promote_<model>   manual: promote a registered version (params: version, expect_champion, reason)
+  rollback_<model>  manual: roll the champion back (params: optional target version, required reason)
+
+This file only orchestrates: each task is a lazy import of tl_core.pipeline and one call; tasks pass URIs.
+At parse time it reads the small YAML specs (to know the DAG ids) and nothing else: no torch, no store.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import DAG, Param, task
+
+CONFIGS = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
+REPORT_VIEW = os.environ.get("TL_REPORT_URL", "/tl/report/{model}/{run_id}")
+DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
+                "max_retry_delay": timedelta(minutes=10)}
+
+
+def is_shadow(run_type: str, allow_promotion: bool) -> bool:
+    """Backfilled runs evaluate and record, but never promote unless the run's params allow it."""
+    return "backfill" in str(run_type).lower() and not allow_promotion
+
+
+def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
+    name = spec["name"]
+    strategies = spec.get("train", {}).get("strategies", ["frozen", "lora"])
+    approval = spec.get("approval", {})
+    with DAG(
+        dag_id=f"retrain_{name}",
+        description=f"Nightly retrain of {name}: {spec.get('description', '')}",
+        schedule=spec.get("schedule", "@daily"),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["tl-retrain", name],
+        params={
+            "allow_promotion": Param(False, type="boolean",
+                                     description="Backfill runs may promote only when this is true."),
+            "window_days": Param(None, type=["null", "integer"], minimum=1,
+                                 description="Override the spec's window (not used by nightly runs)."),
+        },
+    ) as dag:
+
+        @task(execution_timeout=timedelta(minutes=30))
+        def snapshot(**context: Any) -> str:
+            from tl_core.pipeline import step_snapshot
+
+            return step_snapshot(spec_path, context["run_id"], context["dag_run"].logical_date.date().isoformat()
+                                 if context["dag_run"].logical_date else context["dag_run"].run_after.date().isoformat())
+
+        @task(execution_timeout=timedelta(minutes=30))
+        def audit(_: str, **context: Any) -> str:
+            from tl_core.pipeline import step_audit
+
+            return step_audit(spec_path, context["run_id"])
+
+        @task(execution_timeout=timedelta(minutes=30))
+        def split(_: str, **context: Any) -> str:
+            from tl_core.pipeline import step_split
+
+            return step_split(spec_path, context["run_id"])
+
+        def make_train(strategy: str) -> Any:
+            @task(task_id=f"train_{strategy}", queue="gpu", pool="gpu", execution_timeout=timedelta(hours=6),
+                  retries=3)
+            def train(_: str, **context: Any) -> str:
+                from tl_core.pipeline import step_train
+
+                return step_train(spec_path, context["run_id"], strategy)
+
+            return train
+
+        @task
+        def select(_: list[str], **context: Any) -> str:
+            from tl_core.pipeline import step_select
+
+            return step_select(spec_path, context["run_id"])
+
+        @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=1))
+        def export(_: str, **context: Any) -> str:
+            from tl_core.pipeline import step_export
+
+            return step_export(spec_path, context["run_id"])
+
+        @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=2))
+        def evaluate(_: str, **context: Any) -> str:
+            from tl_core.pipeline import step_evaluate
+
+            return step_evaluate(spec_path, context["run_id"])
+
+        @task
+        def gate(_: str, **context: Any) -> dict[str, Any]:
+            from tl_core.pipeline import step_gate
+
+            return step_gate(spec_path, context["run_id"])
+
+        @task.branch
+        def route(decision: dict[str, Any]) -> str:
+            return "register" if decision["passed"] else "reject_candidate"
+
+        @task
+        def reject_candidate(decision: dict[str, Any], **context: Any) -> int:
+            from tl_core.pipeline import step_reject
+
+            return step_reject(spec_path, context["run_id"], ["gate FAIL", *decision["reasons"]], "gate")
+
+        @task
+        def register(**context: Any) -> str:
+            from tl_core.pipeline import step_register
+
+            shadow = is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion")))
+            return step_register(spec_path, context["run_id"], shadow)
+
+        @task.branch
+        def route_shadow(_: str, **context: Any) -> str:
+            shadow = is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion")))
+            return "shadow_recorded" if shadow else "approval"
+
+        @task
+        def shadow_recorded(version: str) -> str:
+            return version
+
+        approve = ApprovalOperator(
+            task_id="approval",
+            subject=f"Promote {name}: candidate {{{{ ti.xcom_pull(task_ids='register') }}}} (strategy "
+                    f"{{{{ ti.xcom_pull(task_ids='gate')['candidate'] }}}}) over champion "
+                    f"{{{{ ti.xcom_pull(task_ids='gate')['champion_version'] or 'none' }}}}",
+            body="{{ ti.xcom_pull(task_ids='gate')['summary_markdown'] }}\n\nEvidence report: "
+                 + REPORT_VIEW.format(model=name, run_id="{{ run_id }}"),
+            assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
+            response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
+        )
+
+        @task
+        def check_evidence(decision: dict[str, Any], **context: Any) -> str:
+            from tl_core.pipeline import step_check_evidence
+
+            return step_check_evidence(spec_path, context["run_id"], decision["evidence_hash"])
+
+        @task
+        def promote(version: str, decision: dict[str, Any], _: str, **context: Any) -> dict[str, Any]:
+            from tl_core.pipeline import step_promote
+
+            answer = context["ti"].xcom_pull(task_ids="approval") or {}
+            approval_record = {"run_id": context["run_id"], "chosen": answer.get("chosen_options"),
+                               "approver": (answer.get("responded_by_user") or {}).get("name", "approver"),
+                               "comment": "approved in Airflow", "allow_shadow": False}
+            return step_promote(spec_path, version, decision["champion_version"], approval_record,
+                                approval_record["approver"], decision["evidence_hash"])
+
+        @task(trigger_rule="all_done")
+        def record_no_promotion(**context: Any) -> str:
+            """Approval rejected, timed out or the evidence changed: the ledger says so."""
+            from tl_core.pipeline import step_reject
+
+            ti = context["ti"]
+            if ti.xcom_pull(task_ids="promote"):
+                return "promoted"
+            if not (ti.xcom_pull(task_ids="gate") or {}).get("passed"):
+                return "gate failed (recorded by reject_candidate)"
+            if is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion"))):
+                return "shadow run: registered, not promoted"
+            answer = ti.xcom_pull(task_ids="approval") or {}
+            why = f"approval answered {answer.get('chosen_options')}" if answer else "no approval (timeout or error)"
+            step_reject(spec_path, context["run_id"], [f"not promoted: {why}"], "approval")
+            return "not promoted"
+
+        snap = snapshot()
+        splits = split(audit(snap))
+        trained = [make_train(s)(splits) for s in strategies]
+        decision = gate(evaluate(export(select(trained))))
+        branch = route(decision)
+        version = register()
+        branch >> [version, reject_candidate(decision)]
+        shadow_branch = route_shadow(version)
+        shadow_branch >> [approve, shadow_recorded(version)]
+        evidence_ok = check_evidence(decision)
+        approve >> evidence_ok
+        promoted = promote(version, decision, evidence_ok)
+        promoted >> record_no_promotion()
+    return dag
+
+
+def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
+    name = spec["name"]
+    with DAG(dag_id=f"promote_{name}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+             tags=["tl-retrain", name], description=f"Manually promote a registered version of {name}",
+             params={"version": Param(type="string", pattern=r"^v[0-9]{4,9}$", description="version to promote"),
+                     "expect_champion": Param("none", type="string", description="current champion or 'none'"),
+                     "reason": Param(type="string", minLength=3, description="why")}) as dag:
+
+        @task
+        def promote(**context: Any) -> dict[str, Any]:
+            from tl_core.pipeline import step_promote
+
+            p = context["params"]
+            expect = None if p["expect_champion"] in (None, "", "none") else p["expect_champion"]
+            actor = getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
+            return step_promote(spec_path, p["version"], expect, {"comment": p["reason"], "manual": True}, actor)
+
+        promote()
+    return dag
+
+
+def build_rollback(spec_path: str, spec: dict[str, Any]) -> DAG:
+    name = spec["name"]
+    with DAG(dag_id=f"rollback_{name}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+             tags=["tl-retrain", name], description=f"Roll the champion of {name} back",
+             params={"target": Param(None, type=["null", "string"], description="version; default: previous"),
+                     "reason": Param(type="string", minLength=3, description="why (recorded in the ledger)")}) as dag:
+
+        @task
+        def rollback(**context: Any) -> dict[str, Any]:
+            from tl_core.pipeline import step_rollback
+
+            p = context["params"]
+            actor = getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
+            return step_rollback(spec_path, p["target"] or None, p["reason"], actor)
+
+        rollback()
+    return dag
+
+
+for _path in sorted(CONFIGS.glob("*.yaml")):
+    _spec = yaml.safe_load(_path.read_text())
+    for _build in (build_retrain, build_promote, build_rollback):
+        _dag = _build(str(_path), _spec)
+        globals()[_dag.dag_id] = _dag

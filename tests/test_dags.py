@@ -1,0 +1,87 @@
+"""DAG integrity: parse with a real DagBag in a fresh process (temp AIRFLOW_HOME, SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "parse_s": time.perf_counter() - t0,
+       "heavy": sorted(m for m in ("torch", "timm", "transformers", "peft", "onnxruntime", "sklearn", "boto3",
+                                   "tl_core.store", "tl_core.pipeline") if m in sys.modules),
+       "dags": {}}
+for dag_id, dag in bag.dags.items():
+    out["dags"][dag_id] = {
+        "tasks": sorted(t.task_id for t in dag.tasks),
+        "queues": {t.task_id: t.queue for t in dag.tasks},
+        "pools": {t.task_id: t.pool for t in dag.tasks},
+        "params": sorted(dag.params.keys()),
+        "schedule": str(dag.schedule) if hasattr(dag, "schedule") else None,
+        "catchup": dag.catchup,
+    }
+print(json.dumps(out))
+"""
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+               AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"), TL_CONFIGS_DIR=str(ROOT / "configs"))
+    return env
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-home")
+    proc = subprocess.run(["timeout", "-k", "10", "180", sys.executable, "-c", PROBE, str(ROOT / "dags")],
+                          env=airflow_env(home), capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_no_import_errors_and_no_heavy_imports(parsed: dict) -> None:
+    assert parsed["errors"] == {}
+    assert parsed["heavy"] == [], f"parsing the DAG folder imported {parsed['heavy']}"
+
+
+def test_expected_dags_and_tasks(parsed: dict) -> None:
+    import yaml
+
+    specs = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "configs").glob("*.yaml"))]
+    expected = {f"{kind}_{s['name']}" for s in specs for kind in ("retrain", "promote", "rollback")}
+    assert set(parsed["dags"]) == expected
+    for s in specs:
+        d = parsed["dags"][f"retrain_{s['name']}"]
+        trains = {f"train_{x}" for x in s["train"]["strategies"]}
+        assert trains | {"snapshot", "audit", "split", "select", "export", "evaluate", "gate", "route", "register",
+                         "approval", "check_evidence", "promote", "reject_candidate", "record_no_promotion",
+                         "route_shadow", "shadow_recorded"} == set(d["tasks"])
+        for t in trains | {"export", "evaluate"}:
+            assert d["queues"][t] == "gpu" and d["pools"][t] == "gpu"
+        assert d["queues"]["snapshot"] != "gpu"
+        assert d["params"] == ["allow_promotion", "window_days"]
+        assert d["catchup"] is False
+        assert parsed["dags"][f"rollback_{s['name']}"]["params"] == ["reason", "target"]
+        assert parsed["dags"][f"promote_{s['name']}"]["params"] == ["expect_champion", "reason", "version"]
+
+
+def test_shadow_rule() -> None:
+    sys.path.insert(0, str(ROOT / "dags"))
+    try:
+        from tl_dags import is_shadow
+    finally:
+        sys.path.pop(0)
+    assert is_shadow("backfill", False) and is_shadow("DagRunType.BACKFILL_JOB", False)
+    assert not is_shadow("backfill", True)
+    assert not is_shadow("scheduled", False) and not is_shadow("manual", False)
