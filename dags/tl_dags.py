@@ -60,8 +60,9 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         def snapshot(**context: Any) -> str:
             from tl_core.pipeline import step_snapshot
 
-            return step_snapshot(spec_path, context["run_id"], context["dag_run"].logical_date.date().isoformat()
-                                 if context["dag_run"].logical_date else context["dag_run"].run_after.date().isoformat())
+            run = context["dag_run"]
+            day = (run.logical_date or run.run_after).date().isoformat()
+            return step_snapshot(spec_path, context["run_id"], day)
 
         @task(execution_timeout=timedelta(minutes=30))
         def audit(_: str, **context: Any) -> str:
