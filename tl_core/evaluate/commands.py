@@ -1,9 +1,32 @@
-"""`tl` subcommands of this area."""
+"""`tl evaluate`, `tl gate`."""
 
 from __future__ import annotations
 
 import argparse
 
+from tl_core.cliutil import add_spec_run, emit
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tl_core.pipeline import step_evaluate
+
+    uri = step_evaluate(args.spec, args.run)
+    emit(args, {"report": uri}, f"evaluation report {uri} (HTML beside it)")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from tl_core.pipeline import step_gate
+
+    result = step_gate(args.spec, args.run)
+    emit(args, result, result["summary_markdown"] + f"\n\nreport: {result['report_uri']}")
+    return 0 if result["passed"] else 3
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register this area's subcommands."""
+    p = sub.add_parser("evaluate", help="score every model of the run (and the champion) on the test split")
+    add_spec_run(p)
+    p.set_defaults(handler=cmd_evaluate)
+    p = sub.add_parser("gate", help="decide on the run's evaluation report (exit 3 on FAIL)")
+    add_spec_run(p)
+    p.set_defaults(handler=cmd_gate)
