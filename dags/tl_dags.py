@@ -145,6 +145,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
                  + REPORT_VIEW.format(model=name, run_id="{{ run_id }}"),
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
+            params={"comment": Param("", type="string", description="recorded in the registry ledger")},
         )
 
         @task
@@ -160,7 +161,8 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             answer = context["ti"].xcom_pull(task_ids="approval") or {}
             approval_record = {"run_id": context["run_id"], "chosen": answer.get("chosen_options"),
                                "approver": (answer.get("responded_by_user") or {}).get("name", "approver"),
-                               "comment": "approved in Airflow", "allow_shadow": False}
+                               "comment": (answer.get("params_input") or {}).get("comment") or "approved in Airflow",
+                               "allow_shadow": False}
             return step_promote(spec_path, version, decision["champion_version"], approval_record,
                                 approval_record["approver"], decision["evidence_hash"])
 

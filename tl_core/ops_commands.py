@@ -1,9 +1,148 @@
-"""`tl` subcommands of this area."""
+"""`tl approve`, `tl reject`, `tl status`: answer approvals and look at a model through Airflow's REST API v2.
+
+Airflow has no CLI for human-in-the-loop answers; these call
+``PATCH /api/v2/dags/{dag}/dagRuns/{run}/taskInstances/{task}/-1/hitlDetails``. The base URL comes from
+TL_AIRFLOW_URL (default http://127.0.0.1:8080); credentials from TL_AIRFLOW_USER / TL_AIRFLOW_PASSWORD, or
+the simple auth manager's generated password file in $AIRFLOW_HOME.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tl_core.cliutil import emit
+from tl_core.errors import TLError
+
+
+class AirflowAPIError(TLError):
+    """The Airflow REST API refused or failed a request."""
+
+
+class AirflowClient:
+    def __init__(self, base_url: str | None = None, user: str | None = None, password: str | None = None) -> None:
+        self.base = (base_url or os.environ.get("TL_AIRFLOW_URL", "http://127.0.0.1:8080")).rstrip("/")
+        self.user = user or os.environ.get("TL_AIRFLOW_USER", "admin")
+        self.password = password or os.environ.get("TL_AIRFLOW_PASSWORD") or self._generated_password()
+        self._token: str | None = None
+
+    def _generated_password(self) -> str | None:
+        home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
+        path = home / "simple_auth_manager_passwords.json.generated"
+        if path.exists():
+            return json.loads(path.read_text()).get(self.user)  # type: ignore[no-any-return]
+        return None
+
+    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - URL from our own config
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}") from None
+        except urllib.error.URLError as exc:
+            raise AirflowAPIError(f"cannot reach Airflow at {self.base} ({exc.reason}); set TL_AIRFLOW_URL") from None
+        return json.loads(raw) if raw else None
+
+    def token(self) -> str:
+        if self._token is None:
+            if not self.password:
+                raise AirflowAPIError("no Airflow password: set TL_AIRFLOW_PASSWORD or AIRFLOW_HOME")
+            self._token = self._request("POST", "/auth/token", {"username": self.user, "password": self.password},
+                                        auth=False)["access_token"]
+        return self._token
+
+    def get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._request("POST", path, body)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self._request("PATCH", path, body)
+
+    def latest_run(self, dag_id: str) -> dict[str, Any]:
+        runs = self.get(f"/api/v2/dags/{q(dag_id)}/dagRuns?order_by=-run_after&limit=1")["dag_runs"]
+        if not runs:
+            raise AirflowAPIError(f"DAG {dag_id} has no runs")
+        return runs[0]  # type: ignore[no-any-return]
+
+    def pending_approvals(self, dag_id: str = "~", run_id: str = "~") -> list[dict[str, Any]]:
+        details = self.get(f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/hitlDetails")["hitl_details"]
+        return [d for d in details if not d.get("response_received")]
+
+    def answer(self, dag_id: str, run_id: str, task_id: str, option: str, comment: str) -> Any:
+        path = f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}/-1/hitlDetails"
+        return self.patch(path, {"chosen_options": [option], "params_input": {"comment": comment}})
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="~")
+
+
+def _answer(args: argparse.Namespace, option: str) -> int:
+    client = AirflowClient(args.url)
+    run_id = args.run or client.latest_run(args.dag)["dag_run_id"]
+    result = client.answer(args.dag, run_id, args.task, option, args.comment or "")
+    emit(args, result, f"{option}: {args.dag} run {run_id} (by {result['responded_by']['name']})")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _answer(args, "Approve")
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    return _answer(args, "Reject")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tl_core.config import load_spec
+    from tl_core.registry import Registry
+
+    spec = load_spec(args.spec)
+    champion = Registry.for_spec(spec).champion()
+    status: dict[str, Any] = {"model": spec.name, "champion": champion.version if champion else None}
+    lines = [f"model {spec.name}: champion {status['champion'] or 'none'}"]
+    try:
+        client = AirflowClient(args.url)
+        runs = client.get(f"/api/v2/dags/retrain_{q(spec.name)}/dagRuns?order_by=-run_after&limit=5")["dag_runs"]
+        status["runs"] = [{k: r.get(k) for k in ("dag_run_id", "state", "run_type", "logical_date")} for r in runs]
+        status["pending_approvals"] = [{"run_id": d["task_instance"]["dag_run_id"], "subject": d["subject"]}
+                                       for d in client.pending_approvals(f"retrain_{spec.name}")]
+        lines += [f"  run {r['dag_run_id']}: {r['state']} ({r['run_type']})" for r in status["runs"]]
+        lines += [f"  pending approval: {p['run_id']}: {p['subject']}" for p in status["pending_approvals"]]
+    except AirflowAPIError as exc:
+        status["airflow"] = str(exc)
+        lines.append(f"  Airflow: {exc}")
+    emit(args, status, "\n".join(lines))
+    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register this area's subcommands."""
+    for name, handler, helptext in (("approve", cmd_approve, "approve a pending promotion in Airflow"),
+                                    ("reject", cmd_reject, "reject a pending promotion in Airflow")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--dag", required=True, help="e.g. retrain_support-tickets")
+        p.add_argument("--run", help="dag run id (default: the latest run)")
+        p.add_argument("--task", default="approval", help="the approval task id")
+        p.add_argument("--comment", help="recorded with the answer")
+        p.add_argument("--url", help="Airflow base URL (default TL_AIRFLOW_URL)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=handler)
+    p = sub.add_parser("status", help="champion, last runs and pending approvals of a model")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--url", help="Airflow base URL (default TL_AIRFLOW_URL)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)

@@ -1,0 +1,108 @@
+"""`make demo`: the real pipeline end to end on the embedded default (file:// store under .tl/, SQLite Airflow).
+
+1. writes the generated support-ticket stream (drift in the last days) to .tl/data;
+2. starts `airflow standalone` (LocalExecutor, parallelism 2) on 127.0.0.1;
+3. triggers retrain_support-tickets for a first logical date: the first model (bootstrap gate), approved
+   with `tl approve` through the REST API, becomes the champion;
+4. triggers it for a later date with drift: the candidate is gated against the champion, per slice;
+5. prints the gate table, decision, approval, champion and report path; stops every process it started.
+KEEP=1 leaves Airflow running and prints the UI address and login.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import yaml
+
+from tl_core.config import parse_spec
+from tl_core.local_airflow import REPO, LocalAirflow
+from tl_core.registry import Registry
+from tl_core.runs import RunContext
+
+logger = logging.getLogger("tl_core.demo")
+FIRST, SECOND = date(2026, 11, 1), date(2026, 11, 5)
+DAG = "retrain_support-tickets"
+
+
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def demo_spec(root: Path) -> Path:
+    raw = yaml.safe_load((REPO / "configs" / "support-tickets.yaml").read_text())
+    raw["data"]["root"] = (root / "data").as_uri()
+    raw["store"] = (root / "store").as_uri()
+    raw["schedule"] = None  # the demo triggers its runs itself
+    configs = root / "demo-configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    path = configs / "support-tickets.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    say(f"\n=== {label}: {DAG} for logical date {day} ===")
+    t0 = time.monotonic()
+    run_id = af.trigger(DAG, f"{day.isoformat()}T00:00:00Z")
+    state = af.wait(DAG, run_id, ("awaiting_input", "success", "failed"))
+    ctx = RunContext.open(spec, run_id)
+    if ctx.store.exists(ctx.key("gate/decision.json")):
+        decision = ctx.read_json("gate/decision.json")
+        say(decision["summary_markdown"])
+        say(f"\nevidence report: {ctx.uri('evaluation/report.html')}")
+    if state == "awaiting_input":
+        say(f"\napproval pending ({time.monotonic() - t0:.0f}s in); answering with: "
+            f"tl approve --dag {DAG} --run {run_id}")
+        answer = af.client().answer(DAG, run_id, "approval", "Approve", "demo: reviewed the gate summary")
+        say(f"approved by {answer['responded_by']['name']} at {answer['responded_at']}")
+        state = af.wait(DAG, run_id, ("success", "failed"))
+    states = af.task_states(DAG, run_id)
+    say(f"run {state} in {time.monotonic() - t0:.0f}s; tasks: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
+    champion = Registry.for_spec(spec).champion()
+    say(f"champion: {champion.version if champion else 'none'}")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    root = (REPO / ".tl").resolve()
+    spec_path = demo_spec(root)
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    from tl_core.data.demo import write_demo_data
+
+    write_demo_data(spec, end_date=SECOND, days=spec.data.window_days + (SECOND - FIRST).days + 1,
+                    drift_from=SECOND - timedelta(days=2))
+    say(f"demo data: generated support tickets in {spec.data.root} (drift from {SECOND - timedelta(days=2)})")
+    af = LocalAirflow(root / "airflow", spec_path.parent, port=int(os.environ.get("TL_DEMO_PORT", "0")) or None)
+    say(f"starting airflow standalone on {af.url} (AIRFLOW_HOME={af.home}) ...")
+    af.start()
+    try:
+        run_once(af, spec_path, FIRST, "first run (no champion yet)")
+        run_once(af, spec_path, SECOND, "second run (drifted data, gated against the champion)")
+        history = Registry.for_spec(spec).history()
+        say("\nregistry ledger:")
+        for r in history:
+            say(f"  {r['seq']:>3} {r['action']:<9} {str(r.get('version') or ''):<6} by {r.get('actor')}: "
+                f"{str(r.get('reason') or '')[:90]}")
+        if os.environ.get("KEEP") == "1":
+            say(f"\nAirflow stays up: {af.url}  login admin / {af.password()}  (stop: kill -TERM -{af.proc.pid})"
+                if af.proc else "")
+            return 0
+    finally:
+        if os.environ.get("KEEP") != "1":
+            af.stop()
+            say("stopped airflow standalone")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,136 @@
+"""A real `airflow standalone` on 127.0.0.1 for the demo and the end-to-end tests (started and stopped by PID).
+
+Only subprocesses here: tl_core never imports Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tl_core.ops_commands import AirflowAPIError, AirflowClient
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalAirflow:
+    def __init__(self, home: Path, configs: Path, port: int | None = None, extra_env: dict[str, str] | None = None):
+        self.home, self.configs = home.resolve(), configs.resolve()
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ)
+        self.env.update({
+            "AIRFLOW_HOME": str(self.home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "TL_CONFIGS_DIR": str(self.configs),
+            "TL_AIRFLOW_URL": self.url, "PYTHONUNBUFFERED": "1",
+        })
+        self.env.update(extra_env or {})
+
+    def airflow(self, *args: str, timeout: int = 180) -> str:
+        cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "airflow", *args]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AirflowAPIError(f"airflow {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+        return proc.stdout
+
+    def start(self, timeout: float = 180) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = (self.home / "standalone.log").open("ab")
+        # Own process group, SIGINT restored: stop() can end the whole tree by PID.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "standalone"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AirflowAPIError(f"airflow standalone exited ({self.proc.returncode}); see {log.name}")
+            try:
+                health = self.client().get("/api/v2/monitor/health")
+                if health["scheduler"]["status"] == "healthy":
+                    break
+            except (AirflowAPIError, KeyError, TypeError):
+                pass
+            time.sleep(2)
+        else:
+            self.stop()
+            raise AirflowAPIError(f"airflow standalone not healthy after {timeout}s; see {self.home}/standalone.log")
+        self.airflow("pools", "set", "gpu", "2", "GPU workers (LocalExecutor ignores queues)")
+        self.airflow("dags", "reserialize")
+
+    def password(self) -> str:
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        for _ in range(60):
+            if path.exists():
+                return str(json.loads(path.read_text())["admin"])
+            time.sleep(1)
+        raise AirflowAPIError(f"no admin password file at {path}")
+
+    def client(self) -> AirflowClient:
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        if not path.exists():
+            raise AirflowAPIError("admin password not generated yet")
+        return AirflowClient(self.url, "admin", self.password())
+
+    def trigger(self, dag_id: str, logical_date: str, conf: dict[str, Any] | None = None) -> str:
+        c = self.client()
+        for _ in range(60):
+            try:
+                c.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
+                break
+            except AirflowAPIError:
+                time.sleep(2)  # the DAG may not be serialized yet
+        run = c.post(f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": logical_date, "conf": conf or {}})
+        return str(run["dag_run_id"])
+
+    def wait(self, dag_id: str, run_id: str, until: tuple[str, ...], timeout: float = 900) -> str:
+        """Poll until the run ends or its approval task awaits input; returns 'awaiting_input' or the run state."""
+        c = self.client()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = c.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in ("success", "failed") and run["state"] in until:
+                return str(run["state"])
+            if "awaiting_input" in until and c.pending_approvals(dag_id, run_id):
+                return "awaiting_input"
+            if run["state"] == "failed":
+                return "failed"
+            time.sleep(3)
+        raise AirflowAPIError(f"{dag_id} run {run_id} did not reach {until} within {timeout}s")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.client().get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {t["task_id"]: t["state"] for t in tis}
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
