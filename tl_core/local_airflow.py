@@ -45,6 +45,8 @@ class LocalAirflow:
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "TL_CONFIGS_DIR": str(self.configs),
             "TL_AIRFLOW_URL": self.url, "PYTHONUNBUFFERED": "1",
+            # standalone starts its components as `airflow ...`: the venv's bin must come first on PATH
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         })
         self.env.update(extra_env or {})
 
