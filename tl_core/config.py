@@ -116,6 +116,12 @@ class DataSpec(_Strict):
     calibration_fraction: Fraction = Field(0.15, description="Share of the non-test rows used for calibration.")
     near_duplicate_bits: NonNegativeInt = Field(4, description="Image perceptual-hash Hamming distance for near-dups.")
     split_seed: NonNegativeInt = Field(0, description="Seed for the deterministic split.")
+    label_shift_alpha: Fraction = Field(
+        0.01, description="Label shift vs the previous snapshot is flagged when the chi-square p-value is below this."
+    )
+    label_shift_min_tvd: Fraction = Field(
+        0.05, description="Label shift is flagged only when the label distributions differ by at least this TVD."
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> DataSpec:
