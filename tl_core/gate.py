@@ -200,13 +200,18 @@ def summary_markdown(decision: Decision, report: dict[str, Any], limit: int = 6)
         f"Candidate: `{report.get('candidate')}` | champion: `{champ.get('version') or 'none'}` | "
         f"test examples: {report.get('test_size')}",
         "",
-        "| metric | slice | candidate - champion | status |",
-        "| --- | --- | --- | --- |",
+        "| check | metric | slice | interval | threshold | status |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+    # Intervals are candidate minus the reference named in the first column (champion, majority-class, frozen).
     interesting = sorted((r for r in decision.reasons if r.interval is not None),
                          key=lambda r: (r.status != "FAIL", r.interval[0] if r.interval else 0.0))
     for r in interesting[:limit]:
-        lines.append(f"| {r.metric} | {r.slice or 'overall'} | {_fmt(r.interval) if r.interval else ''} | {r.status} |")
+        vs = "champion" if r.check in ("non-inferiority", "slice") else r.check
+        lines.append(f"| {vs} | {r.metric} | {r.slice or 'overall'} | {_fmt(r.interval) if r.interval else ''} | "
+                     f"{r.threshold:+.3f} | {r.status} |" if r.threshold is not None else
+                     f"| {vs} | {r.metric} | {r.slice or 'overall'} | {_fmt(r.interval) if r.interval else ''} | | "
+                     f"{r.status} |")
     ece_v = cand.get("overall", {}).get("ece")
     lines += ["", f"ECE after temperature: {ece_v:.4f}" if ece_v is not None else "ECE: missing"]
     fails = decision.failures
