@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from datetime import date, timedelta
@@ -83,6 +84,8 @@ def main() -> int:
     say(f"demo data: generated support tickets in {spec.data.root} (drift from {SECOND - timedelta(days=2)})")
     af = LocalAirflow(root / "airflow", spec_path.parent, port=int(os.environ.get("TL_DEMO_PORT", "0")) or None)
     say(f"starting airflow standalone on {af.url} (AIRFLOW_HOME={af.home}) ...")
+    # SIGTERM (e.g. from a CI timeout) must still stop the Airflow processes this demo started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     af.start()
     try:
         run_once(af, spec_path, FIRST, "first run (no champion yet)")
