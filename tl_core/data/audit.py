@@ -1,13 +1,18 @@
 """`tl audit`: check the snapshot's rows before any training.
 
-Findings carry a severity: ``info``, ``warning`` (rows quarantined, run continues) or ``blocking`` (the
-run stops with a message naming partition, column, count and up to five example ids). Quarantined
-rows go to audit/quarantine.parquet with their reason; nothing is dropped silently.
+Every check appears in ``audit/report.json`` as a finding with a severity: ``info`` (nothing wrong, or a
+figure), ``warning`` (rows quarantined or something to look at; the run continues) or ``blocking`` (the
+run stops with a message naming partition, column, count and up to five example ids - after the report
+and the quarantine file are written). Rows excluded from training go to ``audit/quarantine.parquet``
+with their ``reason`` (and their file ``partition`` and ``row_in_file``), so nothing is dropped silently.
+
+Checks: empty_window, missing_label, unknown_label, empty_text | zero_size_image / undecodable_image /
+unreadable_image, duplicate_example_id, exact_duplicates, near_duplicates, duplicates_straddle_test,
+class_too_small, class_imbalance, slice_sizes, label_shift.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -16,202 +21,351 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_core.data.partitions import data_store, dhash, normalised_text_hash, read_partition_file
-from tl_core.errors import BlockingAuditFinding, NoSuchKey
+from tl_core.data.dedup import UNDECODABLE, UNREADABLE, ZERO_SIZE, ImageHashes, cluster_ids, group_keys, image_keys
+from tl_core.data.partitions import data_store, normalised_text_hash, read_partition_bytes, read_table, text_exact_keys
+from tl_core.data.snapshot import MANIFEST, read_manifest
+from tl_core.errors import BlockingAuditFinding
 from tl_core.runs import RunContext
 
 logger = logging.getLogger(__name__)
 
+REPORT = "audit/report.json"
+QUARANTINE = "audit/quarantine.parquet"
 
-def load_snapshot_rows(ctx: RunContext) -> pd.DataFrame:
-    """All rows of the snapshot's partitions (checksums verified), with `dt`, `partition` and `_row` identity."""
-    try:
-        manifest = ctx.read_json("snapshot/manifest.json")
-    except NoSuchKey:
-        raise BlockingAuditFinding(f"run {ctx.run_id}: no snapshot/manifest.json; run `tl snapshot` first") from None
+REASONS = {
+    "missing_label": "missing label",
+    "unknown_label": "label not in the spec's label set",
+    "empty_text": "empty or whitespace-only text",
+    "zero_size_image": "zero-size image",
+    "undecodable_image": "undecodable image",
+    "unreadable_image": "image_uri cannot be read",
+    "duplicate_example_id": "duplicate example_id",
+}
+
+
+def load_snapshot_rows(ctx: RunContext, manifest: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Every row of the snapshot's files (sha256 verified against the manifest), in manifest order, with
+    ``dt``, ``partition`` (the file key) and ``row_in_file`` added."""
+    manifest = manifest or read_manifest(ctx)
     store = data_store(ctx.spec)
     frames = []
     for p in manifest["partitions"]:
-        df, _ = read_partition_file(store, p["key"], p["sha256"])
-        df = df.assign(dt=p["dt"], partition=p["key"])
-        df["_row"] = p["key"] + "#" + pd.Series(np.arange(len(df)), index=df.index).astype(str)
-        frames.append(df)
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        for f in p["files"]:
+            data, _ = read_partition_bytes(store, f["key"], f["sha256"])
+            df = read_table(data, f["key"]).to_pandas()
+            del data
+            df["dt"] = p["dt"]
+            df["partition"] = f["key"]
+            df["row_in_file"] = np.arange(len(df), dtype=np.int64)
+            frames.append(df)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["example_id", "label", "labeled_at", "dt", "partition", "row_in_file"])
+    rows["dt"] = rows["dt"].astype("category")
+    rows["partition"] = rows["partition"].astype("category")
     rows["example_id"] = rows["example_id"].astype(str)
     return rows
 
 
-def _ids(df: pd.DataFrame) -> list[str]:
-    return df["example_id"].astype(str).head(5).tolist()
+def newest_days(dts: pd.Series, n: int) -> list[str]:
+    """The newest ``n`` labeling days (dt strings) present."""
+    return sorted(str(d) for d in pd.unique(dts.astype(str)))[-n:]
 
 
-def _where(df: pd.DataFrame) -> str:
-    parts = df["partition"].value_counts()
-    return ", ".join(f"{k} ({v})" for k, v in parts.head(3).items())
+def _where(bad: pd.DataFrame) -> list[dict[str, Any]]:
+    counts = bad["partition"].astype(str).value_counts(sort=False).sort_index()
+    return [{"partition": k, "count": int(v)} for k, v in counts.items()]
 
 
-def input_keys(rows: pd.DataFrame, column: str, with_perceptual: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(exact key, near-duplicate key) per row: raw-content hash and normalised text / perceptual image hash."""
-    if column == "text":
-        exact = pd.util.hash_pandas_object(rows[column].fillna("").astype(str), index=False).to_numpy()
-        return exact, normalised_text_hash(rows[column])
-    raw = rows[column].map(lambda v: bytes(v) if isinstance(v, bytes | bytearray) else str(v).encode())
-    exact = pd.util.hash_pandas_object(raw.map(lambda b: hashlib.sha1(b, usedforsecurity=False).hexdigest()),
-                                       index=False).to_numpy()
-    if not with_perceptual or column != "image":
-        return exact, exact
-    near = []
-    for v in rows[column]:
-        try:
-            near.append(dhash(bytes(v)))
-        except (OSError, ValueError, TypeError):
-            near.append(-1)
-    return exact, np.array(near, dtype=np.int64)
+def _where_text(bad: pd.DataFrame) -> str:
+    parts = _where(bad)
+    shown = ", ".join(f"{p['partition']} ({p['count']})" for p in parts[:5])
+    return shown + (f" and {len(parts) - 5} more" if len(parts) > 5 else "")
 
 
-def audit_rows(ctx: RunContext, rows: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
-    spec = ctx.spec
-    col = spec.data.input_column
-    findings: list[dict[str, Any]] = []
-    quarantine: list[pd.DataFrame] = []
-    blocking: list[str] = []
+class _Audit:
+    def __init__(self, ctx: RunContext, rows: pd.DataFrame) -> None:
+        self.ctx = ctx
+        self.rows = rows
+        self.findings: list[dict[str, Any]] = []
+        self.blocking: list[str] = []
+        self.reason = np.full(len(rows), "", dtype=object)
+        self.image_exact: np.ndarray | None = None
 
-    def finding(check: str, severity: str, bad: pd.DataFrame, column: str, message: str, reason: str | None) -> None:
-        findings.append({"check": check, "severity": severity, "count": int(len(bad)), "column": column,
-                         "example_ids": _ids(bad), "partitions": _where(bad) if len(bad) else "",
-                         "message": message})
-        if reason is not None and len(bad):
-            quarantine.append(bad.assign(reason=reason))
+    def add(self, check: str, severity: str, mask: np.ndarray | None, column: str, message: str,
+            quarantine: bool = False, count: int | None = None, **extra: Any) -> None:
+        bad = self.rows[mask] if mask is not None else self.rows.iloc[:0]
+        n = int(len(bad)) if count is None else count
+        ids = bad["example_id"].head(5).tolist()
+        self.findings.append({"check": check, "severity": severity if n or severity == "blocking" else "info",
+                              "count": n, "column": column, "example_ids": ids, "partitions": _where(bad),
+                              "message": message, **extra})
+        if quarantine and mask is not None and mask.any():
+            r = REASONS[check]
+            cur = self.reason[mask]
+            self.reason[mask] = np.where(cur == "", r, cur + "; " + r)
         if severity == "blocking":
-            blocking.append(f"{check}: {message}; column {column!r}, {len(bad)} rows in {_where(bad)}, "
-                            f"e.g. example ids {_ids(bad)}")
+            where = _where_text(bad) if len(bad) else "the whole window"
+            self.blocking.append(f"{check}: {message}; partition(s) {where}, column {column!r}, count {n}, "
+                                 f"example ids {ids}")
 
-    n = len(rows)
-    labels = rows["label"]
-    missing = rows[labels.isna() | (labels.astype(str).str.strip() == "")]
-    if len(missing):
-        finding("missing_label", "warning", missing, "label", f"{len(missing)} rows have no label", "missing label")
-    known = labels.isin(spec.labels)
-    unknown = rows[~known & ~rows.index.isin(missing.index)]
-    if len(unknown):
-        frac = len(unknown) / max(n, 1)
-        sev = "blocking" if frac > spec.data.max_unknown_label_fraction else "warning"
-        finding("unknown_label", sev, unknown, "label",
-                f"{len(unknown)} rows ({frac:.2%}) have labels outside the label set "
-                f"{sorted(unknown['label'].astype(str).unique())[:5]} (allowed fraction "
-                f"{spec.data.max_unknown_label_fraction:.2%})", "label not in the spec's label set")
-    bad_input = pd.DataFrame()
+    @property
+    def quarantined(self) -> np.ndarray:
+        return np.asarray(self.reason != "", dtype=bool)
+
+
+def _label_checks(a: _Audit) -> None:
+    spec, rows = a.ctx.spec, a.rows
+    label = rows["label"]
+    missing = (label.isna() | (label.fillna("").astype(str).str.strip() == "")).to_numpy()
+    a.add("missing_label", "warning", missing, "label", f"{int(missing.sum())} rows have no label", quarantine=True)
+    unknown = ~label.isin(spec.labels).to_numpy() & ~missing
+    frac = float(unknown.sum()) / max(len(rows), 1)
+    allowed = spec.data.max_unknown_label_fraction
+    values = sorted(label[unknown].astype(str).unique().tolist())
+    a.add("unknown_label", "blocking" if frac > allowed else "warning", unknown, "label",
+          f"{int(unknown.sum())} rows ({frac:.2%}) have labels outside the label set, e.g. {values[:5]} "
+          f"(allowed: at most {allowed:.2%} (data.max_unknown_label_fraction); expected one of {spec.labels})",
+          quarantine=True, fraction=frac, values=values[:20])
+
+
+def _input_checks(a: _Audit) -> ImageHashes | None:
+    """Input checks; for images returns the dHashes per row (placeholders for bad rows)."""
+    col, rows = a.ctx.spec.data.input_column, a.rows
     if col == "text":
-        bad_input = rows[rows[col].isna() | (rows[col].astype(str).str.strip() == "")]
-        if len(bad_input):
-            finding("empty_text", "warning", bad_input, col, f"{len(bad_input)} rows have empty or whitespace-only "
-                    "text", "empty or whitespace-only text")
-    elif col == "image":
-        sizes = rows[col].map(lambda v: len(v) if isinstance(v, bytes | bytearray) else 0)
-        zero = rows[sizes == 0]
-        if len(zero):
-            finding("zero_size_image", "warning", zero, col, f"{len(zero)} rows have zero-size images",
-                    "zero-size image")
-        undecodable = []
-        from PIL import Image
+        text = rows[col]
+        empty = (text.isna() | (text.fillna("").astype(str).str.strip() == "")).to_numpy()
+        a.add("empty_text", "warning", empty, col, f"{int(empty.sum())} rows have empty or whitespace-only text",
+              quarantine=True)
+        return None
+    exact, near, fine, status = image_keys(rows[col])
+    a.add("zero_size_image", "warning", status == ZERO_SIZE, col,
+          f"{int((status == ZERO_SIZE).sum())} rows have an empty or missing image", quarantine=True)
+    a.add("undecodable_image", "warning", status == UNDECODABLE, col,
+          f"{int((status == UNDECODABLE).sum())} images cannot be decoded", quarantine=True)
+    if col == "image_uri":
+        a.add("unreadable_image", "warning", status == UNREADABLE, col,
+              f"{int((status == UNREADABLE).sum())} image URIs cannot be read (missing object, bad URI or access)",
+              quarantine=True)
+    a.image_exact = exact
+    return near, fine
 
-        for idx, v in rows[sizes > 0][col].items():
-            try:
-                Image.open(io.BytesIO(bytes(v))).verify()
-            except (OSError, ValueError, SyntaxError):
-                undecodable.append(idx)
-        if undecodable:
-            finding("undecodable_image", "warning", rows.loc[undecodable], col,
-                    f"{len(undecodable)} images cannot be decoded", "undecodable image")
-        bad_input = pd.concat([zero, rows.loc[undecodable]])
-    dup_ids = rows[rows.sort_values(["labeled_at", "_row"]).duplicated("example_id", keep="first")
-                   .reindex(rows.index, fill_value=False)]
-    if len(dup_ids):
-        finding("duplicate_example_id", "warning", dup_ids, "example_id",
-                f"{len(dup_ids)} rows repeat an earlier example_id (the earliest labeled one is kept)",
-                "duplicate example_id")
-    quarantined_rows = set(pd.concat(quarantine)["_row"]) if quarantine else set()
-    usable = rows[~rows["_row"].isin(quarantined_rows)]
 
-    exact, near = input_keys(usable, col)
-    exact_dup = pd.Series(exact).duplicated(keep=False).to_numpy()
-    near_dup = pd.Series(near).duplicated(keep=False).to_numpy() & ~exact_dup
-    test_days = sorted(usable["dt"].unique())[-spec.data.test_days:]
-    is_test_day = usable["dt"].isin(test_days).to_numpy()
-    key_df = pd.DataFrame({"k": near, "t": is_test_day})
-    straddle = key_df.groupby("k")["t"].agg(["min", "max"])
-    straddling = int(((straddle["min"] != straddle["max"])).sum())
-    conflicting = pd.DataFrame({"k": exact, "label": usable["label"].to_numpy()}).groupby("k")["label"].nunique()
-    findings.append({"check": "duplicates", "severity": "warning" if straddling else "info",
-                     "count": int(exact_dup.sum() + near_dup.sum()), "column": col,
-                     "example_ids": usable["example_id"][exact_dup | near_dup].head(5).tolist(), "partitions": "",
-                     "message": f"{int(exact_dup.sum())} rows in exact-duplicate groups, {int(near_dup.sum())} more "
-                                f"near-duplicates; {straddling} groups span the test days and earlier days (the "
-                                f"split keeps each group on one side); {int((conflicting > 1).sum())} exact groups "
-                                "carry conflicting labels"})
-    counts = usable["label"].value_counts()
+def _duplicate_ids(a: _Audit) -> None:
+    rows = a.rows
+    order = np.lexsort((np.arange(len(rows)), rows["labeled_at"].to_numpy()))
+    dup_sorted = rows["example_id"].iloc[order].duplicated(keep="first").to_numpy()
+    dup = np.zeros(len(rows), dtype=bool)
+    dup[order] = dup_sorted
+    a.add("duplicate_example_id", "warning", dup, "example_id",
+          f"{int(dup.sum())} rows repeat an example_id seen earlier (the earliest labeled row is kept)",
+          quarantine=True)
+
+
+def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str]) -> None:
+    spec, rows = a.ctx.spec, a.rows
+    col = spec.data.input_column
+    usable = ~a.quarantined
+    idx = np.flatnonzero(usable)
+    sub = rows.iloc[idx]
+    sub_hashes: ImageHashes | None = None
+    if col == "text":
+        exact = text_exact_keys(sub[col])
+        near = normalised_text_hash(sub[col])
+    else:
+        if a.image_exact is None or hashes is None:
+            raise RuntimeError("image keys are computed by the input checks before the duplicate checks")
+        exact = a.image_exact[idx]
+        near = hashes[0][idx]
+        sub_hashes = (near, hashes[1][idx])
+    n = len(sub)
+    exact_cluster = cluster_ids(n, [exact])
+    near_cluster = cluster_ids(n, [exact, near] if col == "text" else [exact], sub_hashes,
+                               spec.data.near_duplicate_bits)
+    in_exact = pd.Series(exact_cluster).duplicated(keep=False).to_numpy()
+    in_near = pd.Series(near_cluster).duplicated(keep=False).to_numpy() & ~in_exact
+    conflicting = pd.DataFrame({"c": exact_cluster, "label": sub["label"].astype(str).to_numpy()}).groupby(
+        "c")["label"].nunique()
+    n_conflict = int((conflicting > 1).sum())
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[idx[in_exact]] = True
+    a.add("exact_duplicates", "warning" if n_conflict else "info", mask, col,
+          f"{int(in_exact.sum())} rows share their exact input with another row "
+          f"({int(pd.Series(exact_cluster[in_exact]).nunique())} groups, {n_conflict} with conflicting labels)",
+          conflicting_label_groups=n_conflict)
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[idx[in_near]] = True
+    how = ("normalised text (case, punctuation and whitespace ignored)" if col == "text" else
+           f"perceptual hash within {spec.data.near_duplicate_bits} bits")
+    a.add("near_duplicates", "info", mask, col,
+          f"{int(in_near.sum())} more rows are near-duplicates by {how}")
+    # Straddling: a cluster (group_id, exact or near duplicates) with members on the test days and before.
+    keys = [exact, near] if col == "text" else [exact]
+    g = group_keys(sub)
+    if g is not None:
+        keys.append(g)
+    cid = cluster_ids(n, keys, sub_hashes, spec.data.near_duplicate_bits)
+    on_test = sub["dt"].astype(str).isin(test_days).to_numpy()
+    span = pd.DataFrame({"c": cid, "t": on_test}).groupby("c")["t"].agg(["min", "max"])
+    straddling = span.index[span["min"] != span["max"]]
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[idx[np.isin(cid, straddling)]] = True
+    a.add("duplicates_straddle_test", "warning", mask, col,
+          f"{len(straddling)} duplicate/group clusters have members both on the test days {test_days} and on "
+          "earlier days; the split moves each such cluster wholly to test (its newest side)",
+          clusters=int(len(straddling)))
+
+
+def _class_checks(a: _Audit) -> dict[str, int]:
+    spec, rows = a.ctx.spec, a.rows
+    usable = rows[~a.quarantined]
+    counts = usable["label"].astype(str).value_counts()
     class_counts = {lab: int(counts.get(lab, 0)) for lab in spec.labels}
-    small = {k: v for k, v in class_counts.items() if v < spec.data.min_examples_per_class}
-    if small:
-        bad = usable[usable["label"].isin(small)]
-        finding("class_too_small", "blocking", bad, "label",
-                f"classes below min_examples_per_class {spec.data.min_examples_per_class}: {small}", None)
+    minimum = spec.data.min_examples_per_class
+    small = {k: v for k, v in class_counts.items() if v < minimum}
+    mask = ~a.quarantined & rows["label"].isin(list(small)).to_numpy()
+    a.add("class_too_small", "blocking" if small else "info", mask, "label",
+          f"classes below min_examples_per_class {minimum}: {small}" if small else
+          f"every class has at least {minimum} usable examples", count=sum(small.values()), classes=small)
     present = [v for v in class_counts.values() if v > 0]
-    imbalance = max(present) / min(present) if present else float("inf")
-    slice_sizes = {f"{c}={v}": int(k) for c in spec.data.slice_columns for v, k in
-                   usable[c].astype(str).value_counts().sort_index().items()}
-    shift = label_shift(ctx, class_counts)
-    if shift and shift["p_value"] < 0.01:
-        findings.append({"check": "label_shift", "severity": "warning", "count": 0, "column": "label",
-                         "example_ids": [], "partitions": "",
-                         "message": f"label distribution shifted vs run {shift['previous_run']} (TVD "
-                                    f"{shift['tvd']:.3f}, chi-square p {shift['p_value']:.2g})"})
-    report = {
-        "run_id": ctx.run_id, "total_rows": int(n), "usable_rows": int(len(usable)),
-        "quarantined_rows": int(len(quarantined_rows)), "blocking": bool(blocking), "blocking_messages": blocking,
-        "findings": findings, "class_counts": class_counts, "imbalance_ratio": imbalance,
-        "slice_sizes": slice_sizes, "label_shift": shift, "test_days": [str(d) for d in test_days],
-    }
-    q = pd.concat(quarantine, ignore_index=True) if quarantine else rows.head(0).assign(reason="")
-    return report, q
+    ratio = max(present) / min(present) if present else None
+    a.add("class_imbalance", "info", None, "label",
+          f"largest / smallest class = {ratio:.2f}" if ratio is not None else "no usable rows",
+          count=0, ratio=ratio)
+    return class_counts
 
 
-def label_shift(ctx: RunContext, class_counts: dict[str, int]) -> dict[str, Any] | None:
-    """Total variation distance and chi-square test against the previous snapshot of this model."""
+def _slice_sizes(a: _Audit, test_days: list[str]) -> dict[str, int]:
+    spec, rows = a.ctx.spec, a.rows
+    usable = rows[~a.quarantined]
+    sizes: dict[str, int] = {}
+    test_sizes: dict[str, int] = {}
+    on_test = usable["dt"].astype(str).isin(test_days)
+    # Named like the evaluation's slices: "col=value" and "a=x&b=y" for crosses.
+    names = [(c, usable[c].astype(str)) for c in spec.data.slice_columns]
+    for x, y in spec.data.slice_crosses:
+        names.append(("", x + "=" + usable[x].astype(str) + "&" + y + "=" + usable[y].astype(str)))
+    for col, values in names:
+        label = values if not col else col + "=" + values
+        for v, k in label.value_counts().sort_index().items():
+            sizes[str(v)] = int(k)
+        for v, k in label[on_test].value_counts().sort_index().items():
+            test_sizes[str(v)] = int(k)
+    small = {k: test_sizes.get(k, 0) for k in sizes if test_sizes.get(k, 0) < spec.gate.min_slice_size}
+    a.add("slice_sizes", "warning" if small else "info", None, ",".join(spec.data.slice_columns),
+          f"{len(small)} slices have fewer than gate.min_slice_size {spec.gate.min_slice_size} rows on the test "
+          f"days: {dict(list(small.items())[:10])}" if small else f"{len(sizes)} slices, all large enough on the "
+          "test days", count=len(small), sizes=sizes, test_sizes=test_sizes)
+    return sizes
+
+
+def previous_snapshot(ctx: RunContext, logical_date: str) -> tuple[str, dict[str, Any]] | None:
+    """(run id, manifest) of the most recent other run of this model whose logical date is earlier."""
+    best: tuple[str, str, dict[str, Any]] | None = None
+    base = f"runs/{ctx.spec.name}/"
+    for key in ctx.store.list(base):
+        parts = key[len(base) :].split("/")
+        if len(parts) != 3 or "/".join(parts[1:]) != MANIFEST or parts[0] == ctx.run_id:
+            continue
+        try:
+            m = json.loads(ctx.store.get_bytes(key))
+        except (ValueError, KeyError):
+            logger.warning("ignoring unreadable snapshot manifest %s", key)
+            continue
+        d = str(m.get("logical_date", ""))
+        if d and d < logical_date and (best is None or (d, parts[0]) > (best[0], best[1])):
+            best = (d, parts[0], m)
+    return (best[1], best[2]) if best else None
+
+
+def label_shift(spec_labels: list[str], current: dict[str, int], previous: dict[str, int]) -> dict[str, float]:
+    """Total variation distance and chi-square (2 x k contingency) p-value between two label count tables."""
     from scipy.stats import chi2_contingency
 
-    me = ctx.read_json("snapshot/manifest.json")["logical_date"]
-    best: tuple[str, str, dict[str, Any]] | None = None
-    prefix = f"runs/{ctx.spec.name}/"
-    for key in ctx.store.list(prefix):
-        if not key.endswith("/snapshot/manifest.json") or key.startswith(ctx.prefix + "/"):
-            continue
-        m = json.loads(ctx.store.get_bytes(key))
-        if m.get("logical_date", "") < me and (best is None or m["logical_date"] > best[0]):
-            best = (m["logical_date"], key.split("/")[2], m)
-    if best is None:
-        return None
-    prev = best[2]["rows_per_label"]
-    labels = list(class_counts)
-    a = np.array([class_counts[k] for k in labels], float)
-    b = np.array([prev.get(k, 0) for k in labels], float)
+    a = np.array([current.get(k, 0) for k in spec_labels], float)
+    b = np.array([previous.get(k, 0) for k in spec_labels], float)
     if a.sum() == 0 or b.sum() == 0:
-        return None
-    tvd = 0.5 * np.abs(a / a.sum() - b / b.sum()).sum()
+        return {"tvd": 0.0, "p_value": 1.0, "chi2": 0.0}
+    tvd = 0.5 * float(np.abs(a / a.sum() - b / b.sum()).sum())
     keep = (a + b) > 0
-    p = float(chi2_contingency(np.stack([a[keep], b[keep]]))[1]) if keep.sum() > 1 else 1.0
-    return {"previous_run": best[1], "previous_logical_date": best[0], "tvd": float(tvd), "p_value": p}
+    if keep.sum() < 2:
+        return {"tvd": tvd, "p_value": 1.0, "chi2": 0.0}
+    res = chi2_contingency(np.stack([a[keep], b[keep]]), correction=False)
+    return {"tvd": tvd, "p_value": float(res[1]), "chi2": float(res[0])}
+
+
+def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, int]) -> dict[str, Any] | None:
+    spec = a.ctx.spec
+    prev = previous_snapshot(a.ctx, manifest["logical_date"])
+    if prev is None:
+        a.add("label_shift", "info", None, "label", "no earlier snapshot of this model to compare with", count=0)
+        return None
+    run, m = prev
+    stats = label_shift(spec.labels, class_counts, m.get("rows_per_label", {}))
+    flagged = stats["p_value"] < spec.data.label_shift_alpha and stats["tvd"] >= spec.data.label_shift_min_tvd
+    result = {"previous_run": run, "previous_logical_date": m["logical_date"], **stats, "flagged": flagged}
+    a.add("label_shift", "warning" if flagged else "info", None, "label",
+          f"label distribution vs run {run} ({m['logical_date']}): TVD {stats['tvd']:.3f}, chi-square p "
+          f"{stats['p_value']:.3g} (flagged when p < {spec.data.label_shift_alpha} and TVD >= "
+          f"{spec.data.label_shift_min_tvd})", count=1 if flagged else 0, **result)
+    return result
+
+
+def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests."""
+    a = _Audit(ctx, rows)
+    col = ctx.spec.data.input_column
+    a.add("empty_window", "blocking" if len(rows) == 0 else "info", None, col,
+          f"the snapshot window {manifest['window']['start']} .. {manifest['window']['end']} has no rows"
+          if len(rows) == 0 else f"{len(rows)} rows in the window", count=len(rows))
+    _label_checks(a)
+    hashes = _input_checks(a)
+    _duplicate_ids(a)
+    usable_dt = rows.loc[~a.quarantined, "dt"]
+    test_days = newest_days(usable_dt, ctx.spec.data.test_days) if len(usable_dt) else []
+    if len(rows):
+        _duplicate_checks(a, hashes, test_days)
+    class_counts = _class_checks(a)
+    slice_sizes = _slice_sizes(a, test_days)
+    shift = _label_shift(a, manifest, class_counts)
+    q = a.quarantined
+    reasons = pd.Series(a.reason[q]).str.split("; ").explode().value_counts().sort_index()
+    present = [v for v in class_counts.values() if v > 0]
+    report = {
+        "schema_version": 1, "run_id": ctx.run_id, "model": ctx.spec.name,
+        "logical_date": manifest["logical_date"], "snapshot_hash": manifest["content_hash"],
+        "total_rows": int(len(rows)), "usable_rows": int((~q).sum()), "quarantined_rows": int(q.sum()),
+        "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "blocking": bool(a.blocking), "blocking_messages": a.blocking, "findings": a.findings,
+        "class_counts": class_counts,
+        "imbalance_ratio": max(present) / min(present) if present else None,
+        "slice_sizes": slice_sizes, "label_shift": shift, "test_days": test_days,
+    }
+    quarantine = rows[q].copy()
+    quarantine["reason"] = a.reason[q].astype(str)
+    return report, quarantine
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    out = df.copy()
+    for c in ("dt", "partition"):
+        if c in out:
+            out[c] = out[c].astype(str)
+    buf = io.BytesIO()
+    out.reset_index(drop=True).to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def run_audit(ctx: RunContext) -> str:
-    rows = load_snapshot_rows(ctx)
-    report, quarantine = audit_rows(ctx, rows)
-    buf = io.BytesIO()
-    quarantine.drop(columns=[c for c in ("image",) if c in quarantine]).to_parquet(buf, index=False)
-    ctx.store.put_bytes(ctx.key("audit/quarantine.parquet"), buf.getvalue())
-    ctx.write_json("audit/report.json", report)
+    """Audit the run's snapshot; write the report and the quarantine; raise on blocking findings. Returns the
+    report's URI."""
+    manifest = read_manifest(ctx)
+    rows = load_snapshot_rows(ctx, manifest)
+    report, quarantine = audit_rows(ctx, rows, manifest)
+    ctx.store.put_bytes(ctx.key(QUARANTINE), _parquet(quarantine))
+    ctx.write_json(REPORT, report)
     if report["blocking"]:
-        raise BlockingAuditFinding(f"run {ctx.run_id}: blocking data audit findings:\n  "
+        raise BlockingAuditFinding(f"run {ctx.run_id}: blocking data audit findings (report {ctx.uri(REPORT)}):\n  "
                                    + "\n  ".join(report["blocking_messages"]))
-    logger.info("audit: %d usable rows, %d quarantined", report["usable_rows"], report["quarantined_rows"])
-    return ctx.uri("audit/report.json")
+    logger.info("audit: %d usable rows, %d quarantined (%s)", report["usable_rows"], report["quarantined_rows"],
+                report["quarantine_reasons"])
+    return ctx.uri(REPORT)

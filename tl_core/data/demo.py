@@ -82,15 +82,17 @@ def text_rows(day: date, n: int, drifted: bool, labels: list[str], rng: np.rando
     return pd.DataFrame(rows)
 
 
-def _scan(img8: np.ndarray, scanner: str, rng: np.random.Generator) -> bytes:
+def _scan(img8: np.ndarray, scanner: str, rng: np.random.Generator, shift: tuple[int, int] = (0, 0)) -> bytes:
+    """One scan of an 8x8 digit at 32x32: a scanner-specific pipeline of blur, contrast and noise."""
     from PIL import Image, ImageFilter
 
     base = Image.fromarray((img8 * 16).clip(0, 255).astype(np.uint8)).resize((32, 32), Image.Resampling.BICUBIC)
-    arr: np.ndarray = np.asarray(base, dtype=np.float64)
-    if scanner == "phone":
+    arr: np.ndarray = np.roll(np.asarray(base, dtype=np.float64), shift, axis=(0, 1))
+    if scanner == "phone":  # soft focus, washed-out contrast, uneven lighting
         base = Image.fromarray(arr.astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(rng.uniform(0.6, 1.2))))
-        arr = np.asarray(base, dtype=np.float64) * rng.uniform(0.7, 0.9) + 20
-    elif scanner == "fax":
+        light = np.linspace(0, float(rng.uniform(10, 40)), 32)[None, :]
+        arr = np.asarray(base, dtype=np.float64) * rng.uniform(0.65, 0.9) + 20 + light
+    elif scanner == "fax":  # thresholded to black/white with speckle
         arr = np.where(arr + rng.normal(0, 40, arr.shape) > 110, 255.0, 0.0)
     arr = arr + rng.normal(0, 6, arr.shape)
     buf = io.BytesIO()
@@ -98,22 +100,37 @@ def _scan(img8: np.ndarray, scanner: str, rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def image_rows(day: date, n: int, drifted: bool, rng: np.random.Generator) -> pd.DataFrame:
+def image_rows(day: date, n: int, drifted: bool, rng: np.random.Generator, seed: int = 0) -> pd.DataFrame:
+    """``n`` scans for one day. Source digits come from a seed-wide permutation, a block per day, so a
+    source is reused only after len(digits) / n days; a third of the sources are scanned twice (a shifted
+    second crop, possibly on another scanner) and both scans share a group_id."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    # Imbalance: rarer 1s and 7s.
-    weights = np.where(np.isin(digits.target, [1, 7]), 0.5, 1.0)
-    src = rng.choice(len(digits.target), size=n, p=weights / weights.sum())
+    total = len(digits.target)
+    order = np.random.default_rng([seed, 7]).permutation(total)
+    start = (day.toordinal() * n) % total
+    block = order[(start + np.arange(2 * n)) % total]
+    # Imbalance: 1s and 7s are rarer (half of them are skipped).
+    keep = ~np.isin(digits.target[block], [1, 7]) | (rng.random(len(block)) < 0.5)
     scanners = ["flatbed", "phone", "fax"]
     p_scan = [0.35, 0.35, 0.30] if drifted else [0.55, 0.35, 0.10]
-    rows = []
-    for i, s in enumerate(src):
-        scanner = str(rng.choice(scanners, p=p_scan))
-        rows.append({"example_id": f"d-{day:%Y%m%d}-{i:05d}", "label": str(digits.target[s]),
-                     "image": _scan(digits.images[s], scanner, rng), "group_id": f"scan-{s}",
-                     "labeled_at": datetime(day.year, day.month, day.day) + timedelta(seconds=int(rng.integers(86400))),
-                     "scanner": scanner, "site": str(rng.choice(["north", "south"]))})
+    rows: list[dict[str, object]] = []
+    for s in block[keep]:
+        copies = 2 if rng.random() < 0.35 else 1
+        site = str(rng.choice(["north", "south"], p=[0.6, 0.4]))
+        for c in range(copies):
+            if len(rows) >= n:
+                break
+            scanner = str(rng.choice(scanners, p=p_scan))
+            shift = (0, 0) if c == 0 else (int(rng.integers(-2, 3)), int(rng.integers(-2, 3)))
+            rows.append({"example_id": f"d-{day:%Y%m%d}-{len(rows):05d}", "label": str(digits.target[s]),
+                         "image": _scan(digits.images[s], scanner, rng, shift), "group_id": f"scan-{int(s)}",
+                         "labeled_at": datetime(day.year, day.month, day.day)
+                         + timedelta(seconds=int(rng.integers(86400))),
+                         "scanner": scanner, "site": site})
+        if len(rows) >= n:
+            break
     return pd.DataFrame(rows)
 
 
@@ -130,7 +147,7 @@ def write_demo_data(spec: ModelSpec, end_date: date, days: int = 14, rows_per_da
         rng = np.random.default_rng([seed, day.toordinal()])  # a day's rows do not depend on the range asked for
         drifted = drift_from is not None and day >= drift_from
         df = text_rows(day, n, drifted, list(spec.labels), rng) if spec.modality == "text" else image_rows(
-            day, n, drifted, rng)
+            day, n, drifted, rng, seed)
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         key = partition_key(spec.data.dataset, day, "part-000.parquet")
