@@ -1,0 +1,122 @@
+"""Snapshot: window, manifest contents, byte-for-byte determinism, late partitions, errors (file:// and s3://)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_data_helpers import base, put, text_rows, text_spec
+
+from tl_core.data.audit import run_audit
+from tl_core.data.snapshot import run_snapshot
+from tl_core.errors import BlockingAuditFinding, DataError
+from tl_core.runs import RunContext
+from tl_core.store import open_store
+
+
+def test_manifest_window_counts_hashes_and_determinism(store_uri: str) -> None:
+    spec = text_spec(store_uri)
+    base(spec)
+    put(spec, date(2026, 10, 20), text_rows(date(2026, 10, 20)))  # outside the window
+    a = RunContext.open(spec, "a")
+    uri = run_snapshot(a, date(2026, 11, 4))
+    assert uri == a.uri("snapshot/manifest.json")
+    m = a.read_json("snapshot/manifest.json")
+    # window_days=3: [Nov 1, Nov 4] inclusive.
+    assert m["window"] == {"start": "2026-11-01", "end": "2026-11-04"}
+    assert [p["dt"] for p in m["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    assert m["total_rows"] == 48 and m["rows_per_label"] == {"billing": 16, "login": 16, "shipping": 16}
+    assert all(p["rows"] == 12 and p["rows_per_label"] == {"billing": 4, "login": 4, "shipping": 4}
+               for p in m["partitions"])
+    data = open_store(spec.data.root)
+    for p in m["partitions"]:
+        (f,) = p["files"]
+        assert f["sha256"] == hashlib.sha256(data.get_bytes(f["key"])).hexdigest()
+    assert m["spec_fingerprint"] == spec.fingerprint() and m["logical_date"] == "2026-11-04"
+    assert "created" not in json.dumps(m)
+    b = RunContext.open(spec, "b")
+    run_snapshot(b, date(2026, 11, 4))
+    assert b.store.get_bytes(b.key("snapshot/manifest.json")) == a.store.get_bytes(a.key("snapshot/manifest.json"))
+    run_snapshot(a, date(2026, 11, 4))  # an identical re-run of the same run is a no-op
+
+
+def test_late_partitions_only_in_runs_covering_them(store_uri: str) -> None:
+    spec = text_spec(store_uri)
+    base(spec)
+    a = RunContext.open(spec, "a")
+    run_snapshot(a, date(2026, 11, 4))
+    first = a.read_json("snapshot/manifest.json")
+    # Late labels for Nov 2 land after run a.
+    put(spec, date(2026, 11, 2), text_rows(date(2026, 11, 2), n=5, prefix="late-"), "part-1.parquet")
+    c = RunContext.open(spec, "c")
+    run_snapshot(c, date(2026, 11, 4))
+    later = c.read_json("snapshot/manifest.json")
+    assert later["content_hash"] != first["content_hash"] and later["total_rows"] == 53
+    assert [len(p["files"]) for p in later["partitions"]] == [1, 2, 1, 1]
+    # run a keeps its snapshot; re-snapshotting it with the new data is refused
+    with pytest.raises(DataError, match="already has a snapshot with content hash .* start a new run"):
+        run_snapshot(a, date(2026, 11, 4))
+    assert a.read_json("snapshot/manifest.json") == first
+    run_audit(a)  # the audit of run a reads only the files its manifest lists
+    assert a.read_json("audit/report.json")["total_rows"] == 48
+    # A run for Oct 31 (window [Oct 28, Oct 31]) covers none of it; one for Nov 1 does not see Nov 2.
+    d = RunContext.open(spec, "d")
+    run_snapshot(d, date(2026, 11, 1))
+    assert [p["dt"] for p in d.read_json("snapshot/manifest.json")["partitions"]] == ["2026-11-01"]
+
+
+def test_empty_window_blocks(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    base(spec)
+    with pytest.raises(BlockingAuditFinding, match=r"empty window: no partitions .*/t in \[2026-01-01, 2026-01-04\] "
+                                                   r"\(window_days 3; the dataset has 4 partitions, 2026-11-01"):
+        run_snapshot(RunContext.open(spec, "e"), date(2026, 1, 4))
+
+
+@pytest.mark.parametrize(("mutate", "match"), [
+    (lambda df: df.drop(columns=["region"]), r"dt=2026-12-01/part-0.parquet: missing column\(s\) \['region'\]"),
+    (lambda df: df.assign(labeled_at="2026-12-01"), r"column 'labeled_at' must be timestamp, got (large_)?string"),
+    (lambda df: df.assign(label=1), r"column 'label' must be string, got int64"),
+    (lambda df: df.assign(text=b"x"), r"column 'text' must be string, got (large_)?binary"),
+])
+def test_schema_errors_name_file_column_and_types(tmp_path: Path, mutate: object, match: str) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    put(spec, date(2026, 12, 1), mutate(text_rows(date(2026, 12, 1))))  # type: ignore[operator]
+    with pytest.raises(DataError, match=match):
+        run_snapshot(RunContext.open(spec, "f"), date(2026, 12, 1))
+
+
+def test_unreadable_parquet_and_bad_dt_folder(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    store = open_store(spec.data.root)
+    store.put_bytes("t/dt=2026-12-01/part-0.parquet", b"not parquet")
+    with pytest.raises(DataError, match=r"t/dt=2026-12-01/part-0.parquet: not a readable parquet file"):
+        run_snapshot(RunContext.open(spec, "g"), date(2026, 12, 1))
+    store.put_bytes("t/dt=2026-13-45/part-0.parquet", b"x")
+    with pytest.raises(DataError, match=r"t/dt=2026-13-45: '2026-13-45' is not a valid date"):
+        run_snapshot(RunContext.open(spec, "h"), date(2026, 12, 1))
+
+
+def test_changed_partition_after_snapshot_is_refused_naming_the_file(store_uri: str) -> None:
+    spec = text_spec(store_uri)
+    base(spec)
+    ctx = RunContext.open(spec, "r")
+    run_snapshot(ctx, date(2026, 11, 4))
+    put(spec, date(2026, 11, 3), text_rows(date(2026, 11, 3), prefix="x"))
+    with pytest.raises(DataError, match=r"partition file t/dt=2026-11-03/part-0.parquet changed after the snapshot"):
+        run_audit(ctx)
+
+
+def test_null_labels_are_counted_as_missing(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    df = text_rows(date(2026, 11, 1))
+    df["label"] = pd.Series([None] * 3 + list(df["label"][3:]), dtype=object)
+    put(spec, date(2026, 11, 1), df)
+    ctx = RunContext.open(spec, "n")
+    run_snapshot(ctx, date(2026, 11, 1))
+    assert ctx.read_json("snapshot/manifest.json")["rows_per_label"] == {
+        "<missing>": 3, "billing": 3, "login": 3, "shipping": 3}
