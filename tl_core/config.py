@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -313,8 +314,38 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> ModelSpec:
         raise SpecError(f"{source}: invalid model spec:\n  " + "\n  ".join(lines)) from None
 
 
+# Deployment overrides: one environment (e.g. the docker compose stack) points every spec at its own store.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "TL_STORE_URI": ("store",),
+    "TL_REGISTRY_URI": ("registry",),
+    "TL_DATA_ROOT_URI": ("data", "root"),
+}
+
+
+def apply_env_overrides(raw: Any, env: dict[str, str] | os._Environ[str]) -> tuple[Any, list[str]]:
+    """Set the spec fields named in ENV_OVERRIDES from non-empty variables; returns (raw, applied 'VAR=value')."""
+    if not isinstance(raw, dict):
+        return raw, []
+    out: dict[str, Any] = dict(raw)
+    applied = []
+    for var, path in ENV_OVERRIDES.items():
+        value = env.get(var, "")
+        if not value:
+            continue
+        node = out
+        for part in path[:-1]:
+            child = node.get(part) or {}
+            if not isinstance(child, dict):
+                raise SpecError(f"{'.'.join(path[:-1])}: must be a mapping to apply {var}, got {child!r}")
+            node[part] = dict(child)
+            node = node[part]
+        node[path[-1]] = value
+        applied.append(f"{var}={value}")
+    return out, applied
+
+
 def load_spec(path: str | Path) -> ModelSpec:
-    """Load and validate one YAML spec file."""
+    """Load and validate one YAML spec file (after the TL_*_URI deployment overrides, see ENV_OVERRIDES)."""
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"spec file not found: {p} (expected a YAML file such as configs/support-tickets.yaml)")
@@ -322,7 +353,8 @@ def load_spec(path: str | Path) -> ModelSpec:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{p}: not valid YAML: {exc}") from None
-    return parse_spec(raw, source=str(p))
+    raw, applied = apply_env_overrides(raw, os.environ)
+    return parse_spec(raw, source=f"{p} (with {', '.join(applied)})" if applied else str(p))
 
 
 def load_specs(directory: str | Path) -> list[ModelSpec]:
