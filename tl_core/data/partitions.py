@@ -151,12 +151,13 @@ def dhash_image(img: Any, size: int = 8) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def dhash_words(img: Any, size: int = 16) -> np.ndarray:
-    """A finer dHash (size*size bits, 256 by default) as uint64 words, used to confirm 64-bit matches."""
+def dhash_words(img: Any, size: int = 16, margin: int = 2) -> np.ndarray:
+    """A finer dHash (size*size bits, 256 by default) as uint64 words, used to confirm 64-bit matches. A bit
+    is set where the gradient exceeds ``margin`` grey levels, so flat areas do not flip under mild blur."""
     from PIL import Image
 
     px = np.asarray(img.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
-    packed = np.packbits((px[:, 1:] > px[:, :-1]).flatten())
+    packed = np.packbits((px[:, 1:] - px[:, :-1] > margin).flatten())
     return np.frombuffer(packed.tobytes(), dtype=">u8").astype(np.uint64)
 
 
