@@ -166,7 +166,8 @@ def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str
     col = spec.data.input_column
     usable = ~a.quarantined
     idx = np.flatnonzero(usable)
-    sub = rows.iloc[idx]
+    needed = [c for c in ("example_id", "label", "dt", col, "group_id") if c in rows]
+    sub = rows[needed] if usable.all() else rows[needed].iloc[idx]
     sub_hashes: ImageHashes | None = None
     if col == "text":
         exact = text_exact_keys(sub[col])

@@ -123,9 +123,9 @@ def text_exact_keys(texts: pd.Series) -> np.ndarray:
 
 def normalise_text(texts: pd.Series) -> pd.Series:
     """Lowercase; every run of punctuation / whitespace / underscores becomes one space; trimmed."""
-    arr = pa.array(texts.fillna("").astype(str).to_numpy(dtype=object), type=pa.string())
+    arr = pa.array(texts.fillna("").astype(str), type=pa.large_string())
     norm = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(arr), _NON_WORD, " "))
-    return pd.Series(norm.to_numpy(zero_copy_only=False), index=texts.index, dtype=object)
+    return pd.Series(pd.arrays.ArrowExtensionArray(norm), index=texts.index)
 
 
 def normalised_text_hash(texts: pd.Series) -> np.ndarray:
