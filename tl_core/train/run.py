@@ -17,7 +17,7 @@ from tl_core.errors import DataError, NoSuchKey
 from tl_core.models.artifacts import model_config, save_model
 from tl_core.models.backbones import Classifier, load_backbone
 from tl_core.runs import SPLITS, RunContext
-from tl_core.train.data import content_hashes, encode_split, image_transform
+from tl_core.train.data import Encoded, content_hashes, encode_split, image_transform
 from tl_core.train.finetune import choose_device, finetune, predict_logits
 from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
 
@@ -80,11 +80,15 @@ def run_train(ctx: RunContext, strategy: str) -> str:
     if strategy == "frozen":
         stats = CacheStats()
         cache = EmbeddingCache(ctx.store, cache_key(spec, backbone.preprocessing))
-        feats = {}
-        for name, df in parts.items():
-            hashes = content_hashes(df, spec.data.input_column)
-            feats[name] = embed_with_cache(model, backbone, spec, encoded[name], hashes, cache,
-                                           f"{ctx.run_id}-{name}", transforms[1], stats)
+        # One pass over the examples of every split that the cache has not seen (fewer, fuller batches).
+        names = list(parts)
+        merged = Encoded(encoded[names[0]].kind, [i for n in names for i in encoded[n].ids],
+                         [v for n in names for v in encoded[n].values],
+                         np.concatenate([encoded[n].labels for n in names]))
+        hashes = [h for n in names for h in content_hashes(parts[n], spec.data.input_column)]
+        everything = embed_with_cache(model, backbone, spec, merged, hashes, cache, ctx.run_id, transforms[1], stats)
+        bounds = np.cumsum([0] + [len(encoded[n]) for n in names])
+        feats = {n: everything[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
         weight, bias, c_scores = fit_head(spec, feats["train"], encoded["train"].labels, feats["validation"],
                                           encoded["validation"].labels)
         with torch.no_grad():
