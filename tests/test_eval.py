@@ -17,7 +17,8 @@ from tl_core.evaluate.calibration import fit_temperature, nll
 from tl_core.evaluate.metrics import all_metrics, ece, softmax
 from tl_core.evaluate.run import ChampionScores, compare_models, run_evaluate, run_gate
 from tl_core.gate import decide
-from tl_core.train.run import run_select, run_train
+from tl_core.train.run import run_train
+from tl_core.train.select import run_select
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 

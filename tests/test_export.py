@@ -21,7 +21,8 @@ from tl_core.export.onnx_export import (
 from tl_core.export.predict import open_model_dir, predictions_frame, score
 from tl_core.models.artifacts import load_model_dir
 from tl_core.store import local_copy
-from tl_core.train.run import run_select, run_train
+from tl_core.train.run import run_train
+from tl_core.train.select import run_select
 
 
 @pytest.fixture(scope="module")

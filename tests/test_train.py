@@ -14,7 +14,8 @@ from tl_core.models.backbones import Classifier, load_backbone
 from tl_core.store import local_copy
 from tl_core.train.data import encode_split
 from tl_core.train.finetune import apply_lora, finetune, macro_f1, merge_lora
-from tl_core.train.run import run_select, run_train
+from tl_core.train.run import run_train
+from tl_core.train.select import run_select
 
 
 @pytest.fixture(scope="module")

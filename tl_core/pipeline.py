@@ -45,7 +45,7 @@ def step_train(spec_path: str, run_id: str, strategy: str) -> str:
 
 
 def step_select(spec_path: str, run_id: str) -> str:
-    from tl_core.train.run import run_select
+    from tl_core.train.select import run_select
 
     return run_select(_ctx(spec_path, run_id))
 

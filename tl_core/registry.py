@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_core.cache import CACHE_DIR
 from tl_core.config import NAME_PATTERN, ModelSpec
 from tl_core.errors import NoSuchKey, PreconditionFailed, TLError
 from tl_core.store import ObjectStore, join_key, open_store
@@ -102,8 +103,6 @@ class Registry:
         self.store = open_store(store_uri) if isinstance(store_uri, str) else store_uri
         self.model = check_model_name(model)
         self.prefix = join_key("registry", model)
-        from tl_core.models.backbones import CACHE_DIR
-
         self.cache_dir = cache_dir or CACHE_DIR / "registry"
 
     @classmethod

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from tl_core.cache import CACHE_DIR
 from tl_core.config import BackboneSpec, ModelSpec
 from tl_core.store import split_uri
 
 logger = logging.getLogger(__name__)
 
-# Where weights fetched from a store URI are cached on this machine.
-CACHE_DIR = Path(os.environ.get("TL_CACHE_DIR", Path.home() / ".cache" / "tl-retrain"))
 
 
 def resolve_weights_path(backbone: BackboneSpec) -> str | None:
