@@ -25,7 +25,11 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, task
 
 CONFIGS = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
-REPORT_VIEW = os.environ.get("TL_REPORT_URL", "/tl/report/{model}/{run_id}")
+# The plugin's views (plugins/tl_plugin.py), served by the Airflow API server; TL_AIRFLOW_PUBLIC_URL makes the
+# links absolute (e.g. in notifications), by default they are relative to the Airflow UI.
+PUBLIC_URL = os.environ.get("TL_AIRFLOW_PUBLIC_URL", "").rstrip("/")
+REPORT_VIEW = PUBLIC_URL + "/tl/report/{dag_id}/{run_id}"
+REGISTRY_VIEW = PUBLIC_URL + "/tl/registry/{dag_id}?run_id={run_id}"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
                 "max_retry_delay": timedelta(minutes=10)}
 
@@ -136,13 +140,16 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         def shadow_recorded(version: str) -> str:
             return version
 
+        run_q = "{{ run_id | urlencode }}"
         approve = ApprovalOperator(
             task_id="approval",
             subject=f"Promote {name}: candidate {{{{ ti.xcom_pull(task_ids='register') }}}} (strategy "
                     f"{{{{ ti.xcom_pull(task_ids='gate')['candidate'] }}}}) over champion "
                     f"{{{{ ti.xcom_pull(task_ids='gate')['champion_version'] or 'none' }}}}",
-            body="{{ ti.xcom_pull(task_ids='gate')['summary_markdown'] }}\n\nEvidence report: "
-                 + REPORT_VIEW.format(model=name, run_id="{{ run_id }}"),
+            body="{{ ti.xcom_pull(task_ids='gate')['summary_markdown'] }}\n\n"
+                 f"[Evidence report]({REPORT_VIEW.format(dag_id=f'retrain_{name}', run_id=run_q)}) | "
+                 f"[Registry history]({REGISTRY_VIEW.format(dag_id=f'retrain_{name}', run_id=run_q)}) | "
+                 "store: {{ ti.xcom_pull(task_ids='gate')['report_uri'] }}",
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param("", type="string", description="recorded in the registry ledger")},

@@ -1,0 +1,137 @@
+"""Airflow plugin: the evidence report and the registry history where the approver is.
+
+A FastAPI app mounted on the Airflow API server at ``/tl`` and two external views that put it in the UI:
+
+  /tl/report/{dag_id}/{run_id}    the run's ``evaluation/report.html`` (tab "Evidence report" on a DAG run)
+  /tl/registry/{dag_id}           champion and registry ledger of the model (tab "Model registry" on a DAG),
+                                  ``?run_id=`` highlights the records of one run
+
+Files come ONLY from the store configured in the model's spec (``$TL_CONFIGS_DIR/*.yaml``): the DAG id names
+the model (``retrain_<model>``, ``promote_<model>``, ``rollback_<model>``), the run id is made key-safe by
+``RunContext``, so no request can name a path or another store. Requests need an Airflow login (JWT cookie
+of the UI or ``Authorization: Bearer``) that may read the DAG. No business logic here; tl_core is imported
+lazily inside the handlers (the plugin loads in every Airflow process).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+
+logger = logging.getLogger(__name__)
+DAG_KINDS = ("retrain_", "promote_", "rollback_")
+REPORT_REL = "evaluation/report.html"
+
+
+def configs_dir() -> Path:
+    return Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
+
+
+def model_of(dag_id: str) -> str:
+    for kind in DAG_KINDS:
+        if dag_id.startswith(kind) and len(dag_id) > len(kind):
+            return dag_id[len(kind):]
+    raise HTTPException(404, f"DAG {dag_id!r} is not a tl-retrain DAG (expected retrain_/promote_/rollback_<model>)")
+
+
+def spec_for(dag_id: str) -> Any:
+    """The validated spec whose name the DAG id carries; 404 when no spec in the configs folder has it."""
+    from tl_core.config import load_specs
+
+    model = model_of(dag_id)
+    for spec in load_specs(configs_dir()):
+        if spec.name == model:
+            return spec
+    raise HTTPException(404, f"no model spec named {model!r} in {configs_dir()} (from DAG {dag_id!r})")
+
+
+async def current_user(request: Request) -> Any:
+    """The Airflow user of the request (401/403 from Airflow's own token check)."""
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, oauth2_scheme
+
+    return await get_user(request, await oauth2_scheme(request), await bearer_scheme(request))
+
+
+async def readable_dag(dag_id: str, request: Request) -> str:
+    """The DAG id of the path, once Airflow's auth manager says the request's user may read that DAG."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    user = await current_user(request)
+    if not get_auth_manager().is_authorized_dag(method="GET", details=DagDetails(id=dag_id), user=user):
+        raise HTTPException(403, f"user {user.get_name()!r} may not read DAG {dag_id!r}")
+    return dag_id
+
+
+app = FastAPI(title="tl-retrain evidence", description="Evidence reports and registry history for approvers")
+
+
+@app.get("/report/{dag_id}/{run_id}", response_class=HTMLResponse)
+def report(run_id: str, dag_id: str = Depends(readable_dag)) -> HTMLResponse:
+    from tl_core.errors import NoSuchKey
+    from tl_core.runs import RunContext
+
+    spec = spec_for(dag_id)
+    try:
+        ctx = RunContext.open(spec, run_id)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    try:
+        body = ctx.store.get_bytes(ctx.key(REPORT_REL))
+    except NoSuchKey:
+        raise HTTPException(404, f"run {run_id!r} of {spec.name} has no {REPORT_REL} yet in {ctx.uri()} "
+                                 "(the evaluate task writes it)") from None
+    return HTMLResponse(body.decode("utf-8"), headers={"Content-Security-Policy": "default-src 'none'; "
+                        "img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"})
+
+
+def render_history(model: str, champion: Any, records: list[dict[str, Any]], run_id: str | None) -> str:
+    """The registry page: champion and every ledger record, newest first (records of ``run_id`` marked)."""
+    esc = html.escape
+    rows = []
+    for r in reversed(records):
+        mark = ' class="run"' if run_id and r.get("run_id") == run_id else ""
+        cells = [r.get("seq"), r.get("at"), r.get("action"), r.get("version"), r.get("previous"), r.get("run_id"),
+                 r.get("actor"), r.get("reason")]
+        rows.append(f"<tr{mark}>" + "".join(f"<td>{esc(str(c if c is not None else ''))}</td>" for c in cells)
+                    + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("seq", "at", "action", "version", "previous", "run", "actor", "reason"))
+    champ = (f"champion <b>{esc(champion.version)}</b> (since {esc(str(champion.record.get('at', '?')))}, "
+             f"by {esc(str(champion.record.get('actor', '?')))})" if champion else "no champion yet")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(model)} registry</title><style>"
+            "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:.25em .5em;text-align:left;vertical-align:top}tr.run{background:#fff3c4}</style></head><body>"
+            f"<h1>Model registry: {esc(model)}</h1><p id='champion'>{champ}</p>"
+            f"<table id='ledger'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></body></html>")
+
+
+@app.get("/registry/{dag_id}", response_class=HTMLResponse)
+def registry(run_id: str | None = None, dag_id: str = Depends(readable_dag)) -> HTMLResponse:
+    from tl_core.registry import Registry
+    from tl_core.store import key_safe
+
+    spec = spec_for(dag_id)
+    reg = Registry.for_spec(spec)
+    safe_run = key_safe(run_id) if run_id else None
+    records = reg.history()
+    marked = [r for r in records if safe_run and r.get("run_id") in (run_id, safe_run)]
+    return HTMLResponse(render_history(spec.name, reg.champion(), records,
+                                       marked[0]["run_id"] if marked else None))
+
+
+class TLRetrainPlugin(AirflowPlugin):
+    name = "tl_retrain"
+    fastapi_apps = [{"app": app, "url_prefix": "/tl", "name": "tl-retrain evidence"}]
+    external_views = [
+        {"name": "Evidence report", "href": "tl/report/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
+         "url_route": "tl-evidence-report", "category": "tl-retrain"},
+        {"name": "Model registry", "href": "tl/registry/{DAG_ID}", "destination": "dag",
+         "url_route": "tl-model-registry", "category": "tl-retrain"},
+    ]
