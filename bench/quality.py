@@ -33,7 +33,8 @@ SPECS = {"text": "configs/support-tickets.yaml", "image": "configs/digits.yaml"}
 def subset(df: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
     train = df[df["split"] == "train"]
     if per_class is not None:
-        keep = [i for _, g in train.groupby("label") for i in g.sample(n=min(per_class, len(g)), random_state=seed).index]
+        keep = [i for _, g in train.groupby("label")
+                for i in g.sample(n=min(per_class, len(g)), random_state=seed).index]
         train = train.loc[keep]
     return pd.concat([train, df[df["split"] != "train"]], ignore_index=True)
 
