@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from datetime import date, timedelta
@@ -23,6 +24,7 @@ import yaml
 
 from tl_core.config import parse_spec
 from tl_core.local_airflow import REPO, LocalAirflow
+from tl_core.ops_commands import AirflowAPIError
 from tl_core.registry import Registry
 from tl_core.runs import RunContext
 
@@ -60,10 +62,15 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
         say(decision["summary_markdown"])
         say(f"\nevidence report: {ctx.uri('evaluation/report.html')}")
     if state == "awaiting_input":
-        say(f"\napproval pending ({time.monotonic() - t0:.0f}s in); answering with: "
-            f"tl approve --dag {DAG} --run {run_id}")
-        answer = af.client().answer(DAG, run_id, "approval", "Approve", "demo: reviewed the gate summary")
-        say(f"approved by {answer['responded_by']['name']} at {answer['responded_at']}")
+        pending = af.client().pending_approvals(DAG, run_id)
+        say(f"\napproval pending ({time.monotonic() - t0:.0f}s in): {pending[0]['subject'] if pending else '?'}")
+        cmd = ["tl", "approve", "--dag", DAG, "--run", run_id, "--comment", "demo: reviewed the gate summary"]
+        say("$ " + " ".join(cmd))
+        proc = subprocess.run(["timeout", "-k", "10", "120", sys.executable, "-m", "tl_core.cli", *cmd[1:]],
+                              env=af.env, capture_output=True, text=True)
+        say((proc.stdout + proc.stderr).strip())
+        if proc.returncode != 0:
+            raise AirflowAPIError(f"tl approve failed ({proc.returncode})")
         state = af.wait(DAG, run_id, ("success", "failed"))
     states = af.task_states(DAG, run_id)
     say(f"run {state} in {time.monotonic() - t0:.0f}s; tasks: "

@@ -1,0 +1,134 @@
+"""`tl approve` / `tl reject` / `tl status`: the REST calls they make and every error path.
+
+A small recording HTTP server on 127.0.0.1 stands in for the API server's routes here (what is sent: paths,
+encoding, token, body); the same commands run against a real `airflow standalone` in test_airflow_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tl_core.cli import main
+from tl_core.ops_commands import AirflowAPIError, AirflowClient
+
+RUN = "manual__2026-11-01T00:00:00+00:00"
+
+
+class Recorder(BaseHTTPRequestHandler):
+    calls: list[tuple[str, str, dict[str, str], Any]] = []
+    answered: set[str] = set()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+    def _reply(self, code: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.calls.append((method, self.path, dict(self.headers), body))
+        if self.path == "/auth/token":
+            if body == {"username": "admin", "password": "s3cret"}:
+                return self._reply(201, {"access_token": "tok-123"})
+            return self._reply(401, {"detail": "Invalid credentials"})
+        if self.headers.get("Authorization") != "Bearer tok-123":
+            return self._reply(401, {"detail": "Not authenticated"})
+        if self.path.endswith("/hitlDetails") and method == "PATCH":
+            if self.path in self.answered:
+                return self._reply(409, {"detail": "already been updated"})
+            self.answered.add(self.path)
+            return self._reply(200, {"chosen_options": body["chosen_options"], "params_input": body["params_input"],
+                                     "responded_by": {"id": "admin", "name": "admin"}, "responded_at": "now"})
+        if "/dagRuns?" in self.path:
+            return self._reply(200, {"dag_runs": [{"dag_run_id": RUN, "state": "running", "run_type": "manual",
+                                                   "logical_date": "2026-11-01T00:00:00Z"}], "total_entries": 1})
+        return self._reply(404, {"detail": f"no route {self.path}"})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._handle("PATCH")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+
+@pytest.fixture()
+def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    Recorder.calls, Recorder.answered = [], set()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    monkeypatch.setenv("TL_AIRFLOW_URL", url)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("TL_AIRFLOW_PASSWORD", raising=False)
+    monkeypatch.delenv("TL_AIRFLOW_USER", raising=False)
+    (tmp_path / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": "s3cret"}))
+    try:
+        yield url
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_approve_patches_the_hitl_detail_with_a_token(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--comment", "looks fine"]) == 0
+    assert "Approve: retrain_m run manual__2026-11-01T00:00:00+00:00 (by admin)" in capsys.readouterr().out
+    token_call, patch_call = Recorder.calls
+    assert token_call[:2] == ("POST", "/auth/token")
+    method, path, headers, body = patch_call
+    assert method == "PATCH"
+    assert path == ("/api/v2/dags/retrain_m/dagRuns/manual__2026-11-01T00%3A00%3A00%2B00%3A00"
+                    "/taskInstances/approval/-1/hitlDetails")
+    assert headers["Authorization"] == "Bearer tok-123"
+    assert body == {"chosen_options": ["Approve"], "params_input": {"comment": "looks fine"}}
+
+
+def test_reject_defaults_to_the_latest_run(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reject", "--dag", "retrain_m", "--task", "approval"]) == 0
+    assert "Reject: retrain_m run" in capsys.readouterr().out
+    paths = [c[1] for c in Recorder.calls]
+    assert paths[1] == "/api/v2/dags/retrain_m/dagRuns?order_by=-run_after&limit=1"
+    assert Recorder.calls[2][3] == {"chosen_options": ["Reject"], "params_input": {"comment": ""}}
+
+
+def test_second_answer_is_refused_with_the_servers_reason(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN]) == 0
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN]) != 0
+    err = capsys.readouterr().err
+    assert "HTTP 409" in err and "already been updated" in err and "hitlDetails" in err
+
+
+def test_wrong_password_and_missing_password(server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(AirflowAPIError, match=r"POST /auth/token -> HTTP 401: .*Invalid credentials"):
+        AirflowClient(password="wrong").token()
+    (tmp_path / "simple_auth_manager_passwords.json.generated").unlink()
+    with pytest.raises(AirflowAPIError, match="no Airflow password: set TL_AIRFLOW_PASSWORD or AIRFLOW_HOME"):
+        AirflowClient().token()
+    monkeypatch.setenv("TL_AIRFLOW_PASSWORD", "s3cret")
+    assert AirflowClient().token() == "tok-123"
+
+
+def test_unreachable_airflow_names_the_url() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = AirflowClient(f"http://127.0.0.1:{port}", "admin", "x")
+    with pytest.raises(AirflowAPIError, match=rf"cannot reach Airflow at http://127.0.0.1:{port} .*TL_AIRFLOW_URL"):
+        client.token()

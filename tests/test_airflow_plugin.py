@@ -1,0 +1,118 @@
+"""The plugin's FastAPI app (plugins/tl_plugin.py) on both store backends, through its HTTP interface.
+
+Airflow's own login check is replaced by an allow-all dependency here; the real one (401 without a token,
+200 with the admin's JWT) is exercised against `airflow standalone` in tests/test_airflow_e2e.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from tl_core.config import load_spec
+from tl_core.registry import Registry
+from tl_core.runs import RunContext
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = "manual__2026-11-01T00:00:00+00:00"
+
+
+@pytest.fixture()
+def plugin(tmp_path: Path, store_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Path]]:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    spec_path = configs / "m1.yaml"
+    spec_path.write_text(yaml.safe_dump({"name": "m1", "labels": ["a", "b"], "store": store_uri,
+                                               "backbone": {"library": "transformers", "name": "bert"}}))
+    monkeypatch.setenv("TL_CONFIGS_DIR", str(configs))
+    sys.path.insert(0, str(ROOT / "plugins"))
+    try:
+        import tl_plugin
+    finally:
+        sys.path.pop(0)
+
+    def allow(dag_id: str) -> str:
+        return dag_id
+
+    tl_plugin.app.dependency_overrides[tl_plugin.readable_dag] = allow
+    try:
+        yield tl_plugin, spec_path
+    finally:
+        tl_plugin.app.dependency_overrides.clear()
+
+
+def test_plugin_registration() -> None:
+    sys.path.insert(0, str(ROOT / "plugins"))
+    try:
+        import tl_plugin
+    finally:
+        sys.path.pop(0)
+    apps = tl_plugin.TLRetrainPlugin.fastapi_apps
+    assert apps == [{"app": tl_plugin.app, "url_prefix": "/tl", "name": "tl-retrain evidence"}]
+    views = {v["url_route"]: v for v in tl_plugin.TLRetrainPlugin.external_views}
+    assert views["tl-evidence-report"]["href"] == "tl/report/{DAG_ID}/{RUN_ID}"
+    assert views["tl-evidence-report"]["destination"] == "dag_run"
+    assert views["tl-model-registry"]["destination"] == "dag"
+
+
+def test_report_is_served_from_the_configured_store(plugin: tuple[Any, Path]) -> None:
+    tl_plugin, spec_path = plugin
+    ctx = RunContext.open(load_spec(spec_path), RUN)
+    html = "<!doctype html><title>evidence</title><h1>Decision: PASS</h1>"
+    ctx.store.put_bytes(ctx.key("evaluation/report.html"), html.encode())
+    client = TestClient(tl_plugin.app)
+    for dag_id in ("retrain_m1", "promote_m1", "rollback_m1"):
+        resp = client.get(f"/report/{dag_id}/{RUN}")
+        assert resp.status_code == 200 and resp.text == html
+        assert "default-src 'none'" in resp.headers["content-security-policy"]
+
+
+def test_report_errors_name_what_is_missing(plugin: tuple[Any, Path]) -> None:
+    tl_plugin, spec_path = plugin
+    client = TestClient(tl_plugin.app)
+    resp = client.get(f"/report/retrain_m1/{RUN}")
+    assert resp.status_code == 404
+    assert "has no evaluation/report.html yet" in resp.json()["detail"] and "m1" in resp.json()["detail"]
+    resp = client.get(f"/report/retrain_nope/{RUN}")
+    assert resp.status_code == 404 and "no model spec named 'nope'" in resp.json()["detail"]
+    resp = client.get(f"/report/some_other_dag/{RUN}")
+    assert resp.status_code == 404 and "not a tl-retrain DAG" in resp.json()["detail"]
+    resp = client.get("/registry/retrain_")
+    assert resp.status_code == 404 and "not a tl-retrain DAG" in resp.json()["detail"]
+
+
+def test_report_cannot_escape_the_run_folder(plugin: tuple[Any, Path]) -> None:
+    tl_plugin, spec_path = plugin
+    spec = load_spec(spec_path)
+    ctx = RunContext.open(spec, RUN)
+    # a readable object outside the run folder, at the key a traversal would reach
+    ctx.store.put_bytes("runs/m1/evaluation/report.html", b"secret")
+    ctx.store.put_bytes("evaluation/report.html", b"secret")
+    client = TestClient(tl_plugin.app)
+    for run in ("..%2F..%2F", "..%2F", "x%2F..%2F..%2F..", "%2E%2E"):
+        resp = client.get(f"/report/retrain_m1/{run}")
+        assert resp.status_code in (400, 404), (run, resp.status_code)
+        assert "secret" not in resp.text
+
+
+def test_registry_history_page(plugin: tuple[Any, Path]) -> None:
+    tl_plugin, spec_path = plugin
+    registry = Registry.for_spec(load_spec(spec_path))
+    registry.record_rejection("other-run", ["gate FAIL"], "gate")
+    registry.record_rejection(RUN, ["not promoted: approval answered ['Reject'] <b>"], "approval")
+    client = TestClient(tl_plugin.app)
+    resp = client.get("/registry/retrain_m1", params={"run_id": RUN})
+    assert resp.status_code == 200
+    text = resp.text
+    assert "Model registry: m1" in text and "no champion yet" in text
+    assert text.count("<tr class=\"run\">") == 1 and "approval answered [&#x27;Reject&#x27;] &lt;b&gt;" in text
+    # newest first
+    assert text.index("approval answered") < text.index("gate FAIL")
+    resp = client.get("/registry/retrain_m1")
+    assert resp.status_code == 200 and "<tr class=\"run\">" not in resp.text
