@@ -1,26 +1,28 @@
 """The model registry on the object store (DESIGN.md "Registry").
 
     registry/<model>/versions/<version>/...           immutable, create-only; manifest.json written last
-    registry/<model>/versions/<version>/claim.json    first write: reserves the version number
+    registry/<model>/versions/<version>/claim.json    first write: reserves the version number (kept by gc)
     registry/<model>/by-run/<run_id>.json             which version a run registered as (idempotency)
     registry/<model>/champion.json                    the pointer; changed only by compare-and-swap
     registry/<model>/ledger/<seq>.json                append-only, gapless, create-only
 
 Commit points: a version exists once its manifest is written; a promotion or rollback happens when the
 pointer's compare-and-swap succeeds. The pointer carries the whole ledger record it commits, so a crash
-between the pointer write and the ledger append is repaired by the next registry call (the record is
-appended then): the ledger always ends up with exactly one record per pointer change.
+between the pointer write and the ledger append is repaired by the next registry call. Every ledger record
+has a ``record_id`` and an append is a no-op when a record with that id is already there, so a repair
+racing the original append (or a retried task) never records a change twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,18 @@ from tl_core.store import ObjectStore, join_key, open_store
 logger = logging.getLogger(__name__)
 
 VERSION_PATTERN = re.compile(r"^v[0-9]{4,9}$")
-# Only these are ever read back from a version: no pickles, no code.
-SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".npz", ".txt", ".html", ".parquet")
+# One path segment of a file inside a version: no '/', no '..', nothing outside this set.
+SEGMENT_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The only file types a version may hold, and the only ones ever read back: no pickles, no code.
+# (.model: sentencepiece tokenizers; .txt: vocab/merges; .html: the evidence report, never parsed.)
+SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".npz", ".txt", ".model", ".html")
+# Transient training state of a run (torch pickles) - never part of a version.
+SKIPPED_RUN_DIRS = ("resume",)
 # What register copies from a run (relative to the run prefix); the selected model's folder is added.
 OPTIONAL_RUN_FILES = ("export/model.onnx", "export/golden.npz", "export/parity.json", "evaluation/report.json",
                       "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
 GOLDEN_TOLERANCE = 1e-4
+POINTER_ACTIONS = ("promote", "rollback")
 
 
 class RegistryError(TLError):
@@ -52,23 +60,31 @@ class ConflictError(RegistryError):
 
 
 class IntegrityError(RegistryError):
-    """A version's files do not match its manifest."""
+    """A version's files do not match its manifest, or do not load."""
 
 
 @dataclass(frozen=True)
 class Champion:
+    """The champion pointer as read, with the etag a compare-and-swap must match."""
+
     version: str
     etag: str
-    record: dict[str, Any]
+    promoted_at: str | None
+    actor: str | None
+    previous: str | None
+    action: str | None
+    record: dict[str, Any] = field(repr=False)
 
-    @property
-    def previous(self) -> str | None:
-        return self.record.get("previous")  # type: ignore[no-any-return]
+    @classmethod
+    def from_record(cls, record: dict[str, Any], etag: str) -> Champion:
+        return cls(version=record["version"], etag=etag, promoted_at=record.get("at"), actor=record.get("actor"),
+                   previous=record.get("previous"), action=record.get("action"), record=record)
 
 
 def check_model_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise ValueError(f"invalid model name {name!r}: expected lowercase letters, digits, '-' or '_' (no '/', '..')")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(f"invalid model name {name!r}: expected lowercase letters, digits, '-' or '_' "
+                         f"(pattern {NAME_PATTERN.pattern}; no '/', no '..')")
     return name
 
 
@@ -78,8 +94,20 @@ def check_version(version: str) -> str:
     return version
 
 
+def check_relpath(rel: str, where: str) -> str:
+    """A file path inside a version: segments of [A-Za-z0-9_.-], no '..', no absolute path, a safe type."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or any(not SEGMENT_PATTERN.match(p) or ".." in p for p in parts):
+        raise ValueError(f"{where}: invalid file path {rel!r}: expected '/'-separated names of [A-Za-z0-9_.-] "
+                         "without '..'")
+    if not rel.endswith(SAFE_SUFFIXES):
+        raise IntegrityError(f"{where}: refusing file {rel!r}: only {', '.join(SAFE_SUFFIXES)} files are allowed "
+                             "(no pickles or code)")
+    return rel
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _sha256(data: bytes) -> str:
@@ -90,7 +118,8 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "timm", "transformers", "peft", "onnx", "onnxruntime", "scikit-learn", "tl-retrain"):
+    for pkg in ("torch", "timm", "transformers", "peft", "safetensors", "onnx", "onnxruntime", "numpy",
+                "scikit-learn", "tl-retrain"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -98,10 +127,19 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+def _check_npz(data: bytes, where: str) -> dict[str, np.ndarray]:
+    """Read an npz without pickles; object arrays are refused."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise IntegrityError(f"{where}: not a pickle-free npz archive: {exc}") from None
+
+
 class Registry:
     def __init__(self, store_uri: str | ObjectStore, model: str, cache_dir: Path | None = None) -> None:
-        self.store = open_store(store_uri) if isinstance(store_uri, str) else store_uri
         self.model = check_model_name(model)
+        self.store = open_store(store_uri) if isinstance(store_uri, str) else store_uri
         self.prefix = join_key("registry", model)
         self.cache_dir = cache_dir or CACHE_DIR / "registry"
 
@@ -116,13 +154,18 @@ class Registry:
         return json.loads(self.store.get_bytes(key))
 
     # ---------------------------------------------------------------- versions
+    def _version_keys(self) -> dict[str, list[str]]:
+        base = self._k("versions") + "/"
+        out: dict[str, list[str]] = {}
+        for key in self.store.list(base):
+            version, _, rest = key[len(base):].partition("/")
+            if VERSION_PATTERN.match(version) and rest:
+                out.setdefault(version, []).append(rest)
+        return out
+
     def list_versions(self, include_incomplete: bool = False) -> list[str]:
-        names = set()
-        for key in self.store.list(self._k("versions") + "/"):
-            rest = key[len(self._k("versions")) + 1 :].split("/")
-            if len(rest) >= 2 and VERSION_PATTERN.match(rest[0]) and (include_incomplete or rest[1] == "manifest.json"):
-                names.add(rest[0])
-        return sorted(names)
+        """Complete versions (with a manifest); with include_incomplete also claimed/partial/collected ones."""
+        return sorted(v for v, rels in self._version_keys().items() if include_incomplete or "manifest.json" in rels)
 
     def show(self, version: str) -> dict[str, Any]:
         check_version(version)
@@ -130,45 +173,54 @@ class Registry:
             return self._json(self._k("versions", version, "manifest.json"))  # type: ignore[no-any-return]
         except NoSuchKey:
             raise RegistryError(
-                f"{self.model}: version {version} does not exist or is incomplete (no manifest)"
+                f"{self.model}: version {version} does not exist or is incomplete (no manifest.json)"
             ) from None
+
+    def version_of_run(self, run_id: str) -> str | None:
+        key = self._k("by-run", f"{run_id}.json")
+        return str(self._json(key)["version"]) if self.store.exists(key) else None
 
     def register(self, run: Any, shadow: bool = False, actor: str = "tl") -> str:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
         self.reconcile()
         run_key = self._k("by-run", f"{run.run_id}.json")
-        if self.store.exists(run_key):
-            version = self._json(run_key)["version"]
-            if self.store.exists(self._k("versions", version, "manifest.json")):
-                return str(version)
-        else:
-            version = self._claim_version(run.run_id)
-            try:
-                self.store.put_bytes(run_key, json.dumps({"version": version}).encode(), if_none_match="*")
-            except PreconditionFailed:  # the same run registered concurrently: theirs wins
-                version = self._json(run_key)["version"]
+        version = self.version_of_run(run.run_id)
+        if version is not None and self.store.exists(self._k("versions", version, "manifest.json")):
+            self._log_register(version, run.run_id, self.show(version).get("shadow", shadow), actor)
+            return version
         candidate = run.read_json("candidate.json")
-        strategy = candidate["selected"]
-        sources = [k for k in run.store.list(run.model_key(strategy) + "/") if "/resume/" not in k]
+        strategy = candidate.get("selected") if isinstance(candidate, dict) else None
+        if not isinstance(strategy, str) or not NAME_PATTERN.match(strategy):
+            raise RegistryError(f"run {run.run_id}: candidate.json 'selected' is {strategy!r}; expected a strategy "
+                                "name")
+        model_prefix = run.model_key(strategy) + "/"
+        sources = [k for k in run.store.list(model_prefix)
+                   if k[len(model_prefix):].split("/")[0] not in SKIPPED_RUN_DIRS]
         sources += [run.key(rel) for rel in OPTIONAL_RUN_FILES if run.store.exists(run.key(rel))]
         sources.append(run.key("candidate.json"))
         required = {run.model_key(strategy, "model.safetensors"), run.model_key(strategy, "model_config.json")}
         if not required <= set(sources):
             raise RegistryError(f"run {run.run_id}: missing {sorted(required - set(sources))}; cannot register")
+        rels = {src: src[len(run.prefix) + 1:] for src in sorted(set(sources))}
+        for rel in rels.values():  # refuse before claiming anything
+            check_relpath(rel, f"run {run.run_id}")
+        if version is None:
+            version = self._claim_version(run.run_id)
+            try:
+                self.store.put_bytes(run_key, json.dumps({"version": version, "run_id": run.run_id}).encode(),
+                                     if_none_match="*")
+            except PreconditionFailed:  # the same run registered concurrently: theirs wins
+                version = str(self._json(run_key)["version"])
         files: dict[str, dict[str, Any]] = {}
-        for src in sorted(sources):
-            rel = src[len(run.prefix) + 1 :]
-            if not rel.endswith(SAFE_SUFFIXES) and "/preprocessing/" not in rel:
-                continue
+        for src, rel in rels.items():
             data = run.store.get_bytes(src)
             dest = self._k("versions", version, rel)
             try:
                 self.store.put_bytes(dest, data, if_none_match="*")
             except PreconditionFailed:
                 if _sha256(self.store.get_bytes(dest)) != _sha256(data):
-                    raise IntegrityError(
-                        f"{self.model} {version}: {rel} already exists with different content"
-                    ) from None
+                    raise IntegrityError(f"{self.model} {version}: {rel} already exists with different content "
+                                         f"(run {run.run_id} changed since its registration started)") from None
             files[rel] = {"sha256": _sha256(data), "size": len(data)}
         manifest = self._manifest(run, version, strategy, files, shadow, candidate)
         try:
@@ -176,9 +228,12 @@ class Registry:
                                  json.dumps(manifest, indent=2, sort_keys=True).encode(), if_none_match="*")
         except PreconditionFailed:
             pass  # a concurrent registration of the same run finished first; the version is complete
-        self._append({"action": "register", "version": version, "run_id": run.run_id, "shadow": shadow,
-                      "actor": actor, "reason": "registered from run"})
-        return str(version)
+        self._log_register(version, run.run_id, shadow, actor)
+        return version
+
+    def _log_register(self, version: str, run_id: str, shadow: bool, actor: str) -> None:
+        self._append({"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
+                      "actor": actor, "reason": "registered from run"}, record_id=f"register-{version}")
 
     def _claim_version(self, run_id: str) -> str:
         for _ in range(1000):
@@ -195,52 +250,68 @@ class Registry:
 
     def _manifest(self, run: Any, version: str, strategy: str, files: dict[str, Any], shadow: bool,
                   candidate: dict[str, Any]) -> dict[str, Any]:
-        def optional(rel: str) -> Any:
-            return run.read_json(rel) if run.store.exists(run.key(rel)) else {}
+        def optional(rel: str) -> dict[str, Any]:
+            value = run.read_json(rel) if run.store.exists(run.key(rel)) else {}
+            return value if isinstance(value, dict) else {}
 
         config = run.read_json(f"models/{strategy}/model_config.json")
+        if not isinstance(config, dict):
+            raise RegistryError(f"run {run.run_id}: models/{strategy}/model_config.json is not a JSON object")
+        spec = optional("spec.json")
+        backbone = config.get("backbone") or spec.get("backbone") or {}
+        train = config.get("train") or spec.get("train") or {}
         report = optional("evaluation/report.json")
-        cand_metrics = report.get("models", {}).get(strategy, {}).get("overall", {})
+        evaluated = report.get("models", {}).get(strategy, {})
+        gate = optional("gate/decision.json")
         return {
             "model": self.model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": _now(),
             "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
-            "backbone": {"id": config["backbone"].get("name"), "revision": config["backbone"].get("revision"),
-                         "library": config["backbone"].get("library")},
-            "strategy": strategy, "strategy_config": config.get("train"), "seeds": {"train": config.get("seed")},
+            "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
+                         "library": backbone.get("library")},
+            "strategy": strategy,
+            "strategy_config": {**train, **({"lora": train.get("lora")} if strategy == "lora" else {})},
+            "seeds": {"train": config.get("seed", train.get("seed")),
+                      "split": spec.get("data", {}).get("split_seed"),
+                      "bootstrap": spec.get("gate", {}).get("bootstrap_seed")},
             "candidate_selection": candidate, "library_versions": _library_versions(),
-            "metrics": {k: v for k, v in cand_metrics.items() if isinstance(v, int | float)},
-            "temperature": report.get("models", {}).get(strategy, {}).get("temperature"),
-            "gate": {k: optional("gate/decision.json").get(k) for k in ("passed", "evidence_hash", "bootstrap")},
+            "metrics": {k: v for k, v in evaluated.get("overall", {}).items() if isinstance(v, int | float)},
+            "temperature": evaluated.get("temperature"),
+            "gate": {k: gate.get(k) for k in ("passed", "evidence_hash", "bootstrap")},
             "files": files,
         }
 
     def verify(self, version: str) -> dict[str, Any]:
         """Every file present with its manifest checksum; raises IntegrityError naming the first bad file."""
         manifest = self.show(version)
-        for rel, meta in manifest["files"].items():
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise IntegrityError(f"{self.model} {version} is unusable: manifest.json lists no files")
+        for rel, meta in sorted(files.items()):
+            check_relpath(rel, f"{self.model} {version} manifest.json")
             try:
                 data = self.store.get_bytes(self._k("versions", version, rel))
             except NoSuchKey:
                 raise IntegrityError(f"{self.model} {version} is unusable: file {rel} is missing") from None
-            if _sha256(data) != meta["sha256"]:
+            if _sha256(data) != meta.get("sha256") or len(data) != meta.get("size"):
                 raise IntegrityError(f"{self.model} {version} is unusable: file {rel} does not match its manifest "
-                                     f"checksum (sha256 {_sha256(data)[:12]}..., expected {meta['sha256'][:12]}...)")
+                                     f"checksum (sha256 {_sha256(data)[:12]}... size {len(data)}, expected "
+                                     f"{str(meta.get('sha256'))[:12]}... size {meta.get('size')})")
         return manifest
 
     def load_version(self, version: str) -> Path:
-        """A verified local copy of a version (only safetensors, JSON, ONNX, npz and tokenizer files)."""
+        """A verified local copy of a version (only safetensors, JSON, ONNX, npz, tokenizer files; no pickles)."""
         manifest = self.verify(version)
         dest = self.cache_dir / self.model / version
-        for rel, meta in manifest["files"].items():
-            if not rel.endswith(SAFE_SUFFIXES) and "/preprocessing/" not in rel:
-                raise IntegrityError(f"{self.model} {version}: refusing to load {rel} (not safetensors/JSON/ONNX)")
+        for rel, meta in sorted(manifest["files"].items()):
             path = dest / rel
             if path.exists() and _sha256(path.read_bytes()) == meta["sha256"]:
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
             data = self.store.get_bytes(self._k("versions", version, rel))
             if _sha256(data) != meta["sha256"]:
                 raise IntegrityError(f"{self.model} {version}: file {rel} changed while loading")
+            if rel.endswith(".npz"):
+                _check_npz(data, f"{self.model} {version} {rel}")
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.part")
             tmp.write_bytes(data)
             tmp.replace(path)
@@ -248,35 +319,49 @@ class Registry:
 
     def check_loadable(self, version: str) -> None:
         """Rollback preconditions: checksums, the model files parse, the ONNX reproduces its golden logits."""
+        from safetensors import SafetensorError
         from safetensors.numpy import load as load_safetensors
 
         path = self.load_version(version)
-        manifest = self.show(version)
-        strategy = manifest["strategy"]
+        strategy = self.show(version)["strategy"]
+        where = f"{self.model} {version}"
         try:
             json.loads((path / "models" / strategy / "model_config.json").read_text())
-            tensors = load_safetensors((path / "models" / strategy / "model.safetensors").read_bytes())
         except (OSError, ValueError) as exc:
-            raise IntegrityError(f"{self.model} {version}: the model does not load: {exc}") from None
+            raise IntegrityError(f"{where}: models/{strategy}/model_config.json does not load: {exc}") from None
+        try:
+            tensors = load_safetensors((path / "models" / strategy / "model.safetensors").read_bytes())
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise IntegrityError(f"{where}: models/{strategy}/model.safetensors does not load: {exc}") from None
         if not tensors:
-            raise IntegrityError(f"{self.model} {version}: model.safetensors holds no tensors")
+            raise IntegrityError(f"{where}: models/{strategy}/model.safetensors holds no tensors")
         onnx_path, golden_path = path / "export" / "model.onnx", path / "export" / "golden.npz"
         if onnx_path.exists():
-            import onnxruntime as ort
+            self._check_golden(where, onnx_path, golden_path)
 
-            if not golden_path.exists():
-                raise IntegrityError(f"{self.model} {version}: export/model.onnx has no export/golden.npz to check")
-            with np.load(golden_path, allow_pickle=False) as z:
-                feeds = {k[len("input."):]: z[k] for k in z.files if k.startswith("input.")}
-                expected = z["logits"]
-            try:
-                got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; any is a refusal
-                raise IntegrityError(f"{self.model} {version}: export/model.onnx does not run: {exc}") from None
-            diff = float(np.abs(got - expected).max(initial=0.0))
-            if diff > GOLDEN_TOLERANCE:
-                raise IntegrityError(f"{self.model} {version}: ONNX logits differ from the golden predictions by "
-                                     f"{diff:.3g} (tolerance {GOLDEN_TOLERANCE})")
+    @staticmethod
+    def _check_golden(where: str, onnx_path: Path, golden_path: Path) -> None:
+        import onnxruntime as ort
+
+        if not golden_path.exists():
+            raise IntegrityError(f"{where}: export/model.onnx has no export/golden.npz to check it against")
+        golden = _check_npz(golden_path.read_bytes(), f"{where} export/golden.npz")
+        feeds = {k[len("input."):]: v for k, v in golden.items() if k.startswith("input.")}
+        if "logits" not in golden or not feeds:
+            raise IntegrityError(f"{where}: export/golden.npz holds {sorted(golden)}; expected 'logits' and "
+                                 "'input.<name>' arrays")
+        try:
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            got = session.run(["logits"], feeds)[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; any is a refusal
+            raise IntegrityError(f"{where}: export/model.onnx does not run on export/golden.npz: {exc}") from None
+        expected = golden["logits"]
+        if got.shape != expected.shape:
+            raise IntegrityError(f"{where}: ONNX logits have shape {got.shape}, golden logits {expected.shape}")
+        diff = float(np.abs(got.astype(np.float64) - expected).max(initial=0.0))
+        if not diff <= GOLDEN_TOLERANCE:
+            raise IntegrityError(f"{where}: ONNX logits differ from the golden predictions by {diff:.3g} "
+                                 f"(tolerance {GOLDEN_TOLERANCE})")
 
     # ---------------------------------------------------------------- champion + ledger
     def champion(self) -> Champion | None:
@@ -288,35 +373,53 @@ class Registry:
             data, etag = self.store.get_with_etag(self._k("champion.json"))
         except NoSuchKey:
             return None
-        record = json.loads(data)
-        return Champion(record["version"], etag, record)
+        return Champion.from_record(json.loads(data), etag)
 
     def ledger(self) -> list[dict[str, Any]]:
-        keys = self.store.list(self._k("ledger") + "/")
-        return [self._json(k) for k in sorted(keys)]
+        return list(self._read_ledger({}).values())
 
-    def _append(self, record: dict[str, Any]) -> int:
-        """Append with the next gapless sequence number (create-only, retried on conflict)."""
-        record = {"at": _now(), "model": self.model, **record}
-        for _ in range(200):
-            seq = len(self.store.list(self._k("ledger") + "/")) + 1
+    def _read_ledger(self, seen: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """All records by key, reading only keys not in ``seen``; refuses a ledger with a gap."""
+        keys = sorted(self.store.list(self._k("ledger") + "/"))
+        expected = [self._k("ledger", f"{i:08d}.json") for i in range(1, len(keys) + 1)]
+        if keys != expected:
+            bad = next(k for k, e in zip(keys, expected, strict=True) if k != e)
+            raise RegistryError(f"{self.model}: the ledger is not gapless: found {bad}, expected "
+                                f"{expected[keys.index(bad)]}")
+        return {k: seen[k] if k in seen else self._json(k) for k in keys}
+
+    def _append(self, record: dict[str, Any], record_id: str | None = None) -> tuple[int, bool]:
+        """Append with the next gapless sequence number (create-only, retried on conflict).
+
+        Idempotent on ``record_id``: returns (seq, False) when that record is already in the ledger. The check
+        and the sequence number come from one listing, and the create-only write at ``len + 1`` only succeeds
+        if nothing was appended since, so two appenders of the same record can never both succeed.
+        """
+        record = {"at": _now(), **record, "model": self.model, "record_id": record_id or uuid.uuid4().hex}
+        seen: dict[str, dict[str, Any]] = {}
+        for attempt in range(400):
+            seen = self._read_ledger(seen)
+            for existing in seen.values():
+                if existing.get("record_id") == record["record_id"]:
+                    return int(existing["seq"]), False
+            seq = len(seen) + 1
             try:
                 self.store.put_bytes(self._k("ledger", f"{seq:08d}.json"),
-                                     json.dumps({"seq": seq, **record}, sort_keys=True).encode(), if_none_match="*")
-                return seq
+                                     json.dumps({**record, "seq": seq}, sort_keys=True).encode(), if_none_match="*")
+                return seq, True
             except PreconditionFailed:
-                time.sleep(0.005)
-        raise RegistryError(f"{self.model}: could not append to the ledger after 200 attempts")
+                time.sleep(min(0.05, 0.002 * (attempt + 1)))
+        raise RegistryError(f"{self.model}: could not append to the ledger after 400 attempts")
 
     def reconcile(self) -> None:
         """Append the ledger record of a pointer change whose process died before appending it."""
         champion = self._read_champion()
-        if champion is None:
+        if champion is None or not champion.record.get("record_id"):
             return
-        record_id = champion.record.get("record_id")
-        if record_id and not any(r.get("record_id") == record_id for r in self.ledger()):
-            logger.warning("%s: repairing the ledger with the record of champion %s", self.model, champion.version)
-            self._append({k: v for k, v in champion.record.items() if k not in ("at", "seq", "model")})
+        record = {k: v for k, v in champion.record.items() if k not in ("seq", "model")}
+        _, appended = self._append(record, record_id=champion.record["record_id"])
+        if appended:
+            logger.warning("%s: repaired the ledger with the record of champion %s", self.model, champion.version)
 
     def _move_pointer(self, action: str, version: str, expect: str | None, actor: str, reason: str,
                       extra: dict[str, Any]) -> dict[str, Any]:
@@ -326,6 +429,8 @@ class Registry:
         if current_version != expect:
             raise ConflictError(f"{self.model}: cannot {action} {version}: expected champion {expect or 'none'}, "
                                 f"but the current champion is {current_version or 'none'}")
+        if version == current_version:
+            raise RegistryError(f"{self.model}: {version} is already the champion")
         record = {"action": action, "record_id": uuid.uuid4().hex, "version": version, "previous": current_version,
                   "actor": actor, "reason": reason, "at": _now(), **extra}
         body = json.dumps(record, sort_keys=True).encode()
@@ -336,61 +441,111 @@ class Registry:
                 self.store.put_bytes(self._k("champion.json"), body, if_match=current.etag)
         except PreconditionFailed:
             now = self._read_champion()
-            raise ConflictError(f"{self.model}: cannot {action} {version}: the champion changed concurrently; "
-                                f"the current champion is {now.version if now else 'none'}") from None
-        record["seq"] = self._append({k: v for k, v in record.items() if k != "at"})
+            raise ConflictError(f"{self.model}: cannot {action} {version}: the champion changed concurrently "
+                                f"(expected {expect or 'none'}); the current champion is "
+                                f"{now.version if now else 'none'}") from None
+        record["seq"], _ = self._append(record, record_id=record["record_id"])
         return record
 
     def promote(self, version: str, expect_champion: str | None, approval: dict[str, Any] | None, actor: str,
                 reason: str = "", evidence_hash: str | None = None) -> dict[str, Any]:
+        """Compare-and-swap the champion to ``version`` (verified first); ConflictError names the champion."""
         check_version(version)
+        if expect_champion is not None:
+            check_version(expect_champion)
+        if approval is not None and not isinstance(approval, dict):
+            raise ValueError(f"approval must be a JSON object, got {type(approval).__name__}")
         manifest = self.verify(version)
         if manifest.get("shadow") and not (approval or {}).get("allow_shadow"):
             raise RegistryError(f"{self.model} {version} is a shadow version (backfill); promote it only with "
                                 "approval.allow_shadow")
+        current = self.champion()
+        if (current is not None and current.version == version and current.action == "promote"
+                and current.previous == expect_champion and current.record.get("evidence_hash") == evidence_hash):
+            logger.info("%s: %s is already champion by this promotion (retry)", self.model, version)
+            return dict(current.record)
         return self._move_pointer("promote", version, expect_champion, actor, reason or "approved promotion",
                                   {"approval": approval or {}, "evidence_hash": evidence_hash})
 
+    def default_rollback_target(self) -> str | None:
+        """The latest earlier champion that still exists and was never rolled back from."""
+        current = self.champion()
+        if current is None:
+            return None
+        moves = [r for r in self.ledger() if r.get("action") in POINTER_ACTIONS]
+        rolled_back_from = {r.get("previous") for r in moves if r["action"] == "rollback"}
+        existing = set(self.list_versions())
+        for r in reversed(moves):
+            v = r["version"]
+            if v != current.version and v not in rolled_back_from and v in existing:
+                return str(v)
+        return None
+
     def rollback(self, to: str | None, reason: str, actor: str) -> dict[str, Any]:
-        if not reason.strip():
-            raise ValueError("rollback needs a reason (--reason TEXT)")
+        """Point the champion at ``to`` (default: the previous champion) after checking that it loads."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"rollback needs a reason (--reason TEXT), got {reason!r}")
+        if to is not None:
+            check_version(to)
         current = self.champion()
         if current is None:
             raise RegistryError(f"{self.model}: there is no champion to roll back")
-        target = to or current.previous
+        target = to or self.default_rollback_target()
         if target is None:
-            raise RegistryError(f"{self.model}: champion {current.version} has no previous champion; pass --to")
-        check_version(target)
+            raise RegistryError(f"{self.model}: champion {current.version} has no earlier champion to roll back "
+                                "to; pass --to VERSION")
         if target == current.version:
             raise RegistryError(f"{self.model}: {target} is already the champion")
         self.check_loadable(target)
         return self._move_pointer("rollback", target, current.version, actor, reason, {})
 
     def record_rejection(self, run_id: str, reasons: list[str], actor: str) -> int:
-        return self._append({"action": "reject", "run_id": run_id, "actor": actor, "reason": "; ".join(reasons)[:4000]})
+        """A 'reject' ledger record (idempotent for the same run and reasons, e.g. a retried task)."""
+        text = "; ".join(str(r) for r in reasons)[:4000]
+        rid = "reject-" + _sha256(json.dumps([run_id, text]).encode())[:32]
+        seq, _ = self._append({"action": "reject", "run_id": run_id, "actor": actor, "reason": text}, record_id=rid)
+        return seq
 
     def history(self) -> list[dict[str, Any]]:
         self.reconcile()
         return self.ledger()
 
-    def gc(self, keep: int, dry_run: bool = False, pending_runs: tuple[str, ...] = ()) -> dict[str, list[str]]:
-        """Delete versions that are neither among the last ``keep`` champions nor referenced by a pending run."""
-        if keep < 1:
-            raise ValueError(f"gc --keep must be at least 1, got {keep}")
+    def gc(self, keep: int, dry_run: bool = False, pending_runs: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Delete versions that are neither among the last ``keep`` champions nor referenced by a pending run.
+
+        The champion is never deleted. A deleted version keeps its ``claim.json`` so its number is never reused;
+        its manifest goes first, so an interrupted gc leaves an incomplete (ignored) version, never a corrupt one.
+        """
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"gc --keep must be an integer of at least 1, got {keep!r}")
         champion = self.champion()
         champions: list[str] = []
         for r in reversed(self.ledger()):
-            if r.get("action") in ("promote", "rollback") and r["version"] not in champions:
+            if r.get("action") in POINTER_ACTIONS and r["version"] not in champions:
                 champions.append(r["version"])
         protected = set(champions[:keep]) | ({champion.version} if champion else set())
         for run_id in pending_runs:
-            key = self._k("by-run", f"{run_id}.json")
-            if self.store.exists(key):
-                protected.add(self._json(key)["version"])
-        doomed = [v for v in self.list_versions(include_incomplete=True) if v not in protected]
-        if not dry_run:
-            for v in doomed:
-                for key in self.store.list(self._k("versions", v) + "/"):
-                    self.store.delete(key)
-        return {"deleted" if not dry_run else "would_delete": doomed, "kept": sorted(protected)}
+            pending = self.version_of_run(run_id)
+            if pending is not None:
+                protected.add(pending)
+        keys = self._version_keys()
+        doomed = sorted(v for v, rels in keys.items() if v not in protected and set(rels) != {"claim.json"})
+        if dry_run:
+            return {"would_delete": doomed, "kept": sorted(protected)}
+        for v in doomed:
+            owner = self._version_run(v)
+            for rel in sorted(keys[v], key=lambda rel: rel != "manifest.json"):
+                if rel != "claim.json":
+                    self.store.delete(self._k("versions", v, rel))
+            if owner and self.version_of_run(owner) == v:
+                self.store.delete(self._k("by-run", f"{owner}.json"))
+        if doomed:
+            self._append({"action": "gc", "deleted": doomed, "kept": sorted(protected), "keep": keep,
+                          "actor": "gc", "reason": f"gc --keep {keep}"})
+        return {"deleted": doomed, "kept": sorted(protected)}
 
+    def _version_run(self, version: str) -> str | None:
+        try:
+            return str(self._json(self._k("versions", version, "claim.json"))["run_id"])
+        except (NoSuchKey, KeyError, ValueError):
+            return None
