@@ -34,6 +34,25 @@ DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_expon
                 "max_retry_delay": timedelta(minutes=10)}
 
 
+class RecordedApproval(ApprovalOperator):
+    """ApprovalOperator that keeps the answer (XCom key "answer") on Reject too.
+
+    On Reject the operator skips its downstream tasks by raising, so its return value is never pushed; the
+    no-promotion record needs to know who answered what.
+    """
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if "error" not in event:
+            user = event.get("responded_by_user") or {}
+            context["ti"].xcom_push(key="answer", value={
+                "chosen_options": list(event.get("chosen_options") or []),
+                "params_input": dict(event.get("params_input") or {}),
+                "responded_by": {"id": str(user.get("id", "")), "name": str(user.get("name", ""))},
+                "responded_at": str(event.get("responded_at", "")),
+            })
+        return super().execute_complete(context, event)
+
+
 def is_shadow(run_type: str, allow_promotion: bool) -> bool:
     """Backfilled runs evaluate and record, but never promote unless the run's params allow it."""
     return "backfill" in str(run_type).lower() and not allow_promotion
@@ -141,7 +160,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             return version
 
         run_q = "{{ run_id | urlencode }}"
-        approve = ApprovalOperator(
+        approve = RecordedApproval(
             task_id="approval",
             subject=f"Promote {name}: candidate {{{{ ti.xcom_pull(task_ids='register') }}}} (strategy "
                     f"{{{{ ti.xcom_pull(task_ids='gate')['candidate'] }}}}) over champion "
@@ -165,9 +184,11 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         def promote(version: str, decision: dict[str, Any], _: str, **context: Any) -> dict[str, Any]:
             from tl_core.pipeline import step_promote
 
-            answer = context["ti"].xcom_pull(task_ids="approval") or {}
-            approval_record = {"run_id": context["run_id"], "chosen": answer.get("chosen_options"),
-                               "approver": (answer.get("responded_by_user") or {}).get("name", "approver"),
+            answer = context["ti"].xcom_pull(task_ids="approval", key="answer") or {}
+            if answer.get("chosen_options") != ["Approve"]:
+                raise ValueError(f"run {context['run_id']}: promote needs the approval answer Approve, got {answer}")
+            approval_record = {"run_id": context["run_id"], "chosen": answer["chosen_options"],
+                               "approver": answer["responded_by"]["name"] or "approver",
                                "comment": (answer.get("params_input") or {}).get("comment") or "approved in Airflow",
                                "allow_shadow": False}
             return step_promote(spec_path, version, decision["champion_version"], approval_record,
@@ -185,9 +206,16 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
                 return "gate failed (recorded by reject_candidate)"
             if is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion"))):
                 return "shadow run: registered, not promoted"
-            answer = ti.xcom_pull(task_ids="approval") or {}
-            why = f"approval answered {answer.get('chosen_options')}" if answer else "no approval (timeout or error)"
-            step_reject(spec_path, context["run_id"], [f"not promoted: {why}"], "approval")
+            answer = ti.xcom_pull(task_ids="approval", key="answer") or {}
+            if answer:
+                who = answer["responded_by"]["name"] or "approver"
+                why = [f"not promoted: approval answered {answer['chosen_options']} by {who}"]
+                comment = answer["params_input"].get("comment")
+                why += [f"comment: {comment}"] if comment else []
+            else:
+                who = "approval"
+                why = ["not promoted: no approval answer (timed out, or the approval or evidence check failed)"]
+            step_reject(spec_path, context["run_id"], why, who)
             return "not promoted"
 
         snap = snapshot()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import urllib.parse
 from datetime import date
 from pathlib import Path
 
@@ -16,17 +18,51 @@ from test_dags import ROOT, airflow_env
 from tl_core.config import parse_spec
 from tl_core.data.demo import write_demo_data
 from tl_core.registry import Registry
+from tl_core.store import key_safe
 
 RUN = r"""
 import sys
 from datetime import datetime, timezone
 from airflow.dag_processing.dagbag import DagBag
+
 bag = DagBag(dag_folder=sys.argv[1])
 assert not bag.import_errors, bag.import_errors
-dag = bag.dags[sys.argv[2]]
-run = dag.test(logical_date=datetime.fromisoformat(sys.argv[3]).replace(tzinfo=timezone.utc),
-               mark_success_pattern=sys.argv[4] or None)
+run = bag.dags[sys.argv[2]].test(logical_date=datetime.fromisoformat(sys.argv[3]).replace(tzinfo=timezone.utc))
+print("RUN", run.run_id)
 print("STATE", run.state)
+"""
+
+# What PATCH .../taskInstances/approval/-1/hitlDetails does on the API server, done against the DB of the
+# dag.test() run from a second process: record the response, then resume the parked task (handle_event_submit).
+RESPOND = r"""
+import sys, time
+from sqlalchemy import select
+from airflow.models.hitl import HITLDetail
+from airflow.models.taskinstance import TaskInstance as TI
+from airflow.models.trigger import handle_event_submit
+from airflow.triggers.base import TriggerEvent
+from airflow.utils.session import create_session
+from airflow.utils.state import TaskInstanceState
+from airflow._shared.timezones import timezone
+
+dag_id, option = sys.argv[1:3]
+while True:
+    with create_session() as s:
+        ti = s.scalar(select(TI).where(TI.dag_id == dag_id, TI.task_id == "approval",
+                                       TI.state == TaskInstanceState.AWAITING_INPUT))
+        hitl = ti and s.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
+        if hitl:
+            print("SUBJECT", hitl.subject)
+            print("BODY", hitl.body.replace("\n", " | "))
+            print("ASSIGNED", hitl.assigned_users)
+            hitl.responded_by = {"id": "reviewer", "name": "reviewer"}
+            hitl.responded_at = timezone.utcnow()
+            hitl.chosen_options = [option]
+            hitl.params_input = {"comment": f"test says {option}"}
+            handle_event_submit(TriggerEvent(hitl.as_resume_event_payload()), task_instance=ti, session=s)
+            print("ANSWERED", option, flush=True)
+            break
+    time.sleep(1)
 """
 
 
@@ -52,42 +88,84 @@ def _spec(tmp: Path, **gate: object) -> tuple[Path, object]:
     return path, spec
 
 
-def _dag_test(tmp: Path, configs: Path, dag_id: str, day: str, mark_success: str = "") -> str:
+def _dag_test(tmp: Path, configs: Path, dag_id: str, day: str, answer: str = "") -> str:
+    """One dag.test() run in a fresh process; ``answer`` ("Approve"/"Reject") answers the approval task."""
     home = tmp / "airflow"
     home.mkdir(exist_ok=True)
     env = airflow_env(home)
     env["TL_CONFIGS_DIR"] = str(configs)
-    subprocess.run(["timeout", "-k", "10", "240", sys.executable, "-m", "airflow", "db", "migrate"], env=env,
-                   check=True, capture_output=True)
-    proc = subprocess.run(["timeout", "-k", "10", "600", sys.executable, "-c", RUN, str(ROOT / "dags"), dag_id, day,
-                           mark_success], env=env, capture_output=True, text=True)
+    if not (home / "airflow.db").exists():
+        subprocess.run(["timeout", "-k", "10", "240", sys.executable, "-m", "airflow", "db", "migrate"], env=env,
+                       check=True, capture_output=True)
+    # dag.test() waits forever on an unanswered approval: always bounded; the responder too
+    responder = None
+    if answer:
+        responder = subprocess.Popen(["timeout", "-k", "10", "420", sys.executable, "-c", RESPOND, dag_id, answer],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(["timeout", "-k", "10", "420", sys.executable, "-c", RUN, str(ROOT / "dags"), dag_id,
+                               day], env=env, capture_output=True, text=True)
+    finally:
+        if responder is not None and responder.poll() is None:
+            responder.kill()
+    answered = responder.communicate(timeout=30)[0] if responder is not None else ""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return answered + proc.stdout
     return proc.stdout
 
 
+def _line(out: str, tag: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(tag + " "))
+
+
 @pytest.mark.slow
-def test_retrain_dag_promotes_after_approval(tmp_path: Path) -> None:
+def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
+    """Reject: registered, not promoted, rejection in the ledger. Approve (next day): promoted, approver recorded."""
     path, spec = _spec(tmp_path)
-    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "^approval$")
-    assert "STATE success" in out
     registry = Registry.for_spec(spec)  # type: ignore[arg-type]
+
+    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-10-31T00:00:00", "Reject")
+    assert "ANSWERED Reject" in out and "STATE success" in out, out[-2000:]
+    subject = _line(out, "SUBJECT")
+    assert "Promote tiny-tickets: candidate v0001 (strategy " in subject and "over champion none" in subject
+    body = _line(out, "BODY")
+    assert "| metric |" in body.lower() or "|---" in body, body
+    run_q = re.escape(urllib.parse.quote(_line(out, "RUN").split(" ", 1)[1], safe="/"))
+    assert re.search(rf"\[Evidence report\]\(/tl/report/retrain_tiny-tickets/{run_q}\)", body), body
+    assert re.search(rf"\[Registry history\]\(/tl/registry/retrain_tiny-tickets\?run_id={run_q}\)", body), body
+    assert "'id': 'admin'" in _line(out, "ASSIGNED")
+    assert registry.champion() is None and registry.list_versions() == ["v0001"]
+    history = registry.history()
+    assert [r["action"] for r in history] == ["register", "reject"]
+    assert history[0]["shadow"] is False
+    assert history[1]["actor"] == "reviewer" and history[1]["run_id"] == _line(out, "RUN").split(" ", 1)[1]
+    assert history[1]["reason"] == "not promoted: approval answered ['Reject'] by reviewer; comment: test says Reject"
+
+    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "Approve")
+    assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
+    assert "candidate v0002" in _line(out, "SUBJECT")
     champion = registry.champion()
-    assert champion is not None and champion.version == "v0001"
-    actions = [r["action"] for r in registry.history()]
-    assert actions == ["register", "promote"]
-    run_dirs = list((tmp_path / "store" / "runs" / "tiny-tickets").iterdir())
-    decision = json.loads((run_dirs[0] / "gate" / "decision.json").read_text())
+    assert champion is not None and champion.version == "v0002"
+    history = registry.history()
+    assert [r["action"] for r in history] == ["register", "reject", "register", "promote"]
+    promote = history[-1]
+    assert promote["actor"] == "reviewer" and promote["reason"] == "test says Approve"
+    assert promote["approval"]["chosen"] == ["Approve"] and promote["previous"] is None
+    run_dir = tmp_path / "store" / "runs" / "tiny-tickets" / key_safe(_line(out, "RUN").split(" ", 1)[1])
+    decision = json.loads((run_dir / "gate" / "decision.json").read_text())
     assert decision["bootstrap"] is True and decision["passed"] is True
-    assert (run_dirs[0] / "export" / "model.onnx").exists()
+    assert promote["evidence_hash"] == decision["evidence_hash"]
+    assert (run_dir / "export" / "model.onnx").exists()
 
 
 @pytest.mark.slow
 def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
     path, spec = _spec(tmp_path, absolute_minimums={"macro_f1": 0.999})
-    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "^approval$")
-    assert "STATE success" in out
+    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00")
+    assert "STATE success" in out and "ANSWERED" not in out
     registry = Registry.for_spec(spec)  # type: ignore[arg-type]
     assert registry.champion() is None and registry.list_versions() == []
     history = registry.history()
     assert [r["action"] for r in history] == ["reject"]
+    assert history[0]["actor"] == "gate"
     assert "macro_f1 overall" in history[0]["reason"] and "minimum 0.999" in history[0]["reason"]

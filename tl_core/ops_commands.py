@@ -80,7 +80,10 @@ class AirflowClient:
 
     def pending_approvals(self, dag_id: str = "~", run_id: str = "~") -> list[dict[str, Any]]:
         details = self.get(f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/hitlDetails")["hitl_details"]
-        return [d for d in details if not d.get("response_received")]
+        # unanswered, and the task still waiting (a timed-out or cleared request is no longer pending)
+        waiting = ("awaiting_input", "deferred", None)
+        return [d for d in details
+                if not d.get("response_received") and (d.get("task_instance") or {}).get("state") in waiting]
 
     def answer(self, dag_id: str, run_id: str, task_id: str, option: str, comment: str) -> Any:
         path = f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}/-1/hitlDetails"
