@@ -75,7 +75,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             "allow_promotion": Param(False, type="boolean",
                                      description="Backfill runs may promote only when this is true."),
             "window_days": Param(None, type=["null", "integer"], minimum=1,
-                                 description="Override the spec's window (not used by nightly runs)."),
+                                 description="Override the spec's data.window_days for this run."),
         },
     ) as dag:
 
@@ -85,7 +85,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
             run = context["dag_run"]
             day = (run.logical_date or run.run_after).date().isoformat()
-            return step_snapshot(spec_path, context["run_id"], day)
+            return step_snapshot(spec_path, context["run_id"], day, context["params"].get("window_days"))
 
         @task(execution_timeout=timedelta(minutes=30))
         def audit(_: str, **context: Any) -> str:

@@ -85,3 +85,35 @@ def test_shadow_rule() -> None:
     assert is_shadow("backfill", False) and is_shadow("DagRunType.BACKFILL_JOB", False)
     assert not is_shadow("backfill", True)
     assert not is_shadow("scheduled", False) and not is_shadow("manual", False)
+
+
+def test_window_days_param_overrides_the_snapshot_window(tmp_path: Path) -> None:
+    """The retrain DAG's `window_days` param reaches the snapshot (one run only; the spec is unchanged)."""
+    from datetime import date
+
+    import yaml
+
+    from tl_core.config import load_spec
+    from tl_core.data.demo import write_demo_data
+    from tl_core.pipeline import step_snapshot
+    from tl_core.runs import RunContext
+
+    raw = {"name": "win", "labels": ["billing", "login", "shipping", "bug", "cancel"],
+           "backbone": {"library": "transformers", "name": "bert"}, "store": (tmp_path / "store").as_uri(),
+           "data": {"root": (tmp_path / "data").as_uri(), "dataset": "t", "window_days": 4, "test_days": 1}}
+    path = tmp_path / "win.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    write_demo_data(spec, end_date=date(2026, 11, 1), days=8, rows_per_day=20)
+
+    step_snapshot(str(path), "nightly", "2026-11-01T00:00:00+00:00")
+    step_snapshot(str(path), "override", "2026-11-01T00:00:00+00:00", 1)
+    nightly = RunContext.open(spec, "nightly").read_json("snapshot/manifest.json")
+    override = RunContext.open(spec, "override").read_json("snapshot/manifest.json")
+    assert [p["dt"] for p in nightly["partitions"]] == [f"2026-10-{d}" for d in (28, 29, 30, 31)] + ["2026-11-01"]
+    assert [p["dt"] for p in override["partitions"]] == ["2026-10-31", "2026-11-01"]
+    assert override["window_days"] == 1 and nightly["window_days"] == 4
+    assert load_spec(path).data.window_days == 4
+    for bad in (0, -3, True, "2"):
+        with pytest.raises(ValueError, match=rf"run bad: window_days override must be .* got {bad!r}"):
+            step_snapshot(str(path), "bad", "2026-11-01", bad)  # type: ignore[arg-type]

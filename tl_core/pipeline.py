@@ -20,10 +20,18 @@ def _ctx(spec_path: str, run_id: str) -> RunContext:
     return ctx
 
 
-def step_snapshot(spec_path: str, run_id: str, logical_date: str) -> str:
+def step_snapshot(spec_path: str, run_id: str, logical_date: str, window_days: int | None = None) -> str:
+    """``window_days`` overrides the spec's data.window_days for this run only (the manifest records it)."""
     from tl_core.data.snapshot import run_snapshot
 
-    return run_snapshot(_ctx(spec_path, run_id), date.fromisoformat(logical_date[:10]))
+    ctx = _ctx(spec_path, run_id)
+    if window_days is not None:
+        if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
+            raise ValueError(f"run {run_id}: window_days override must be a whole number of days >= 1, "
+                             f"got {window_days!r}")
+        data = ctx.spec.data.model_copy(update={"window_days": window_days})
+        ctx = RunContext(spec=ctx.spec.model_copy(update={"data": data}), store=ctx.store, run_id=ctx.run_id)
+    return run_snapshot(ctx, date.fromisoformat(logical_date[:10]))
 
 
 def step_audit(spec_path: str, run_id: str) -> str:
