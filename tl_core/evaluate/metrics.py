@@ -75,17 +75,26 @@ def per_example(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"log_loss": -np.log(p_true), "brier": ((probs - onehot) ** 2).sum(1)}
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (scipy.stats.rankdata 'average')."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
 def auroc_macro_ovr(probs: np.ndarray, y: np.ndarray) -> float:
     """Macro one-vs-rest AUROC over classes present with both positives and negatives (rank formula)."""
-    from scipy.stats import rankdata
-
     aucs = []
     for c in range(probs.shape[1]):
         pos = y == c
         n_pos, n_neg = int(pos.sum()), int((~pos).sum())
         if n_pos == 0 or n_neg == 0:
             continue
-        ranks = rankdata(probs[:, c])
+        ranks = average_ranks(probs[:, c])
         aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
     return float(np.mean(aucs)) if aucs else float("nan")
 

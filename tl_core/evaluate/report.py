@@ -29,24 +29,58 @@ def _figure(w: float, h: float) -> tuple[Any, Any]:
 
 
 def _slice_chart(report: dict[str, Any], metric: str) -> str:
-    comp = report.get("comparisons", {}).get("champion", {}).get(metric, {})
-    if not comp:
-        return "<p>No champion comparison (first model or champion unreadable).</p>"
-    names = list(comp)
-    fig, ax = _figure(7, 0.35 * len(names) + 1)
+    """Per slice: the metric with its interval for candidate and champion, and the paired difference."""
+    models = report["models"]
+    cand = models[report["candidate"]]
+    champ = models.get("champion")
+    names = ["overall", *report.get("slices", {})]
+    conf = report["bootstrap"]["confidence"]
+    fig, axes = _figure(11, 0.32 * len(names) + 1.4)
+    fig.clf()
+    ax = fig.add_subplot(1, 2, 1)
     y = np.arange(len(names))
-    diffs = [comp[n]["diff"] for n in names]
-    lo = [comp[n]["diff"] - comp[n]["lo"] for n in names]
-    hi = [comp[n]["hi"] - comp[n]["diff"] for n in names]
-    ax.errorbar(diffs, y, xerr=[lo, hi], fmt="o", capsize=3)
-    ax.axvline(0, color="grey", lw=1)
-    margin = report.get("_margin")
-    if margin is not None:
-        ax.axvline(-margin, color="red", lw=1, ls="--", label=f"margin -{margin}")
-        ax.legend(loc="lower right")
-    ax.set_yticks(y, names)
-    ax.set_xlabel(f"{metric}: candidate - champion ({report['bootstrap']['confidence']:.0%} interval)")
+    series = (("candidate", cand, "tab:blue"), ("champion", champ, "tab:orange"))
+    for offset, (label, model, color) in enumerate(series):
+        if model is None:
+            continue
+        ivs = model.get("intervals", {}).get(metric, {})
+        points = [model["overall"].get(metric) if n == "overall" else model["slices"].get(n, {}).get(metric)
+                  for n in names]
+        pts = np.array([p if isinstance(p, float) else np.nan for p in points])
+        lo = np.array([ivs.get(n, [np.nan, np.nan])[0] for n in names])
+        hi = np.array([ivs.get(n, [np.nan, np.nan])[1] for n in names])
+        err = np.vstack([np.clip(pts - lo, 0, None), np.clip(hi - pts, 0, None)])
+        ax.errorbar(pts, y + (0.15 if offset else -0.15), xerr=np.nan_to_num(err), fmt="o", capsize=3, color=color,
+                    label=label, ms=4)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} ({conf:.0%} interval)")
+    ax.legend(fontsize=8, loc="lower left")
+    ax2 = fig.add_subplot(1, 2, 2)
+    comp = report.get("comparisons", {}).get("champion", {}).get(metric, {})
+    if comp:
+        d = np.array([comp[n]["diff"] if n in comp else np.nan for n in names])
+        lo = np.array([comp[n]["lo"] if n in comp else np.nan for n in names])
+        hi = np.array([comp[n]["hi"] if n in comp else np.nan for n in names])
+        bad = lo < -_margin(report, metric)
+        colors = ["tab:red" if b else "tab:green" for b in bad]
+        for i in range(len(names)):
+            if np.isfinite(d[i]):
+                ax2.errorbar(d[i], y[i], xerr=[[max(d[i] - lo[i], 0)], [max(hi[i] - d[i], 0)]], fmt="o", capsize=3,
+                             color=colors[i], ms=4)
+        ax2.axvline(0, color="grey", lw=1)
+        ax2.axvline(-_margin(report, metric), color="red", lw=1, ls="--", label=f"margin -{_margin(report, metric)}")
+        ax2.legend(fontsize=8, loc="lower left")
+    else:
+        ax2.text(0.5, 0.5, "no champion to compare with", ha="center", va="center", transform=ax2.transAxes)
+    ax2.set_yticks(y, [""] * len(names))
+    ax2.invert_yaxis()
+    ax2.set_xlabel(f"{metric}: candidate - champion ({conf:.0%} paired interval)")
     return _png(fig)
+
+
+def _margin(report: dict[str, Any], metric: str) -> float:
+    return float((report.get("gate_policy") or {}).get("margins", {}).get(metric, 0.0))
 
 
 def _reliability(model: dict[str, Any], title: str) -> str:
@@ -60,14 +94,14 @@ def _reliability(model: dict[str, Any], title: str) -> str:
         ax.bar(centers, acc, width=1 / 15, edgecolor="black", alpha=0.7)
         ax.plot([0, 1], [0, 1], "r--", lw=1)
         label = "before" if key == "before" else f"after T={model['temperature']:.2f}"
-        ece = model["before_temperature"]["ece"] if key == "before" else model["overall"].get("ece")
-        ax.set_title(f"{title} {label}, ECE {ece:.3f}" if ece is not None else label, fontsize=9)
+        ece = (model.get("before_temperature") or {}).get("ece") if key == "before" else model["overall"].get("ece")
+        ax.set_title(f"{title} {label}, ECE {ece:.3f}" if isinstance(ece, float) else f"{title} {label}", fontsize=9)
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
     return _png(fig)
 
 
-def _confusion(model: dict[str, Any], labels: list[str]) -> str:
+def _confusion(model: dict[str, Any], labels: list[str], title: str) -> str:
     cm = np.array(model.get("confusion") or np.zeros((len(labels), len(labels))))
     fig, ax = _figure(4, 3.5)
     ax.imshow(cm, cmap="Blues")
@@ -77,19 +111,29 @@ def _confusion(model: dict[str, Any], labels: list[str]) -> str:
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
     return _png(fig)
 
 
 def _curves(curves: dict[str, list[dict[str, float]]]) -> str:
     if not any(curves.values()):
-        return "<p>No learning curves (frozen baseline is fitted in one step).</p>"
-    fig, ax = _figure(7, 3)
+        return "<p>No learning curves (the frozen baseline is fitted in one step).</p>"
+    fig, axes = _figure(10, 3)
+    fig.clf()
+    ax_loss, ax_metric = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for name, rows in curves.items():
-        if rows:
-            ax.plot([r["epoch"] for r in rows], [r["val_metric"] for r in rows], marker="o", label=f"{name} val")
-            ax.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], ls=":", label=f"{name} train loss")
-    ax.set_xlabel("epoch")
-    ax.legend(fontsize=7)
+        if not rows:
+            continue
+        epochs = [r.get("epoch") for r in rows]
+        line = ax_loss.plot(epochs, [r.get("train_loss", np.nan) for r in rows], ls=":", label=f"{name} train")[0]
+        ax_loss.plot(epochs, [r.get("val_loss", np.nan) for r in rows], color=line.get_color(), label=f"{name} val")
+        ax_metric.plot(epochs, [r.get("val_metric", np.nan) for r in rows], marker="o", label=name)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=7)
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel("validation metric")
+    ax_metric.legend(fontsize=7)
     return _png(fig)
 
 
@@ -110,12 +154,20 @@ def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:
     parts = [f"<h1>Evaluation: {html.escape(report['model'])} run {html.escape(report['run_id'])}</h1>"]
     if decision is not None:
         color = "#1a7f37" if decision["passed"] else "#cf222e"
-        parts.append(f'<div class="decision" style="border-color:{color}"><h2 style="color:{color}">Gate: '
-                     f'{"PASS" if decision["passed"] else "FAIL"}{" (first model)" if decision["bootstrap"] else ""}'
-                     "</h2><ul>" + "".join(
-                         f'<li class="{html.escape(r["status"])}">{html.escape(r["text"])}</li>'
-                         for r in sorted(decision["reasons"], key=lambda r: {"FAIL": 0, "WARN": 1}.get(r["status"], 2)))
-                     + f"</ul><p>Evidence hash <code>{html.escape(decision['evidence_hash'])}</code></p></div>")
+        reasons = decision.get("reasons", [])
+        top = [r for r in reasons if r["status"] != "PASS"]
+        rest = [r for r in reasons if r["status"] == "PASS"]
+
+        def items(rs: list[dict[str, Any]]) -> str:
+            return "".join(f'<li class="{html.escape(r["status"])}">{html.escape(r["text"])}</li>' for r in rs)
+
+        parts.append(
+            f'<div class="decision" style="border-color:{color}"><h2 style="color:{color}">Gate: '
+            f'{"PASS" if decision["passed"] else "FAIL"}'
+            f'{" (bootstrap: first model, no champion)" if decision["bootstrap"] else ""}</h2>'
+            + (f"<ul>{items(top)}</ul>" if top else "<p>Every check passed.</p>")
+            + f"<details><summary>{len(rest)} passing checks</summary><ul>{items(rest)}</ul></details>"
+            + f"<p>Evidence hash <code>{html.escape(decision['evidence_hash'])}</code></p></div>")
     else:
         parts.append("<p>The gate has not run yet.</p>")
     champ = report["champion"]
@@ -127,20 +179,37 @@ def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:
             for n, m in models.items()]
     parts.append("<h2>All models, test split (after temperature)</h2>" +
                  _table(["model", "role", "T", *metrics], rows))
-    parts.append("<h2>Per-slice: candidate vs champion</h2>" + _slice_chart(report, report["primary_metric"]))
+    slice_metrics = list(dict.fromkeys([report["primary_metric"], *(report.get("gate_policy") or {}).get(
+        "slice_metrics", [])]))
+    for metric in slice_metrics:
+        parts.append(f"<h2>Per slice: {html.escape(metric)}, candidate vs champion</h2>" + _slice_chart(report, metric))
     slice_rows = [[html.escape(s), n] + [_num(models[m]["slices"].get(s, {}).get(report["primary_metric"]))
                                          for m in models] for s, n in report["slices"].items()]
-    parts.append(_table(["slice", "n", *models], slice_rows))
-    parts.append("<h2>Calibration</h2>" + _reliability(models[cand_name], "candidate"))
+    parts.append(f"<h3>{html.escape(report['primary_metric'])} per slice (after temperature)</h3>"
+                 + _table(["slice", "n", *models], slice_rows))
+    parts.append("<h2>Calibration: reliability before and after temperature</h2>"
+                 + _reliability(models[cand_name], "candidate"))
     if "champion" in models:
         parts.append(_reliability(models["champion"], "champion"))
-    parts.append("<h2>Confusion matrix (candidate)</h2>" + _confusion(models[cand_name], labels))
+    cal_rows = [[html.escape(n), _num(m["temperature"])] + [
+        f"{_num(m['before_temperature'].get(k))} &rarr; {_num(m['overall'].get(k))}" for k in ("log_loss", "brier",
+                                                                                               "ece", "mce")]
+        for n, m in models.items()]
+    parts.append(_table(["model", "T", "log_loss", "brier", "ece", "mce"], cal_rows))
+    parts.append("<h2>Confusion matrices</h2>" + _confusion(models[cand_name], labels, f"candidate ({cand_name})"))
+    if "champion" in models:
+        parts.append(_confusion(models["champion"], labels, "champion"))
     parts.append("<h2>Learning curves</h2>" + _curves(report.get("curves", {})))
     audit = report.get("audit")
+    parts.append("<h2>Data audit</h2>")
     if audit:
+        facts = [[html.escape(k), html.escape(str(v))] for k, v in audit.items() if k != "findings"]
+        parts.append(_table(["fact", "value"], facts))
         findings = [[html.escape(str(f.get("check"))), html.escape(str(f.get("severity"))), f.get("count"),
                      html.escape(str(f.get("message")))] for f in audit.get("findings", [])]
-        parts.append("<h2>Data audit</h2>" + _table(["check", "severity", "count", "message"], findings))
+        parts.append(_table(["check", "severity", "count", "message"], findings))
+    else:
+        parts.append("<p>No audit report in this run.</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
              "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}.decision{border:3px solid;padding:.5em 1em}"
              "li.FAIL{color:#cf222e}li.WARN{color:#9a6700}img{max-width:100%}")

@@ -1,15 +1,32 @@
 """`tl evaluate` / `tl gate`: measure every model of a run on the same test examples, then decide.
 
-Report schema (``schema_version`` 1), evaluation/report.json:
-  run_id, model, labels, primary_metric, test_size, candidate (strategy name), slices {name: n},
-  champion {status: ok|none|unreadable, version, etag, reason},
-  models {name: {role, strategy, temperature, overall {metrics after temperature},
-          before_temperature {log_loss, brier, ece, mce}, per_class, confusion, slices {name: metrics},
-          reliability {before, after}}}   (names: strategies, "champion", "majority")
-  comparisons {other: {metric: {group: {diff, lo, hi, quantiles[201]}}}} - candidate minus other, oriented so
-          that positive is better (lower-is-better metrics are negated); groups: "overall" and slice names
-  bootstrap {n_boot, seed, confidence, method}
-  curves {strategy: [...]}, audit {...} (when present)
+Report schema (``schema_version`` 2), evaluation/report.json::
+
+  schema_version     2
+  run_id, model      the run and the spec's model name
+  labels             class names in logit order (spec.labels)
+  primary_metric     spec.train.primary_metric
+  test_size          labelled test examples scored (rows whose label is outside `labels` are counted in
+                     unlabelled_test_rows and left out)
+  candidate          the selected strategy (candidate.json "selected")
+  slices             {slice name: test examples}; names "col=value" and "col1=v1&col2=v2" (spec.data.slice_crosses)
+  champion           {status: ok | none | unreadable, version, etag, reason}
+  models             {name: {role: candidate|strategy|champion|majority, strategy, temperature,
+                             overall {n, accuracy, balanced_accuracy, macro_f1, auroc, log_loss, brier, ece, mce}
+                                     (after temperature),
+                             before_temperature {accuracy, log_loss, brier, ece, mce},
+                             per_class {label: {precision, recall, f1, support}}, confusion [[int]],
+                             slices {slice: metrics as in overall},
+                             intervals {metric: {group: [lo, hi]}}   (bootstrap, groups "overall" + slices),
+                             reliability {before, after: {count, confidence, accuracy} per ECE bin}}}
+                     names: every trained strategy, "champion" (when re-scored) and "majority" (training prior)
+  comparisons        {other model: {metric: {group: {diff, lo, hi, quantiles}}}}: candidate minus other, oriented so
+                     that positive means the candidate is better (lower-is-better metrics are negated); quantiles
+                     of the bootstrap difference at bootstrap.quantile_levels
+  bootstrap          {n_boot, seed, confidence, method, quantile_levels, continuous_overall, continuous_slices}
+  gate_policy        spec.gate as evaluated (margins drawn in the charts)
+  curves             {strategy: [{epoch, train_loss, val_loss, val_metric}]} from models/<s>/train_report.json
+  audit              summary of audit/report.json or null
 """
 
 from __future__ import annotations
@@ -26,30 +43,58 @@ from tl_core.config import LOWER_IS_BETTER
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
-from tl_core.evaluate.metrics import all_metrics, ece_bins, softmax
-from tl_core.gate import decide, evidence_hash, summary_markdown
+from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, softmax
+from tl_core.gate import Reason, decide, evidence_hash, summary_markdown
 from tl_core.runs import RunContext
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-QUANTILES = np.linspace(0, 1, 201)
+SCHEMA_VERSION = 2
+# Bootstrap-difference quantiles kept in the report: 0.1% steps in the tails (where corrected one-sided
+# p-values are read off), 1% steps in the middle.
+QUANTILE_LEVELS = np.unique(np.round(np.concatenate(
+    [np.linspace(0, 0.05, 51), np.linspace(0.05, 0.95, 91), np.linspace(0.95, 1, 51)]), 6))
+CHEAP_CONTINUOUS = ("log_loss", "brier", "ece")
+CHAMPION_SPLITS = ("calibration", "test")
 
 
 @dataclass
 class ChampionScores:
+    """The registered champion's logits on this run's rows; rows in split/examples.parquet order per split."""
+
     version: str
     pointer_etag: str
-    logits_by_split: dict[str, np.ndarray]  # "calibration" and "test", rows in examples.parquet order
+    logits_by_split: dict[str, np.ndarray]  # "calibration" and "test", float (n_split, C)
+
+
+class ChampionUnreadable(TLError):
+    """The champion pointer exists but the champion could not be re-scored (the gate then FAILs)."""
+
+    def __init__(self, message: str, version: str | None = None, etag: str | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+        self.etag = etag
 
 
 def load_examples(ctx: RunContext) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
+    df = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
+    missing = [c for c in ("example_id", "label", "split") if c not in df]
+    if missing:
+        raise TLError(f"{ctx.uri('split/examples.parquet')}: missing columns {missing} "
+                      f"(expected example_id, label, split and the slice columns)")
+    return df
+
+
+def split_frames(df: pd.DataFrame, splits: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    return {s: df[df["split"] == s].reset_index(drop=True) for s in splits}
 
 
 def slice_masks(df: pd.DataFrame, columns: list[str], crosses: list[list[str]]) -> dict[str, np.ndarray]:
+    """Boolean masks for every value of every slice column ("col=value") and every present value pair of each
+    cross ("col1=v1&col2=v2"). Columns absent from ``df`` give no slices (required_slices then fail the gate)."""
     masks: dict[str, np.ndarray] = {}
     for col in columns:
         if col not in df:
+            logger.warning("slice column %r is not in the examples: no slices for it", col)
             continue
         values = df[col].astype(str).to_numpy()
         for v in sorted(set(values)):
@@ -65,58 +110,101 @@ def slice_masks(df: pd.DataFrame, columns: list[str], crosses: list[list[str]]) 
     return masks
 
 
-def _aligned(ctx: RunContext, strategy: str, split: str, ids: list[str]) -> np.ndarray:
-    z = ctx.read_npz(f"models/{strategy}/logits/{split}.npz")
+def _aligned(ctx: RunContext, strategy: str, split: str, ids: list[str], n_classes: int) -> np.ndarray:
+    rel = f"models/{strategy}/logits/{split}.npz"
+    try:
+        z = ctx.read_npz(rel)
+    except NoSuchKey:
+        raise TLError(f"{ctx.uri(rel)} is missing: strategy {strategy!r} has no {split} logits") from None
+    if "example_id" not in z or "logits" not in z:
+        raise TLError(f"{ctx.uri(rel)}: expected arrays 'example_id' and 'logits', got {sorted(z)}")
+    logits = z["logits"]
+    if logits.ndim != 2 or logits.shape[1] != n_classes or len(logits) != len(z["example_id"]):
+        raise TLError(f"{ctx.uri(rel)}: logits must be (n, {n_classes}) with one row per example_id, "
+                      f"got shape {logits.shape} for {len(z['example_id'])} ids")
     pos = {str(e): i for i, e in enumerate(z["example_id"])}
     missing = [e for e in ids if e not in pos]
     if missing:
-        raise TLError(f"models/{strategy}/logits/{split}.npz lacks {len(missing)} {split} examples, e.g. {missing[:5]}")
-    return z["logits"][[pos[e] for e in ids]]  # type: ignore[no-any-return]
+        raise TLError(f"{ctx.uri(rel)} lacks {len(missing)} of the {len(ids)} {split} examples, e.g. {missing[:5]}")
+    return logits[[pos[e] for e in ids]].astype(np.float64)  # type: ignore[no-any-return]
 
 
-def score_champion(ctx: RunContext, frames: dict[str, pd.DataFrame]) -> tuple[dict[str, Any], ChampionScores | None]:
-    """Re-score the registered champion on this run's calibration and test rows through the serving path."""
+def score_champion(ctx: RunContext) -> ChampionScores | None:
+    """Re-score the registered champion on this run's calibration and test rows through the serving path.
+
+    None when there is no champion yet; raises ChampionUnreadable (with the version and etag when known)
+    when the pointer or the model cannot be read or scored.
+    """
     try:
         from tl_core.registry import Registry
 
         pointer = Registry.for_spec(ctx.spec).champion()
-    except Exception as exc:  # noqa: BLE001 - any failure to read the pointer must fail the gate, not crash
-        return {"status": "unreadable", "version": None, "etag": None, "reason": f"champion pointer: {exc}"}, None
+    except Exception as exc:  # noqa: BLE001 - any failure to read the pointer is evidence for the gate
+        raise ChampionUnreadable(f"champion pointer unreadable: {type(exc).__name__}: {exc}") from exc
     if pointer is None:
-        return {"status": "none", "version": None, "etag": None, "reason": "no champion yet"}, None
+        return None
     try:
         from tl_core.export.predict import score_registered
 
-        logits = {split: score_registered(ctx.spec, pointer.version, df) for split, df in frames.items()}
+        frames = split_frames(load_examples(ctx), CHAMPION_SPLITS)
+        logits = {s: np.asarray(score_registered(ctx.spec, pointer.version, df)) for s, df in frames.items()}
     except Exception as exc:  # noqa: BLE001 - an unusable champion is evidence for the gate, not a crash
-        return {"status": "unreadable", "version": pointer.version, "etag": pointer.etag,
-                "reason": f"{type(exc).__name__}: {exc}"}, None
-    return ({"status": "ok", "version": pointer.version, "etag": pointer.etag, "reason": ""},
-            ChampionScores(pointer.version, pointer.etag, logits))
+        raise ChampionUnreadable(f"champion {pointer.version} could not be scored: {type(exc).__name__}: {exc}",
+                                 pointer.version, pointer.etag) from exc
+    return ChampionScores(pointer.version, pointer.etag, logits)
+
+
+def _check_champion(champion: ChampionScores, sizes: dict[str, int], n_classes: int) -> str | None:
+    """Why the champion's logits cannot be compared, or None when they can."""
+    for split in CHAMPION_SPLITS:
+        z = champion.logits_by_split.get(split)
+        if z is None:
+            return f"no {split} logits (got splits {sorted(champion.logits_by_split)})"
+        z = np.asarray(z)
+        if z.shape != (sizes[split], n_classes):
+            return f"{split} logits have shape {z.shape}, expected ({sizes[split]}, {n_classes})"
+        if not np.isfinite(z).all():
+            return f"{split} logits contain {int((~np.isfinite(z)).sum())} non-finite values"
+    return None
+
+
+def _labels(df: pd.DataFrame, index: dict[str, int]) -> np.ndarray:
+    return df["label"].astype(str).map(index).fillna(-1).astype(int).to_numpy()  # type: ignore[no-any-return]
 
 
 def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info: dict[str, Any]) -> dict[str, Any]:
+    """Every model of the run (and the champion) on the same labelled test rows; see the module docstring."""
     spec = ctx.spec
+    policy = spec.gate
     labels = list(spec.labels)
     index = {n: i for i, n in enumerate(labels)}
-    df = load_examples(ctx)
-    frames = {s: df[df["split"] == s].reset_index(drop=True) for s in ("train", "calibration", "test")}
+    frames = split_frames(load_examples(ctx), ("train", "calibration", "test"))
     test, cal = frames["test"], frames["calibration"]
-    y_test = test["label"].map(index).fillna(-1).astype(int).to_numpy()
-    y_cal = cal["label"].map(index).fillna(-1).astype(int).to_numpy()
+    y_test, y_cal = _labels(test, index), _labels(cal, index)
     keep_t, keep_c = y_test >= 0, y_cal >= 0
     candidate = ctx.read_json("candidate.json")
+    selected = candidate.get("selected")
+    strategies = list(candidate.get("strategies", {}))
+    if selected not in strategies:
+        raise TLError(f"{ctx.uri('candidate.json')}: selected strategy {selected!r} is not among the trained "
+                      f"strategies {strategies}")
     logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     roles: dict[str, str] = {}
-    for strategy in candidate["strategies"]:
-        logits[strategy] = (_aligned(ctx, strategy, "calibration", cal["example_id"].astype(str).tolist()),
-                            _aligned(ctx, strategy, "test", test["example_id"].astype(str).tolist()))
-        roles[strategy] = "candidate" if strategy == candidate["selected"] else "strategy"
+    for strategy in strategies:
+        logits[strategy] = (_aligned(ctx, strategy, "calibration", cal["example_id"].astype(str).tolist(), len(labels)),
+                            _aligned(ctx, strategy, "test", test["example_id"].astype(str).tolist(), len(labels)))
+        roles[strategy] = "candidate" if strategy == selected else "strategy"
     if champion is not None:
-        logits["champion"] = (champion.logits_by_split["calibration"], champion.logits_by_split["test"])
-        roles["champion"] = "champion"
-    # Majority-class predictor from the training split's class frequencies.
-    freq = np.bincount(frames["train"]["label"].map(index).dropna().astype(int), minlength=len(labels)) + 1.0
+        problem = _check_champion(champion, {"calibration": len(cal), "test": len(test)}, len(labels))
+        if problem:
+            champion_info = {**champion_info, "status": "unreadable", "reason": f"champion logits: {problem}"}
+        else:
+            logits["champion"] = (np.asarray(champion.logits_by_split["calibration"], dtype=np.float64),
+                                  np.asarray(champion.logits_by_split["test"], dtype=np.float64))
+            roles["champion"] = "champion"
+    # Majority-class predictor: the training split's class frequencies (add-one smoothed) for every row.
+    y_train = _labels(frames["train"], index)
+    freq = np.bincount(y_train[y_train >= 0], minlength=len(labels)) + 1.0
     prior = np.log(freq / freq.sum())
     logits["majority"] = (np.tile(prior, (len(cal), 1)), np.tile(prior, (len(test), 1)))
     roles["majority"] = "majority"
@@ -129,59 +217,88 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
         temperature = fit_temperature(lc[keep_c], y_cal[keep_c]) if name != "majority" else 1.0
         before, after = softmax(lt[keep_t]), softmax(lt[keep_t], temperature)
         probs_after[name] = after
-        m_before = all_metrics(before, y, labels) if len(y) else {"n": 0}
-        overall = all_metrics(after, y, labels) if len(y) else {"n": 0}
+        m_before = all_metrics(before, y, labels)
+        overall = all_metrics(after, y, labels)
         models[name] = {
-            "role": roles[name], "strategy": name if name in candidate["strategies"] else None,
+            "role": roles[name], "strategy": name if name in strategies else None,
             "temperature": temperature,
             "overall": {k: v for k, v in overall.items() if k not in ("per_class", "confusion")},
-            "before_temperature": {k: m_before.get(k) for k in ("log_loss", "brier", "ece", "mce", "accuracy")},
+            "before_temperature": {k: m_before.get(k) for k in ("accuracy", "log_loss", "brier", "ece", "mce")},
             "per_class": overall.get("per_class", {}), "confusion": overall.get("confusion", []),
             "slices": {s: {k: v for k, v in all_metrics(after[m], y[m], labels).items()
                            if k not in ("per_class", "confusion")} for s, m in masks.items()},
+            "intervals": {},
             "reliability": {"before": _rel(before, y), "after": _rel(after, y)},
         }
+    requested = set(policy.margins) | set(policy.slice_metrics)
+    continuous = tuple(m for m in CONTINUOUS_METRICS if m in CHEAP_CONTINUOUS or m in requested)
+    slice_continuous = tuple(m for m in CONTINUOUS_METRICS if m in policy.slice_metrics)
     comparisons: dict[str, Any] = {}
     if len(y):
         groups = {"overall": np.ones(len(y), dtype=bool), **masks}
-        continuous = tuple(m for m in spec.gate.margins if m in CONTINUOUS_METRICS)
-        comparisons = compare_models(y, probs_after, groups, candidate["selected"], spec.gate.n_bootstrap,
-                                     spec.gate.bootstrap_seed, spec.gate.confidence, continuous)
-    curves = {}
-    for strategy in candidate["strategies"]:
+        comparisons, intervals = compare_models(y, probs_after, groups, selected, policy.n_bootstrap,
+                                                policy.bootstrap_seed, policy.confidence, continuous,
+                                                slice_continuous)
+        for name, iv in intervals.items():
+            models[name]["intervals"] = iv
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for strategy in strategies:
         try:
-            curves[strategy] = ctx.read_json(f"models/{strategy}/train_report.json").get("curves", [])
+            curves[strategy] = list(ctx.read_json(f"models/{strategy}/train_report.json").get("curves") or [])
         except NoSuchKey:
             curves[strategy] = []
-    audit = None
-    if ctx.store.exists(ctx.key("audit/report.json")):
-        audit = ctx.read_json("audit/report.json")
+    audit = ctx.read_json("audit/report.json") if ctx.store.exists(ctx.key("audit/report.json")) else None
     return {
         "schema_version": SCHEMA_VERSION, "run_id": ctx.run_id, "model": spec.name, "labels": labels,
         "primary_metric": spec.train.primary_metric, "test_size": int(len(y)),
-        "unlabelled_test_rows": int((~keep_t).sum()), "candidate": candidate["selected"],
+        "unlabelled_test_rows": int((~keep_t).sum()), "candidate": selected,
         "slices": {s: int(m.sum()) for s, m in masks.items()}, "champion": champion_info, "models": models,
         "comparisons": comparisons, "curves": curves, "audit": _audit_summary(audit),
-        "bootstrap": {"n_boot": spec.gate.n_bootstrap, "seed": spec.gate.bootstrap_seed,
-                      "confidence": spec.gate.confidence, "method": "paired multinomial resampling of test examples"},
+        "gate_policy": policy.model_dump(mode="json"),
+        "bootstrap": {"n_boot": policy.n_bootstrap, "seed": policy.bootstrap_seed, "confidence": policy.confidence,
+                      "method": "paired: one resample of the test examples per replicate, shared by all models",
+                      "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
+                      "continuous_overall": list(continuous), "continuous_slices": list(slice_continuous)},
     }
 
 
 def compare_models(y: np.ndarray, probs: dict[str, np.ndarray], groups: dict[str, np.ndarray], selected: str,
-                   n_boot: int, seed: int, confidence: float, continuous: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Paired bootstrap of (selected - other) for every other model, metric and group, oriented so that
-    positive means the selected model is better."""
-    boot = paired_bootstrap(y, probs, groups, n_boot, seed, continuous)
+                   n_boot: int, seed: int, confidence: float, continuous: tuple[str, ...] = (),
+                   slice_continuous: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Paired bootstrap of (selected - other) for every other model, metric and group, oriented so that positive
+    means the selected model is better; plus every model's own interval per metric and group.
+
+    ``continuous`` metrics are bootstrapped overall, ``slice_continuous`` ones for every group as well.
+    Returns (comparisons, intervals) as stored in the report.
+    """
+    if selected not in probs:
+        raise ValueError(f"selected model {selected!r} is not among the compared models {list(probs)}")
+    both = tuple(dict.fromkeys((*continuous, *slice_continuous)))
+    cont_groups = tuple(groups) if slice_continuous else ("overall",)
+    boot = paired_bootstrap(y, probs, groups, n_boot, seed, both, cont_groups if both else ("overall",))
+    metrics = (*COUNT_METRICS, *both)
+    gi_all = list(enumerate(boot.groups))
     comparisons: dict[str, Any] = {}
+    intervals: dict[str, Any] = {m: {} for m in probs}
+    for name in probs:
+        for metric in metrics:
+            per_group = {}
+            for gi, g in gi_all:
+                if metric in continuous and metric not in slice_continuous and g != "overall":
+                    continue
+                col = boot.samples[name][metric][:, gi]
+                if np.isfinite(col).any():
+                    per_group[g] = list(interval(col, confidence))
+            intervals[name][metric] = per_group
     for other in probs:
         if other == selected:
             continue
         comparisons[other] = {}
-        for metric in (*COUNT_METRICS, *continuous):
+        for metric in metrics:
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
             diff = sign * (boot.samples[selected][metric] - boot.samples[other][metric])
             comparisons[other][metric] = {}
-            for gi, g in enumerate(boot.groups):
+            for gi, g in gi_all:
                 col = diff[:, gi]
                 finite = col[np.isfinite(col)]
                 if len(finite) == 0:
@@ -189,13 +306,16 @@ def compare_models(y: np.ndarray, probs: dict[str, np.ndarray], groups: dict[str
                 lo, hi = interval(col, confidence)
                 comparisons[other][metric][g] = {
                     "diff": float(np.mean(finite)), "lo": lo, "hi": hi,
-                    "quantiles": [round(float(q), 6) for q in np.quantile(finite, QUANTILES)]}
-    return comparisons
+                    "quantiles": [round(float(q), 6) for q in np.quantile(finite, QUANTILE_LEVELS)]}
+    return comparisons, intervals
 
 
 def _rel(probs: np.ndarray, y: np.ndarray) -> dict[str, list[float | None]]:
-    b = ece_bins(probs, y) if len(y) else {"count": np.zeros(15), "confidence": np.full(15, np.nan),
-                                           "accuracy": np.full(15, np.nan)}
+    if len(y):
+        b = ece_bins(probs, y)
+    else:
+        b = {"count": np.zeros(ECE_BINS), "confidence": np.full(ECE_BINS, np.nan),
+             "accuracy": np.full(ECE_BINS, np.nan)}
     return {k: [None if not np.isfinite(v) else float(v) for v in b[k]] for k in ("count", "confidence", "accuracy")}
 
 
@@ -210,14 +330,24 @@ def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def run_evaluate(ctx: RunContext, champion: ChampionScores | None = None) -> str:
-    """Write evaluation/report.json and report.html; returns the JSON's URI."""
+    """Write evaluation/report.json and report.html; returns the JSON's URI.
+
+    With ``champion`` None the registered champion is looked up and re-scored (score_champion); a champion
+    that cannot be read or scored is recorded as "unreadable" with the reason, and the gate FAILs on it.
+    """
     from tl_core.evaluate.report import render_html
 
     info: dict[str, Any]
     if champion is None:
-        df = load_examples(ctx)
-        frames = {s: df[df["split"] == s].reset_index(drop=True) for s in ("calibration", "test")}
-        info, champion = score_champion(ctx, frames)
+        try:
+            champion = score_champion(ctx)
+        except ChampionUnreadable as exc:
+            logger.warning("%s", exc)
+            info = {"status": "unreadable", "version": exc.version, "etag": exc.etag, "reason": str(exc)}
+        else:
+            info = ({"status": "none", "version": None, "etag": None, "reason": "no champion yet"}
+                    if champion is None else
+                    {"status": "ok", "version": champion.version, "etag": champion.pointer_etag, "reason": ""})
     else:
         info = {"status": "ok", "version": champion.version, "etag": champion.pointer_etag, "reason": ""}
     report = build_report(ctx, champion, info)
@@ -227,52 +357,61 @@ def run_evaluate(ctx: RunContext, champion: ChampionScores | None = None) -> str
 
 
 def current_evidence(ctx: RunContext) -> dict[str, Any]:
-    """What a decision rests on, read afresh from the store (used again just before promotion)."""
+    """What a decision rests on, read afresh from the store (used again just before promotion): the candidate's
+    artifact checksums (models/<selected>/ without resume state, export/model.onnx), the champion version and
+    pointer etag, the snapshot content hash and the checksums of the reports."""
     from tl_core.registry import Registry
 
     selected = ctx.read_json("candidate.json")["selected"]
-    files = sorted(ctx.store.list(ctx.model_key(selected) + "/"))
-    files = [k for k in files if "/resume/" not in k]
-    if ctx.store.exists(ctx.key("export/model.onnx")):
-        files.append(ctx.key("export/model.onnx"))
+    files = [k for k in sorted(ctx.store.list(ctx.model_key(selected) + "/")) if "/resume/" not in k]
+    for rel in ("export/model.onnx", "candidate.json"):
+        if ctx.store.exists(ctx.key(rel)):
+            files.append(ctx.key(rel))
     pointer = Registry.for_spec(ctx.spec).champion()
     snapshot = ctx.read_json("snapshot/manifest.json") if ctx.store.exists(ctx.key("snapshot/manifest.json")) else {}
+    reports = {rel: ctx.store.etag(ctx.key(rel)) for rel in ("evaluation/report.json", "audit/report.json")
+               if ctx.store.exists(ctx.key(rel))}
     return {
         "candidate_files": {k: ctx.store.etag(k) for k in files},
         "champion_version": pointer.version if pointer else None,
         "champion_etag": pointer.etag if pointer else None,
         "snapshot_hash": snapshot.get("content_hash"),
-        "report_etag": ctx.store.etag(ctx.key("evaluation/report.json")),
+        "reports": reports,
     }
 
 
 def current_evidence_hash(ctx: RunContext) -> str:
+    """sha256 of current_evidence(ctx): equal to the gate decision's evidence_hash while nothing changed."""
     return evidence_hash(current_evidence(ctx))
 
 
 def run_gate(ctx: RunContext) -> dict[str, Any]:
-    """Decide on the run's evaluation report; write gate/decision.json and re-render the HTML with it."""
+    """Decide on the run's evaluation report; write gate/decision.json and re-render the HTML with the decision."""
     from tl_core.evaluate.report import render_html
 
-    report = ctx.read_json("evaluation/report.json")
+    try:
+        report = ctx.read_json("evaluation/report.json")
+    except NoSuchKey:
+        raise TLError(f"{ctx.uri('evaluation/report.json')} is missing: run `tl evaluate` first") from None
     evidence = current_evidence(ctx)
-    decision = decide(report, ctx.spec.gate, evidence_hash(evidence))
     champion = report.get("champion", {})
-    if champion.get("status") == "ok" and evidence["champion_etag"] != champion.get("etag"):
-        decision.passed = False
-        from tl_core.gate import Reason
-
-        text = (f"the champion pointer changed after evaluation (evaluated {champion.get('version')}, "
-                f"now {evidence['champion_version']}): FAIL")
-        decision.reasons.append(Reason("evidence", "FAIL", text))
+    extra: list[Reason] = []
+    if champion.get("status") in ("ok", "none") and (evidence["champion_version"], evidence["champion_etag"]) != (
+            champion.get("version"), champion.get("etag")):
+        extra.append(Reason("evidence", "FAIL",
+                            f"the champion pointer changed after evaluation (evaluated {champion.get('version')} "
+                            f"etag {champion.get('etag')}, now {evidence['champion_version']} etag "
+                            f"{evidence['champion_etag']}); re-run the evaluation: FAIL"))
+    decision = decide(report, ctx.spec.gate, evidence_hash(evidence), extra_reasons=extra)
+    markdown = summary_markdown(decision, report)
     payload = decision.to_json()
     payload.update(champion_version=champion.get("version"), champion_etag=champion.get("etag"),
-                   candidate=report.get("candidate"), evidence=evidence,
-                   summary_markdown=summary_markdown(decision, report))
+                   candidate=report.get("candidate"), evidence=evidence, summary_markdown=markdown)
     ctx.write_json("gate/decision.json", payload)
     ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, payload).encode())
-    return {"passed": decision.passed, "reasons": [r.text for r in decision.reasons if r.status != "PASS"] or
-            [r.text for r in decision.reasons][:5], "evidence_hash": decision.evidence_hash,
-            "bootstrap": decision.bootstrap, "champion_version": champion.get("version"),
-            "champion_etag": champion.get("etag"), "candidate": report.get("candidate"),
-            "summary_markdown": payload["summary_markdown"], "report_uri": ctx.uri("evaluation/report.html")}
+    failing = [r.text for r in decision.reasons if r.status != "PASS"]
+    return {"passed": decision.passed, "reasons": failing or [r.text for r in decision.reasons],
+            "evidence_hash": decision.evidence_hash, "bootstrap": decision.bootstrap,
+            "champion_version": champion.get("version"), "champion_etag": champion.get("etag"),
+            "candidate": report.get("candidate"), "summary_markdown": markdown,
+            "report_uri": ctx.uri("evaluation/report.html")}

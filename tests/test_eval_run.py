@@ -1,0 +1,302 @@
+"""run_evaluate / run_gate on runs laid out as tl_core/runs.py says (synthetic logits, real stores), the `tl`
+commands, the evidence hash, and the HTML report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tl_core.cli import main as tl_main
+from tl_core.config import ModelSpec, parse_spec
+from tl_core.errors import TLError
+from tl_core.evaluate.report import render_html
+from tl_core.evaluate.run import ChampionScores, current_evidence_hash, run_evaluate, run_gate
+from tl_core.runs import RunContext
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+LABELS = ["billing", "login", "shipping"]
+
+
+def spec_dict(store_uri: str, **gate: Any) -> dict[str, Any]:
+    return {
+        "name": "eval-demo", "modality": "text", "labels": LABELS,
+        "backbone": {"library": "transformers", "name": "tiny", "weights": "none"},
+        "data": {"root": store_uri, "slice_columns": ["region", "channel"], "slice_crosses": [["region", "channel"]]},
+        "train": {"strategies": ["frozen", "full"]},
+        "gate": {"n_bootstrap": 200, "min_slice_size": 20, "margins": {"macro_f1": 0.05, "accuracy": 0.05},
+                 "absolute_minimums": {"macro_f1": 0.5}, **gate},
+        "store": store_uri, "registry": store_uri,
+    }
+
+
+def logits_for(y: np.ndarray, rng: np.random.Generator, accuracy: float, scale: float) -> np.ndarray:
+    """Over-confident logits that are right with probability `accuracy`."""
+    pred = np.where(rng.random(len(y)) < accuracy, y, rng.integers(0, len(LABELS), len(y)))
+    z = rng.normal(size=(len(y), len(LABELS)))
+    z[np.arange(len(y)), pred] += 2.0
+    return (z * scale).astype(np.float32)
+
+
+def make_synthetic_run(spec: ModelSpec, n_test: int = 600, n_cal: int = 300, seed: int = 0,
+                       run_id: str = "manual-20260101T000000") -> RunContext:
+    """examples.parquet, per-strategy logits, candidate.json, curves, audit and snapshot manifest."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, n in (("train", 300), ("calibration", n_cal), ("test", n_test)):
+        for i in range(n):
+            rows.append({"example_id": f"{split}-{i}", "label": LABELS[int(rng.integers(0, 3))], "split": split,
+                         "text": "x", "region": ["eu", "us"][i % 2], "channel": ["web", "app", "mail"][i % 3]})
+    df = pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    ctx = RunContext.open(spec, run_id)
+    ctx.save_spec()
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    ctx.store.put_bytes(ctx.key("split/examples.parquet"), buf.getvalue())
+    index = {k: i for i, k in enumerate(LABELS)}
+    for strategy, acc in (("frozen", 0.75), ("full", 0.85)):
+        for split in ("calibration", "test"):
+            part = df[df["split"] == split]
+            y = part["label"].map(index).to_numpy().astype(int)
+            order = rng.permutation(len(part))  # logits files need not follow examples.parquet order
+            ctx.write_npz(f"models/{strategy}/logits/{split}.npz",
+                          example_id=part["example_id"].to_numpy().astype(str)[order],
+                          logits=logits_for(y, rng, acc, 3.0)[order])
+        ctx.write_json(f"models/{strategy}/train_report.json", {"curves": [] if strategy == "frozen" else [
+            {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_metric": 0.6 + 0.05 * e} for e in (1, 2, 3)]})
+        ctx.store.put_bytes(ctx.model_key(strategy, "model.safetensors"), f"weights-{strategy}".encode())
+    ctx.write_json("candidate.json", {"selected": "full", "strategies": {"frozen": {"score": 0.7},
+                                                                        "full": {"score": 0.8}}})
+    ctx.write_json("audit/report.json", {"total_rows": len(df), "usable_rows": len(df), "blocking": False,
+                                         "findings": [{"check": "class_balance", "severity": "info", "count": 3,
+                                                       "message": "classes within 2x"}]})
+    ctx.write_json("snapshot/manifest.json", {"content_hash": "abc123"})
+    return ctx
+
+
+def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
+    ctx = make_synthetic_run(parse_spec(spec_dict(store_uri)))
+    uri = run_evaluate(ctx)
+    assert uri == ctx.uri("evaluation/report.json")
+    report = ctx.read_json("evaluation/report.json")
+    assert report["schema_version"] == 2 and report["champion"]["status"] == "none"
+    assert set(report["models"]) == {"frozen", "full", "majority"} and report["candidate"] == "full"
+    assert report["test_size"] == 600
+    assert report["slices"]["region=eu"] == 300 and report["slices"]["channel=web"] == 200
+    assert report["slices"]["region=eu&channel=web"] == 100 and len(report["slices"]) == 2 + 3 + 6
+    full = report["models"]["full"]
+    # Over-confident logits (x3): temperature > 1 lowers log loss and keeps accuracy.
+    assert full["temperature"] > 1.5
+    assert full["overall"]["log_loss"] < full["before_temperature"]["log_loss"]
+    assert full["overall"]["accuracy"] == full["before_temperature"]["accuracy"]
+    lo, hi = full["intervals"]["macro_f1"]["overall"]
+    assert lo < full["overall"]["macro_f1"] < hi
+    comp = report["comparisons"]["majority"]["macro_f1"]["overall"]
+    assert comp["lo"] > 0.3 and len(comp["quantiles"]) == len(report["bootstrap"]["quantile_levels"])
+    assert report["curves"]["full"][2]["val_metric"] == pytest.approx(0.75)
+    assert report["audit"]["findings"][0]["check"] == "class_balance"
+
+    result = run_gate(ctx)
+    assert result["passed"] is True and result["bootstrap"] is True, result["reasons"]
+    assert result["champion_version"] is None and result["champion_etag"] is None
+    decision = ctx.read_json("gate/decision.json")
+    assert decision["passed"] is True and decision["evidence_hash"] == result["evidence_hash"]
+    assert current_evidence_hash(ctx) == result["evidence_hash"]
+    assert result["summary_markdown"].startswith("**Decision: PASS** (bootstrap")
+    assert "| majority-class | macro_f1 | overall |" in result["summary_markdown"]
+    html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    assert "Gate: PASS" in html and html.index("Gate: PASS") < html.index("All models")
+
+    # Anything the decision rests on changes the evidence hash: candidate files, the reports, the champion.
+    ctx.store.put_bytes(ctx.model_key("full", "model.safetensors"), b"retrained")
+    assert current_evidence_hash(ctx) != result["evidence_hash"]
+    run_gate(ctx)
+    before = current_evidence_hash(ctx)
+    ctx.write_json("audit/report.json", {"total_rows": 1})
+    assert current_evidence_hash(ctx) != before
+
+
+def test_champion_comparison_and_pointer_check(tmp_path: Path) -> None:
+    ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri(), required_slices=["region=eu"])))
+    cal = ctx.read_npz("models/frozen/logits/calibration.npz")
+    test = ctx.read_npz("models/frozen/logits/test.npz")
+    df = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
+
+    def rows(z: dict[str, np.ndarray], split: str) -> np.ndarray:
+        pos = {e: i for i, e in enumerate(z["example_id"])}
+        return z["logits"][[pos[e] for e in df[df["split"] == split]["example_id"]]]
+
+    # The champion is the frozen model: the candidate (full, more accurate) is compared with it slice by slice.
+    champion = ChampionScores("v0001", "etag-1", {"calibration": rows(cal, "calibration"), "test": rows(test, "test")})
+    run_evaluate(ctx, champion)
+    report = ctx.read_json("evaluation/report.json")
+    assert report["champion"] == {"status": "ok", "version": "v0001", "etag": "etag-1", "reason": ""}
+    champ_vs_frozen = report["models"]["champion"]["overall"]["macro_f1"]
+    assert champ_vs_frozen == pytest.approx(report["models"]["frozen"]["overall"]["macro_f1"])
+    assert set(report["comparisons"]["champion"]["macro_f1"]) == {"overall", *report["slices"]}
+    assert report["comparisons"]["champion"]["macro_f1"]["overall"]["diff"] > 0
+    # No champion is registered in this store: the pointer moved (to none) after the evaluation -> FAIL.
+    result = run_gate(ctx)
+    assert not result["passed"]
+    assert any("champion pointer changed after evaluation (evaluated v0001 etag etag-1, now None" in r
+               for r in result["reasons"])
+    assert result["champion_version"] == "v0001" and result["champion_etag"] == "etag-1"
+    decision = ctx.read_json("gate/decision.json")
+    slice_reasons = [r for r in decision["reasons"] if r["check"] == "slice"]
+    assert sorted(r["slice"] for r in slice_reasons) == sorted(report["slices"])
+    assert all(re.search(r"candidate - champion in \[.*\] \(95%\), margin -0.05, holm p=", r["text"])
+               for r in slice_reasons)
+    overall = [r for r in decision["reasons"] if r["check"] == "non-inferiority"]
+    assert {r["metric"] for r in overall} == {"macro_f1", "accuracy"} and all(r["status"] == "PASS" for r in overall)
+    assert any(r["text"] == "required slice region=eu present with 300 test examples: PASS"
+               for r in decision["reasons"])
+
+
+def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
+    spec = parse_spec(spec_dict(tmp_path.as_uri()))
+    ctx = make_synthetic_run(spec)
+    # A pointer to a version that was never registered: scoring it fails, the report records why.
+    ctx.store.put_bytes("registry/eval-demo/champion.json", json.dumps({"version": "v0007"}).encode())
+    run_evaluate(ctx)
+    champion = ctx.read_json("evaluation/report.json")["champion"]
+    assert champion["status"] == "unreadable" and champion["version"] == "v0007" and champion["etag"]
+    assert "champion v0007 could not be scored" in champion["reason"]
+    result = run_gate(ctx)
+    assert not result["passed"] and not result["bootstrap"]
+    assert any(r.startswith("champion 'v0007' could not be re-scored: champion v0007 could not be scored")
+               for r in result["reasons"])
+    # A corrupt pointer is unreadable too (never a silent bootstrap).
+    ctx.store.put_bytes("registry/eval-demo/champion.json", b"{not json")
+    run_evaluate(ctx)
+    champion = ctx.read_json("evaluation/report.json")["champion"]
+    assert champion["status"] == "unreadable" and "champion pointer unreadable" in champion["reason"]
+    # Champion logits of the wrong shape are unreadable evidence, not a crash.
+    bad = ChampionScores("v0002", "e", {"calibration": np.zeros((300, 3)), "test": np.zeros((10, 3))})
+    run_evaluate(ctx, bad)
+    champion = ctx.read_json("evaluation/report.json")["champion"]
+    assert champion["status"] == "unreadable"
+    assert champion["reason"] == "champion logits: test logits have shape (10, 3), expected (600, 3)"
+
+
+def test_empty_test_set_fails_closed(tmp_path: Path) -> None:
+    ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())), n_test=0)
+    run_evaluate(ctx)
+    report = ctx.read_json("evaluation/report.json")
+    assert report["test_size"] == 0 and report["comparisons"] == {}
+    result = run_gate(ctx)
+    assert not result["passed"] and result["reasons"][0].startswith("empty test set: 0 labelled test examples")
+
+
+def test_bad_run_inputs_name_the_file(tmp_path: Path) -> None:
+    ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())))
+    ctx.store.delete(ctx.key("models/frozen/logits/test.npz"))
+    with pytest.raises(TLError, match=r"models/frozen/logits/test\.npz is missing: strategy 'frozen' has no test"):
+        run_evaluate(ctx, None)
+    ctx.write_npz("models/frozen/logits/test.npz", example_id=np.array(["test-1"]), logits=np.zeros((1, 3)))
+    with pytest.raises(TLError, match=r"test\.npz lacks 599 of the 600 test examples"):
+        run_evaluate(ctx)
+    ctx.write_npz("models/frozen/logits/test.npz", example_id=np.array(["test-1"]), logits=np.zeros((1, 4)))
+    with pytest.raises(TLError, match=r"logits must be \(n, 3\) with one row per example_id, got shape \(1, 4\)"):
+        run_evaluate(ctx)
+    ctx.write_json("candidate.json", {"selected": "lora", "strategies": {"full": {}}})
+    with pytest.raises(TLError, match=r"selected strategy 'lora' is not among the trained strategies \['full'\]"):
+        run_evaluate(ctx)
+    ctx.store.delete(ctx.key("evaluation/report.json")) if ctx.store.exists(ctx.key("evaluation/report.json")) \
+        else None
+    with pytest.raises(TLError, match=r"evaluation/report\.json is missing: run `tl evaluate` first"):
+        run_gate(ctx)
+
+
+def test_tl_evaluate_and_gate_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = spec_dict(tmp_path.as_uri(), absolute_minimums={"macro_f1": 0.99})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    ctx = make_synthetic_run(parse_spec(raw))
+    assert tl_main(["evaluate", "--spec", str(spec_path), "--run", ctx.run_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] == ctx.uri("evaluation/report.json")
+    assert tl_main(["gate", "--spec", str(spec_path), "--run", ctx.run_id]) == 3  # FAIL exits 3
+    out = capsys.readouterr().out
+    assert out.startswith("**Decision: FAIL**") and re.search(r"macro_f1 overall 0\.\d{3} < minimum 0\.99: FAIL", out)
+
+
+def test_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
+    ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())))
+    df = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
+    rng = np.random.default_rng(9)
+    index = {k: i for i, k in enumerate(LABELS)}
+    y = {s: df[df["split"] == s]["label"].map(index).to_numpy().astype(int) for s in ("calibration", "test")}
+    champion = ChampionScores("v0001", "etag-1", {s: logits_for(y[s], rng, 0.8, 1.0) for s in y})
+    run_evaluate(ctx, champion)
+    run_gate(ctx)
+    html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    assert re.findall(r'(?:src|href)\s*=\s*(?!["\']?data:)', html) == []
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+    # decision on top, models table, slice charts, reliability x2, confusion x2, learning curves, audit
+    assert html.count('src="data:image/png;base64,') >= 6
+    assert html.index("Gate: FAIL") < html.index("All models") < html.index("Per slice") < html.index("Calibration")
+    assert "Data audit" in html and "class_balance" in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian chromium is required for the report check (make system-deps installs it)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = ARTIFACTS / "evaluation-report.html"
+    page.write_text(html)
+    shot = ARTIFACTS / "evaluation-report.png"
+    shot.unlink(missing_ok=True)
+    profile = tmp_path / "chromium-profile"
+    subprocess.run(["timeout", "-k", "5", "60", chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", f"--user-data-dir={profile}", f"--screenshot={shot}",
+                    "--window-size=1280,3000", page.as_uri()], check=True, capture_output=True)
+    assert shot.exists() and shot.stat().st_size > 50_000
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1280, 3000)
+        pixels = np.asarray(img.convert("L"), dtype=float)
+    # Non-trivial: plots and text, not a blank or error page.
+    assert pixels.std() > 20 and (pixels < 128).mean() > 0.01
+
+
+def test_render_html_escapes_text() -> None:
+    report = {"model": "m<script>", "run_id": "r", "labels": ["a", "b"], "candidate": "full", "test_size": 0,
+              "primary_metric": "macro_f1", "slices": {}, "champion": {"status": "none", "version": None, "reason": ""},
+              "models": {"full": {"role": "candidate", "temperature": 1.0, "overall": {"n": 0},
+                                  "before_temperature": {}, "slices": {}, "confusion": [[0, 0], [0, 0]],
+                                  "reliability": {k: {"count": [0] * 15, "confidence": [None] * 15,
+                                                      "accuracy": [None] * 15} for k in ("before", "after")}}},
+              "comparisons": {}, "curves": {}, "audit": None, "bootstrap": {"confidence": 0.95}}
+    html = render_html(report, {"passed": False, "bootstrap": True, "evidence_hash": "h",
+                                "reasons": [{"status": "FAIL", "text": "empty test set <b>: FAIL"}]})
+    assert "<script>" not in html and "m&lt;script&gt;" in html and "empty test set &lt;b&gt;: FAIL" in html
+
+
+def test_evaluate_and_gate_on_really_trained_strategies(tmp_path: Path) -> None:
+    """The training step's real outputs (tiny BERT, frozen + full) go through evaluate and gate."""
+    from model_fixtures import make_run, text_examples, text_spec, tiny_bert_dir
+    from tl_core.train.run import run_train
+    from tl_core.train.select import run_select
+
+    spec = text_spec(tmp_path.as_uri(), tiny_bert_dir(tmp_path), strategies=["frozen", "full"], epochs=2)
+    ctx = make_run(spec, text_examples(n_per_class=60))
+    for s in spec.train.strategies:
+        run_train(ctx, s)
+    run_select(ctx)
+    run_evaluate(ctx)
+    report = ctx.read_json("evaluation/report.json")
+    assert report["champion"]["status"] == "none"
+    assert set(report["models"]) == {"frozen", "full", "majority"}
+    assert set(report["slices"]) == {"region=eu", "region=us"}
+    assert report["test_size"] == sum(report["slices"].values()) == 36
+    assert [sorted(c) for c in report["curves"]["full"]][:1] == [["epoch", "train_loss", "val_loss", "val_metric"]]
+    result = run_gate(ctx)
+    assert result["bootstrap"] is True and len(result["evidence_hash"]) == 64
+    assert ctx.read_json("gate/decision.json")["passed"] == result["passed"]
