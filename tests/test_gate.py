@@ -168,6 +168,12 @@ def test_first_model_uses_absolute_minimums_and_ladder() -> None:
     d = decide(report, strict)
     assert not d.passed and d.bootstrap
     assert re.fullmatch(r"macro_f1 overall 0\.\d{3} < minimum 0\.95: FAIL", d.failures[0].text)
+    # For lower-is-better metrics the limit is a ceiling.
+    loss = report["models"]["cand"]["overall"]["log_loss"]
+    d = decide(report, with_policy(policy, absolute_minimums={"log_loss": round(loss + 0.01, 3)}))
+    assert d.passed and any(r.text.endswith(f"<= maximum {round(loss + 0.01, 3)}: PASS") for r in d.reasons)
+    d = decide(report, with_policy(policy, absolute_minimums={"log_loss": round(loss - 0.01, 3)}))
+    assert re.fullmatch(r"log_loss overall \d\.\d{3} > maximum \d\.\d{3}: FAIL", d.failures[0].text)
 
 
 def test_baseline_ladder() -> None:

@@ -202,7 +202,8 @@ class GateSpec(_Strict):
     )
     calibration: CalibrationGate = Field(default_factory=CalibrationGate, description="Calibration limits.")
     absolute_minimums: dict[Metric, Fraction] = Field(
-        default={"macro_f1": 0.5}, description="Floors that apply always (and alone on bootstrap)."
+        default={"macro_f1": 0.5},
+        description="Floors that apply always (and alone on bootstrap); ceilings for log_loss, brier and ece.",
     )
     must_beat_majority: bool = Field(True, description="Candidate must beat the majority-class predictor.")
     must_match_frozen: bool = Field(True, description="A fine-tuned candidate must not be worse than frozen.")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tl_core.config import GateSpec
+from tl_core.config import LOWER_IS_BETTER, GateSpec
 from tl_core.evaluate.bootstrap import adjust
 
 SUPPORTED_SCHEMAS = (1, 2)
@@ -140,6 +140,10 @@ def decide(report: dict[str, Any], policy: GateSpec, evidence_hash: str = "",
         if value is None or not _finite(value):
             fail("minimum", f"{metric} overall: missing from the report (got {value!r}), minimum {floor}",
                  metric=metric, threshold=floor)
+        elif metric in LOWER_IS_BETTER:  # a loss or calibration error: the limit is a ceiling
+            (ok if value <= floor else fail)("minimum", f"{metric} overall {value:.3f} "
+                                             f"{'<=' if value <= floor else '>'} maximum {floor}",
+                                             metric=metric, threshold=floor)
         elif value >= floor:
             ok("minimum", f"{metric} overall {value:.3f} >= minimum {floor}", metric=metric, threshold=floor)
         else:
