@@ -142,6 +142,7 @@ class Registry:
         self.store = open_store(store_uri) if isinstance(store_uri, str) else store_uri
         self.prefix = join_key("registry", model)
         self.cache_dir = cache_dir or CACHE_DIR / "registry"
+        self._records: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def for_spec(cls, spec: ModelSpec) -> Registry:
@@ -376,17 +377,37 @@ class Registry:
         return Champion.from_record(json.loads(data), etag)
 
     def ledger(self) -> list[dict[str, Any]]:
-        return list(self._read_ledger({}).values())
+        keys = self._ledger_keys()
+        return [self._record(k) for k in keys]
 
-    def _read_ledger(self, seen: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """All records by key, reading only keys not in ``seen``; refuses a ledger with a gap."""
+    def _ledger_keys(self) -> list[str]:
+        """The ledger's keys in order; refuses a ledger with a gap (records are numbered 1..n)."""
         keys = sorted(self.store.list(self._k("ledger") + "/"))
         expected = [self._k("ledger", f"{i:08d}.json") for i in range(1, len(keys) + 1)]
         if keys != expected:
-            bad = next(k for k, e in zip(keys, expected, strict=True) if k != e)
-            raise RegistryError(f"{self.model}: the ledger is not gapless: found {bad}, expected "
-                                f"{expected[keys.index(bad)]}")
-        return {k: seen[k] if k in seen else self._json(k) for k in keys}
+            bad, want = next((k, e) for k, e in zip(keys, expected, strict=True) if k != e)
+            raise RegistryError(f"{self.model}: the ledger is not gapless: found {bad}, expected {want}")
+        return keys
+
+    def _record(self, key: str) -> dict[str, Any]:
+        """A ledger record; cached, since records are create-only and never change."""
+        if key not in self._records:
+            self._records[key] = self._json(key)
+        return self._records[key]
+
+    def _find(self, keys: list[str], record_id: str, pointer_move: bool) -> dict[str, Any] | None:
+        """The record with ``record_id`` among ``keys``, newest first.
+
+        Pointer moves are appended in pointer order (a move is only attempted once the champion it replaces is
+        in the ledger), so for a pointer move the search stops at the newest pointer-move record.
+        """
+        for key in reversed(keys):
+            rec = self._record(key)
+            if rec.get("record_id") == record_id:
+                return rec
+            if pointer_move and rec.get("action") in POINTER_ACTIONS:
+                return None
+        return None
 
     def _append(self, record: dict[str, Any], record_id: str | None = None) -> tuple[int, bool]:
         """Append with the next gapless sequence number (create-only, retried on conflict).
@@ -396,13 +417,12 @@ class Registry:
         if nothing was appended since, so two appenders of the same record can never both succeed.
         """
         record = {"at": _now(), **record, "model": self.model, "record_id": record_id or uuid.uuid4().hex}
-        seen: dict[str, dict[str, Any]] = {}
+        pointer_move = record.get("action") in POINTER_ACTIONS
         for attempt in range(400):
-            seen = self._read_ledger(seen)
-            for existing in seen.values():
-                if existing.get("record_id") == record["record_id"]:
-                    return int(existing["seq"]), False
-            seq = len(seen) + 1
+            keys = self._ledger_keys()
+            if record_id is not None and (existing := self._find(keys, record_id, pointer_move)) is not None:
+                return int(existing["seq"]), False
+            seq = len(keys) + 1
             try:
                 self.store.put_bytes(self._k("ledger", f"{seq:08d}.json"),
                                      json.dumps({**record, "seq": seq}, sort_keys=True).encode(), if_none_match="*")
@@ -411,9 +431,9 @@ class Registry:
                 time.sleep(min(0.05, 0.002 * (attempt + 1)))
         raise RegistryError(f"{self.model}: could not append to the ledger after 400 attempts")
 
-    def reconcile(self) -> None:
+    def reconcile(self, champion: Champion | None = None) -> None:
         """Append the ledger record of a pointer change whose process died before appending it."""
-        champion = self._read_champion()
+        champion = champion or self._read_champion()
         if champion is None or not champion.record.get("record_id"):
             return
         record = {k: v for k, v in champion.record.items() if k not in ("seq", "model")}
@@ -423,8 +443,8 @@ class Registry:
 
     def _move_pointer(self, action: str, version: str, expect: str | None, actor: str, reason: str,
                       extra: dict[str, Any]) -> dict[str, Any]:
-        self.reconcile()
         current = self._read_champion()
+        self.reconcile(current)  # the champion we replace is in the ledger before our record can be
         current_version = current.version if current else None
         if current_version != expect:
             raise ConflictError(f"{self.model}: cannot {action} {version}: expected champion {expect or 'none'}, "

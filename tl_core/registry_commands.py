@@ -1,63 +1,124 @@
-"""`tl registry list|show|history|register|promote|rollback|gc`."""
+"""`tl registry list|show|history|register|promote|rollback|gc` (every action takes --json).
+
+The registry is located by ``--spec FILE`` (its ``registry`` or ``store`` URI and its model name), or by
+``--registry URI`` / ``$TL_REGISTRY_URI`` plus a model name, so an operator can read the history of a model
+without its spec: ``tl registry history support-tickets --registry s3://bucket/prefix``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from tl_core.cliutil import emit
 
+ACTIONS = ("list", "show", "history", "register", "promote", "rollback", "gc")
+
 
 def _registry(args: argparse.Namespace) -> Any:
-    from tl_core.config import load_spec
-    from tl_core.registry import Registry, check_model_name
+    from tl_core.registry import Registry, RegistryError, check_model_name
 
-    spec = load_spec(args.spec)
-    if args.model and check_model_name(args.model) != spec.name:
-        raise ValueError(f"model {args.model!r} does not match the spec's model {spec.name!r}")
-    return Registry.for_spec(spec)
+    model = args.model
+    if args.spec:
+        from tl_core.config import load_spec
+
+        spec = load_spec(args.spec)
+        if model and check_model_name(model) != spec.name:
+            raise RegistryError(f"model {model!r} does not match the spec's model {spec.name!r} ({args.spec})")
+        return Registry.for_spec(spec)
+    uri = args.registry or os.environ.get("TL_REGISTRY_URI", "")
+    if not uri or not model:
+        raise RegistryError(f"tl registry {args.action}: pass --spec FILE, or a model name and --registry URI "
+                            f"(or $TL_REGISTRY_URI); got model={model!r}, registry={uri!r}")
+    return Registry(uri, model)
+
+
+def _read_approval(path: str) -> dict[str, Any]:
+    from tl_core.registry import RegistryError
+
+    try:
+        approval = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"--approval {path}: file not found (expected a JSON object such as "
+                            '{"approver": "...", "comment": "...", "evidence_hash": "..."})') from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"--approval {path}: not valid JSON: {exc}") from None
+    if not isinstance(approval, dict):
+        raise RegistryError(f"--approval {path}: expected a JSON object, got {type(approval).__name__}")
+    return approval
+
+
+def history_table(records: list[dict[str, Any]]) -> str:
+    """The ledger as a fixed-width table, oldest first."""
+    header = (f"{'seq':>4}  {'time':<29} {'action':<9} {'version':<8} {'previous':<9} {'actor':<14} "
+              f"{'evidence':<12} reason")
+    lines = [header, "-" * len(header)]
+    for r in records:
+        version = r.get("version") or (",".join(r["deleted"]) if r.get("action") == "gc" else "")
+        reason = str(r.get("reason") or "") + (f" (run {r['run_id']})" if r.get("run_id") else "")
+        lines.append(f"{r.get('seq', '?'):>4}  {str(r.get('at', '')):<29} {str(r.get('action')):<9} "
+                     f"{str(version):<8} {str(r.get('previous') or ''):<9} {str(r.get('actor') or '')[:14]:<14} "
+                     f"{str(r.get('evidence_hash') or '')[:12]:<12} {reason[:80]}")
+    return "\n".join(lines)
 
 
 def cmd(args: argparse.Namespace) -> int:
+    from tl_core.registry import RegistryError
+
+    try:
+        return _run(args)
+    except (ValueError, OSError) as exc:  # bad names/versions/paths: reported like every other refusal
+        raise RegistryError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tl_core.registry import RegistryError
+
     reg = _registry(args)
     actor = getattr(args, "actor", None) or getpass.getuser()
     if args.action == "list":
         champ = reg.champion()
-        rows = [{"version": v, **{k: reg.show(v).get(k) for k in ("run_id", "strategy", "shadow", "created_at")},
-                 "champion": champ is not None and champ.version == v} for v in reg.list_versions()]
-        text = "\n".join(f"{'*' if r['champion'] else ' '} {r['version']}  {r['strategy']:<8} "
+        rows = []
+        for v in reg.list_versions():
+            manifest = reg.show(v)
+            rows.append({"version": v, "champion": champ is not None and champ.version == v,
+                         **{k: manifest.get(k) for k in ("run_id", "strategy", "shadow", "created_at",
+                                                         "snapshot_hash", "metrics")}})
+        text = "\n".join(f"{'*' if r['champion'] else ' '} {r['version']}  {str(r['strategy']):<8} "
                          f"{'shadow ' if r['shadow'] else ''}{r['run_id']}  {r['created_at']}" for r in rows)
-        emit(args, rows, text or "no versions")
+        emit(args, rows, text or f"{reg.model}: no versions")
     elif args.action == "show":
         emit(args, reg.show(args.version))
     elif args.action == "history":
         records = reg.history()
-        header = f"{'seq':>4}  {'time':<25} {'action':<9} {'version':<8} {'previous':<9} {'actor':<10} reason"
-        lines = [header] + [
-            f"{r['seq']:>4}  {r['at']:<25} {r['action']:<9} {str(r.get('version') or ''):<8} "
-            f"{str(r.get('previous') or ''):<9} {str(r.get('actor')):<10} {str(r.get('reason') or '')[:60]}"
-            for r in records]
-        emit(args, records, "\n".join(lines))
+        emit(args, records, history_table(records) if records else f"{reg.model}: the ledger is empty")
     elif args.action == "register":
         from tl_core.config import load_spec
         from tl_core.runs import RunContext
 
+        if not args.spec:
+            raise RegistryError("tl registry register needs --spec FILE (it locates the run)")
         version = reg.register(RunContext.open(load_spec(args.spec), args.run), shadow=args.shadow, actor=actor)
-        emit(args, {"version": version}, f"registered {version}")
+        emit(args, {"version": version, "run_id": args.run}, f"registered {version}")
     elif args.action == "promote":
-        approval = json.loads(Path(args.approval).read_text()) if args.approval else {}
-        expect = None if args.expect_champion in (None, "none") else args.expect_champion
-        record = reg.promote(args.version, expect, approval, actor, args.reason or "", approval.get("evidence_hash"))
+        approval = _read_approval(args.approval)
+        expect = None if args.expect_champion == "none" else args.expect_champion
+        evidence = args.evidence_hash or approval.get("evidence_hash")
+        reason = args.reason or str(approval.get("comment") or "")
+        record = reg.promote(args.version, expect, approval, actor, reason, evidence)
         emit(args, record, f"champion is now {record['version']} (was {record['previous'] or 'none'})")
     elif args.action == "rollback":
         record = reg.rollback(args.to, args.reason, actor)
         emit(args, record, f"rolled back: champion is now {record['version']} (was {record['previous']})")
     elif args.action == "gc":
         result = reg.gc(args.keep, dry_run=args.dry_run, pending_runs=tuple(args.pending_run or ()))
-        emit(args, result)
+        gone = result.get("deleted", result.get("would_delete", []))
+        verb = "would delete" if args.dry_run else "deleted"
+        emit(args, result, f"{verb}: {', '.join(gone) or 'nothing'}; kept: {', '.join(result['kept']) or 'none'}")
     return 0
 
 
@@ -65,42 +126,41 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("registry", help="model registry: list, show, history, register, promote, rollback, gc")
     rsub = p.add_subparsers(dest="action", required=True, metavar="<action>")
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--spec", required=True, help="model spec YAML (locates the registry)")
+    def common(q: argparse.ArgumentParser, positional_model: bool = False) -> None:
+        if positional_model:
+            q.add_argument("model", nargs="?", help="model name (defaults to the spec's)")
+        else:
+            q.add_argument("--model", help="model name (defaults to the spec's)")
+        q.add_argument("--spec", help="model spec YAML (locates the registry and names the model)")
+        q.add_argument("--registry", help="registry store URI instead of --spec (default $TL_REGISTRY_URI)")
         q.add_argument("--json", action="store_true", help="machine-readable output")
         q.set_defaults(handler=cmd)
 
     for name, helptext in (("list", "versions, champion marked *"), ("history", "the ledger as a table")):
-        q = rsub.add_parser(name, help=helptext)
-        q.add_argument("model", nargs="?", help="model name (defaults to the spec's)")
-        common(q)
+        common(rsub.add_parser(name, help=helptext), positional_model=True)
     q = rsub.add_parser("show", help="a version's manifest")
     q.add_argument("version")
-    q.add_argument("--model")
     common(q)
     q = rsub.add_parser("register", help="register a run's selected model as a new version")
     q.add_argument("--run", required=True)
     q.add_argument("--shadow", action="store_true", help="a backfill (shadow) version")
-    q.add_argument("--model")
     q.add_argument("--actor")
     common(q)
     q = rsub.add_parser("promote", help="compare-and-swap the champion pointer to VERSION")
     q.add_argument("version")
     q.add_argument("--expect-champion", required=True, help="the current champion version, or 'none'")
-    q.add_argument("--approval", help="JSON file with the approval (approver, comment, evidence_hash)")
-    q.add_argument("--reason")
-    q.add_argument("--model")
+    q.add_argument("--approval", required=True, help="JSON file with the approval (approver, comment, evidence_hash)")
+    q.add_argument("--evidence-hash", help="the gate's evidence hash (default: the approval's evidence_hash)")
+    q.add_argument("--reason", help="default: the approval's comment")
     q.add_argument("--actor")
     common(q)
     q = rsub.add_parser("rollback", help="point the champion back (default: the previous champion)")
-    q.add_argument("--to", help="target version")
+    q.add_argument("--to", help="target version (default: the previous champion in the ledger)")
     q.add_argument("--reason", required=True)
-    q.add_argument("--model")
     q.add_argument("--actor")
     common(q)
-    q = rsub.add_parser("gc", help="delete versions outside the last N champions")
+    q = rsub.add_parser("gc", help="delete versions outside the last N champions (never the champion)")
     q.add_argument("--keep", type=int, required=True)
     q.add_argument("--dry-run", action="store_true")
-    q.add_argument("--pending-run", action="append", help="run id whose version must be kept")
-    q.add_argument("--model")
+    q.add_argument("--pending-run", action="append", help="run id whose version must be kept (repeatable)")
     common(q)
