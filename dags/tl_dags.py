@@ -171,7 +171,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
                  "store: {{ ti.xcom_pull(task_ids='gate')['report_uri'] }}",
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
-            params={"comment": Param("", type="string", description="recorded in the registry ledger")},
+            params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
         )
 
         @task

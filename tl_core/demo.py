@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -60,7 +62,8 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
     if ctx.store.exists(ctx.key("gate/decision.json")):
         decision = ctx.read_json("gate/decision.json")
         say(decision["summary_markdown"])
-        say(f"\nevidence report: {ctx.uri('evaluation/report.html')}")
+        say(f"\nevidence report: {ctx.uri('evaluation/report.html')}\n  in Airflow: "
+            f"{af.url}/tl/report/{DAG}/{urllib.parse.quote(run_id, safe='')}")
     if state == "awaiting_input":
         pending = af.client().pending_approvals(DAG, run_id)
         say(f"\napproval pending ({time.monotonic() - t0:.0f}s in): {pending[0]['subject'] if pending else '?'}")
@@ -81,7 +84,11 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
+    started = time.monotonic()
     root = (REPO / ".tl").resolve()
+    # every demo starts from an empty Airflow DB, run folder and registry (the embedding cache is kept)
+    for stale in (root / "airflow", root / "store" / "runs", root / "store" / "registry"):
+        shutil.rmtree(stale, ignore_errors=True)
     spec_path = demo_spec(root)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     from tl_core.data.demo import write_demo_data
@@ -97,6 +104,7 @@ def main() -> int:
     try:
         run_once(af, spec_path, FIRST, "first run (no champion yet)")
         run_once(af, spec_path, SECOND, "second run (drifted data, gated against the champion)")
+        say(f"\ndemo pipeline finished in {time.monotonic() - started:.0f}s")
         history = Registry.for_spec(spec).history()
         say("\nregistry ledger:")
         for r in history:
