@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, alt: str) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _figure(w: float, h: float) -> tuple[Any, Any]:
@@ -76,7 +76,7 @@ def _slice_chart(report: dict[str, Any], metric: str) -> str:
     ax2.set_yticks(y, [""] * len(names))
     ax2.invert_yaxis()
     ax2.set_xlabel(f"{metric}: candidate - champion ({conf:.0%} paired interval)")
-    return _png(fig)
+    return _png(fig, f"{metric} per slice with intervals, candidate vs champion")
 
 
 def _margin(report: dict[str, Any], metric: str) -> float:
@@ -98,7 +98,7 @@ def _reliability(model: dict[str, Any], title: str) -> str:
         ax.set_title(f"{title} {label}, ECE {ece:.3f}" if isinstance(ece, float) else f"{title} {label}", fontsize=9)
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
-    return _png(fig)
+    return _png(fig, f"reliability diagrams of the {title} before and after temperature scaling")
 
 
 def _confusion(model: dict[str, Any], labels: list[str], title: str) -> str:
@@ -112,7 +112,7 @@ def _confusion(model: dict[str, Any], labels: list[str], title: str) -> str:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, f"confusion matrix of the {title}")
 
 
 def _curves(curves: dict[str, list[dict[str, float]]]) -> str:
@@ -134,7 +134,7 @@ def _curves(curves: dict[str, list[dict[str, float]]]) -> str:
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel("validation metric")
     ax_metric.legend(fontsize=7)
-    return _png(fig)
+    return _png(fig, "learning curves: losses and validation metric per epoch")
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
