@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 import tl_core.evaluate.bootstrap as bootstrap_module
@@ -192,3 +194,38 @@ def test_average_ranks_match_scipy() -> None:
 
     x = np.round(np.random.default_rng(3).random(500), 2)
     np.testing.assert_allclose(average_ranks(x), rankdata(x))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), c=st.integers(2, 5), seed=st.integers(0, 10_000), scale=st.floats(0.1, 20.0))
+def test_metric_properties(n: int, c: int, seed: int, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    probs = softmax(rng.normal(size=(n, c)) * scale)
+    m = all_metrics(probs, y, [str(i) for i in range(c)])
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "mce"):
+        assert 0.0 <= m[k] <= 1.0 + 1e-12, k
+    assert m["ece"] <= m["mce"] + 1e-12 and m["log_loss"] >= 0 and 0 <= m["brier"] <= 2 + 1e-12
+    assert sum(map(sum, m["confusion"])) == n
+    # Temperature never changes the predictions.
+    t = fit_temperature(np.log(probs), y)
+    assert (softmax(np.log(probs), t).argmax(1) == probs.argmax(1)).all()
+
+
+def test_bootstrap_interval_coverage() -> None:
+    """The 90% percentile interval of the accuracy difference covers the true difference in ~90% of test sets."""
+    rng = np.random.default_rng(11)
+    covered = 0
+    sims = 150
+    for sim in range(sims):
+        n = 400
+        y = rng.integers(0, 2, n)
+        right_a = rng.random(n) < 0.80
+        right_b = rng.random(n) < 0.75  # true difference 0.05
+        pa, pb = np.full((n, 2), 0.3), np.full((n, 2), 0.3)
+        pa[np.arange(n), np.where(right_a, y, 1 - y)] = 0.7
+        pb[np.arange(n), np.where(right_b, y, 1 - y)] = 0.7
+        boot = paired_bootstrap(y, {"a": pa, "b": pb}, {"overall": np.ones(n, bool)}, 300, sim)
+        lo, hi = interval(boot.samples["a"]["accuracy"][:, 0] - boot.samples["b"]["accuracy"][:, 0], 0.90)
+        covered += lo <= 0.05 <= hi
+    assert 0.84 <= covered / sims <= 0.96
