@@ -15,6 +15,7 @@ racing the original append (or a retried task) never records a change twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -49,6 +50,8 @@ OPTIONAL_RUN_FILES = ("export/model.onnx", "export/golden.npz", "export/parity.j
                       "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
 GOLDEN_TOLERANCE = 1e-4
 POINTER_ACTIONS = ("promote", "rollback")
+GC_MARKER = "gc.json"  # written first when gc collects a version; with claim.json it stays, so numbers never recur
+KEPT_AFTER_GC = {"claim.json", GC_MARKER}
 
 
 class RegistryError(TLError):
@@ -165,17 +168,21 @@ class Registry:
         return out
 
     def list_versions(self, include_incomplete: bool = False) -> list[str]:
-        """Complete versions (with a manifest); with include_incomplete also claimed/partial/collected ones."""
-        return sorted(v for v, rels in self._version_keys().items() if include_incomplete or "manifest.json" in rels)
+        """Complete versions (a manifest, not collected); with include_incomplete every version number in use."""
+        return sorted(v for v, rels in self._version_keys().items()
+                      if include_incomplete or ("manifest.json" in rels and GC_MARKER not in rels))
 
     def show(self, version: str) -> dict[str, Any]:
         check_version(version)
         try:
-            return self._json(self._k("versions", version, "manifest.json"))  # type: ignore[no-any-return]
+            manifest = self._json(self._k("versions", version, "manifest.json"))
         except NoSuchKey:
             raise RegistryError(
                 f"{self.model}: version {version} does not exist or is incomplete (no manifest.json)"
             ) from None
+        if self.store.exists(self._k("versions", version, GC_MARKER)):
+            raise RegistryError(f"{self.model}: version {version} was garbage-collected")
+        return manifest  # type: ignore[no-any-return]
 
     def version_of_run(self, run_id: str) -> str | None:
         key = self._k("by-run", f"{run_id}.json")
@@ -237,6 +244,11 @@ class Registry:
                       "actor": actor, "reason": "registered from run"}, record_id=f"register-{version}")
 
     def _claim_version(self, run_id: str) -> str:
+        """A new version number for ``run_id``, or the one it claimed before crashing (never a collected one)."""
+        for version, rels in sorted(self._version_keys().items()):
+            if "manifest.json" not in rels and GC_MARKER not in rels and self._version_run(version) == run_id:
+                logger.info("%s: resuming the interrupted registration of run %s as %s", self.model, run_id, version)
+                return version
         for _ in range(1000):
             existing = self.list_versions(include_incomplete=True)
             seq = max((int(v[1:]) for v in existing), default=0) + 1
@@ -287,8 +299,9 @@ class Registry:
         files = manifest.get("files")
         if not isinstance(files, dict) or not files:
             raise IntegrityError(f"{self.model} {version} is unusable: manifest.json lists no files")
-        for rel, meta in sorted(files.items()):
+        for rel in sorted(files):  # every path is checked before anything is read
             check_relpath(rel, f"{self.model} {version} manifest.json")
+        for rel, meta in sorted(files.items()):
             try:
                 data = self.store.get_bytes(self._k("versions", version, rel))
             except NoSuchKey:
@@ -395,38 +408,42 @@ class Registry:
             self._records[key] = self._json(key)
         return self._records[key]
 
-    def _find(self, keys: list[str], record_id: str, pointer_move: bool) -> dict[str, Any] | None:
-        """The record with ``record_id`` among ``keys``, newest first.
+    def _find(self, keys: list[str], record_id: str, generation: int | None) -> dict[str, Any] | None:
+        """The record with ``record_id`` among ``keys``, searched newest first.
 
-        Pointer moves are appended in pointer order (a move is only attempted once the champion it replaces is
-        in the ledger), so for a pointer move the search stops at the newest pointer-move record.
+        Pointer moves carry a generation (the replaced champion's + 1) and reach the ledger in generation order:
+        a move is only attempted once the champion it replaces is in the ledger. So the search for a move of
+        generation g stops at the first move of a lower generation: if it was not found by then, it is missing.
         """
         for key in reversed(keys):
             rec = self._record(key)
             if rec.get("record_id") == record_id:
                 return rec
-            if pointer_move and rec.get("action") in POINTER_ACTIONS:
+            if (generation is not None and rec.get("action") in POINTER_ACTIONS
+                    and isinstance(rec.get("generation"), int) and rec["generation"] < generation):
                 return None
         return None
 
-    def _append(self, record: dict[str, Any], record_id: str | None = None) -> tuple[int, bool]:
+    def _append(self, record: dict[str, Any], record_id: str | None = None) -> tuple[dict[str, Any], bool]:
         """Append with the next gapless sequence number (create-only, retried on conflict).
 
-        Idempotent on ``record_id``: returns (seq, False) when that record is already in the ledger. The check
+        Returns (the stored record with its ``seq``, whether it was appended now). Idempotent on ``record_id``:
+        returns (that record, False) when it is already in the ledger. The check
         and the sequence number come from one listing, and the create-only write at ``len + 1`` only succeeds
         if nothing was appended since, so two appenders of the same record can never both succeed.
         """
         record = {"at": _now(), **record, "model": self.model, "record_id": record_id or uuid.uuid4().hex}
-        pointer_move = record.get("action") in POINTER_ACTIONS
+        generation = record.get("generation") if record.get("action") in POINTER_ACTIONS else None
         for attempt in range(400):
             keys = self._ledger_keys()
-            if record_id is not None and (existing := self._find(keys, record_id, pointer_move)) is not None:
-                return int(existing["seq"]), False
+            if record_id is not None and (existing := self._find(keys, record_id, generation)) is not None:
+                return existing, False
             seq = len(keys) + 1
+            stored = {**record, "seq": seq}
             try:
                 self.store.put_bytes(self._k("ledger", f"{seq:08d}.json"),
-                                     json.dumps({**record, "seq": seq}, sort_keys=True).encode(), if_none_match="*")
-                return seq, True
+                                     json.dumps(stored, sort_keys=True).encode(), if_none_match="*")
+                return stored, True
             except PreconditionFailed:
                 time.sleep(min(0.05, 0.002 * (attempt + 1)))
         raise RegistryError(f"{self.model}: could not append to the ledger after 400 attempts")
@@ -451,8 +468,9 @@ class Registry:
                                 f"but the current champion is {current_version or 'none'}")
         if version == current_version:
             raise RegistryError(f"{self.model}: {version} is already the champion")
+        generation = int(current.record.get("generation") or 0) + 1 if current else 1
         record = {"action": action, "record_id": uuid.uuid4().hex, "version": version, "previous": current_version,
-                  "actor": actor, "reason": reason, "at": _now(), **extra}
+                  "generation": generation, "actor": actor, "reason": reason, "at": _now(), **extra}
         body = json.dumps(record, sort_keys=True).encode()
         try:
             if current is None:
@@ -464,8 +482,8 @@ class Registry:
             raise ConflictError(f"{self.model}: cannot {action} {version}: the champion changed concurrently "
                                 f"(expected {expect or 'none'}); the current champion is "
                                 f"{now.version if now else 'none'}") from None
-        record["seq"], _ = self._append(record, record_id=record["record_id"])
-        return record
+        stored, _ = self._append(record, record_id=record["record_id"])
+        return stored
 
     def promote(self, version: str, expect_champion: str | None, approval: dict[str, Any] | None, actor: str,
                 reason: str = "", evidence_hash: str | None = None) -> dict[str, Any]:
@@ -483,7 +501,8 @@ class Registry:
         if (current is not None and current.version == version and current.action == "promote"
                 and current.previous == expect_champion and current.record.get("evidence_hash") == evidence_hash):
             logger.info("%s: %s is already champion by this promotion (retry)", self.model, version)
-            return dict(current.record)
+            stored, _ = self._append(current.record, record_id=current.record["record_id"])
+            return stored
         return self._move_pointer("promote", version, expect_champion, actor, reason or "approved promotion",
                                   {"approval": approval or {}, "evidence_hash": evidence_hash})
 
@@ -523,8 +542,9 @@ class Registry:
         """A 'reject' ledger record (idempotent for the same run and reasons, e.g. a retried task)."""
         text = "; ".join(str(r) for r in reasons)[:4000]
         rid = "reject-" + _sha256(json.dumps([run_id, text]).encode())[:32]
-        seq, _ = self._append({"action": "reject", "run_id": run_id, "actor": actor, "reason": text}, record_id=rid)
-        return seq
+        stored, _ = self._append({"action": "reject", "run_id": run_id, "actor": actor, "reason": text},
+                                 record_id=rid)
+        return int(stored["seq"])
 
     def history(self) -> list[dict[str, Any]]:
         self.reconcile()
@@ -533,8 +553,9 @@ class Registry:
     def gc(self, keep: int, dry_run: bool = False, pending_runs: tuple[str, ...] = ()) -> dict[str, Any]:
         """Delete versions that are neither among the last ``keep`` champions nor referenced by a pending run.
 
-        The champion is never deleted. A deleted version keeps its ``claim.json`` so its number is never reused;
-        its manifest goes first, so an interrupted gc leaves an incomplete (ignored) version, never a corrupt one.
+        The champion is never deleted. A collected version is marked (gc.json) before anything is deleted, so an
+        interrupted gc leaves a collected version, never a corrupt one; it keeps its claim.json and marker, so its
+        number is never reused. A collected run registers again as a new version.
         """
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"gc --keep must be an integer of at least 1, got {keep!r}")
@@ -549,13 +570,17 @@ class Registry:
             if pending is not None:
                 protected.add(pending)
         keys = self._version_keys()
-        doomed = sorted(v for v, rels in keys.items() if v not in protected and set(rels) != {"claim.json"})
+        doomed = sorted(v for v, rels in keys.items() if v not in protected and set(rels) - KEPT_AFTER_GC)
         if dry_run:
             return {"would_delete": doomed, "kept": sorted(protected)}
         for v in doomed:
             owner = self._version_run(v)
+            if GC_MARKER not in keys[v]:
+                with contextlib.suppress(PreconditionFailed):  # a concurrent gc marked it first
+                    self.store.put_bytes(self._k("versions", v, GC_MARKER),
+                                         json.dumps({"at": _now(), "keep": keep}).encode(), if_none_match="*")
             for rel in sorted(keys[v], key=lambda rel: rel != "manifest.json"):
-                if rel != "claim.json":
+                if rel not in KEPT_AFTER_GC:
                     self.store.delete(self._k("versions", v, rel))
             if owner and self.version_of_run(owner) == v:
                 self.store.delete(self._k("by-run", f"{owner}.json"))
