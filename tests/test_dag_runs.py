@@ -21,13 +21,14 @@ from tl_core.registry import Registry
 from tl_core.store import key_safe
 
 RUN = r"""
-import sys
+import json, sys
 from datetime import datetime, timezone
 from airflow.dag_processing.dagbag import DagBag
 
 bag = DagBag(dag_folder=sys.argv[1])
 assert not bag.import_errors, bag.import_errors
-run = bag.dags[sys.argv[2]].test(logical_date=datetime.fromisoformat(sys.argv[3]).replace(tzinfo=timezone.utc))
+run = bag.dags[sys.argv[2]].test(logical_date=datetime.fromisoformat(sys.argv[3]).replace(tzinfo=timezone.utc),
+                                 run_conf=json.loads(sys.argv[4]) or None)
 print("RUN", run.run_id)
 print("STATE", run.state)
 """
@@ -66,7 +67,7 @@ while True:
 """
 
 
-def _spec(tmp: Path, **gate: object) -> tuple[Path, object]:
+def _spec(tmp: Path, strategies: tuple[str, ...] = ("frozen", "full"), **gate: object) -> tuple[Path, object]:
     uri = tmp.as_uri()
     raw = {
         "name": "tiny-tickets", "modality": "text", "labels": ["billing", "login", "shipping", "bug", "cancel"],
@@ -74,7 +75,7 @@ def _spec(tmp: Path, **gate: object) -> tuple[Path, object]:
                      "path": str(tiny_bert_dir(tmp)), "max_length": 32},
         "data": {"root": uri + "/data", "dataset": "tickets", "window_days": 5, "slice_columns": ["region"],
                  "test_days": 2, "min_examples_per_class": 3},
-        "train": {"strategies": ["frozen", "full"], "epochs": 1, "warmup_epochs": 0, "frozen_c_grid": [1.0]},
+        "train": {"strategies": list(strategies), "epochs": 1, "warmup_epochs": 0, "frozen_c_grid": [1.0]},
         "gate": {"n_bootstrap": 200, "min_slice_size": 10, "absolute_minimums": {"macro_f1": 0.2},
                  "calibration": {"ece_max": 0.5}, **gate},
         "store": uri + "/store",
@@ -88,7 +89,8 @@ def _spec(tmp: Path, **gate: object) -> tuple[Path, object]:
     return path, spec
 
 
-def _dag_test(tmp: Path, configs: Path, dag_id: str, day: str, answer: str = "") -> str:
+def _dag_test(tmp: Path, configs: Path, dag_id: str, day: str, answer: str = "",
+              conf: dict[str, object] | None = None) -> str:
     """One dag.test() run in a fresh process; ``answer`` ("Approve"/"Reject") answers the approval task."""
     home = tmp / "airflow"
     home.mkdir(exist_ok=True)
@@ -104,7 +106,7 @@ def _dag_test(tmp: Path, configs: Path, dag_id: str, day: str, answer: str = "")
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         proc = subprocess.run(["timeout", "-k", "10", "420", sys.executable, "-c", RUN, str(ROOT / "dags"), dag_id,
-                               day], env=env, capture_output=True, text=True)
+                               day, json.dumps(conf or {})], env=env, capture_output=True, text=True)
     finally:
         if responder is not None and responder.poll() is None:
             responder.kill()
@@ -157,10 +159,33 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert promote["evidence_hash"] == decision["evidence_hash"]
     assert (run_dir / "export" / "model.onnx").exists()
 
+    # the manual DAGs: roll back to v0001 (never champion, but registered), then promote v0002 again
+    out = _dag_test(tmp_path, path.parent, "rollback_tiny-tickets", "2026-11-02T00:00:00",
+                    conf={"target": "v0001", "reason": "test: roll back"})
+    assert "STATE success" in out
+    champion = registry.champion()
+    assert champion is not None and champion.version == "v0001"
+    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-03T00:00:00",
+                    conf={"version": "v0002", "expect_champion": "v0001", "reason": "test: promote again"})
+    assert "STATE success" in out
+    champion = registry.champion()
+    assert champion is not None and champion.version == "v0002"
+    rollback, promote_again = registry.history()[-2:]
+    assert (rollback["action"], rollback["version"], rollback["previous"]) == ("rollback", "v0001", "v0002")
+    assert rollback["reason"] == "test: roll back" and rollback["actor"] == "dag_test"
+    assert (promote_again["action"], promote_again["previous"]) == ("promote", "v0001")
+    assert promote_again["reason"] == "test: promote again"
+    # a promotion that expects the wrong champion fails, and changes nothing
+    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-04T00:00:00",
+                    conf={"version": "v0001", "expect_champion": "none", "reason": "stale view"})
+    assert "STATE failed" in out
+    assert registry.champion().version == "v0002"  # type: ignore[union-attr]
+    assert len(registry.history()) == 6
+
 
 @pytest.mark.slow
 def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
-    path, spec = _spec(tmp_path, absolute_minimums={"macro_f1": 0.999})
+    path, spec = _spec(tmp_path, ("frozen",), absolute_minimums={"macro_f1": 0.999})
     out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00")
     assert "STATE success" in out and "ANSWERED" not in out
     registry = Registry.for_spec(spec)  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
     say(f"\n=== {label}: {DAG} for logical date {day} ===")
     t0 = time.monotonic()
     run_id = af.trigger(DAG, f"{day.isoformat()}T00:00:00Z")
-    state = af.wait(DAG, run_id, ("awaiting_input", "success", "failed"))
+    state = af.wait(DAG, run_id, ("awaiting_input", "success", "failed"), timeout=1800)
     ctx = RunContext.open(spec, run_id)
     if ctx.store.exists(ctx.key("gate/decision.json")):
         decision = ctx.read_json("gate/decision.json")
@@ -74,7 +74,7 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
         say((proc.stdout + proc.stderr).strip())
         if proc.returncode != 0:
             raise AirflowAPIError(f"tl approve failed ({proc.returncode})")
-        state = af.wait(DAG, run_id, ("success", "failed"))
+        state = af.wait(DAG, run_id, ("success", "failed"), timeout=1800)
     states = af.task_states(DAG, run_id)
     say(f"run {state} in {time.monotonic() - t0:.0f}s; tasks: "
         + ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
