@@ -190,7 +190,6 @@ class Registry:
 
     def register(self, run: Any, shadow: bool = False, actor: str = "tl") -> str:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
-        self.reconcile()
         run_key = self._k("by-run", f"{run.run_id}.json")
         version = self.version_of_run(run.run_id)
         if version is not None and self.store.exists(self._k("versions", version, "manifest.json")):
@@ -245,12 +244,14 @@ class Registry:
 
     def _claim_version(self, run_id: str) -> str:
         """A new version number for ``run_id``, or the one it claimed before crashing (never a collected one)."""
-        for version, rels in sorted(self._version_keys().items()):
+        existing = self._version_keys()
+        for version, rels in sorted(existing.items()):
             if "manifest.json" not in rels and GC_MARKER not in rels and self._version_run(version) == run_id:
                 logger.info("%s: resuming the interrupted registration of run %s as %s", self.model, run_id, version)
                 return version
-        for _ in range(1000):
-            existing = self.list_versions(include_incomplete=True)
+        for attempt in range(1000):
+            if attempt:
+                existing = self._version_keys()
             seq = max((int(v[1:]) for v in existing), default=0) + 1
             version = f"v{seq:04d}"
             try:
