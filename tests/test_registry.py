@@ -173,6 +173,14 @@ def test_check_relpath_rejects_traversal_and_unsafe_types() -> None:
 def test_load_version_refuses_crafted_manifest_and_pickled_npz(freg: Registry, runs_uri: str) -> None:
     v1 = freg.register(fake_run(runs_uri, "r1"))
     manifest = freg.show(v1)
+    # The local copy is re-verified: a changed file is fetched again, a planted file is removed.
+    local = freg.load_version(v1)
+    (local / "models/frozen/preprocessing/evil.pkl").write_bytes(b"\x80\x04planted")
+    (local / "models/frozen/model_config.json").write_text("{}")
+    assert freg.load_version(v1) == local
+    assert not (local / "models/frozen/preprocessing/evil.pkl").exists()
+    assert hashlib.sha256((local / "models/frozen/model_config.json").read_bytes()).hexdigest() == manifest[
+        "files"]["models/frozen/model_config.json"]["sha256"]
     for rel, exc, match in (("../../outside.json", ValueError, "invalid file path '../../outside.json'"),
                             ("models/frozen/evil.pkl", IntegrityError, "refusing file 'models/frozen/evil.pkl'")):
         crafted = {**manifest, "version": "v0009", "files": {**manifest["files"], rel: {"sha256": "0", "size": 0}}}

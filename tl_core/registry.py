@@ -33,7 +33,7 @@ import numpy as np
 from tl_core.cache import CACHE_DIR
 from tl_core.config import NAME_PATTERN, ModelSpec
 from tl_core.errors import NoSuchKey, PreconditionFailed, TLError
-from tl_core.store import ObjectStore, join_key, open_store
+from tl_core.store import ObjectStore, join_key, key_safe, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ class Registry:
         return manifest  # type: ignore[no-any-return]
 
     def version_of_run(self, run_id: str) -> str | None:
-        key = self._k("by-run", f"{run_id}.json")
+        """The version a run registered as (run ids are made key-safe the way RunContext does)."""
+        key = self._k("by-run", f"{key_safe(run_id)}.json")
         return str(self._json(key)["version"]) if self.store.exists(key) else None
 
     def register(self, run: Any, shadow: bool = False, actor: str = "tl") -> str:
@@ -330,6 +331,11 @@ class Registry:
             tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.part")
             tmp.write_bytes(data)
             tmp.replace(path)
+        for stray in [p for p in dest.rglob("*") if p.is_file()]:  # only the manifest's files, nothing planted
+            if stray.relative_to(dest).as_posix() not in manifest["files"] and not stray.name.endswith(".part"):
+                logger.warning("%s %s: removing %s from the local copy (not in the manifest)", self.model, version,
+                               stray)
+                stray.unlink()
         return dest
 
     def check_loadable(self, version: str) -> None:
