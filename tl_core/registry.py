@@ -32,7 +32,7 @@ import numpy as np
 
 from tl_core.cache import CACHE_DIR
 from tl_core.config import NAME_PATTERN, ModelSpec
-from tl_core.errors import NoSuchKey, PreconditionFailed, TLError
+from tl_core.errors import AccessDenied, NoSuchKey, PreconditionFailed, TLError
 from tl_core.store import ObjectStore, join_key, key_safe, open_store
 
 logger = logging.getLogger(__name__)
@@ -461,7 +461,12 @@ class Registry:
         if champion is None or not champion.record.get("record_id"):
             return
         record = {k: v for k, v in champion.record.items() if k not in ("seq", "model")}
-        _, appended = self._append(record, record_id=champion.record["record_id"])
+        try:
+            _, appended = self._append(record, record_id=champion.record["record_id"])
+        except AccessDenied:  # a read-only reader (e.g. the webserver) leaves the repair to the next writer
+            logger.warning("%s: the ledger lacks the record of champion %s and this reader may not write it",
+                           self.model, champion.version)
+            return
         if appended:
             logger.warning("%s: repaired the ledger with the record of champion %s", self.model, champion.version)
 
