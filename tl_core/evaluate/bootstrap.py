@@ -19,6 +19,8 @@ Metrics of a replicate in which a group received no draw are NaN.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,6 +134,32 @@ def paired_bootstrap(
                for m in models}
     rng = np.random.default_rng(seed)
     per_chunk = max(1, CHUNK_BUDGET // n)
+    with _single_threaded_blas():
+        _replicates(rng, n, n_boot, per_chunk, key, n_keys, to_confusion, names, c, cont_idx, members, values,
+                    continuous, y, probs, samples)
+    return BootstrapResult(groups=names, samples=samples)
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """The products here are small and memory-bound: BLAS threads only spin (and on a shared 2-core machine
+    they fight other processes), so they are limited to one while the replicates run."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a scikit-learn dependency; without it BLAS keeps its own setting
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _replicates(rng: np.random.Generator, n: int, n_boot: int, per_chunk: int, key: np.ndarray, n_keys: int,
+                to_confusion: dict[str, sp.csr_matrix], names: list[str], c: int, cont_idx: list[int],
+                members: dict[int, np.ndarray], values: dict[str, np.ndarray], continuous: tuple[str, ...],
+                y: np.ndarray, probs: dict[str, np.ndarray],
+                samples: dict[str, dict[str, np.ndarray]]) -> None:
+    """Fill ``samples`` chunk by chunk of replicates (see paired_bootstrap)."""
+    models = list(probs)
     for start in range(0, n_boot, per_chunk):
         r = min(per_chunk, n_boot - start)
         rows = slice(start, start + r)
@@ -161,7 +189,6 @@ def paired_bootstrap(
                         samples[m]["ece"][rows, gi] = np.abs(sums[:, 2:]).sum(1) / size
                     if "auroc" in continuous:
                         samples[m]["auroc"][rows, gi] = weighted_auroc(wg, y[cols], probs[m][cols])
-    return BootstrapResult(groups=names, samples=samples)
 
 
 def weighted_auroc(w: np.ndarray, y: np.ndarray, probs: np.ndarray) -> np.ndarray:
