@@ -520,7 +520,15 @@ def test_gc_keeps_champion_last_n_and_pending(reg: Registry, runs_uri: str) -> N
     assert reg.gc(keep=1)["deleted"] == [versions[3], versions[5]]
     assert reg.list_versions() == [versions[1]]
     assert reg.register(fake_run(runs_uri, "r4", seed=4, minimal=True)) == "v0007"
-    assert reg.gc(keep=1, dry_run=True)["would_delete"] == ["v0007"]
+    # A gc interrupted after marking a version (its run mapping still there) never hands that version out again.
+    reg.store.put_bytes(vkey("v0007", "gc.json"), b"{}")
+    assert reg.list_versions() == [versions[1]]
+    with pytest.raises(RegistryError, match="v0007 was garbage-collected"):
+        reg.show("v0007")
+    assert reg.register(fake_run(runs_uri, "r4", seed=4, minimal=True)) == "v0008"
+    reg.gc(keep=1)
+    assert reg.list_versions() == [versions[1]] and reg.list_versions(include_incomplete=True)[-2:] == ["v0007",
+                                                                                                      "v0008"]
     for bad in (0, -1):
         with pytest.raises(ValueError, match=f"at least 1, got {bad}"):
             reg.gc(keep=bad)

@@ -193,6 +193,9 @@ class Registry:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
         run_key = self._k("by-run", f"{run.run_id}.json")
         version = self.version_of_run(run.run_id)
+        if version is not None and self.store.exists(self._k("versions", version, GC_MARKER)):
+            self.store.delete(run_key)  # an interrupted gc collected it: the run registers anew
+            version = None
         if version is not None and self.store.exists(self._k("versions", version, "manifest.json")):
             self._log_register(version, run.run_id, self.show(version).get("shadow", shadow), actor)
             return version
