@@ -137,8 +137,8 @@ def test_chromium_renders_the_registry_page(tmp_path: Path) -> None:
                {"seq": 2, "action": "promote", "version": "v0001", "run_id": "r1", "actor": "ann",
                 "reason": "<script>alert(1)</script>"}]
     page = tmp_path / "registry.html"
-    page.write_text(render_history("demo", Champion("v0001", "etag", {"actor": "ann", "at": "2026-11-01"}), records,
-                                   "r1"))
+    champion = Champion.from_record({"version": "v0001", "actor": "ann", "at": "2026-11-01"}, "e")
+    page.write_text(render_history("demo", champion, records, "r1"))
     with Chromium(width=900, height=500) as browser:
         text = browser.open(page.as_uri(), ("Model registry: demo", "champion v0001"))
         shot = browser.screenshot(ARTIFACTS / "registry-page.png")
