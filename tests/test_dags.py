@@ -117,3 +117,13 @@ def test_window_days_param_overrides_the_snapshot_window(tmp_path: Path) -> None
     for bad in (0, -3, True, "2"):
         with pytest.raises(ValueError, match=rf"run bad: window_days override must be .* got {bad!r}"):
             step_snapshot(str(path), "bad", "2026-11-01", bad)  # type: ignore[arg-type]
+
+
+def test_plugin_loads_without_heavy_imports(tmp_path: Path) -> None:
+    """The plugin module is imported by every Airflow component: no torch, no store, no boto3 at import."""
+    probe = ("import json, sys; sys.path.insert(0, sys.argv[1]); import tl_plugin; "
+             "print(json.dumps([m for m in ('torch', 'transformers', 'boto3', 'tl_core.store', 'tl_core.registry') "
+             "if m in sys.modules] + [p.name for p in [tl_plugin.TLRetrainPlugin]]))")
+    proc = subprocess.run(["timeout", "-k", "10", "120", sys.executable, "-c", probe, str(ROOT / "plugins")],
+                          env=airflow_env(tmp_path), capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["tl_retrain"]

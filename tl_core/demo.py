@@ -45,6 +45,12 @@ def demo_spec(root: Path) -> Path:
     raw["data"]["root"] = (root / "data").as_uri()
     raw["store"] = (root / "store").as_uri()
     raw["schedule"] = None  # the demo triggers its runs itself
+    # The 15-minute budget on 2 CPU cores: LoRA epochs of MiniLM dominate (1 to 3 minutes each on CPU), so the
+    # demo copy trains fewer fine-tuning epochs than the production spec (TL_DEMO_EPOCHS; head warm-up kept).
+    epochs = os.environ.get("TL_DEMO_EPOCHS", "1")
+    if not epochs.isdigit() or int(epochs) < 1:
+        raise ValueError(f"TL_DEMO_EPOCHS must be a whole number >= 1, got {epochs!r}")
+    raw["train"]["epochs"] = int(epochs)
     configs = root / "demo-configs"
     configs.mkdir(parents=True, exist_ok=True)
     path = configs / "support-tickets.yaml"
@@ -96,6 +102,8 @@ def main() -> int:
     write_demo_data(spec, end_date=SECOND, days=spec.data.window_days + (SECOND - FIRST).days + 1,
                     drift_from=SECOND - timedelta(days=2))
     say(f"demo data: generated support tickets in {spec.data.root} (drift from {SECOND - timedelta(days=2)})")
+    say(f"demo spec: {spec_path} (configs/support-tickets.yaml with the .tl/ store, no schedule, "
+        f"train.epochs {spec.train.epochs} + {spec.train.warmup_epochs} warm-up)")
     af = LocalAirflow(root / "airflow", spec_path.parent, port=int(os.environ.get("TL_DEMO_PORT", "0")) or None)
     say(f"starting airflow standalone on {af.url} (AIRFLOW_HOME={af.home}) ...")
     # SIGTERM (e.g. from a CI timeout) must still stop the Airflow processes this demo started.
