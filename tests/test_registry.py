@@ -275,6 +275,7 @@ def test_rollback_refuses_tampered_file_and_names_it(reg: Registry, runs_uri: st
     reg.promote(v1, None, {}, "a")
     reg.promote(v2, v1, {}, "a")
     before = reg.history()
+    reg.load_version(v1)  # a good local copy must not hide a tampered store copy
     original = reg.store.get_bytes(vkey(v1, "models/frozen/model.safetensors"))
     reg.store.put_bytes(vkey(v1, "models/frozen/model.safetensors"), original[:-1] + b"\x00")
     with pytest.raises(IntegrityError, match=r"v0001 is unusable: file models/frozen/model.safetensors does not "

@@ -298,44 +298,58 @@ class Registry:
             "files": files,
         }
 
-    def verify(self, version: str) -> dict[str, Any]:
-        """Every file present with its manifest checksum; raises IntegrityError naming the first bad file."""
+    def _manifest_files(self, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The manifest and its files, every path checked before anything is read."""
         manifest = self.show(version)
         files = manifest.get("files")
         if not isinstance(files, dict) or not files:
             raise IntegrityError(f"{self.model} {version} is unusable: manifest.json lists no files")
-        for rel in sorted(files):  # every path is checked before anything is read
+        for rel in sorted(files):
             check_relpath(rel, f"{self.model} {version} manifest.json")
+        return manifest, files
+
+    def _get_verified(self, version: str, rel: str, meta: dict[str, Any]) -> bytes:
+        try:
+            data = self.store.get_bytes(self._k("versions", version, rel))
+        except NoSuchKey:
+            raise IntegrityError(f"{self.model} {version} is unusable: file {rel} is missing") from None
+        if _sha256(data) != meta.get("sha256") or len(data) != meta.get("size"):
+            raise IntegrityError(f"{self.model} {version} is unusable: file {rel} does not match its manifest "
+                                 f"checksum (sha256 {_sha256(data)[:12]}... size {len(data)}, expected "
+                                 f"{str(meta.get('sha256'))[:12]}... size {meta.get('size')})")
+        return data
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """Every file present in the store with its manifest checksum; IntegrityError names the first bad file."""
+        manifest, files = self._manifest_files(version)
         for rel, meta in sorted(files.items()):
-            try:
-                data = self.store.get_bytes(self._k("versions", version, rel))
-            except NoSuchKey:
-                raise IntegrityError(f"{self.model} {version} is unusable: file {rel} is missing") from None
-            if _sha256(data) != meta.get("sha256") or len(data) != meta.get("size"):
-                raise IntegrityError(f"{self.model} {version} is unusable: file {rel} does not match its manifest "
-                                     f"checksum (sha256 {_sha256(data)[:12]}... size {len(data)}, expected "
-                                     f"{str(meta.get('sha256'))[:12]}... size {meta.get('size')})")
+            self._get_verified(version, rel, meta)
         return manifest
 
-    def load_version(self, version: str) -> Path:
-        """A verified local copy of a version (only safetensors, JSON, ONNX, npz, tokenizer files; no pickles)."""
-        manifest = self.verify(version)
+    def load_version(self, version: str, verify_store: bool = False) -> Path:
+        """A verified local copy of a version (only safetensors, JSON, ONNX, npz, tokenizer files; no pickles).
+
+        Local files whose checksum matches the manifest are reused unless ``verify_store``, which re-reads and
+        checks every file in the store (the rollback precondition).
+        """
+        manifest, files = self._manifest_files(version)
         dest = self.cache_dir / self.model / version
-        for rel, meta in sorted(manifest["files"].items()):
+        for rel, meta in sorted(files.items()):
             path = dest / rel
-            if path.exists() and _sha256(path.read_bytes()) == meta["sha256"]:
+            local_ok = path.is_file() and _sha256(path.read_bytes()) == meta.get("sha256")
+            if local_ok and not verify_store:
                 continue
-            data = self.store.get_bytes(self._k("versions", version, rel))
-            if _sha256(data) != meta["sha256"]:
-                raise IntegrityError(f"{self.model} {version}: file {rel} changed while loading")
+            data = self._get_verified(version, rel, meta)
             if rel.endswith(".npz"):
                 _check_npz(data, f"{self.model} {version} {rel}")
+            if local_ok:
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.part")
             tmp.write_bytes(data)
             tmp.replace(path)
         for stray in [p for p in dest.rglob("*") if p.is_file()]:  # only the manifest's files, nothing planted
-            if stray.relative_to(dest).as_posix() not in manifest["files"] and not stray.name.endswith(".part"):
+            if stray.relative_to(dest).as_posix() not in files and not stray.name.endswith(".part"):
                 logger.warning("%s %s: removing %s from the local copy (not in the manifest)", self.model, version,
                                stray)
                 stray.unlink()
@@ -346,7 +360,7 @@ class Registry:
         from safetensors import SafetensorError
         from safetensors.numpy import load as load_safetensors
 
-        path = self.load_version(version)
+        path = self.load_version(version, verify_store=True)
         strategy = self.show(version)["strategy"]
         where = f"{self.model} {version}"
         try:
