@@ -191,7 +191,7 @@ class Registry:
 
     def register(self, run: Any, shadow: bool = False, actor: str = "tl") -> str:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
-        run_key = self._k("by-run", f"{run.run_id}.json")
+        run_key = self._k("by-run", f"{key_safe(run.run_id)}.json")
         version = self.version_of_run(run.run_id)
         if version is not None and self.store.exists(self._k("versions", version, GC_MARKER)):
             self.store.delete(run_key)  # an interrupted gc collected it: the run registers anew
@@ -612,7 +612,7 @@ class Registry:
                 if rel not in KEPT_AFTER_GC:
                     self.store.delete(self._k("versions", v, rel))
             if owner and self.version_of_run(owner) == v:
-                self.store.delete(self._k("by-run", f"{owner}.json"))
+                self.store.delete(self._k("by-run", f"{key_safe(owner)}.json"))
         if doomed:
             self._append({"action": "gc", "deleted": doomed, "kept": sorted(protected), "keep": keep,
                           "actor": "gc", "reason": f"gc --keep {keep}"})
