@@ -53,6 +53,12 @@ class Recorder(BaseHTTPRequestHandler):
             self.answered.add(self.path)
             return self._reply(200, {"chosen_options": body["chosen_options"], "params_input": body["params_input"],
                                      "responded_by": {"id": "admin", "name": "admin"}, "responded_at": "now"})
+        if self.path.startswith("/api/v2/dags/retrain_m1/dagRuns/~/hitlDetails"):
+            pending = {"subject": "Promote m1: candidate v0002", "response_received": False,
+                       "task_instance": {"dag_run_id": RUN, "state": "awaiting_input"}}
+            answered = {**pending, "subject": "old", "response_received": True}
+            timed_out = {**pending, "subject": "gone", "task_instance": {"dag_run_id": "x", "state": "failed"}}
+            return self._reply(200, {"hitl_details": [pending, answered, timed_out], "total_entries": 3})
         if "/dagRuns?" in self.path:
             return self._reply(200, {"dag_runs": [{"dag_run_id": RUN, "state": "running", "run_type": "manual",
                                                    "logical_date": "2026-11-01T00:00:00Z"}], "total_entries": 1})
@@ -132,3 +138,31 @@ def test_unreachable_airflow_names_the_url() -> None:
     client = AirflowClient(f"http://127.0.0.1:{port}", "admin", "x")
     with pytest.raises(AirflowAPIError, match=rf"cannot reach Airflow at http://127.0.0.1:{port} .*TL_AIRFLOW_URL"):
         client.token()
+
+
+def test_status_by_model_name(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "m1.yaml").write_text(yaml.safe_dump({"name": "m1", "labels": ["a", "b"],
+                                                     "store": (tmp_path / "store").as_uri(),
+                                                     "backbone": {"library": "transformers", "name": "bert"}}))
+    monkeypatch.setenv("TL_CONFIGS_DIR", str(configs))
+    assert main(["status", "m1", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["model"] == "m1" and status["champion"] is None
+    assert status["runs"] == [{"dag_run_id": RUN, "state": "running", "run_type": "manual",
+                               "logical_date": "2026-11-01T00:00:00Z"}]
+    assert status["pending_approvals"] == [{"run_id": RUN, "subject": "Promote m1: candidate v0002"}]
+
+    assert main(["status", "m9"]) == 1
+    assert "no spec named 'm9' in" in capsys.readouterr().err
+    assert main(["status"]) == 1
+    assert "tl status needs a MODEL name or --spec PATH" in capsys.readouterr().err
+    # Airflow down: the registry part still answers, the error says where it looked
+    monkeypatch.setenv("TL_AIRFLOW_URL", "http://127.0.0.1:9")
+    assert main(["status", "m1"]) == 0
+    out = capsys.readouterr().out
+    assert "model m1: champion none" in out and "cannot reach Airflow at http://127.0.0.1:9" in out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core.cliutil import emit
-from tl_core.errors import TLError
+from tl_core.errors import SpecError, TLError
 
 
 class AirflowAPIError(TLError):
@@ -110,11 +110,25 @@ def cmd_reject(args: argparse.Namespace) -> int:
     return _answer(args, "Reject")
 
 
+def spec_by_name(model: str | None) -> Any:
+    """The spec named ``model`` in TL_CONFIGS_DIR (default: the repository's configs/)."""
+    from tl_core.config import load_specs
+
+    if not model:
+        raise SpecError("tl status needs a MODEL name or --spec PATH")
+    folder = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
+    specs = load_specs(folder)
+    for spec in specs:
+        if spec.name == model:
+            return spec
+    raise SpecError(f"no spec named {model!r} in {folder} (TL_CONFIGS_DIR); found {[s.name for s in specs]}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from tl_core.config import load_spec
     from tl_core.registry import Registry
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec) if args.spec else spec_by_name(args.model)
     champion = Registry.for_spec(spec).champion()
     status: dict[str, Any] = {"model": spec.name, "champion": champion.version if champion else None}
     lines = [f"model {spec.name}: champion {status['champion'] or 'none'}"]
@@ -145,7 +159,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=handler)
     p = sub.add_parser("status", help="champion, last runs and pending approvals of a model")
-    p.add_argument("--spec", required=True)
+    p.add_argument("model", nargs="?", help="model name, looked up in TL_CONFIGS_DIR (or use --spec)")
+    p.add_argument("--spec", help="path to the model's spec YAML")
     p.add_argument("--url", help="Airflow base URL (default TL_AIRFLOW_URL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
