@@ -533,3 +533,77 @@ def test_gc_keeps_champion_last_n_and_pending(reg: Registry, runs_uri: str) -> N
     for bad in (0, -1):
         with pytest.raises(ValueError, match=f"at least 1, got {bad}"):
             reg.gc(keep=bad)
+
+
+class HookStore:
+    """Delegates to a real store; runs ``hook`` once, right after the first access matching ``when``."""
+
+    def __init__(self, inner: ObjectStore, when: Any, hook: Any) -> None:
+        self.inner, self.uri, self.when, self.hook, self.done = inner, inner.uri, when, hook, False
+
+    def _maybe(self, op: str, key: str) -> None:
+        if not self.done and self.when(op, key):
+            self.done = True
+            self.hook()
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        out = self.inner.get_with_etag(key)
+        self._maybe("get", key)
+        return out
+
+    def put_bytes(self, key: str, data: bytes, **kw: Any) -> str:
+        etag = self.inner.put_bytes(key, data, **kw)
+        self._maybe("put", key)
+        return etag
+
+    def exists(self, key: str) -> bool:
+        out = self.inner.exists(key)
+        self._maybe("exists", key)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_gc_racing_a_promotion_never_collects_the_champion(freg: Registry, runs_uri: str) -> None:
+    v1, v2, v3 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(3))
+    freg.promote(v1, None, {}, "a")
+    # gc runs while a promotion of v2 is between its last check of v2 and its swap: the swap fails.
+    def gc_now() -> None:
+        Registry(freg.store, MODEL).gc(keep=1, pending_runs=("r2",))
+
+    checks = {"n": 0}
+
+    def second_mark_check(op: str, key: str) -> bool:
+        checks["n"] += op == "exists" and key == vkey(v2, "gc.json")
+        return checks["n"] == 2  # promote: verify, then the check in _move_pointer right before the swap
+
+    last_check = HookStore(freg.store, second_mark_check, gc_now)
+    with pytest.raises(ConflictError, match="the champion changed concurrently .expected v0001.; the current "
+                                            "champion is v0001"):
+        Registry(last_check, MODEL).promote(v2, v1, {}, "a")  # type: ignore[arg-type]
+    # ... and when gc ran after the promotion verified v2 but before it read the pointer, the mark refuses it.
+    v2b = freg.register(fake_run(runs_uri, "r2b", seed=5, minimal=True))
+    reads = {"n": 0}
+
+    def second_pointer_read(op: str, key: str) -> bool:
+        reads["n"] += op == "get" and key.endswith("champion.json")
+        return reads["n"] == 2  # promote: champion() then the read in _move_pointer
+
+    racing = Registry(HookStore(freg.store, second_pointer_read,  # type: ignore[arg-type]
+                                lambda: Registry(freg.store, MODEL).gc(keep=1, pending_runs=("r2",))), MODEL)
+    with pytest.raises(RegistryError, match="version v0004 was garbage-collected"):
+        racing.promote(v2b, v1, {}, "a")
+    assert freg.champion().version == v1 and freg.list_versions() == [v1, v3]  # type: ignore[union-attr]
+    with pytest.raises(RegistryError, match="v0002 was garbage-collected"):
+        freg.promote(v2, v1, {}, "a")
+    # A promotion that swaps while gc is marking makes gc abort: nothing deleted, no marks left.
+    v4 = freg.register(fake_run(runs_uri, "r4", seed=4, minimal=True))
+    assert v4 == "v0005"
+    gc_racing = Registry(HookStore(freg.store, lambda op, key: op == "put" and key.endswith("gc.json"),  # type: ignore
+                                   lambda: Registry(freg.store, MODEL).promote(v3, v1, {}, "b")), MODEL)
+    with pytest.raises(ConflictError, match="the champion moved while gc ran .from v0001 to v0003.; nothing was "
+                                            "deleted"):
+        gc_racing.gc(keep=1, pending_runs=("r2",))
+    assert freg.list_versions() == [v1, v3, v4] and freg.champion().version == v3  # type: ignore[union-attr]
+    assert freg.gc(keep=2)["deleted"] == [v4]

@@ -177,6 +177,8 @@ class Registry:
         try:
             manifest = self._json(self._k("versions", version, "manifest.json"))
         except NoSuchKey:
+            if self.store.exists(self._k("versions", version, GC_MARKER)):
+                raise RegistryError(f"{self.model}: version {version} was garbage-collected") from None
             raise RegistryError(
                 f"{self.model}: version {version} does not exist or is incomplete (no manifest.json)"
             ) from None
@@ -497,6 +499,8 @@ class Registry:
                                 f"but the current champion is {current_version or 'none'}")
         if version == current_version:
             raise RegistryError(f"{self.model}: {version} is already the champion")
+        if self.store.exists(self._k("versions", version, GC_MARKER)):  # see gc: checked after reading the pointer
+            raise RegistryError(f"{self.model}: version {version} was garbage-collected")
         generation = int(current.record.get("generation") or 0) + 1 if current else 1
         record = {"action": action, "record_id": uuid.uuid4().hex, "version": version, "previous": current_version,
                   "generation": generation, "actor": actor, "reason": reason, "at": _now(), **extra}
@@ -584,7 +588,10 @@ class Registry:
 
         The champion is never deleted. A collected version is marked (gc.json) before anything is deleted, so an
         interrupted gc leaves a collected version, never a corrupt one; it keeps its claim.json and marker, so its
-        number is never reused. A collected run registers again as a new version.
+        number is never reused. A collected run registers again as a new version. Racing a promotion or rollback
+        is safe: gc marks first, then rewrites the pointer by compare-and-swap and deletes only if that succeeded,
+        while a pointer move refuses a marked version after reading the pointer it swaps (with no champion yet,
+        run gc when no first promotion is in flight).
         """
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"gc --keep must be an integer of at least 1, got {keep!r}")
@@ -600,22 +607,36 @@ class Registry:
                 protected.add(pending)
         keys = self._version_keys()
         doomed = sorted(v for v, rels in keys.items() if v not in protected and set(rels) - KEPT_AFTER_GC)
-        if dry_run:
-            return {"would_delete": doomed, "kept": sorted(protected)}
+        if dry_run or not doomed:
+            return {"would_delete" if dry_run else "deleted": doomed, "kept": sorted(protected)}
+        marked = []
         for v in doomed:
-            owner = self._version_run(v)
             if GC_MARKER not in keys[v]:
                 with contextlib.suppress(PreconditionFailed):  # a concurrent gc marked it first
                     self.store.put_bytes(self._k("versions", v, GC_MARKER),
                                          json.dumps({"at": _now(), "keep": keep}).encode(), if_none_match="*")
+                    marked.append(v)
+        if champion is not None:
+            # Rewrite the pointer unchanged with compare-and-swap: a promotion or rollback that read the pointer
+            # before the marks now fails its own swap, and one that swapped first makes this one fail.
+            try:
+                self.store.put_bytes(self._k("champion.json"), json.dumps(champion.record, sort_keys=True).encode(),
+                                     if_match=champion.etag)
+            except PreconditionFailed:
+                for v in marked:
+                    self.store.delete(self._k("versions", v, GC_MARKER))
+                now = self._read_champion()
+                raise ConflictError(f"{self.model}: the champion moved while gc ran (from {champion.version} to "
+                                    f"{now.version if now else 'none'}); nothing was deleted, re-run gc") from None
+        for v in doomed:
+            owner = self._version_run(v)
             for rel in sorted(keys[v], key=lambda rel: rel != "manifest.json"):
                 if rel not in KEPT_AFTER_GC:
                     self.store.delete(self._k("versions", v, rel))
             if owner and self.version_of_run(owner) == v:
                 self.store.delete(self._k("by-run", f"{key_safe(owner)}.json"))
-        if doomed:
-            self._append({"action": "gc", "deleted": doomed, "kept": sorted(protected), "keep": keep,
-                          "actor": "gc", "reason": f"gc --keep {keep}"})
+        self._append({"action": "gc", "deleted": doomed, "kept": sorted(protected), "keep": keep,
+                      "actor": "gc", "reason": f"gc --keep {keep}"})
         return {"deleted": doomed, "kept": sorted(protected)}
 
     def _version_run(self, version: str) -> str | None:
