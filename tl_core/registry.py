@@ -510,13 +510,26 @@ class Registry:
                 self.store.put_bytes(self._k("champion.json"), body, if_none_match="*")
             else:
                 self.store.put_bytes(self._k("champion.json"), body, if_match=current.etag)
-        except PreconditionFailed:
-            now = self._read_champion()
+        except PreconditionFailed as exc:
+            now = self._settled_champion(current)
+            if now is not None and current is not None and now.etag == current.etag:
+                raise ConflictError(f"{self.model}: cannot {action} {version}: the store refused the compare-and-swap "
+                                    f"although the champion is still {current.version}: {exc}") from None
             raise ConflictError(f"{self.model}: cannot {action} {version}: the champion changed concurrently "
                                 f"(expected {expect or 'none'}); the current champion is "
                                 f"{now.version if now else 'none'}") from None
         stored, _ = self._append(record, record_id=record["record_id"])
         return stored
+
+    def _settled_champion(self, before: Champion | None, wait_s: float = 5.0) -> Champion | None:
+        """The champion after a lost swap: the winner's write may still be landing (the file backend's swap is
+        claimed before it is written), so wait briefly until the pointer differs from ``before``."""
+        deadline = time.monotonic() + wait_s
+        now = self._read_champion()
+        while (now.etag if now else None) == (before.etag if before else None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            now = self._read_champion()
+        return now
 
     def promote(self, version: str, expect_champion: str | None, approval: dict[str, Any] | None, actor: str,
                 reason: str = "", evidence_hash: str | None = None) -> dict[str, Any]:
@@ -625,7 +638,7 @@ class Registry:
             except PreconditionFailed:
                 for v in marked:
                     self.store.delete(self._k("versions", v, GC_MARKER))
-                now = self._read_champion()
+                now = self._settled_champion(champion)
                 raise ConflictError(f"{self.model}: the champion moved while gc ran (from {champion.version} to "
                                     f"{now.version if now else 'none'}); nothing was deleted, re-run gc") from None
         for v in doomed:
