@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,7 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
         pending = af.client().pending_approvals(DAG, run_id)
         say(f"\napproval pending ({time.monotonic() - t0:.0f}s in): {pending[0]['subject'] if pending else '?'}")
         cmd = ["tl", "approve", "--dag", DAG, "--run", run_id, "--comment", "demo: reviewed the gate summary"]
-        say("$ " + " ".join(cmd))
+        say("$ " + shlex.join(cmd))
         proc = subprocess.run(["timeout", "-k", "10", "120", sys.executable, "-m", "tl_core.cli", *cmd[1:]],
                               env=af.env, capture_output=True, text=True)
         say((proc.stdout + proc.stderr).strip())
