@@ -17,7 +17,9 @@ from model_fixtures import tiny_bert_dir
 from test_dags import ROOT, airflow_env
 from tl_core.config import parse_spec
 from tl_core.data.demo import write_demo_data
-from tl_core.registry import Registry
+from tl_core.pipeline import step_check_evidence
+from tl_core.registry import Registry, RegistryError
+from tl_core.runs import RunContext
 from tl_core.store import key_safe
 
 RUN = r"""
@@ -121,6 +123,7 @@ def _line(out: str, tag: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     """Reject: registered, not promoted, rejection in the ledger. Approve (next day): promoted, approver recorded."""
     path, spec = _spec(tmp_path)
@@ -142,6 +145,17 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert history[0]["shadow"] is False
     assert history[1]["actor"] == "reviewer" and history[1]["run_id"] == _line(out, "RUN").split(" ", 1)[1]
     assert history[1]["reason"] == "not promoted: approval answered ['Reject'] by reviewer; comment: test says Reject"
+
+    # the just-before-promote re-check: unchanged evidence passes, a changed candidate file is refused
+    rejected_run = _line(out, "RUN").split(" ", 1)[1]
+    ctx = RunContext.open(spec, rejected_run)  # type: ignore[arg-type]
+    decision = ctx.read_json("gate/decision.json")
+    assert step_check_evidence(str(path), rejected_run, decision["evidence_hash"]) == decision["evidence_hash"]
+    selected = ctx.read_json("candidate.json")["selected"]
+    config_key = ctx.model_key(selected, "model_config.json")
+    ctx.store.put_bytes(config_key, ctx.store.get_bytes(config_key) + b" ")
+    with pytest.raises(RegistryError, match=rf"run {re.escape(rejected_run)}: the evidence changed since the gate"):
+        step_check_evidence(str(path), rejected_run, decision["evidence_hash"])
 
     out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "Approve")
     assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
