@@ -409,7 +409,9 @@ def run_gate(ctx: RunContext) -> dict[str, Any]:
                    candidate=report.get("candidate"), evidence=evidence, summary_markdown=markdown)
     ctx.write_json("gate/decision.json", payload)
     ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, payload).encode())
-    failing = [r.text for r in decision.reasons if r.status != "PASS"]
+    # Failures first, then warnings: the ledger and the approval read the top of this list.
+    failing = [r.text for r in decision.reasons if r.status == "FAIL"] + [
+        r.text for r in decision.reasons if r.status == "WARN"]
     return {"passed": decision.passed, "reasons": failing or [r.text for r in decision.reasons],
             "evidence_hash": decision.evidence_hash, "bootstrap": decision.bootstrap,
             "champion_version": champion.get("version"), "champion_etag": champion.get("etag"),
