@@ -172,6 +172,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
+            retries=0,  # a timed-out approval must not open a new approval request: no answer = no promotion
         )
 
         @task

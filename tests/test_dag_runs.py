@@ -54,6 +54,13 @@ while True:
         ti = s.scalar(select(TI).where(TI.dag_id == dag_id, TI.task_id == "approval",
                                        TI.state == TaskInstanceState.AWAITING_INPUT))
         hitl = ti and s.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
+        if hitl and option == "TIMEOUT":
+            # the scheduler's awaiting_input timeout sweep for a request without defaults
+            event = {"error": "The Human-in-the-loop response timeout has passed without a response.",
+                     "error_type": "timeout"}
+            handle_event_submit(TriggerEvent(event), task_instance=ti, session=s)
+            print("ANSWERED", option, flush=True)
+            break
         if hitl:
             print("SUBJECT", hitl.subject)
             print("BODY", hitl.body.replace("\n", " | "))
@@ -157,13 +164,23 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=rf"run {re.escape(rejected_run)}: the evidence changed since the gate"):
         step_check_evidence(str(path), rejected_run, decision["evidence_hash"])
 
+    # no answer before the response timeout: no promotion, no second approval request, recorded in the ledger
+    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-10-30T00:00:00", "TIMEOUT")
+    assert "ANSWERED TIMEOUT" in out
+    timed_out_run = _line(out, "RUN").split(" ", 1)[1]
+    assert registry.list_versions() == ["v0001", "v0002"] and registry.champion() is None
+    timeout_record = registry.history()[-1]
+    assert (timeout_record["action"], timeout_record["run_id"], timeout_record["actor"]) == (
+        "reject", timed_out_run, "approval")
+    assert "no approval answer (timed out" in timeout_record["reason"]
+
     out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "Approve")
     assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
-    assert "candidate v0002" in _line(out, "SUBJECT")
+    assert "candidate v0003" in _line(out, "SUBJECT")
     champion = registry.champion()
-    assert champion is not None and champion.version == "v0002"
+    assert champion is not None and champion.version == "v0003"
     history = registry.history()
-    assert [r["action"] for r in history] == ["register", "reject", "register", "promote"]
+    assert [r["action"] for r in history] == ["register", "reject", "register", "reject", "register", "promote"]
     promote = history[-1]
     assert promote["actor"] == "reviewer" and promote["reason"] == "test says Approve"
     assert promote["approval"]["chosen"] == ["Approve"] and promote["previous"] is None
@@ -173,19 +190,19 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert promote["evidence_hash"] == decision["evidence_hash"]
     assert (run_dir / "export" / "model.onnx").exists()
 
-    # the manual DAGs: roll back to v0001 (never champion, but registered), then promote v0002 again
+    # the manual DAGs: roll back to v0001 (never champion, but registered), then promote v0003 again
     out = _dag_test(tmp_path, path.parent, "rollback_tiny-tickets", "2026-11-02T00:00:00",
                     conf={"target": "v0001", "reason": "test: roll back"})
     assert "STATE success" in out
     champion = registry.champion()
     assert champion is not None and champion.version == "v0001"
     out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-03T00:00:00",
-                    conf={"version": "v0002", "expect_champion": "v0001", "reason": "test: promote again"})
+                    conf={"version": "v0003", "expect_champion": "v0001", "reason": "test: promote again"})
     assert "STATE success" in out
     champion = registry.champion()
-    assert champion is not None and champion.version == "v0002"
+    assert champion is not None and champion.version == "v0003"
     rollback, promote_again = registry.history()[-2:]
-    assert (rollback["action"], rollback["version"], rollback["previous"]) == ("rollback", "v0001", "v0002")
+    assert (rollback["action"], rollback["version"], rollback["previous"]) == ("rollback", "v0001", "v0003")
     assert rollback["reason"] == "test: roll back" and rollback["actor"] == "dag_test"
     assert (promote_again["action"], promote_again["previous"]) == ("promote", "v0001")
     assert promote_again["reason"] == "test: promote again"
@@ -193,8 +210,8 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-04T00:00:00",
                     conf={"version": "v0001", "expect_champion": "none", "reason": "stale view"})
     assert "STATE failed" in out
-    assert registry.champion().version == "v0002"  # type: ignore[union-attr]
-    assert len(registry.history()) == 6
+    assert registry.champion().version == "v0003"  # type: ignore[union-attr]
+    assert len(registry.history()) == 8
 
 
 @pytest.mark.slow
