@@ -175,7 +175,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             retries=0,  # a timed-out approval must not open a new approval request: no answer = no promotion
         )
 
-        @task
+        @task(retries=0)  # changed evidence stays changed: fail closed at once (clear the task to re-check)
         def check_evidence(decision: dict[str, Any], **context: Any) -> str:
             from tl_core.pipeline import step_check_evidence
 
@@ -211,6 +211,9 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             if answer:
                 who = answer["responded_by"]["name"] or "approver"
                 why = [f"not promoted: approval answered {answer['chosen_options']} by {who}"]
+                if answer["chosen_options"] == ["Approve"]:
+                    why = [f"not promoted although approved by {who}: the evidence re-check (task check_evidence) "
+                           "or the promotion (task promote) failed; see their logs"]
                 comment = answer["params_input"].get("comment")
                 why += [f"comment: {comment}"] if comment else []
             else:

@@ -61,6 +61,16 @@ while True:
             handle_event_submit(TriggerEvent(event), task_instance=ti, session=s)
             print("ANSWERED", option, flush=True)
             break
+        if hitl and option == "TAMPER_THEN_APPROVE":
+            # someone changes the candidate's files between the gate and the answer
+            import json as js
+            from pathlib import Path
+            from tl_core.store import key_safe
+            run = Path(sys.argv[3]) / "runs" / "tiny-tickets" / key_safe(ti.run_id)
+            selected = js.loads((run / "candidate.json").read_text())["selected"]
+            config = run / "models" / selected / "model_config.json"
+            config.write_text(config.read_text() + " ")
+            option = "Approve"
         if hitl:
             print("SUBJECT", hitl.subject)
             print("BODY", hitl.body.replace("\n", " | "))
@@ -111,7 +121,8 @@ def _dag_test(tmp: Path, configs: Path, dag_id: str, day: str, answer: str = "",
     # dag.test() waits forever on an unanswered approval: always bounded; the responder too
     responder = None
     if answer:
-        responder = subprocess.Popen(["timeout", "-k", "10", "420", sys.executable, "-c", RESPOND, dag_id, answer],
+        responder = subprocess.Popen(["timeout", "-k", "10", "420", sys.executable, "-c", RESPOND, dag_id, answer,
+                                      str(tmp / "store")],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         proc = subprocess.run(["timeout", "-k", "10", "420", sys.executable, "-c", RUN, str(ROOT / "dags"), dag_id,
@@ -225,3 +236,16 @@ def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
     assert [r["action"] for r in history] == ["reject"]
     assert history[0]["actor"] == "gate"
     assert "macro_f1 overall" in history[0]["reason"] and "minimum 0.999" in history[0]["reason"]
+
+
+@pytest.mark.slow
+def test_retrain_dag_refuses_promotion_when_the_evidence_changed(tmp_path: Path) -> None:
+    path, spec = _spec(tmp_path, ("frozen",))
+    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "TAMPER_THEN_APPROVE")
+    assert "ANSWERED Approve" in out
+    registry = Registry.for_spec(spec)  # type: ignore[arg-type]
+    assert registry.champion() is None and registry.list_versions() == ["v0001"]
+    history = registry.history()
+    assert [r["action"] for r in history] == ["register", "reject"]
+    assert history[1]["actor"] == "reviewer"
+    assert history[1]["reason"].startswith("not promoted although approved by reviewer: the evidence re-check")
