@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +226,53 @@ def test_real_minilm_frozen_and_lora(tmp_path: Path) -> None:
     for s in ("frozen", "lora"):
         run_train(ctx, s)
         assert ctx.read_json(f"models/{s}/train_report.json")["val_metric"] > 0.8
+
+
+def _store_image_spec(store_uri: str) -> Any:
+    raw = image_spec(store_uri, strategies=["frozen"]).model_dump(mode="json")
+    raw["labels"] = [str(d) for d in range(10)]
+    raw["backbone"] = {**raw["backbone"], "weights": "store", "model_kwargs": {},
+                       "path": store_uri + "/pretrained/glyphs/model.safetensors"}
+    return parse_spec(raw)
+
+
+def test_pretrain_source_backbone_loads_from_store_and_refreshes(tmp_path: Path) -> None:
+    from safetensors.torch import load
+
+    from tl_core.store import split_uri
+    from tl_core.train.frozen import cache_key
+    from tl_core.train.pretrain_source import pretrain_source
+
+    spec = _store_image_spec(tmp_path.as_uri())
+    first = pretrain_source(spec, per_class=4, epochs=1, seed=0)
+    store, key = split_uri(first["uri"])
+    source = json.loads((tmp_path / "pretrained" / "glyphs" / "source.json").read_text())
+    assert source["source_task"].startswith("printed digit") and source["examples"] == 40
+    backbone = load_backbone(spec)
+    # The pretrained config stored beside the weights is the preprocessing (not timm's default 224 px).
+    assert backbone.preprocessing["input_size"] == [3, 32, 32]
+    assert backbone.preprocessing["mean"] == [0.5, 0.5, 0.5]
+    saved = load(store.get_bytes(key))
+    loaded = backbone.module.state_dict()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(loaded[name], tensor)
+    key_before = cache_key(spec, backbone.preprocessing)
+    # New weights under the same URI: the local weights copy and the embedding-cache key follow them.
+    pretrain_source(spec, per_class=4, epochs=1, seed=1)
+    renewed = load(store.get_bytes(key))
+    assert any(not torch.equal(renewed[n], saved[n]) for n in saved)
+    reloaded = load_backbone(spec).module.state_dict()
+    for name, tensor in renewed.items():
+        torch.testing.assert_close(reloaded[name], tensor)
+    assert cache_key(spec, backbone.preprocessing) != key_before
+
+
+def test_pretrained_cfg_with_unknown_fields_is_refused(tmp_path: Path) -> None:
+    from tl_core.train.pretrain_source import pretrain_source
+
+    spec = _store_image_spec(tmp_path.as_uri())
+    pretrain_source(spec, per_class=2, epochs=1)
+    cfg = tmp_path / "pretrained" / "glyphs" / "pretrained_cfg.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "source_task": "glyphs"}))
+    with pytest.raises(ValueError, match=r"unknown timm pretrained-config fields \['source_task'\].*source\.json"):
+        load_backbone(spec)

@@ -45,10 +45,12 @@ def resolve_weights_path(backbone: BackboneSpec) -> str | None:
         if not path.exists():
             raise ValueError(f"backbone.path {str(path)!r} does not exist (weights='local')")
         return str(path)
-    # weights == "store": copy the object (and a sibling pretrained_cfg.json, if any) into the cache.
+    # weights == "store": copy the object (and a sibling pretrained_cfg.json, if any) into the cache. The
+    # cache entry is keyed by URI *and* etag, so weights replaced under the same URI are fetched again.
     uri = str(backbone.path)
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
     store, key = split_uri(uri)
+    cfg_key = str(Path(key).parent / "pretrained_cfg.json") if "/" in key else "pretrained_cfg.json"
+    digest = hashlib.sha256(f"{uri}\n{store.etag(key)}".encode()).hexdigest()[:16]
     local = CACHE_DIR / "weights" / digest / Path(key).name
     if not local.exists():
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -56,10 +58,54 @@ def resolve_weights_path(backbone: BackboneSpec) -> str | None:
         tmp = local.with_suffix(".part")
         tmp.write_bytes(data)
         tmp.replace(local)
-    cfg_key = str(Path(key).parent / "pretrained_cfg.json") if "/" in key else "pretrained_cfg.json"
+    local_cfg = local.parent / "pretrained_cfg.json"
     if store.exists(cfg_key):
-        (local.parent / "pretrained_cfg.json").write_bytes(store.get_bytes(cfg_key))
+        local_cfg.write_bytes(store.get_bytes(cfg_key))
+    elif local_cfg.exists():
+        local_cfg.unlink()
     return str(local)
+
+
+def weights_fingerprint(backbone: BackboneSpec) -> str:
+    """What identifies the weights' content beyond name and revision (part of the embedding-cache key).
+
+    store: the etags of the weights object and its pretrained_cfg.json; local: name, size and mtime of
+    every file under the path (a reinstall re-embeds once, a changed file is never served stale);
+    hub/none: empty (the revision identifies them).
+    """
+    if backbone.weights == "store":
+        store, key = split_uri(str(backbone.path))
+        cfg_key = str(Path(key).parent / "pretrained_cfg.json") if "/" in key else "pretrained_cfg.json"
+        cfg_etag = store.etag(cfg_key) if store.exists(cfg_key) else ""
+        return f"{store.etag(key)}:{cfg_etag}"
+    if backbone.weights == "local":
+        root = Path(str(resolve_weights_path(backbone)))
+        files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
+        stats = [(str(p.relative_to(root) if root.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files]
+        return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:24]
+    return ""
+
+
+def _timm_cfg_overlay(cfg_file: Path) -> dict[str, Any]:
+    """The fields of a weights file's pretrained_cfg.json that timm's PretrainedCfg knows."""
+    import dataclasses
+
+    from timm.models import PretrainedCfg
+
+    cfg = json.loads(cfg_file.read_text())
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object of timm pretrained-config fields, "
+                         f"got {type(cfg).__name__}")
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(
+            f"{cfg_file}: unknown timm pretrained-config fields {unknown}; expected only fields of "
+            f"timm.models.PretrainedCfg (input_size, mean, std, interpolation, crop_pct, ...). Provenance belongs in "
+            "a sibling source.json (re-run `tl pretrain-source` to rewrite an older file)"
+        )
+    return cfg
 
 
 @dataclass
@@ -104,7 +150,7 @@ def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
         overlay["file"] = path
         cfg_file = Path(path).parent / "pretrained_cfg.json"
         if cfg_file.exists():
-            overlay.update(json.loads(cfg_file.read_text()))
+            overlay.update(_timm_cfg_overlay(cfg_file))
     use_pretrained = bool(path) or (pretrained and spec.backbone.weights == "hub")
     module: Any = timm.create_model(
         spec.backbone.name,

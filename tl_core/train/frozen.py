@@ -1,7 +1,8 @@
 """The frozen-backbone baseline: cached embeddings + a multinomial logistic-regression head.
 
 Embeddings are computed once in inference mode and cached in the store, keyed by backbone id and
-revision, the preprocessing config and each example's content hash; a nightly run embeds only the
+revision, the weights' fingerprint (etag of store weights, file stats of local ones), the
+preprocessing config and each example's content hash; a nightly run embeds only the
 examples it has not seen. Cache layout: ``cache/embeddings/<cache_key>/<shard>.npz`` with arrays
 ``content_hash`` and ``embedding``; each run adds one shard with what it embedded.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from tl_core.config import ModelSpec
-from tl_core.models.backbones import Backbone, Classifier
+from tl_core.models.backbones import Backbone, Classifier, weights_fingerprint
 from tl_core.store import ObjectStore, join_key
 from tl_core.train.data import Encoded, iterate
 from tl_core.train.finetune import choose_device, macro_f1
@@ -32,7 +33,7 @@ def cache_key(spec: ModelSpec, preprocessing: dict[str, Any]) -> str:
     ident = {
         "library": spec.backbone.library, "name": spec.backbone.name, "revision": spec.backbone.revision,
         "weights": spec.backbone.weights, "path": spec.backbone.path, "model_kwargs": spec.backbone.model_kwargs,
-        "preprocessing": preprocessing,
+        "weights_fingerprint": weights_fingerprint(spec.backbone), "preprocessing": preprocessing,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
