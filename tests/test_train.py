@@ -256,6 +256,10 @@ def test_pretrain_source_backbone_loads_from_store_and_refreshes(tmp_path: Path)
     loaded = backbone.module.state_dict()
     for name, tensor in saved.items():
         torch.testing.assert_close(loaded[name], tensor)
+    # `scratch` is the same architecture from random init with the same preprocessing.
+    scratch = load_backbone(spec, pretrained=False)
+    assert scratch.preprocessing == backbone.preprocessing
+    assert not torch.equal(scratch.module.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])
     key_before = cache_key(spec, backbone.preprocessing)
     # New weights under the same URI: the local weights copy and the embedding-cache key follow them.
     pretrain_source(spec, per_class=4, epochs=1, seed=1)

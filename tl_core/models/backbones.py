@@ -143,15 +143,18 @@ def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
     import timm
 
     kwargs: dict[str, Any] = dict(spec.backbone.model_kwargs)
-    path = resolve_weights_path(spec.backbone) if pretrained else None
+    # The weights' pretrained config is read for `scratch` (pretrained=False) too: the same architecture
+    # from random init must see the same preprocessing (input size, normalisation) as the transfer runs.
+    path = resolve_weights_path(spec.backbone)
     # Spec-level overrides of the pretrained config (e.g. input_size) come first, the weights file after.
     overlay: dict[str, Any] = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if path:
-        overlay["file"] = path
         cfg_file = Path(path).parent / "pretrained_cfg.json"
         if cfg_file.exists():
             overlay.update(_timm_cfg_overlay(cfg_file))
-    use_pretrained = bool(path) or (pretrained and spec.backbone.weights == "hub")
+        if pretrained:
+            overlay["file"] = path
+    use_pretrained = (pretrained and bool(path)) or (pretrained and spec.backbone.weights == "hub")
     module: Any = timm.create_model(
         spec.backbone.name,
         pretrained=use_pretrained,
