@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import shutil
 from datetime import date
 from pathlib import Path
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="delete the work dir of each modality first")
     parser.add_argument("--table", action="store_true", help="only print the table from results.jsonl")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for size in args.sizes:
         if size != "all" and not size.isdigit():
             parser.error(f"--sizes: expected whole numbers or 'all', got {size!r}")
