@@ -280,3 +280,24 @@ def test_pretrained_cfg_with_unknown_fields_is_refused(tmp_path: Path) -> None:
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "source_task": "glyphs"}))
     with pytest.raises(ValueError, match=r"unknown timm pretrained-config fields \['source_task'\].*source\.json"):
         load_backbone(spec)
+
+
+@pytest.mark.parametrize("lora_lr", [None, 0.05])
+def test_lora_adapter_learning_rates(tmp_path: Path, bert_dir: Path, lora_lr: float | None) -> None:
+    from tl_core.train.finetune import _optimizer, _param_blocks
+
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["lora"], lr=0.01, backbone_lr=0.001, layer_decay=0.5,
+                     lora={"r": 4, "alpha": 8, "dropout": 0.0, "lr": lora_lr})
+    backbone = load_backbone(spec)
+    model = Classifier(backbone.module, backbone.kind, backbone.num_features, 3)
+    apply_lora(model, backbone, spec)
+    blocks = _param_blocks(model, backbone)
+    optimizer = _optimizer(model, blocks, "lora", spec, torch.device("cpu"))
+    adapter_ids = {id(p) for n, p in model.named_parameters() if "lora_" in n}
+    adapter_lrs = {g["lr"] for g in optimizer.param_groups if any(id(p) in adapter_ids for p in g["params"])}
+    head_ids = {id(p) for p in model.head.parameters()}
+    assert {g["lr"] for g in optimizer.param_groups if any(id(p) in head_ids for p in g["params"])} == {0.01}
+    if lora_lr is None:  # layer-wise decay from backbone_lr: the top block fastest, one LR per depth
+        assert max(adapter_lrs) == pytest.approx(0.001) and len(adapter_lrs) > 1
+    else:
+        assert adapter_lrs == {0.05}

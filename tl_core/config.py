@@ -142,6 +142,9 @@ class LoraSpec(_Strict):
     alpha: PositiveInt = Field(16, description="Scaling numerator (scale = alpha / r).")
     dropout: Fraction = Field(0.05, description="Dropout on the adapter input.")
     target_modules: list[str] | None = Field(None, description="Module names to adapt; None picks per architecture.")
+    lr: PositiveFloat | None = Field(
+        None, description="Adapter learning rate, the same in every block; None: backbone_lr with layer decay."
+    )
 
 
 class TrainSpec(_Strict):

@@ -2,7 +2,8 @@
 
 Recipe (fastai's freeze-then-unfreeze, timm's train script): head-only warm-up epochs; then unfreeze
 (gradually for `partial`, one more block per epoch up to N); discriminative learning rates with
-layer-wise decay going down the backbone; AdamW (fused on CUDA) without decay on norms and biases;
+layer-wise decay going down the backbone (LoRA adapters: one LR of their own when `train.lora.lr`
+is set); AdamW (fused on CUDA) without decay on norms and biases;
 linear warm-up then cosine; gradient clipping; class-weighted loss; early stopping on the validation
 metric keeping the best weights; bf16 autocast and channels_last on CUDA. A resume checkpoint is
 written after every epoch, so a killed task re-run continues from its last completed epoch.
@@ -143,7 +144,13 @@ def _optimizer(model: Classifier, blocks: list[list[nn.Parameter]], strategy: st
     for depth, block in enumerate(reversed(blocks)):
         params = [p for p in block if id(p) not in seen]
         seen.update(id(p) for p in params)
-        lr = t.lr if strategy == "scratch" else t.backbone_lr * (t.layer_decay**depth)
+        if strategy == "scratch":
+            lr = t.lr
+        elif strategy == "lora" and t.lora.lr is not None:
+            # Adapters start at zero (B = 0) like a new head, so they take one LR of their own, not a decayed one.
+            lr = t.lora.lr
+        else:
+            lr = t.backbone_lr * (t.layer_decay**depth)
         add(params, lr)
     rest = [p for p in model.backbone.parameters() if id(p) not in seen]
     if rest:
