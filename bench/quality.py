@@ -162,12 +162,14 @@ def main() -> None:
         spec, examples = prepare(modality, workdir, rows_per_day)
         largest = int(examples[examples["split"] == "train"]["label"].value_counts().max())
         done = {(r["size"], r["seed"], r["strategy"]) for r in load_results(results_path)}
-        for size in args.sizes:
-            if size != "all" and int(size) >= largest:
-                print(f"{modality}: {size} per class is all of the data (largest class has {largest} training rows); "
-                      "measured as 'all' only", flush=True)
-                continue
-            for seed in range(args.seeds):
+        sizes = [s for s in args.sizes if s == "all" or int(s) < largest]
+        for size in sorted(set(args.sizes) - set(sizes)):
+            print(f"{modality}: {size} per class is all of the data (largest class has {largest} training rows); "
+                  "measured as 'all' only", flush=True)
+        # Seeds outermost: every size gets its first seed before any gets its second, so a run cut short
+        # still prints the whole table (with n < seeds where it was cut).
+        for seed in range(args.seeds):
+            for size in sizes:
                 for strategy in args.strategies:
                     if (size, seed, strategy) in done:
                         continue
