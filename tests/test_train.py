@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,17 @@ def test_saved_model_reloads_with_same_logits(tmp_path: Path, bert_dir: Path) ->
     torch.testing.assert_close(torch.from_numpy(logits), torch.from_numpy(stored["logits"]), atol=1e-4, rtol=1e-4)
 
 
-def test_training_is_bit_for_bit_repeatable(tmp_path: Path, bert_dir: Path) -> None:
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_training_is_bit_for_bit_repeatable(tmp_path: Path, bert_dir: Path, modality: str) -> None:
     weights = []
     for i in range(2):
-        spec = text_spec((tmp_path / str(i)).as_uri(), bert_dir, strategies=["full"], epochs=2)
-        ctx = make_run(spec, text_examples())
+        if modality == "text":
+            spec = text_spec((tmp_path / str(i)).as_uri(), bert_dir, strategies=["full"], epochs=2)
+            examples = text_examples()
+        else:  # augmentation draws from torch's and Python's RNGs (timm's random resized crop)
+            spec = image_spec((tmp_path / str(i)).as_uri(), strategies=["full"], epochs=1)
+            examples = image_examples(n_per_class=8)
+        ctx = make_run(spec, examples)
         run_train(ctx, "full")
         weights.append(ctx.store.get_bytes(ctx.model_key("full", "model.safetensors")))
     assert weights[0] == weights[1]
@@ -301,3 +308,38 @@ def test_lora_adapter_learning_rates(tmp_path: Path, bert_dir: Path, lora_lr: fl
         assert max(adapter_lrs) == pytest.approx(0.001) and len(adapter_lrs) > 1
     else:
         assert adapter_lrs == {0.05}
+
+
+REFERENCE_CURVES = Path(__file__).parent / "data" / "reference_curves.json"
+
+
+@pytest.mark.parametrize("case", ["text-full", "text-lora", "image-full"])
+def test_seeded_tiny_training_matches_stored_curve(tmp_path: Path, bert_dir: Path, case: str) -> None:
+    """The recipe's learning curves on seeded tiny runs, against values stored when the recipe was last
+    changed on purpose. A change to the loop, its defaults or the data path shows up here; after an
+    intended change, regenerate with TL_UPDATE_REFERENCE_CURVES=1 and say why in the commit."""
+    modality, strategy = case.split("-")
+    if modality == "text":
+        spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=[strategy], epochs=3, warmup_epochs=1, patience=10)
+        examples = text_examples()
+    else:
+        spec = image_spec(tmp_path.as_uri(), strategies=[strategy], epochs=3, warmup_epochs=1, patience=10,
+                          lr=0.01, backbone_lr=0.01)
+        examples = image_examples(n_per_class=40)
+    ctx = make_run(spec, examples)
+    run_train(ctx, strategy)
+    curves = ctx.read_json(f"models/{strategy}/train_report.json")["curves"]
+    stored = json.loads(REFERENCE_CURVES.read_text()) if REFERENCE_CURVES.exists() else {}
+    if os.environ.get("TL_UPDATE_REFERENCE_CURVES"):
+        stored[case] = curves
+        REFERENCE_CURVES.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    assert case in stored, f"no stored curve for {case} in {REFERENCE_CURVES}"
+    reference = stored[case]
+    assert [c["epoch"] for c in curves] == [c["epoch"] for c in reference]
+    for got, want in zip(curves, reference, strict=True):
+        # Losses carry the precision; macro-F1 on ~20 validation rows may move by one example across CPUs.
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-3)
+        assert got["val_metric"] == pytest.approx(want["val_metric"], abs=0.06)
+    # The curve is a learning curve: validation loss ends below where the head-only warm-up left it.
+    assert curves[-1]["val_loss"] < curves[0]["val_loss"]

@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -216,6 +217,7 @@ def finetune(
     pad_id = int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0)
     num_classes = len(spec.labels)
     torch.manual_seed(t.seed)
+    random.seed(t.seed)  # timm's image augmentation (RandomResizedCropAndInterpolation) draws from `random`
     generator = torch.Generator().manual_seed(t.seed)
     if strategy == "lora":
         apply_lora(model, backbone, spec)
@@ -242,6 +244,10 @@ def finetune(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if "py_rng" in state:
+            random.setstate(state["py_rng"])
+        else:  # written before the Python RNG was saved: resumes, but image augmentation draws differ
+            logger.warning("%s: resume checkpoint has no Python RNG state; the run will not be bit-for-bit", strategy)
         generator.set_state(state["generator"])
         start_epoch, stale = int(state["epoch"]) + 1, int(state["stale"])
         result.best_score, result.best_epoch = float(state["best_score"]), int(state["best_epoch"])
@@ -289,6 +295,7 @@ def finetune(
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "py_rng": random.getstate(),
                     "generator": generator.get_state(), "epoch": epoch, "stale": stale,
                     "best_score": result.best_score, "best_epoch": result.best_epoch,
                     "curves": result.curves, "best_state": best_state}, buf)
