@@ -343,3 +343,17 @@ def test_seeded_tiny_training_matches_stored_curve(tmp_path: Path, bert_dir: Pat
         assert got["val_metric"] == pytest.approx(want["val_metric"], abs=0.06)
     # The curve is a learning curve: validation loss ends below where the head-only warm-up left it.
     assert curves[-1]["val_loss"] < curves[0]["val_loss"]
+
+
+@pytest.mark.parametrize("scratch_lr", [None, 0.0003])
+def test_scratch_learning_rate_is_one_for_every_layer(tmp_path: Path, bert_dir: Path, scratch_lr: float | None) -> None:
+    from tl_core.train.finetune import _optimizer, _param_blocks
+
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["scratch"], lr=0.01, backbone_lr=0.001,
+                     scratch_lr=scratch_lr)
+    backbone = load_backbone(spec, pretrained=False)
+    model = Classifier(backbone.module, backbone.kind, backbone.num_features, 3)
+    optimizer = _optimizer(model, _param_blocks(model, backbone), "scratch", spec, torch.device("cpu"))
+    covered = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert covered == {id(p) for p in model.parameters()}
+    assert {g["lr"] for g in optimizer.param_groups} == {scratch_lr or 0.01}

@@ -160,6 +160,9 @@ class TrainSpec(_Strict):
     eval_batch_size: PositiveInt = Field(128, description="Batch size for embedding and evaluation.")
     lr: PositiveFloat = Field(1e-3, description="Learning rate of the head; lower layers decay from it.")
     backbone_lr: PositiveFloat = Field(1e-4, description="Learning rate of the top backbone block.")
+    scratch_lr: PositiveFloat | None = Field(
+        None, description="scratch: learning rate of every layer (random init wants its own); None uses lr."
+    )
     layer_decay: Fraction = Field(0.8, description="Per-block learning-rate decay going down the backbone.")
     weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay (not on norms and biases).")
     warmup_fraction: Fraction = Field(0.1, description="Share of steps with linear LR warm-up before cosine.")

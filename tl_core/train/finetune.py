@@ -140,13 +140,15 @@ def _optimizer(model: Classifier, blocks: list[list[nn.Parameter]], strategy: st
                         {"params": no_decay, "lr": lr, "weight_decay": 0.0}) if g["params"]
         )
 
-    add(list(model.head.parameters()), t.lr)
+    # scratch: one LR everywhere (random init has no pretrained layers to protect).
+    scratch_lr = t.scratch_lr if t.scratch_lr is not None else t.lr
+    add(list(model.head.parameters()), scratch_lr if strategy == "scratch" else t.lr)
     seen: set[int] = set()
     for depth, block in enumerate(reversed(blocks)):
         params = [p for p in block if id(p) not in seen]
         seen.update(id(p) for p in params)
         if strategy == "scratch":
-            lr = t.lr
+            lr = scratch_lr
         elif strategy == "lora" and t.lora.lr is not None:
             # Adapters start at zero (B = 0) like a new head, so they take one LR of their own, not a decayed one.
             lr = t.lora.lr
@@ -155,7 +157,7 @@ def _optimizer(model: Classifier, blocks: list[list[nn.Parameter]], strategy: st
         add(params, lr)
     rest = [p for p in model.backbone.parameters() if id(p) not in seen]
     if rest:
-        add(rest, t.backbone_lr * (t.layer_decay ** len(blocks)))
+        add(rest, scratch_lr if strategy == "scratch" else t.backbone_lr * (t.layer_decay ** len(blocks)))
     return torch.optim.AdamW(groups, fused=device.type == "cuda")
 
 
