@@ -357,3 +357,24 @@ def test_scratch_learning_rate_is_one_for_every_layer(tmp_path: Path, bert_dir: 
     covered = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert covered == {id(p) for p in model.parameters()}
     assert {g["lr"] for g in optimizer.param_groups} == {scratch_lr or 0.01}
+
+
+def test_local_weights_fingerprint_follows_content_not_timestamps(tmp_path: Path, bert_dir: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tl_core.models.backbones import weights_fingerprint
+
+    local = tmp_path / "bert"
+    shutil.copytree(bert_dir, local)
+    spec = text_spec(tmp_path.as_uri(), local)
+    before = weights_fingerprint(spec.backbone)
+    weights = local / "model.safetensors"
+    os.utime(weights, ns=(1, 1))  # a reinstall with the same bytes keeps the key (and the embedding cache)
+    assert weights_fingerprint(spec.backbone) == before
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights)
+    assert weights_fingerprint(spec.backbone) != before

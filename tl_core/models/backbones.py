@@ -66,12 +66,28 @@ def resolve_weights_path(backbone: BackboneSpec) -> str | None:
     return str(local)
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's content, memoised per (path, size, mtime) for this process."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_DIGESTS[memo] = digest.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
 def weights_fingerprint(backbone: BackboneSpec) -> str:
     """What identifies the weights' content beyond name and revision (part of the embedding-cache key).
 
-    store: the etags of the weights object and its pretrained_cfg.json; local: name, size and mtime of
-    every file under the path (a reinstall re-embeds once, a changed file is never served stale);
-    hub/none: empty (the revision identifies them).
+    store: the etags of the weights object and its pretrained_cfg.json; local: the sha256 of every file
+    under the path (the same files on two workers give the same key; a changed file is never served
+    stale); hub/none: empty (the revision identifies them).
     """
     if backbone.weights == "store":
         store, key = split_uri(str(backbone.path))
@@ -81,9 +97,8 @@ def weights_fingerprint(backbone: BackboneSpec) -> str:
     if backbone.weights == "local":
         root = Path(str(resolve_weights_path(backbone)))
         files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
-        stats = [(str(p.relative_to(root) if root.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in files]
-        return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:24]
+        digests = [(str(p.relative_to(root)) if root.is_dir() else p.name, _file_digest(p)) for p in files]
+        return hashlib.sha256(json.dumps(digests).encode()).hexdigest()[:24]
     return ""
 
 

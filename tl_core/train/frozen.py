@@ -1,7 +1,7 @@
 """The frozen-backbone baseline: cached embeddings + a multinomial logistic-regression head.
 
 Embeddings are computed once in inference mode and cached in the store, keyed by backbone id and
-revision, the weights' fingerprint (etag of store weights, file stats of local ones), the
+revision, the weights' fingerprint (etag of store weights, content hash of local ones), the
 preprocessing config and each example's content hash; a nightly run embeds only the
 examples it has not seen. Cache layout: ``cache/embeddings/<cache_key>/<shard>.npz`` with arrays
 ``content_hash`` and ``embedding``; each run adds one shard with what it embedded.
