@@ -3,14 +3,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from model_fixtures import image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
-from tl_core.config import parse_spec
+from tl_core.config import ModelSpec, parse_spec
 from tl_core.errors import DataError
 from tl_core.models.artifacts import load_model_dir
 from tl_core.models.backbones import Classifier, load_backbone
@@ -235,7 +234,7 @@ def test_real_minilm_frozen_and_lora(tmp_path: Path) -> None:
         assert ctx.read_json(f"models/{s}/train_report.json")["val_metric"] > 0.8
 
 
-def _store_image_spec(store_uri: str) -> Any:
+def _store_image_spec(store_uri: str) -> ModelSpec:
     raw = image_spec(store_uri, strategies=["frozen"]).model_dump(mode="json")
     raw["labels"] = [str(d) for d in range(10)]
     raw["backbone"] = {**raw["backbone"], "weights": "store", "model_kwargs": {},

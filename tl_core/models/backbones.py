@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 
+def sibling_key(key: str, name: str) -> str:
+    """The key of ``name`` beside the object ``key`` (pretrained_cfg.json, source.json next to weights)."""
+    return key.rsplit("/", 1)[0] + "/" + name if "/" in key else name
+
+
 def resolve_weights_path(backbone: BackboneSpec) -> str | None:
     """The local path (file or directory) holding the weights, or None for hub / random init."""
     if backbone.weights in ("hub", "none"):
@@ -49,7 +54,7 @@ def resolve_weights_path(backbone: BackboneSpec) -> str | None:
     # cache entry is keyed by URI *and* etag, so weights replaced under the same URI are fetched again.
     uri = str(backbone.path)
     store, key = split_uri(uri)
-    cfg_key = str(Path(key).parent / "pretrained_cfg.json") if "/" in key else "pretrained_cfg.json"
+    cfg_key = sibling_key(key, "pretrained_cfg.json")
     digest = hashlib.sha256(f"{uri}\n{store.etag(key)}".encode()).hexdigest()[:16]
     local = CACHE_DIR / "weights" / digest / Path(key).name
     if not local.exists():
@@ -91,7 +96,7 @@ def weights_fingerprint(backbone: BackboneSpec) -> str:
     """
     if backbone.weights == "store":
         store, key = split_uri(str(backbone.path))
-        cfg_key = str(Path(key).parent / "pretrained_cfg.json") if "/" in key else "pretrained_cfg.json"
+        cfg_key = sibling_key(key, "pretrained_cfg.json")
         cfg_etag = store.etag(cfg_key) if store.exists(cfg_key) else ""
         return f"{store.etag(key)}:{cfg_etag}"
     if backbone.weights == "local":
@@ -169,7 +174,7 @@ def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
             overlay.update(_timm_cfg_overlay(cfg_file))
         if pretrained:
             overlay["file"] = path
-    use_pretrained = (pretrained and bool(path)) or (pretrained and spec.backbone.weights == "hub")
+    use_pretrained = pretrained and (bool(path) or spec.backbone.weights == "hub")
     module: Any = timm.create_model(
         spec.backbone.name,
         pretrained=use_pretrained,

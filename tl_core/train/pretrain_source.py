@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from tl_core.config import ModelSpec
 from tl_core.errors import DataError
+from tl_core.models.backbones import sibling_key
 from tl_core.store import split_uri
 
 logger = logging.getLogger(__name__)
@@ -104,14 +105,13 @@ def pretrain_source(spec: ModelSpec, per_class: int = 300, epochs: int = 4, seed
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     store, key = split_uri(spec.backbone.path)
     store.put_bytes(key, save(state))
-    cfg_key = key.rsplit("/", 1)[0] + "/pretrained_cfg.json" if "/" in key else "pretrained_cfg.json"
     # pretrained_cfg.json holds timm PretrainedCfg fields only (it becomes the overlay at load time);
     # what the backbone was trained on goes beside it in source.json.
     pretrained_cfg = {"input_size": [3, SIZE, SIZE], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
                       "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": 0}
     source = {"source_task": "printed digit glyphs rendered from installed fonts", "architecture": spec.backbone.name,
               "examples": len(x), "epochs": epochs, "seed": seed, "fonts": len(installed_fonts()), "history": history}
-    store.put_bytes(cfg_key, json.dumps(pretrained_cfg, indent=2).encode())
-    store.put_bytes(cfg_key.rsplit("pretrained_cfg.json", 1)[0] + "source.json", json.dumps(source, indent=2).encode())
+    store.put_bytes(sibling_key(key, "pretrained_cfg.json"), json.dumps(pretrained_cfg, indent=2).encode())
+    store.put_bytes(sibling_key(key, "source.json"), json.dumps(source, indent=2).encode())
     return {"uri": spec.backbone.path, "examples": len(x), "wall_s": time.perf_counter() - t0, "history": history}
 
