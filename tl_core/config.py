@@ -7,6 +7,7 @@ was expected, e.g. ``gate.calibration.ece_max: must be between 0 and 1, got 1.7`
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -14,17 +15,38 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
 from tl_core.errors import SpecError
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# \Z, not $: '$' also matches before a trailing newline, so "support\n" would pass (callers use .match).
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 STRATEGIES = ("frozen", "lora", "partial", "full", "scratch")
 # Cheaper strategies win ties in model selection (DESIGN/issue 4).
 STRATEGY_COST_ORDER = {name: rank for rank, name in enumerate(STRATEGIES)}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece")
 # Metrics where smaller is better; the gate flips the sign of their deltas.
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+# The longest data window a run may read (10 years): beyond it the date arithmetic overflows long before
+# any real labeling history ends.
+MAX_WINDOW_DAYS = 3660
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML turns yes/no/true/false into booleans; a number field must not read them as 1 and 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got the boolean {value!r}")
+    return value
 
 
 def _fraction(value: float) -> float:
@@ -45,8 +67,26 @@ def _non_negative(value: float) -> float:
     return value
 
 
+def _open_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"must be strictly between 0 and 1 (e.g. 0.95), got {value}")
+    return value
+
+
+def _window_days(value: int) -> int:
+    if value > MAX_WINDOW_DAYS:
+        raise ValueError(f"must be at most {MAX_WINDOW_DAYS} days (10 years), got {value}")
+    return value
+
+
+def _label(value: str) -> str:
+    if not value.strip():
+        raise ValueError(f"a label must be a non-empty string, got {value!r}")
+    return value
+
+
 def _name(value: str) -> str:
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise ValueError(
             "must be 1-63 characters of lowercase letters, digits, '-' or '_', starting with a letter "
             f"or digit (it becomes part of S3 keys and DAG ids), got {value!r}"
@@ -57,21 +97,33 @@ def _name(value: str) -> str:
 def _store_uri(value: str) -> str:
     if not (value.startswith("s3://") or value.startswith("file://")):
         raise ValueError(f"must be a store URI starting with s3:// or file://, got {value!r}")
+    rest = value.split("://", 1)[1]
+    if value.startswith("s3://") and not rest.split("/", 1)[0]:
+        raise ValueError(f"must name a bucket: s3://bucket[/prefix], got {value!r}")
+    if value.startswith("file://") and not rest.strip("/"):
+        raise ValueError(f"must name a directory: file:///abs/path or file://rel/path, got {value!r}")
     return value
 
 
-Fraction = Annotated[float, AfterValidator(_fraction)]
-PositiveFloat = Annotated[float, AfterValidator(_positive)]
-PositiveInt = Annotated[int, AfterValidator(_positive)]
-NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
-NonNegativeFloat = Annotated[float, AfterValidator(_non_negative)]
+# Every float in a spec is finite (a NaN learning rate or margin passes every '<=' check) and never a YAML
+# boolean; every count is a strict int (``window_days: true`` is not 1 day, ``1.0e9`` is not a count).
+FiniteFloat = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
+StrictInt = Annotated[int, Strict()]
+Fraction = Annotated[FiniteFloat, AfterValidator(_fraction)]
+OpenFraction = Annotated[FiniteFloat, AfterValidator(_open_fraction)]
+PositiveFloat = Annotated[FiniteFloat, AfterValidator(_positive)]
+PositiveInt = Annotated[StrictInt, AfterValidator(_positive)]
+NonNegativeInt = Annotated[StrictInt, AfterValidator(_non_negative)]
+NonNegativeFloat = Annotated[FiniteFloat, AfterValidator(_non_negative)]
+WindowDays = Annotated[PositiveInt, AfterValidator(_window_days)]
+Label = Annotated[str, AfterValidator(_label)]
 ModelName = Annotated[str, AfterValidator(_name)]
 StoreUri = Annotated[str, AfterValidator(_store_uri)]
 Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
 
 
 class BackboneSpec(_Strict):
@@ -94,9 +146,52 @@ class BackboneSpec(_Strict):
     def _path_required(self) -> BackboneSpec:
         if self.weights in ("local", "store") and not (self.path or self.package):
             raise ValueError(f"weights={self.weights!r} needs 'path' (or 'package'); set backbone.path")
-        if self.weights == "store" and self.path and not self.path.startswith(("s3://", "file://")):
-            raise ValueError(f"weights='store' needs a store URI in path, got {self.path!r}")
+        if self.weights == "store" and self.path:
+            problem = _weights_uri_problem(self.path)
+            if problem:
+                raise ValueError(f"weights='store' needs backbone.path {problem}")
         return self
+
+
+def _weights_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot name one weights object (s3://bucket/key or file://path), or None."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket or not key or key.endswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+            return f"to be s3://bucket/key/of/weights.safetensors (a bucket and an object key), got {uri!r}"
+        return None
+    if uri.startswith("file://"):
+        path = uri[len("file://") :]
+        if not path.strip("/") or path.endswith("/"):
+            return f"to be file:///abs/path/to/weights.safetensors (a file, not a folder), got {uri!r}"
+        return None
+    return f"to be a store URI (s3://bucket/key or file:///path), got {uri!r}"
+
+
+def backbone_problems(backbone: BackboneSpec) -> list[str]:
+    """What can be known on this machine before a run: local weights exist, their package is installed.
+
+    ``tl validate-spec`` reports these; store weights are checked for the URI form only (the object may
+    be written later, e.g. by ``tl pretrain-source``), hub weights not at all.
+    """
+    if backbone.weights != "local":
+        return []
+    base = Path()
+    if backbone.package:
+        try:
+            found = importlib.util.find_spec(backbone.package)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
+            return [f"backbone.package: {backbone.package!r} is not installed (expected an importable Python "
+                    "package that ships the weights folder); install it or set backbone.path"]
+        base = Path(list(found.submodule_search_locations)[0])
+    path = base / backbone.path if backbone.path else base
+    if not path.exists():
+        where = f" inside package {backbone.package!r}" if backbone.package else ""
+        return [f"backbone.path: {str(path)!r}{where} does not exist (weights='local'); point it at the "
+                "weights file or folder"]
+    return []
 
 
 class DataSpec(_Strict):
@@ -104,7 +199,7 @@ class DataSpec(_Strict):
 
     root: StoreUri = Field("file://.tl/data", description="Store URI holding <dataset>/dt=YYYY-MM-DD/*.parquet.")
     dataset: str = Field("default", description="Dataset folder under the data root.")
-    window_days: PositiveInt = Field(14, description="A run for date D reads partitions in [D - window_days, D].")
+    window_days: WindowDays = Field(14, description="A run for date D reads partitions in [D - window_days, D].")
     input_column: str = Field("text", description="Input column: text, image or image_uri.")
     slice_columns: list[str] = Field(default_factory=list, description="Columns whose values define slices.")
     slice_crosses: list[list[str]] = Field(default_factory=list, description="Pairs of slice columns to cross.")
@@ -190,7 +285,7 @@ class CalibrationGate(_Strict):
 class GateSpec(_Strict):
     """The promotion policy. Thresholds live only here."""
 
-    confidence: Fraction = Field(0.95, description="Two-sided confidence level of the bootstrap intervals.")
+    confidence: OpenFraction = Field(0.95, description="Two-sided confidence level of the bootstrap intervals.")
     n_bootstrap: PositiveInt = Field(1000, description="Paired bootstrap replicates.")
     bootstrap_seed: NonNegativeInt = Field(0, description="Seed of the bootstrap resampling.")
     margins: dict[Metric, NonNegativeFloat] = Field(
@@ -244,7 +339,7 @@ class ModelSpec(_Strict):
     name: ModelName = Field("model", description="Model name; part of S3 keys and DAG ids.")
     modality: Literal["text", "image"] = Field("text", description="Input modality.")
     description: str = Field("", description="Free text shown in the UI.")
-    labels: list[str] = Field(default_factory=list, description="The label set, in output order.")
+    labels: list[Label] = Field(default_factory=list, description="The label set, in output order.")
     backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="Pretrained backbone.")
     data: DataSpec = Field(default_factory=DataSpec, description="Data location, window and split.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training recipe.")
@@ -305,6 +400,10 @@ def _format_error(err: Any) -> str:
         msg = "unknown field; remove it or check its spelling"
     elif err["type"] == "missing":
         msg = "is required"
+    elif err["type"] in ("int_type", "int_parsing", "int_from_float"):
+        msg = f"must be a whole number (e.g. 14, not true or 14.0), got {err.get('input')!r}"
+    elif err["type"] == "finite_number":
+        msg = f"must be a finite number (not .nan or .inf), got {err.get('input')!r}"
     else:
         msg = f"{msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
     return f"{path}: {msg}"
@@ -351,15 +450,52 @@ def apply_env_overrides(raw: Any, env: dict[str, str] | os._Environ[str]) -> tup
     return out, applied
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges defaults that the mapping's own keys may override
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping below reports it
+            if first is not None:
+                raise _DuplicateKeyError(
+                    None, None, f"duplicate key {key!r} on line {line} (first given on line {first}); "
+                    "keep one of them", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse spec YAML safely; a syntax error or a duplicated key is a SpecError naming the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise SpecError(f"{source}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML: {exc}") from None
+
+
 def load_spec(path: str | Path) -> ModelSpec:
     """Load and validate one YAML spec file (after the TL_*_URI deployment overrides, see ENV_OVERRIDES)."""
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"spec file not found: {p} (expected a YAML file such as configs/support-tickets.yaml)")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: not valid YAML: {exc}") from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{p}: cannot read the spec file: {exc}") from None
+    raw = load_yaml(text, str(p))
     raw, applied = apply_env_overrides(raw, os.environ)
     return parse_spec(raw, source=f"{p} (with {', '.join(applied)})" if applied else str(p))
 
