@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +179,120 @@ def test_key_safe() -> None:
     assert key_safe("scheduled__2026-01-02T00:00:00+00:00") == "scheduled__2026-01-02T00_00_00_00_00"
     with pytest.raises(ValueError, match="empty"):
         key_safe("..")
+
+
+# ------------------------------------------------------------------------------ stale compare-and-swap claims
+HOLD_CLAIM = """
+import os, sys, time
+from tl_core.store import FileStore
+
+store = FileStore(sys.argv[1])
+etag = store.etag(sys.argv[2])
+
+
+def hold(src, dst):  # the process stops right here, inside its swap, holding the claim
+    print("claimed", flush=True)
+    time.sleep(300)
+
+
+os.replace = hold
+store.put_bytes(sys.argv[2], b"never written", if_match=etag)
+"""
+
+
+def hold_claim(store: FileStore, key: str) -> subprocess.Popen[str]:
+    """A real process that claims the swap of ``key`` and then stops inside it (until it is killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(store.root), key], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "claimed"
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def marker_of(store: FileStore, key: str, etag: str) -> Path:
+    return store.root / Path(key).parent / ".tl-cas" / f"{Path(key).name}.{etag}"
+
+
+def test_claim_of_a_killed_process_is_broken_and_a_live_one_respected(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path / "s")
+    e1 = store.put_bytes("registry/m/champion.json", b"v1")
+    proc = hold_claim(store, "registry/m/champion.json")
+    try:
+        monkeypatch.setattr(FileStore, "CLAIM_MIN_AGE_S", 0.0)
+        with pytest.raises(PreconditionFailed, match=rf"another writer holds the claim on etag {e1} \(pid "
+                                                     rf"{proc.pid} on host .*; it is broken automatically once"):
+            store.put_bytes("registry/m/champion.json", b"v2", if_match=e1)  # alive: respected whatever its age
+    finally:
+        kill(proc)
+    assert marker_of(store, "registry/m/champion.json", e1).exists()  # what a crash inside the swap leaves
+    monkeypatch.setattr(FileStore, "CLAIM_MIN_AGE_S", 30.0)
+    with pytest.raises(PreconditionFailed, match="another writer holds the claim"):  # too young to judge
+        store.put_bytes("registry/m/champion.json", b"v2", if_match=e1)
+    monkeypatch.setattr(FileStore, "CLAIM_MIN_AGE_S", 0.0)
+    e2 = store.put_bytes("registry/m/champion.json", b"v2", if_match=e1)  # its process is gone: broken
+    assert store.get_bytes("registry/m/champion.json") == b"v2" and e2 != e1
+    assert not marker_of(store, "registry/m/champion.json", e1).exists()
+    store.put_bytes("registry/m/champion.json", b"v3", if_match=e2)  # and later swaps work as usual
+    assert store.list("registry/") == ["registry/m/champion.json"]
+
+
+def test_claim_from_another_host_is_broken_only_after_the_age_bound(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s")
+    etag = store.put_bytes("ptr.json", b"v1")
+    marker = marker_of(store, "ptr.json", etag)
+    marker.parent.mkdir()
+    marker.write_text(json.dumps({"pid": 1, "host": "another-host", "at": 0, "token": "t1"}))
+    thirty_s_ago = time.time() - 30
+    os.utime(marker, (thirty_s_ago, thirty_s_ago))
+    with pytest.raises(PreconditionFailed, match=r"pid 1 on host 'another-host', 3\d.\d s old"):
+        store.put_bytes("ptr.json", b"v2", if_match=etag)  # cannot check a process elsewhere: wait for the bound
+    two_min_ago = time.time() - 120
+    os.utime(marker, (two_min_ago, two_min_ago))
+    store.put_bytes("ptr.json", b"v2", if_match=etag)
+    assert store.get_bytes("ptr.json") == b"v2"
+
+
+@pytest.mark.parametrize("claim", ["", json.dumps({"pid": 999999999, "host": socket.gethostname(), "token": "t"})])
+def test_racing_recoverers_of_a_stale_claim_one_wins(tmp_path: Path, claim: str) -> None:
+    store = FileStore(tmp_path / "s")
+    start = store.put_bytes("champion.json", b"v0")
+    marker = marker_of(store, "champion.json", start)
+    marker.parent.mkdir()
+    marker.write_text(claim)  # an empty marker (older releases) is judged by age alone
+    two_min_ago = time.time() - 120
+    os.utime(marker, (two_min_ago, two_min_ago))
+    barrier = threading.Barrier(16)
+    wins: list[int] = []
+    losses: list[int] = []
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        try:
+            store.put_bytes("champion.json", f"v{i + 1}".encode(), if_match=start)
+            wins.append(i)
+        except PreconditionFailed:
+            losses.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 15
+    assert store.get_bytes("champion.json") == f"v{wins[0] + 1}".encode()
+    assert len(list(marker.parent.glob(f"{marker.name}.broken-*"))) == 1  # broken exactly once
+
+
+def test_run_ids_are_bounded(store: ObjectStore) -> None:
+    with pytest.raises(ValueError, match=r"run id 'xxxxxxxx.*\.\.\.' is too long: 5000 characters \(5000 bytes "
+                                         r"key-safe\); at most 200 bytes"):
+        key_safe("x" * 5000)
+    with pytest.raises(ValueError, match=r"101 characters \(202 bytes key-safe\)"):
+        key_safe("é" * 101)  # letters stay, but each takes two bytes in a file name
+    assert key_safe("r" * 200) == "r" * 200
+    store.put_bytes(f"runs/m/{key_safe('r' * 200)}/x.json", b"{}")  # the longest id is a valid key on both backends

@@ -8,18 +8,29 @@ Conditional writes mean the same on both backends:
 
 S3 implements these natively (``If-None-Match: *`` / ``If-Match``). The file backend is lock-free:
 create-only is ``link(2)`` of a fully written temporary file (atomic, fails if the name exists);
-compare-and-swap first claims the transition *from* the expected etag by creating a marker with
-``O_EXCL`` (only one writer can), re-checks the etag, then atomically ``rename(2)``s the new
-content in. Etags on files identify one write (inode, size, mtime), like S3's per-object etag.
+compare-and-swap first claims the transition *from* the expected etag by creating a marker (``link(2)``
+of a file naming the claimant: pid, host, time, token; only one writer can), re-checks the etag, then
+atomically ``rename(2)``s the new content in. Etags on files identify one write (inode, size, mtime), like
+S3's per-object etag.
+
+A claimant that dies inside its swap leaves its marker. Such a claim is *stale* once it is older than
+``CLAIM_MIN_AGE_S`` and its process is gone (same host), or once it is older than ``CLAIM_MAX_AGE_S``
+(any host: a live swap takes microseconds). A contender breaks a stale claim with a second create-only
+step, a breaker file named after the claim's token: of several recoverers only the one that creates it
+removes the marker, and only while the marker still holds that token; then it claims as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
+import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +41,11 @@ from urllib.parse import urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tl_core.errors import AccessDenied, NoSuchBucket, NoSuchKey, PreconditionFailed, StoreError
+
+logger = logging.getLogger(__name__)
+# Run ids name store folders and files (runs/<model>/<run_id>/, registry by-run/<run_id>.json): bounded so every
+# derived file name, temporary ones included, stays under the 255-byte limit of common file systems.
+MAX_RUN_ID_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,8 @@ class FileStore:
     """The embedded default: a directory tree. Safe for concurrent writers on one local filesystem."""
 
     _MARKERS = ".tl-cas"
+    CLAIM_MIN_AGE_S = 2.0  # a claim is never broken younger than this (pid namespaces, clock granularity)
+    CLAIM_MAX_AGE_S = 60.0  # older than this a claim is broken even when its process cannot be checked
 
     def __init__(self, root: str | Path, uri: str | None = None, create: bool = True) -> None:
         self.root = Path(root).resolve()
@@ -172,26 +190,82 @@ class FileStore:
         marker_dir = path.parent / self._MARKERS
         marker_dir.mkdir(exist_ok=True)
         marker = marker_dir / f"{path.name}.{expected}"
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise PreconditionFailed(
-                f"compare-and-swap of {key!r} failed: another writer already moved it from etag {expected} "
-                f"(or one crashed mid-swap; if none is running, delete {marker})"
-            ) from None
-        os.close(fd)
+        token = self._claim(key, marker, expected)
         try:
             current = self._stat_etag(key) if path.is_file() else None
             if current != expected:
                 raise PreconditionFailed(
                     f"compare-and-swap of {key!r} failed: expected etag {expected}, current etag {current}"
                 )
+            if _read_claim(marker).get("token") != token:  # stalled past CLAIM_MAX_AGE_S and broken: step back
+                raise PreconditionFailed(f"compare-and-swap of {key!r} failed: this writer's claim on etag "
+                                         f"{expected} was broken as stale before it could swap")
             os.replace(tmp, path)
         finally:
             # The etag we claimed can never come back (a new write gets a new inode/mtime), so the
             # marker is no longer needed: late contenders re-check the etag after claiming.
+            if _read_claim(marker).get("token") == token:
+                with contextlib.suppress(FileNotFoundError):
+                    marker.unlink()
+
+    @staticmethod
+    def _link_new(path: Path, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` if it does not exist (atomic, complete content); False if it exists."""
+        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+
+    def _claim(self, key: str, marker: Path, expected: str) -> str:
+        """Claim the move from etag ``expected``; a stale claim is broken first. Returns this claim's token."""
+        token = uuid.uuid4().hex
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time(), "token": token})
+        holder: dict[str, Any] = {}
+        for _ in range(3):  # a claim released or broken meanwhile frees the marker: try again
+            if self._link_new(marker, body.encode()):
+                return token
+            holder = _read_claim(marker)
+            if not holder:
+                continue
+            why = self._stale(holder)
+            if why is None or not self._break(marker, holder, why):
+                break  # a live claim, or another recoverer broke it first and claims it now
+        raise PreconditionFailed(
+            f"compare-and-swap of {key!r} failed: another writer holds the claim on etag {expected} "
+            f"({_describe(holder)}); it is broken automatically once that process is gone (same host, after "
+            f"{self.CLAIM_MIN_AGE_S:g} s) or after {self.CLAIM_MAX_AGE_S:g} s"
+        )
+
+    def _stale(self, holder: dict[str, Any]) -> str | None:
+        """Why ``holder``'s claim may be broken, or None while it must be respected."""
+        age = time.time() - float(holder["mtime"])
+        if age < self.CLAIM_MIN_AGE_S:
+            return None
+        if age > self.CLAIM_MAX_AGE_S:
+            return f"older than {self.CLAIM_MAX_AGE_S:g} s ({_describe(holder)})"
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+            return f"its process is gone ({_describe(holder)})"
+        return None
+
+    def _break(self, marker: Path, holder: dict[str, Any], why: str) -> bool:
+        """Remove the stale claim ``holder``; True unless another recoverer won the right to (the second step)."""
+        tag = hashlib.sha256(str(holder["token"]).encode()).hexdigest()[:32]
+        breaker = marker.with_name(f"{marker.name}.broken-{tag}")
+        record = {"claim": {k: v for k, v in holder.items() if k != "mtime"}, "reason": why, "pid": os.getpid(),
+                  "host": socket.gethostname(), "at": time.time()}
+        if not self._link_new(breaker, json.dumps(record).encode()):
+            return False
+        if _read_claim(marker).get("token") == holder["token"]:
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
+        logger.warning("%s: broke the stale compare-and-swap claim %s: %s", self.uri, marker.name, why)
+        return True
 
     def list(self, prefix: str = "") -> list[str]:
         if not self.root.is_dir():
@@ -212,6 +286,49 @@ class FileStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+
+def _read_claim(marker: Path) -> dict[str, Any]:
+    """The claim in ``marker`` with its file's mtime; {} once it is gone. A marker without a readable claim
+    (an older release wrote empty ones) is identified by its inode and mtime."""
+    try:
+        with marker.open("rb") as fh:
+            raw, st = fh.read(), os.fstat(fh.fileno())
+    except FileNotFoundError:
+        return {}
+    try:
+        claim = json.loads(raw)
+    except ValueError:
+        claim = None
+    if not isinstance(claim, dict) or not isinstance(claim.get("token"), str):
+        claim = {"token": f"unnamed-{st.st_ino}-{st.st_mtime_ns}"}
+    return {**claim, "mtime": st.st_mtime}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "released meanwhile"
+    age = time.time() - float(holder["mtime"])
+    if "pid" not in holder:
+        return f"a claim without an owner, {age:.1f} s old"
+    return f"pid {holder.get('pid')} on host {holder.get('host')!r}, {age:.1f} s old"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a zombie, killed but not yet reaped, does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 class S3Store:
@@ -375,8 +492,14 @@ def new_run_id() -> str:
 
 
 def key_safe(run_id: str) -> str:
-    """Airflow run ids contain ':' and '+'; make them safe as one S3 key segment."""
+    """Airflow run ids contain ':' and '+'; make them safe as one S3 key segment (and one file name)."""
+    if not isinstance(run_id, str):
+        raise ValueError(f"run id must be a string, got {type(run_id).__name__}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     if not safe or safe in (".", ".."):
         raise ValueError(f"run id {run_id!r} is empty after making it key-safe")
+    if len(safe.encode()) > MAX_RUN_ID_BYTES:
+        shown = run_id if len(run_id) <= 40 else run_id[:40] + "..."
+        raise ValueError(f"run id {shown!r} is too long: {len(run_id)} characters ({len(safe.encode())} bytes "
+                         f"key-safe); at most {MAX_RUN_ID_BYTES} bytes are allowed (it names a store folder)")
     return safe
