@@ -20,27 +20,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tl_core.config import load_spec
-    from tl_core.export.predict import open_model_dir, predictions_frame, read_table, score, write_table
-    from tl_core.registry import Registry
+    from tl_core.export.predict import predict_file
 
-    name, _, ref = args.model.partition("@")
     spec = load_spec(args.spec)
-    if name != spec.name:
-        raise ValueError(f"--model names {name!r} but the spec is for {spec.name!r}")
-    registry = Registry.for_spec(spec)
-    if ref in ("", "champion"):
-        champion = registry.champion()
-        if champion is None:
-            raise ValueError(f"model {name!r} has no champion yet; pass --model {name}@<version>")
-        ref = champion.version
-    served = open_model_dir(registry.load_version(ref), ref)
-    df = read_table(args.input)
-    logits, probs = score(served, df, batch_size=args.batch_size)
-    out = predictions_frame(served, df, logits, probs)
-    write_table(out, args.output)
-    emit(args, {"rows": len(out), "model_version": ref, "output": args.output},
-         f"scored {len(out)} rows with {name}@{ref} -> {args.output}")
+    result = predict_file(spec, args.model, args.input, args.output, batch_size=args.batch_size)
+    emit(args, result, f"scored {result['rows']} rows with {result['model']}@{result['model_version']} -> "
+                       f"{result['output']}")
     return 0
+
+
+def positive_int(value: str) -> int:
+    """argparse type for counts such as --batch-size: an integer >= 1, named in the error otherwise."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return number
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,9 +47,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     p = sub.add_parser("predict", help="score a Parquet file with a registered model through onnxruntime")
     p.add_argument("--spec", required=True, help="model spec YAML (locates the registry)")
-    p.add_argument("--model", required=True, help="NAME, NAME@champion or NAME@VERSION")
+    p.add_argument("--model", required=True, help="NAME, NAME@champion or NAME@VERSION (e.g. v0001)")
     p.add_argument("--input", required=True, help="Parquet path or s3:// / file:// URI")
     p.add_argument("--output", required=True, help="Parquet path or s3:// / file:// URI")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per onnxruntime call")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per onnxruntime call (>= 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_predict)
