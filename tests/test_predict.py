@@ -220,7 +220,7 @@ def test_cli_unwritable_output_is_refused_before_scoring(text_model: Registered,
     assert f"output folder '{out.parent}' does not exist (for output '{out}'): create it first" in err
     assert not out.parent.exists()
     err = _cli_error(capsys, predict(text_model, output=tmp_path))
-    assert f"output '{tmp_path}' is a folder: expected a Parquet file path" in err
+    assert f"output '{tmp_path}' is a folder or empty: expected a Parquet file path" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -214,11 +214,12 @@ def read_table(uri_or_path: str) -> pd.DataFrame:
 def check_output(uri_or_path: str) -> None:
     """Refuse, before anything is scored, an output that cannot be written: a folder, or (for a plain path) a
     missing or read-only parent folder. s3:// and file:// outputs are objects: their prefixes need no folder."""
-    path = Path(uri_or_path[len("file://"):]) if uri_or_path.startswith("file://") else Path(uri_or_path)
     if uri_or_path.startswith("s3://"):
         return
+    path = Path(uri_or_path.removeprefix("file://"))
     if not uri_or_path.strip() or path.is_dir():
-        raise PredictError(f"output {uri_or_path!r} is a folder: expected a Parquet file path or URI to write")
+        raise PredictError(f"output {uri_or_path!r} is a folder or empty: expected a Parquet file path or URI to "
+                           "write")
     if _is_uri(uri_or_path):
         return
     parent = path.parent
