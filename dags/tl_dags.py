@@ -35,13 +35,19 @@ DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_expon
 
 
 class RecordedApproval(ApprovalOperator):
-    """ApprovalOperator that keeps the answer (XCom key "answer") on Reject too.
+    """ApprovalOperator that keeps the answer (XCom key "answer") on Reject and on timeout too.
 
     On Reject the operator skips its downstream tasks by raising, so its return value is never pushed; the
-    no-promotion record needs to know who answered what.
+    no-promotion record needs to know who answered what, or that nobody did. A timeout fails the task without a
+    retry (no answer = no promotion, never a second request); other failures retry once, which opens a new
+    request for the same run: Airflow 3.3.2 can lose an answer given right after the request appears (the
+    scheduler fails the resumed task on the stale executor event of the process that parked it), and `tl approve`
+    answers that retry's request (tl_core.ops_commands.answer_when_settled).
     """
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
         if "error" not in event:
             user = event.get("responded_by_user") or {}
             context["ti"].xcom_push(key="answer", value={
@@ -50,6 +56,9 @@ class RecordedApproval(ApprovalOperator):
                 "responded_by": {"id": str(user.get("id", "")), "name": str(user.get("name", ""))},
                 "responded_at": str(event.get("responded_at", "")),
             })
+        elif event.get("error_type") == "timeout":
+            context["ti"].xcom_push(key="answer", value={"timed_out": True, "error": str(event.get("error", ""))})
+            raise AirflowFailException(f"no approval answer within {self.response_timeout}: not promoted")
         return super().execute_complete(context, event)
 
 
@@ -172,7 +181,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
-            retries=0,  # a timed-out approval must not open a new approval request: no answer = no promotion
+            retries=1, retry_delay=timedelta(seconds=5), retry_exponential_backoff=False,  # see RecordedApproval
         )
 
         @task(retries=0)  # changed evidence stays changed: fail closed at once (clear the task to re-check)
@@ -197,30 +206,15 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
         @task(trigger_rule="all_done")
         def record_no_promotion(**context: Any) -> str:
-            """Approval rejected, timed out or the evidence changed: the ledger says so."""
-            from tl_core.pipeline import step_reject
+            """Approval rejected, timed out, failed or the evidence changed: the ledger says which, from task states."""
+            from tl_core.pipeline import step_record_no_promotion
 
-            ti = context["ti"]
-            if ti.xcom_pull(task_ids="promote"):
-                return "promoted"
-            if not (ti.xcom_pull(task_ids="gate") or {}).get("passed"):
-                return "gate failed (recorded by reject_candidate)"
-            if is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion"))):
-                return "shadow run: registered, not promoted"
-            answer = ti.xcom_pull(task_ids="approval", key="answer") or {}
-            if answer:
-                who = answer["responded_by"]["name"] or "approver"
-                why = [f"not promoted: approval answered {answer['chosen_options']} by {who}"]
-                if answer["chosen_options"] == ["Approve"]:
-                    why = [f"not promoted although approved by {who}: the evidence re-check (task check_evidence) "
-                           "or the promotion (task promote) failed; see their logs"]
-                comment = answer["params_input"].get("comment")
-                why += [f"comment: {comment}"] if comment else []
-            else:
-                who = "approval"
-                why = ["not promoted: no approval answer (timed out, or the approval or evidence check failed)"]
-            step_reject(spec_path, context["run_id"], why, who)
-            return "not promoted"
+            ti, run_id = context["ti"], context["run_id"]
+            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
+            return step_record_no_promotion(
+                spec_path, run_id, {k: str(v) for k, v in states.items()},
+                ti.xcom_pull(task_ids="approval", key="answer"), ti.xcom_pull(task_ids="gate"),
+                is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion"))))
 
         snap = snapshot()
         splits = split(audit(snap))
@@ -239,23 +233,74 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
 
 def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
+    """Manual promotion, approval-gated like the nightly one: a version whose gate failed, or a shadow version,
+    is refused unless the run sets override_gate with an override_reason (the ledger records who and why)."""
     name = spec["name"]
+    approval = spec.get("approval", {})
     with DAG(dag_id=f"promote_{name}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
-             tags=["tl-retrain", name], description=f"Manually promote a registered version of {name}",
+             tags=["tl-retrain", name], description=f"Manually promote a registered version of {name} (approval-gated)",
              params={"version": Param(type="string", pattern=r"^v[0-9]{4,9}$", description="version to promote"),
                      "expect_champion": Param("none", type="string", description="current champion or 'none'"),
-                     "reason": Param(type="string", minLength=3, description="why")}) as dag:
+                     "reason": Param(type="string", minLength=3, description="why"),
+                     "override_gate": Param(False, type="boolean",
+                                            description="promote a version whose gate failed or a shadow version"),
+                     "override_reason": Param(None, type=["null", "string"],
+                                              description="required with override_gate; recorded in the ledger"),
+                     }) as dag:
+
+        run_q = "{{ run_id | urlencode }}"
 
         @task
-        def promote(**context: Any) -> dict[str, Any]:
+        def check_promotable(**context: Any) -> dict[str, Any]:
+            from tl_core.pipeline import step_check_promotable
+
+            p = context["params"]
+            actor = getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
+            return step_check_promotable(spec_path, p["version"], bool(p.get("override_gate")),
+                                         p.get("override_reason"), actor)
+
+        approve = RecordedApproval(
+            task_id="approval",
+            subject=f"Promote {name}: {{{{ params.version }}}} over champion {{{{ params.expect_champion }}}} "
+                    "(manual)",
+            body="{{ ti.xcom_pull(task_ids='check_promotable')['summary_markdown'] }}\n\n"
+                 f"[Registry history]({REGISTRY_VIEW.format(dag_id=f'promote_{name}', run_id=run_q)})",
+            assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
+            response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
+            params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
+            retries=1, retry_delay=timedelta(seconds=5), retry_exponential_backoff=False,  # see RecordedApproval
+        )
+
+        @task
+        def promote(checked: dict[str, Any], **context: Any) -> dict[str, Any]:
             from tl_core.pipeline import step_promote
 
             p = context["params"]
+            answer = context["ti"].xcom_pull(task_ids="approval", key="answer") or {}
+            if answer.get("chosen_options") != ["Approve"]:
+                raise ValueError(f"run {context['run_id']}: promote needs the approval answer Approve, got {answer}")
             expect = None if p["expect_champion"] in (None, "", "none") else p["expect_champion"]
-            actor = getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
-            return step_promote(spec_path, p["version"], expect, {"comment": p["reason"], "manual": True}, actor)
+            approver = answer["responded_by"]["name"] or "approver"
+            record = {"run_id": context["run_id"], "manual": True, "chosen": answer["chosen_options"],
+                      "approver": approver, "requested_by": checked["requested_by"],
+                      "comment": (answer.get("params_input") or {}).get("comment") or p["reason"],
+                      "override": checked.get("override"), "allow_shadow": bool(checked.get("override"))}
+            return step_promote(spec_path, p["version"], expect, record, approver)
 
-        promote()
+        @task(trigger_rule="all_done")
+        def record_no_promotion(**context: Any) -> str:
+            from tl_core.pipeline import step_record_no_promotion
+
+            ti, run_id = context["ti"], context["run_id"]
+            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
+            return step_record_no_promotion(spec_path, run_id, {k: str(v) for k, v in states.items()},
+                                            ti.xcom_pull(task_ids="approval", key="answer"), None, False)
+
+        checked = check_promotable()
+        checked >> approve
+        promoted = promote(checked)
+        approve >> promoted
+        promoted >> record_no_promotion()
     return dag
 
 

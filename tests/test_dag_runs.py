@@ -162,7 +162,7 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert [r["action"] for r in history] == ["register", "reject"]
     assert history[0]["shadow"] is False
     assert history[1]["actor"] == "reviewer" and history[1]["run_id"] == _line(out, "RUN").split(" ", 1)[1]
-    assert history[1]["reason"] == "not promoted: approval answered ['Reject'] by reviewer; comment: test says Reject"
+    assert history[1]["reason"] == "not promoted: rejected by reviewer (answer ['Reject']); comment: test says Reject"
 
     # the just-before-promote re-check: unchanged evidence passes, a changed candidate file is refused
     rejected_run = _line(out, "RUN").split(" ", 1)[1]
@@ -183,7 +183,7 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     timeout_record = registry.history()[-1]
     assert (timeout_record["action"], timeout_record["run_id"], timeout_record["actor"]) == (
         "reject", timed_out_run, "approval")
-    assert "no approval answer (timed out" in timeout_record["reason"]
+    assert timeout_record["reason"].startswith("not promoted: no approval answer within the response timeout")
 
     out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "Approve")
     assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
@@ -201,28 +201,43 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert promote["evidence_hash"] == decision["evidence_hash"]
     assert (run_dir / "export" / "model.onnx").exists()
 
-    # the manual DAGs: roll back to v0001 (never champion, but registered), then promote v0003 again
+    # the manual DAGs: roll back to v0001 (never champion, but registered), then promote v0003 again: manual
+    # promotion goes through the same approval task
     out = _dag_test(tmp_path, path.parent, "rollback_tiny-tickets", "2026-11-02T00:00:00",
                     conf={"target": "v0001", "reason": "test: roll back"})
     assert "STATE success" in out
     champion = registry.champion()
     assert champion is not None and champion.version == "v0001"
-    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-03T00:00:00",
+    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-03T00:00:00", "Approve",
                     conf={"version": "v0003", "expect_champion": "v0001", "reason": "test: promote again"})
-    assert "STATE success" in out
+    assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
+    assert "Promote tiny-tickets: v0003 over champion v0001 (manual)" in _line(out, "SUBJECT")
+    assert "gate: PASS" in _line(out, "BODY")
     champion = registry.champion()
     assert champion is not None and champion.version == "v0003"
     rollback, promote_again = registry.history()[-2:]
     assert (rollback["action"], rollback["version"], rollback["previous"]) == ("rollback", "v0001", "v0003")
     assert rollback["reason"] == "test: roll back" and rollback["actor"] == "dag_test"
-    assert (promote_again["action"], promote_again["previous"]) == ("promote", "v0001")
-    assert promote_again["reason"] == "test: promote again"
-    # a promotion that expects the wrong champion fails, and changes nothing
+    assert (promote_again["action"], promote_again["previous"], promote_again["actor"]) == (
+        "promote", "v0001", "reviewer")
+    assert promote_again["approval"]["manual"] is True and promote_again["approval"]["override"] is None
+    # a version whose gate failed (v0001's gate passed; v0002 timed out at approval, gate PASS too) - refuse a
+    # shadow-less, gate-less request: an override without a reason is refused before any approval is asked
     out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-04T00:00:00",
+                    conf={"version": "v0001", "expect_champion": "v0003", "reason": "stale view",
+                          "override_gate": True, "override_reason": "short"})
+    assert "STATE failed" in out and "SUBJECT" not in out
+    assert registry.champion().version == "v0003"  # type: ignore[union-attr]
+    refused = registry.history()[-1]
+    assert refused["action"] == "reject" and "failed tasks: check_promotable" in refused["reason"]
+    # a promotion that expects the wrong champion fails after the approval, and changes nothing
+    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-05T00:00:00", "Approve",
                     conf={"version": "v0001", "expect_champion": "none", "reason": "stale view"})
     assert "STATE failed" in out
     assert registry.champion().version == "v0003"  # type: ignore[union-attr]
-    assert len(registry.history()) == 8
+    last = registry.history()[-1]
+    assert last["action"] == "reject" and "not promoted although approved by reviewer: task promote ended " \
+        "'failed'" in last["reason"]
 
 
 @pytest.mark.slow
@@ -248,4 +263,5 @@ def test_retrain_dag_refuses_promotion_when_the_evidence_changed(tmp_path: Path)
     history = registry.history()
     assert [r["action"] for r in history] == ["register", "reject"]
     assert history[1]["actor"] == "reviewer"
-    assert history[1]["reason"].startswith("not promoted although approved by reviewer: the evidence re-check")
+    assert history[1]["reason"].startswith("not promoted although approved by reviewer: the evidence changed since "
+                                           "the gate decided (task check_evidence failed")

@@ -73,7 +73,10 @@ def test_expected_dags_and_tasks(parsed: dict) -> None:
         assert d["params"] == ["allow_promotion", "window_days"]
         assert d["catchup"] is False
         assert parsed["dags"][f"rollback_{s['name']}"]["params"] == ["reason", "target"]
-        assert parsed["dags"][f"promote_{s['name']}"]["params"] == ["expect_champion", "reason", "version"]
+        promote = parsed["dags"][f"promote_{s['name']}"]
+        assert promote["params"] == ["expect_champion", "override_gate", "override_reason", "reason", "version"]
+        # manual promotion is approval-gated like the nightly one
+        assert set(promote["tasks"]) == {"check_promotable", "approval", "promote", "record_no_promotion"}
 
 
 def test_shadow_rule() -> None:

@@ -9,16 +9,25 @@ the simple auth manager's generated password file in $AIRFLOW_HOME.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tl_core.cliutil import emit
 from tl_core.errors import SpecError, TLError
+
+logger = logging.getLogger(__name__)
+# How old an approval request must be before `tl approve` answers it (the scheduler must have processed the
+# executor event of the process that parked the task first; measured under load in test_approval_race.py).
+SETTLE_S = float(os.environ.get("TL_APPROVAL_SETTLE_S", "15"))
 
 
 class AirflowAPIError(TLError):
@@ -89,6 +98,105 @@ class AirflowClient:
         path = f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}/-1/hitlDetails"
         return self.patch(path, {"chosen_options": [option], "params_input": {"comment": comment}})
 
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return self.get(f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}")  # type: ignore[no-any-return]
+
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return self.get(  # type: ignore[no-any-return]
+            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}/-1/hitlDetails")
+
+
+# Task states in which an approval task has not yet acted on an answer (it is parked, or resuming).
+PENDING_STATES = ("awaiting_input", "deferred", "scheduled", "queued", "running", "restarting")
+# ... and in which Airflow will open a new request for it (a retry).
+RETRY_STATES = ("up_for_retry",)
+
+
+@dataclasses.dataclass
+class ApprovalOutcome:
+    """What became of an answer: the task's final state, and every try that had to be answered."""
+
+    option: str
+    responded_by: str
+    task_state: str
+    answered_tries: list[int]
+
+
+def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str, comment: str,
+                        settle_s: float = SETTLE_S, timeout_s: float = 600.0, poll_s: float = 1.0) -> ApprovalOutcome:
+    """Answer an approval request once it has settled, then confirm the approval task acted on the answer.
+
+    Airflow 3.3.2 races an immediate answer: the PATCH resumes the parked task (state queued) before the
+    scheduler has processed the executor's "success" event of the process that parked it; the scheduler then
+    reads that event as a task killed externally and fails the approval task ("finished with state success, but
+    the task instance's state attribute is queued"), and the answer is lost. So this waits until the request is
+    ``settle_s`` old before answering, then watches the task: if Airflow lost the answer anyway, the approval
+    task's retry opens a new request for the same run, and that request gets the same answer (every answered try
+    is reported). It fails, naming the state, when the task ends without having used the answer.
+    """
+    deadline = time.monotonic() + timeout_s
+    tries: list[int] = []
+    responded_by = ""
+    while True:
+        ti = _wait_for_request(client, dag_id, run_id, task_id, settle_s, deadline, tries)
+        result = client.answer(dag_id, run_id, task_id, option, comment)
+        responded_by = str((result.get("responded_by") or {}).get("name") or responded_by)
+        tries.append(int(ti["try_number"]))
+        state = _wait_for_outcome(client, dag_id, run_id, task_id, int(ti["try_number"]), deadline, poll_s)
+        if state in RETRY_STATES:
+            logger.warning("%s run %s: Airflow lost the answer to %s try %d (task now %s); answering its retry",
+                           dag_id, run_id, task_id, tries[-1], state)
+            continue
+        if state != "success":
+            raise AirflowAPIError(
+                f"{dag_id} run {run_id}: answered {option!r} on {task_id} try {tries[-1]}, but the task ended "
+                f"{state!r} without using the answer and will not retry; see the task's log")
+        return ApprovalOutcome(option, responded_by, state, tries)
+
+
+def _request_age_s(detail: dict[str, Any]) -> float:
+    created = datetime.fromisoformat(str(detail["created_at"]).replace("Z", "+00:00"))
+    return (datetime.now(UTC) - created).total_seconds()
+
+
+def _wait_for_request(client: AirflowClient, dag_id: str, run_id: str, task_id: str, settle_s: float,
+                      deadline: float, answered: list[int]) -> dict[str, Any]:
+    """The approval task instance once its (unanswered) request is ``settle_s`` old."""
+    while True:
+        ti = client.task_instance(dag_id, run_id, task_id)
+        if ti.get("state") in ("awaiting_input", "deferred") and int(ti["try_number"]) not in answered:
+            detail = client.hitl_detail(dag_id, run_id, task_id)
+            if detail.get("response_received"):
+                raise AirflowAPIError(f"{dag_id} run {run_id}: {task_id} try {ti['try_number']} was already "
+                                      f"answered {detail.get('chosen_options')} by "
+                                      f"{(detail.get('responded_by_user') or {}).get('name')}")
+            wait = settle_s - _request_age_s(detail)
+            if wait <= 0:
+                return ti
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+        elif ti.get("state") not in (*PENDING_STATES, *RETRY_STATES, None):
+            raise AirflowAPIError(f"{dag_id} run {run_id}: {task_id} is {ti.get('state')!r}; there is no request "
+                                  "to answer")
+        else:
+            time.sleep(1.0)
+        if time.monotonic() > deadline:
+            raise AirflowAPIError(f"{dag_id} run {run_id}: no settled {task_id} request to answer in time "
+                                  f"(task {ti.get('state')!r})")
+
+
+def _wait_for_outcome(client: AirflowClient, dag_id: str, run_id: str, task_id: str, try_number: int,
+                      deadline: float, poll_s: float) -> str:
+    """The approval task's state once it has left the answered try (success, up_for_retry, failed, ...)."""
+    while time.monotonic() < deadline:
+        ti = client.task_instance(dag_id, run_id, task_id)
+        state = str(ti.get("state"))
+        if int(ti.get("try_number") or 0) > try_number and state in (*PENDING_STATES, "up_for_retry"):
+            return "up_for_retry"  # the retry already started: its request comes next
+        if state not in PENDING_STATES:
+            return state
+        time.sleep(poll_s)
+    raise AirflowAPIError(f"{dag_id} run {run_id}: {task_id} did not act on the answer in time")
+
 
 def q(value: str) -> str:
     return urllib.parse.quote(value, safe="~")
@@ -97,8 +205,16 @@ def q(value: str) -> str:
 def _answer(args: argparse.Namespace, option: str) -> int:
     client = AirflowClient(args.url)
     run_id = args.run or client.latest_run(args.dag)["dag_run_id"]
-    result = client.answer(args.dag, run_id, args.task, option, args.comment or "")
-    emit(args, result, f"{option}: {args.dag} run {run_id} (by {result['responded_by']['name']})")
+    if args.no_wait:
+        result = client.answer(args.dag, run_id, args.task, option, args.comment or "")
+        emit(args, result, f"{option}: {args.dag} run {run_id} (by {result['responded_by']['name']})")
+        return 0
+    outcome = answer_when_settled(client, args.dag, run_id, args.task, option, args.comment or "",
+                                  settle_s=args.settle_seconds, timeout_s=args.timeout)
+    tries = outcome.answered_tries
+    note = "" if len(tries) == 1 else f"; Airflow lost the answer to try {tries[0]}, so tries {tries} were answered"
+    emit(args, dataclasses.asdict(outcome) | {"dag_id": args.dag, "run_id": run_id},
+         f"{option}: {args.dag} run {run_id} (by {outcome.responded_by}); {args.task} {outcome.task_state}{note}")
     return 0
 
 
@@ -156,6 +272,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         p.add_argument("--task", default="approval", help="the approval task id")
         p.add_argument("--comment", help="recorded with the answer")
         p.add_argument("--url", help="Airflow base URL (default TL_AIRFLOW_URL)")
+        p.add_argument("--settle-seconds", type=float, default=SETTLE_S,
+                       help=f"answer only once the request is this old (default {SETTLE_S:g}; see answer_when_settled)")
+        p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the task to use the answer")
+        p.add_argument("--no-wait", action="store_true",
+                       help="answer at once and return without confirming that the task used the answer")
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=handler)
     p = sub.add_parser("status", help="champion, last runs and pending approvals of a model")

@@ -11,75 +11,91 @@ from datetime import date
 from typing import Any
 
 from tl_core.config import load_spec
+from tl_core.errors import DataError
 from tl_core.runs import RunContext
 
 
-def _ctx(spec_path: str, run_id: str) -> RunContext:
+def _ctx(spec_path: str, run_id: str, step: str | None = None, part: str = "") -> RunContext:
+    """The run as ``step`` sees it (see tl_core/runs.py): the run is bound to the spec it started with, the
+    step is recorded as having consumed every earlier step's artifacts, and its writes cannot change what a
+    later step already used. Without ``step`` (a reader) the spec is only checked."""
     ctx = RunContext.open(load_spec(spec_path), run_id)
-    ctx.save_spec()
-    return ctx
+    if step is None:
+        ctx.check_spec()
+        return ctx
+    return ctx.begin_step(step, part)
+
+
+def _logical_date(run_id: str, logical_date: str) -> date:
+    try:
+        return date.fromisoformat(logical_date[:10])
+    except (TypeError, ValueError):
+        raise DataError(f"run {run_id}: logical date {logical_date!r} is not a calendar date YYYY-MM-DD") from None
 
 
 def step_snapshot(spec_path: str, run_id: str, logical_date: str, window_days: int | None = None) -> str:
     """``window_days`` overrides the spec's data.window_days for this run only (the manifest records it)."""
+    from tl_core.config import MAX_WINDOW_DAYS
     from tl_core.data.snapshot import run_snapshot
 
-    ctx = _ctx(spec_path, run_id)
+    day = _logical_date(run_id, logical_date)
+    if window_days is not None and (isinstance(window_days, bool) or not isinstance(window_days, int)
+                                    or not 1 <= window_days <= MAX_WINDOW_DAYS):
+        raise DataError(f"run {run_id}: window_days override must be a whole number of days from 1 to "
+                        f"{MAX_WINDOW_DAYS}, got {window_days!r}")
+    ctx = _ctx(spec_path, run_id, "snapshot")
     if window_days is not None:
-        if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
-            raise ValueError(f"run {run_id}: window_days override must be a whole number of days >= 1, "
-                             f"got {window_days!r}")
         data = ctx.spec.data.model_copy(update={"window_days": window_days})
         ctx = RunContext(spec=ctx.spec.model_copy(update={"data": data}), store=ctx.store, run_id=ctx.run_id)
-    return run_snapshot(ctx, date.fromisoformat(logical_date[:10]))
+    return run_snapshot(ctx, day)
 
 
 def step_audit(spec_path: str, run_id: str) -> str:
     from tl_core.data.audit import run_audit
 
-    return run_audit(_ctx(spec_path, run_id))
+    return run_audit(_ctx(spec_path, run_id, "audit"))
 
 
 def step_split(spec_path: str, run_id: str) -> str:
     from tl_core.data.split import run_split
 
-    return run_split(_ctx(spec_path, run_id))
+    return run_split(_ctx(spec_path, run_id, "split"))
 
 
 def step_train(spec_path: str, run_id: str, strategy: str) -> str:
     from tl_core.train.run import run_train
 
-    return run_train(_ctx(spec_path, run_id), strategy)
+    return run_train(_ctx(spec_path, run_id, "train", strategy), strategy)
 
 
 def step_select(spec_path: str, run_id: str) -> str:
     from tl_core.train.select import run_select
 
-    return run_select(_ctx(spec_path, run_id))
+    return run_select(_ctx(spec_path, run_id, "select"))
 
 
 def step_export(spec_path: str, run_id: str) -> str:
     from tl_core.export.onnx_export import run_export
 
-    return run_export(_ctx(spec_path, run_id))
+    return run_export(_ctx(spec_path, run_id, "export"))
 
 
 def step_evaluate(spec_path: str, run_id: str) -> str:
     from tl_core.evaluate.run import run_evaluate
 
-    return run_evaluate(_ctx(spec_path, run_id))
+    return run_evaluate(_ctx(spec_path, run_id, "evaluate"))
 
 
 def step_gate(spec_path: str, run_id: str) -> dict[str, Any]:
     from tl_core.evaluate.run import run_gate
 
-    return run_gate(_ctx(spec_path, run_id))
+    return run_gate(_ctx(spec_path, run_id, "gate"))
 
 
 def step_register(spec_path: str, run_id: str, shadow: bool) -> str:
     from tl_core.registry import Registry
 
-    ctx = _ctx(spec_path, run_id)
+    ctx = _ctx(spec_path, run_id, "register")
     return Registry.for_spec(ctx.spec).register(ctx, shadow=shadow)
 
 
@@ -115,3 +131,87 @@ def step_rollback(spec_path: str, to: str | None, reason: str, actor: str) -> di
     from tl_core.registry import Registry
 
     return Registry.for_spec(load_spec(spec_path)).rollback(to, reason, actor)
+
+
+def no_promotion_reasons(states: dict[str, str], answer: dict[str, Any] | None, decision: dict[str, Any] | None,
+                         shadow: bool) -> tuple[str, list[str]] | None:
+    """Why a retrain run ended without a promotion, read from its task states and the approval answer.
+
+    Returns (actor, reasons) for the ledger, or None when there is nothing for this task to record (promoted,
+    gate FAIL (reject_candidate records it) or a shadow run).
+    """
+    if states.get("promote") == "success":
+        return None
+    if shadow and states.get("shadow_recorded") == "success":
+        return None
+    if decision is not None and not decision.get("passed") and states.get("reject_candidate") == "success":
+        return None
+    answer = answer or {}
+    approval = states.get("approval")
+    if answer.get("timed_out"):
+        return "approval", [f"not promoted: no approval answer within the response timeout ({answer.get('error')})"]
+    chosen = answer.get("chosen_options")
+    who = str((answer.get("responded_by") or {}).get("name") or "approver") if chosen else "approval"
+    comment = (answer.get("params_input") or {}).get("comment") if chosen else None
+    tail = [f"comment: {comment}"] if comment else []
+    if chosen and chosen != ["Approve"]:
+        return who, [f"not promoted: rejected by {who} (answer {chosen})", *tail]
+    if chosen == ["Approve"]:
+        if states.get("check_evidence") == "failed":
+            return who, [f"not promoted although approved by {who}: the evidence changed since the gate decided "
+                         "(task check_evidence failed; see its log)", *tail]
+        return who, [f"not promoted although approved by {who}: task promote ended {states.get('promote')!r} "
+                     f"(check_evidence {states.get('check_evidence')!r}); see their logs", *tail]
+    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed") and t != "record_no_promotion")
+    if approval == "failed":
+        return who, ["not promoted: the approval task failed without an answer (e.g. the scheduler failed it, or "
+                     "its retry was not answered); see its log"]
+    return who, [f"not promoted: the run stopped before an approval answer (approval {approval!r}; "
+                 f"failed tasks: {', '.join(failed) or 'none'})"]
+
+
+def step_record_no_promotion(spec_path: str, run_id: str, states: dict[str, str], answer: dict[str, Any] | None,
+                             decision: dict[str, Any] | None, shadow: bool) -> str:
+    """The ledger record of a run that did not promote, with the reason read from the task states."""
+    outcome = no_promotion_reasons(states, answer, decision, shadow)
+    if outcome is None:
+        return "promoted" if states.get("promote") == "success" else "recorded elsewhere (gate FAIL or shadow run)"
+    actor, reasons = outcome
+    step_reject(spec_path, run_id, reasons, actor)
+    return "; ".join(reasons)
+
+
+def step_check_promotable(spec_path: str, version: str, override: bool, override_reason: str | None,
+                          actor: str) -> dict[str, Any]:
+    """Before a manual promotion asks for approval: the version's gate passed and it is not a shadow version.
+
+    Either may be overridden only with ``override`` and a reason of at least 10 characters; the returned
+    ``override`` (who and why) goes into the promotion's ledger record. Fails closed on a manifest without a
+    gate result.
+    """
+    from tl_core.registry import Registry, RegistryError
+
+    manifest = Registry.for_spec(load_spec(spec_path)).show(version)
+    raw_gate = manifest.get("gate")
+    gate: dict[str, Any] = raw_gate if isinstance(raw_gate, dict) else {}
+    problems = []
+    if gate.get("passed") is not True:
+        problems.append(f"its gate decision is {'FAIL' if gate.get('passed') is False else 'missing'} "
+                        f"(manifest gate.passed = {gate.get('passed')!r})")
+    if manifest.get("shadow"):
+        problems.append(f"it is a shadow version (registered by backfill run {manifest.get('run_id')})")
+    reason = (override_reason or "").strip()
+    if problems and not override:
+        raise RegistryError(f"{version} cannot be promoted: {'; '.join(problems)}. To promote it anyway, trigger "
+                            "with override_gate: true and an override_reason (recorded in the ledger)")
+    if override and len(reason) < 10:
+        raise RegistryError(f"override_gate needs an override_reason of at least 10 characters, got {reason!r}")
+    metrics = manifest.get("metrics") or {}
+    lines = [f"**Manual promotion of {version}** (run {manifest.get('run_id')}, strategy {manifest.get('strategy')}), "
+             f"requested by {actor}", "", f"- gate: {'PASS' if gate.get('passed') is True else 'FAIL or missing'}",
+             f"- shadow version: {bool(manifest.get('shadow'))}"]
+    lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
+    if override:
+        lines.append(f"- **override** by {actor}: {reason} ({'; '.join(problems) or 'nothing to override'})")
+    return {"version": version, "requested_by": actor, "summary_markdown": "\n".join(lines),
+            "override": {"by": actor, "reason": reason, "overrides": problems} if override else None}

@@ -1,0 +1,93 @@
+"""The steps around approval: why a run did not promote (from task states), and manual-promotion checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model_fixtures import tiny_bert_dir
+from tl_core.pipeline import no_promotion_reasons, step_check_promotable
+from tl_core.registry import RegistryError
+
+PASSED = {"passed": True, "reasons": []}
+APPROVE = {"chosen_options": ["Approve"], "params_input": {"comment": "looks right"},
+           "responded_by": {"id": "ana", "name": "ana"}}
+
+
+def test_promoted_gate_fail_and_shadow_runs_record_nothing_here() -> None:
+    assert no_promotion_reasons({"promote": "success"}, APPROVE, PASSED, False) is None
+    assert no_promotion_reasons({"reject_candidate": "success"}, None, {"passed": False}, False) is None
+    assert no_promotion_reasons({"shadow_recorded": "success", "approval": "skipped"}, None, PASSED, True) is None
+
+
+@pytest.mark.parametrize(("states", "answer", "actor", "reason"), [
+    ({"approval": "success", "promote": "skipped"},
+     {**APPROVE, "chosen_options": ["Reject"], "params_input": {"comment": "too risky"}}, "ana",
+     "not promoted: rejected by ana (answer ['Reject']); comment: too risky"),
+    ({"approval": "failed"}, {"timed_out": True, "error": "no response"}, "approval",
+     "not promoted: no approval answer within the response timeout (no response)"),
+    ({"approval": "success", "check_evidence": "failed", "promote": "upstream_failed"}, APPROVE, "ana",
+     "not promoted although approved by ana: the evidence changed since the gate decided (task check_evidence "
+     "failed; see its log); comment: looks right"),
+    ({"approval": "success", "check_evidence": "success", "promote": "failed"}, APPROVE, "ana",
+     "not promoted although approved by ana: task promote ended 'failed' (check_evidence 'success'); see their "
+     "logs; comment: looks right"),
+    ({"approval": "failed", "promote": "upstream_failed"}, None, "approval",
+     "not promoted: the approval task failed without an answer (e.g. the scheduler failed it, or its retry was not "
+     "answered); see its log"),
+    ({"check_promotable": "failed", "approval": "upstream_failed", "promote": "upstream_failed"}, None, "approval",
+     "not promoted: the run stopped before an approval answer (approval 'upstream_failed'; failed tasks: "
+     "approval, check_promotable, promote)"),
+])
+def test_no_promotion_reason_says_what_happened(states: dict[str, str], answer: dict | None, actor: str,
+                                                 reason: str) -> None:
+    got = no_promotion_reasons(states, answer, PASSED, False)
+    assert got is not None
+    assert got[0] == actor and "; ".join(got[1]) == reason
+
+
+def _registered(tmp_path: Path, gate_passed: bool | None, shadow: bool = False) -> str:
+    store = tmp_path / "store"
+    raw = {"name": "tiny-tickets", "modality": "text", "labels": ["a", "b"],
+           "backbone": {"library": "transformers", "name": "tiny-bert", "weights": "local",
+                        "path": str(tiny_bert_dir(tmp_path)), "max_length": 16},
+           "data": {"root": (tmp_path / "data").as_uri()}, "store": store.as_uri()}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    manifest = {"model": "tiny-tickets", "version": "v0001", "run_id": "backfill-1" if shadow else "r1",
+                "shadow": shadow, "strategy": "frozen", "metrics": {"macro_f1": 0.81},
+                "gate": {} if gate_passed is None else {"passed": gate_passed}, "files": {}}
+    version_dir = store / "registry" / "tiny-tickets" / "versions" / "v0001"
+    version_dir.mkdir(parents=True)
+    (version_dir / "manifest.json").write_text(json.dumps(manifest))
+    return str(path)
+
+
+def test_manual_promotion_needs_a_passed_gate_or_an_override_with_a_reason(tmp_path: Path) -> None:
+    spec = _registered(tmp_path, gate_passed=False)
+    with pytest.raises(RegistryError, match=r"v0001 cannot be promoted: its gate decision is FAIL .*override_gate"):
+        step_check_promotable(spec, "v0001", False, None, "ana")
+    with pytest.raises(RegistryError, match=r"override_gate needs an override_reason of at least 10 characters"):
+        step_check_promotable(spec, "v0001", True, "why", "ana")
+    checked = step_check_promotable(spec, "v0001", True, "hotfix for the outage INC-42", "ana")
+    assert checked["override"] == {"by": "ana", "reason": "hotfix for the outage INC-42",
+                                   "overrides": ["its gate decision is FAIL (manifest gate.passed = False)"]}
+    assert "**override** by ana" in checked["summary_markdown"] and "macro_f1: 0.8100" in checked["summary_markdown"]
+
+
+def test_manual_promotion_refuses_shadow_versions_and_missing_gate_results(tmp_path: Path) -> None:
+    spec = _registered(tmp_path, gate_passed=True, shadow=True)
+    with pytest.raises(RegistryError, match=r"it is a shadow version \(registered by backfill run backfill-1\)"):
+        step_check_promotable(spec, "v0001", False, None, "ana")
+    other = tmp_path / "other"
+    other.mkdir()
+    spec = _registered(other, gate_passed=None)
+    with pytest.raises(RegistryError, match=r"its gate decision is missing \(manifest gate.passed = None\)"):
+        step_check_promotable(spec, "v0001", False, None, "ana")
+    passed = tmp_path / "passed"
+    passed.mkdir()
+    checked = step_check_promotable(_registered(passed, gate_passed=True), "v0001", False, None, "ana")
+    assert checked["override"] is None and "gate: PASS" in checked["summary_markdown"]
