@@ -62,6 +62,11 @@ class RecordedApproval(ApprovalOperator):
         return super().execute_complete(context, event)
 
 
+def approval_retry_args() -> dict[str, Any]:
+    """One retry, soon: only for a lost answer or a crashed worker (a timeout never retries; see RecordedApproval)."""
+    return {"retries": 1, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": False}
+
+
 def is_shadow(run_type: str, allow_promotion: bool) -> bool:
     """Backfilled runs evaluate and record, but never promote unless the run's params allow it."""
     return "backfill" in str(run_type).lower() and not allow_promotion
@@ -181,7 +186,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
-            retries=1, retry_delay=timedelta(seconds=5), retry_exponential_backoff=False,  # see RecordedApproval
+            **approval_retry_args(),
         )
 
         @task(retries=0)  # changed evidence stays changed: fail closed at once (clear the task to re-check)
@@ -268,7 +273,7 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
-            retries=1, retry_delay=timedelta(seconds=5), retry_exponential_backoff=False,  # see RecordedApproval
+            **approval_retry_args(),
         )
 
         @task

@@ -22,12 +22,13 @@ import time
 import urllib.parse
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tl_core.config import parse_spec
+from tl_core.errors import TLError
 from tl_core.local_airflow import REPO, LocalAirflow
-from tl_core.ops_commands import AirflowAPIError
 from tl_core.registry import Registry
 from tl_core.runs import RunContext
 
@@ -59,13 +60,19 @@ def demo_spec(root: Path) -> Path:
     return path
 
 
-def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
+class DemoFailed(RuntimeError):
+    """The demo's story did not hold: the message names the step and what was observed."""
+
+
+def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> dict[str, Any]:
+    """One retrain run, approved with `tl approve` when its gate passes; returns what the demo checks."""
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     say(f"\n=== {label}: {DAG} for logical date {day} ===")
     t0 = time.monotonic()
     run_id = af.trigger(DAG, f"{day.isoformat()}T00:00:00Z")
     state = af.wait(DAG, run_id, ("awaiting_input", "success", "failed"), timeout=1800)
     ctx = RunContext.open(spec, run_id)
+    decision: dict[str, Any] | None = None
     if ctx.store.exists(ctx.key("gate/decision.json")):
         decision = ctx.read_json("gate/decision.json")
         say(decision["summary_markdown"])
@@ -76,17 +83,42 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> None:
         say(f"\napproval pending ({time.monotonic() - t0:.0f}s in): {pending[0]['subject'] if pending else '?'}")
         cmd = ["tl", "approve", "--dag", DAG, "--run", run_id, "--comment", "demo: reviewed the gate summary"]
         say("$ " + shlex.join(cmd))
-        proc = subprocess.run(["timeout", "-k", "10", "120", sys.executable, "-m", "tl_core.cli", *cmd[1:]],
+        proc = subprocess.run(["timeout", "-k", "10", "900", sys.executable, "-m", "tl_core.cli", *cmd[1:]],
                               env=af.env, capture_output=True, text=True)
         say((proc.stdout + proc.stderr).strip())
         if proc.returncode != 0:
-            raise AirflowAPIError(f"tl approve failed ({proc.returncode})")
+            raise DemoFailed(f"{label}: `tl approve` failed (exit {proc.returncode}); see its output above")
         state = af.wait(DAG, run_id, ("success", "failed"), timeout=1800)
     states = af.task_states(DAG, run_id)
     say(f"run {state} in {time.monotonic() - t0:.0f}s; tasks: "
         + ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
     champion = Registry.for_spec(spec).champion()
     say(f"champion: {champion.version if champion else 'none'}")
+    return {"run_id": run_id, "state": state, "tasks": states, "decision": decision,
+            "champion": champion.version if champion else None}
+
+
+def check_story(first: dict[str, Any], second: dict[str, Any] | None) -> list[str]:
+    """What the demo promises: run 1 promoted (champion v0001); run 2 gated against v0001 (champion rows)."""
+    problems = []
+    if first["decision"] is None:
+        problems.append(f"run 1 ({first['run_id']}) wrote no gate decision (tasks: {first['tasks']})")
+    elif not first["decision"].get("passed"):
+        problems.append(f"run 1's gate did not pass: {first['decision'].get('reasons', [])[:3]}")
+    if first["champion"] != "v0001" or first["tasks"].get("promote") != "success":
+        problems.append(f"run 1 did not promote v0001: champion {first['champion']!r}, approval "
+                        f"{first['tasks'].get('approval')!r}, promote {first['tasks'].get('promote')!r}")
+    if second is None:
+        return problems
+    decision = second["decision"]
+    if decision is None:
+        problems.append(f"run 2 ({second['run_id']}) wrote no gate decision (tasks: {second['tasks']})")
+    elif decision.get("champion_version") != "v0001" or "| champion |" not in decision.get("summary_markdown", ""):
+        problems.append(f"run 2 was not gated against v0001: champion_version {decision.get('champion_version')!r}, "
+                        "no champion rows in its gate table")
+    if second["state"] != "success":
+        problems.append(f"run 2 ended {second['state']!r} (tasks: {second['tasks']})")
+    return problems
 
 
 def main() -> int:
@@ -111,9 +143,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     af.start()
     try:
-        run_once(af, spec_path, FIRST, "first run (no champion yet)")
-        run_once(af, spec_path, SECOND, "second run (drifted data, gated against the champion)")
-        say(f"\ndemo pipeline finished in {time.monotonic() - started:.0f}s")
+        first = run_once(af, spec_path, FIRST, "first run (no champion yet)")
+        problems = check_story(first, None)
+        if problems:  # run 2 would be another first model: stop here and say why
+            raise DemoFailed("demo step 'first run': " + "; ".join(problems))
+        second = run_once(af, spec_path, SECOND, "second run (drifted data, gated against the champion)")
+        problems = check_story(first, second)
+        if problems:
+            raise DemoFailed("demo step 'second run': " + "; ".join(problems))
+        say(f"\ndemo pipeline finished in {time.monotonic() - started:.0f}s: run 1 promoted v0001, run 2 was gated "
+            f"against v0001 ({'PASS' if second['decision']['passed'] else 'FAIL'}), champion now "
+            f"{second['champion']}")
         history = Registry.for_spec(spec).history()
         say("\nregistry ledger:")
         for r in history:
@@ -123,6 +163,9 @@ def main() -> int:
             say(f"\nAirflow stays up: {af.url}  login admin / {af.password()}  (stop: kill -TERM -{af.proc.pid})"
                 if af.proc else "")
             return 0
+    except (DemoFailed, TLError) as exc:
+        sys.stderr.write(f"make demo: FAILED: {exc}\n")
+        return 1
     finally:
         if os.environ.get("KEEP") != "1":
             af.stop()
