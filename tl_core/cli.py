@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from tl_core.cliutil import emit
@@ -28,10 +29,14 @@ COMMAND_MODULES = (
 
 
 def cmd_validate_spec(args: argparse.Namespace) -> int:
-    from tl_core.config import load_spec
+    from tl_core.config import backbone_problems, load_spec
+    from tl_core.errors import SpecError
 
     for path in args.spec:
         spec = load_spec(path)
+        problems = backbone_problems(spec.backbone)
+        if problems:
+            raise SpecError(f"{path}: the spec is valid but cannot run on this machine:\n  " + "\n  ".join(problems))
         emit(
             args,
             {"spec": path, "name": spec.name, "valid": True, "fingerprint": spec.fingerprint()},
@@ -74,6 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except TLError as exc:
         sys.stderr.write(f"tl {args.command}: error: {exc}\n")
+        return 1
+    except (ValueError, OSError) as exc:
+        # Not raised on purpose (a library's complaint about a value or a file): still one line naming the
+        # command, never a traceback, unless -v asks for it.
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        detail = " ".join(str(exc).split()) or repr(exc)
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        sys.stderr.write(f"tl {args.command}: error: {type(exc).__name__}: {detail}{hint}\n")
         return 1
 
 

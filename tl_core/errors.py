@@ -45,3 +45,12 @@ class BlockingAuditFinding(DataError):
 class PredictError(TLError, ValueError):
     """A `tl predict` request was refused before anything was written: the model reference, the batch size,
     the input file or the output location is unusable; the message names the value and what was expected."""
+
+
+class InvalidRunId(TLError, ValueError):
+    """A run id cannot name a run folder: empty, too long, '/', '..' or control characters."""
+
+
+class RunConflict(TLError):
+    """A step would break what a run already recorded: a different spec than the run was started with, or a
+    rewrite of an artifact that a later step already consumed. The fix is a new run id."""

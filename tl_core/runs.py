@@ -19,21 +19,130 @@ Layout under the run prefix::
     export/model.onnx, export/parity.json, export/golden.npz   (export)
     evaluation/report.json, evaluation/report.html             (evaluate)
     gate/decision.json                (gate)
+    steps/<step>[.<part>].json        one record per step that started on this run (what has consumed what)
+
+A run is bound to the spec it started with: the first step writes ``spec.json`` create-only, and every
+later step (a re-run included) refuses a spec with another fingerprint. Steps run in ``STEP_ORDER``; once
+a step has started it has consumed every artifact of the steps before it, so an earlier step re-run after
+it may rewrite an existing artifact only with identical bytes (then nothing is written, etags stay),
+never with different ones (:class:`RunConflict`; the fix is a new run id). A re-run of a step that nothing
+later has used yet (an Airflow retry) writes as before.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from tl_core.config import ModelSpec
+from tl_core.errors import InvalidRunId, PreconditionFailed, RunConflict
 from tl_core.store import ObjectStore, join_key, key_safe, open_store
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "calibration", "test")
+# The order in which steps consume each other's artifacts (train's strategies share one rank).
+STEP_ORDER = ("snapshot", "audit", "split", "train", "select", "export", "evaluate", "gate", "register")
+STEPS_DIR = "steps"
+SPEC_FILE = "spec.json"
+MAX_RUN_ID = 200  # bytes; Airflow's run_id column is 250 characters; a key segment must stay well under 255 bytes
+# No '/' or '\\' (one key segment), no control characters (a newline would end up in keys); \Z, not $.
+_RUN_ID = re.compile(r"[^/\\\x00-\x1f\x7f]+\Z")
+
+
+def check_run_id(run_id: str) -> str:
+    """Refuse a run id that cannot name one run folder; returns it unchanged."""
+    if not isinstance(run_id, str) or not run_id:
+        raise InvalidRunId(f"run id must be a non-empty string, got {run_id!r}")
+    if len(run_id.encode()) > MAX_RUN_ID:
+        raise InvalidRunId(f"run id is {len(run_id.encode())} bytes long (UTF-8), at most {MAX_RUN_ID} are "
+                           f"allowed: {run_id[:40]!r}...")
+    if not _RUN_ID.match(run_id) or ".." in run_id or run_id == ".":
+        raise InvalidRunId(f"run id {run_id!r} must not contain '/', '\\', '..' or control characters and "
+                           "must not be '.' (it names one folder under runs/<model>/); e.g. manual-20261101")
+    return run_id
+
+
+def _flat(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{path}.{k}" if path else str(k)))
+        return out
+    return {path: value}
+
+
+def _spec_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    a, b = _flat({k: v for k, v in old.items() if k != "fingerprint"}), _flat(new)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join(changed[:limit]) + (f" and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
+def _step_rank(record_key: str) -> tuple[str, int] | None:
+    """(step, rank) of a ``steps/<step>[.<part>].json`` key, or None for anything else."""
+    name = record_key.rsplit("/", 1)[-1].removesuffix(".json").split(".", 1)[0]
+    return (name, STEP_ORDER.index(name)) if name in STEP_ORDER else None
+
+
+class _StepGuard:
+    """The run's store as one step sees it: a rewrite of an existing artifact under the run, once a later
+    step has started, must be byte-identical (and is then skipped so etags stay) or it is refused."""
+
+    def __init__(self, inner: ObjectStore, prefix: str, run_id: str, step: str) -> None:
+        self.inner, self.prefix, self.run_id, self.step = inner, prefix, run_id, step
+        self.rank = STEP_ORDER.index(step)
+        self.uri = inner.uri
+
+    def later_step(self) -> str | None:
+        """The first step after this one that has started on the run, or None."""
+        later = [r for r in (_step_rank(k) for k in self.inner.list(join_key(self.prefix, STEPS_DIR) + "/"))
+                 if r is not None and r[1] > self.rank]
+        return min(later, key=lambda r: r[1])[0] if later else None
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: str | None = None,
+                  if_match: str | None = None) -> str:
+        guarded = (if_none_match is None and if_match is None and key.startswith(self.prefix + "/")
+                   and not key.startswith(join_key(self.prefix, STEPS_DIR) + "/"))
+        if guarded and self.inner.exists(key):
+            later = self.later_step()
+            if later is not None:
+                if self.inner.get_bytes(key) == data:
+                    logger.info("%s: %s unchanged (already used by step %s); not rewritten", self.step, key, later)
+                    return self.inner.etag(key)
+                raise RunConflict(
+                    f"run {self.run_id}: step {self.step!r} would rewrite {key[len(self.prefix) + 1:]} with "
+                    f"different content, but step {later!r} has already used this run's artifacts "
+                    f"({self.inner.url(join_key(self.prefix, STEPS_DIR))}); a run never changes what a later "
+                    f"step consumed: start a new run id to redo {self.step!r}")
+        return self.inner.put_bytes(key, data, if_none_match=if_none_match, if_match=if_match)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.inner.get_bytes(key)
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_with_etag(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self.inner.list(prefix)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def etag(self, key: str) -> str:
+        return self.inner.etag(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def url(self, key: str) -> str:
+        return self.inner.url(key)
 
 
 @dataclass(frozen=True)
@@ -44,7 +153,7 @@ class RunContext:
 
     @classmethod
     def open(cls, spec: ModelSpec, run_id: str) -> RunContext:
-        return cls(spec=spec, store=open_store(spec.store), run_id=key_safe(run_id))
+        return cls(spec=spec, store=open_store(spec.store), run_id=key_safe(check_run_id(run_id)))
 
     @property
     def prefix(self) -> str:
@@ -79,6 +188,42 @@ class RunContext:
             return {k: z[k] for k in z.files}
 
     def save_spec(self) -> str:
-        """The spec is saved with every artifact it produced."""
+        """Bind the run to this spec: the first call writes spec.json (create-only); later calls check it."""
         payload = {"fingerprint": self.spec.fingerprint(), **self.spec.model_dump(mode="json")}
-        return self.write_json("spec.json", payload)
+        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        try:
+            self.store.put_bytes(self.key(SPEC_FILE), data, if_none_match="*")
+        except PreconditionFailed:
+            self.check_spec()
+        return self.uri(SPEC_FILE)
+
+    def check_spec(self) -> None:
+        """Refuse a spec whose fingerprint differs from the one the run was started with (if any)."""
+        if not self.store.exists(self.key(SPEC_FILE)):
+            return
+        try:
+            bound = json.loads(self.store.get_bytes(self.key(SPEC_FILE)))
+            old = bound["fingerprint"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunConflict(f"run {self.run_id}: {self.uri(SPEC_FILE)} is unreadable or has no fingerprint "
+                              f"({exc!r}); start a new run id") from None
+        new = self.spec.fingerprint()
+        if old != new:
+            raise RunConflict(
+                f"run {self.run_id} was started with spec fingerprint {old[:16]}, this spec ({self.spec.name}) "
+                f"has fingerprint {new[:16]} (changed: {_spec_diff(bound, self.spec.model_dump(mode='json'))}); "
+                f"a run is bound to the spec it started with ({self.uri(SPEC_FILE)}): start a new run id to use "
+                "the changed spec")
+
+    def begin_step(self, step: str, part: str = "") -> RunContext:
+        """Bind the spec, record that ``step`` has started (it consumes every earlier step's artifacts) and
+        return the context the step writes through."""
+        if step not in STEP_ORDER:
+            raise ValueError(f"unknown step {step!r}: expected one of {STEP_ORDER}")
+        self.save_spec()
+        name = f"{step}.{key_safe(part)}" if part else step
+        self.store.put_bytes(self.key(STEPS_DIR, f"{name}.json"), json.dumps(
+            {"step": step, "part": part, "spec_fingerprint": self.spec.fingerprint(),
+             "started_at": datetime.now(UTC).isoformat()}, sort_keys=True).encode())
+        return RunContext(spec=self.spec, store=_StepGuard(self.store, self.prefix, self.run_id, step),
+                          run_id=self.run_id)

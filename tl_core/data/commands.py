@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from tl_core.cliutil import add_spec_run, emit
+from tl_core.cliutil import add_spec_run, date_arg, emit, positive_int
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -54,17 +54,17 @@ def cmd_split(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo-data", help="write generated demo partitions for a spec (text or image)")
     p.add_argument("--spec", required=True)
-    p.add_argument("--end-date", required=True, help="last labeling day, YYYY-MM-DD")
-    p.add_argument("--days", type=int, default=14)
-    p.add_argument("--rows-per-day", type=int)
+    p.add_argument("--end-date", required=True, type=date_arg, help="last labeling day, YYYY-MM-DD")
+    p.add_argument("--days", type=positive_int, default=14)
+    p.add_argument("--rows-per-day", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--drift-from", help="first day with drift, YYYY-MM-DD")
+    p.add_argument("--drift-from", type=date_arg, help="first day with drift, YYYY-MM-DD")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_demo_data)
 
     p = sub.add_parser("snapshot", help="freeze the partitions of [date - window_days, date] into a manifest")
     add_spec_run(p)
-    p.add_argument("--date", required=True, help="logical date YYYY-MM-DD")
+    p.add_argument("--date", required=True, type=date_arg, help="logical date YYYY-MM-DD")
     p.set_defaults(handler=cmd_snapshot)
 
     p = sub.add_parser("audit", help="audit the snapshot; blocking findings stop the run")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from tl_core.cliutil import add_spec_run, emit
+from tl_core.cliutil import add_spec_run, emit, positive_int
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tl_core.config import load_spec
+    from tl_core.config import STRATEGIES, load_spec
     from tl_core.pipeline import step_select, step_train
     from tl_core.store import new_run_id
 
+    unknown = [s for s in args.strategy or [] if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"--strategy {unknown[0]!r} is not a transfer strategy: expected one of {STRATEGIES}")
     run_id = args.run or new_run_id()
     strategies = args.strategy or load_spec(args.spec).train.strategies
     if args.device:
@@ -58,8 +61,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     p = sub.add_parser("pretrain-source", help="demo: pretrain the image backbone on rendered digit glyphs")
     p.add_argument("--spec", required=True, help="image model spec whose backbone.path receives the weights")
-    p.add_argument("--per-class", type=int, default=300, help="glyphs per digit")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs")
+    p.add_argument("--per-class", type=positive_int, default=300, help="glyphs per digit")
+    p.add_argument("--epochs", type=positive_int, default=4, help="training epochs")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_pretrain_source)
