@@ -24,7 +24,10 @@ RUN = "manual__2026-11-01T00:00:00+00:00"
 
 class Recorder(BaseHTTPRequestHandler):
     calls: list[tuple[str, str, dict[str, str], Any]] = []
-    answered: set[str] = set()
+    answered: set[tuple[str, int]] = set()
+    # the approval task instance as successive GETs see it (the last one repeats)
+    task_states: list[dict[str, Any]] = []
+    current_try = 1
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -47,10 +50,16 @@ class Recorder(BaseHTTPRequestHandler):
             return self._reply(401, {"detail": "Invalid credentials"})
         if self.headers.get("Authorization") != "Bearer tok-123":
             return self._reply(401, {"detail": "Not authenticated"})
+        if self.path.endswith("/taskInstances/approval") and method == "GET" and Recorder.task_states:
+            ti = Recorder.task_states.pop(0) if len(Recorder.task_states) > 1 else Recorder.task_states[0]
+            Recorder.current_try = ti["try_number"]
+            return self._reply(200, ti)
+        if self.path.endswith("/approval/-1/hitlDetails") and method == "GET":
+            return self._reply(200, {"created_at": "2026-11-01T00:00:00Z", "response_received": False})
         if self.path.endswith("/hitlDetails") and method == "PATCH":
-            if self.path in self.answered:
+            if (self.path, Recorder.current_try) in self.answered:
                 return self._reply(409, {"detail": "already been updated"})
-            self.answered.add(self.path)
+            self.answered.add((self.path, Recorder.current_try))
             return self._reply(200, {"chosen_options": body["chosen_options"], "params_input": body["params_input"],
                                      "responded_by": {"id": "admin", "name": "admin"}, "responded_at": "now"})
         if self.path.startswith("/api/v2/dags/retrain_m1/dagRuns/~/hitlDetails"):
@@ -76,7 +85,7 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    Recorder.calls, Recorder.answered = [], set()
+    Recorder.calls, Recorder.answered, Recorder.task_states, Recorder.current_try = [], set(), [], 1
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -94,7 +103,7 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
 
 
 def test_approve_patches_the_hitl_detail_with_a_token(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--comment", "looks fine"]) == 0
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--comment", "looks fine", "--no-wait"]) == 0
     assert "Approve: retrain_m run manual__2026-11-01T00:00:00+00:00 (by admin)" in capsys.readouterr().out
     token_call, patch_call = Recorder.calls
     assert token_call[:2] == ("POST", "/auth/token")
@@ -106,8 +115,37 @@ def test_approve_patches_the_hitl_detail_with_a_token(server: str, capsys: pytes
     assert body == {"chosen_options": ["Approve"], "params_input": {"comment": "looks fine"}}
 
 
+def _ti(state: str, try_number: int) -> dict[str, Any]:
+    return {"state": state, "try_number": try_number}
+
+
+def test_approve_waits_for_a_settled_request_and_confirms_the_task_used_it(
+        server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 0
+    assert capsys.readouterr().out == f"Approve: retrain_m run {RUN} (by admin); approval success\n"
+    ti = "/api/v2/dags/retrain_m/dagRuns/manual__2026-11-01T00%3A00%3A00%2B00%3A00/taskInstances/approval"
+    assert [c[:2] for c in Recorder.calls[1:]] == [("GET", ti), ("GET", ti + "/-1/hitlDetails"),
+                                                   ("PATCH", ti + "/-1/hitlDetails"), ("GET", ti)]
+
+
+def test_approve_answers_the_retry_when_airflow_lost_the_answer(server: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("up_for_retry", 1), _ti("awaiting_input", 2),
+                            _ti("success", 2)]
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0", "--json"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["answered_tries"] == [1, 2] and outcome["task_state"] == "success"
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 2
+    # the task ends without using the answer: an error naming the state, never a silent success
+    Recorder.calls, Recorder.answered = [], set()
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("failed", 1)]
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 1
+    assert "answered 'Approve' on approval try 1, but the task ended 'failed'" in capsys.readouterr().err
+
+
 def test_reject_defaults_to_the_latest_run(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["reject", "--dag", "retrain_m", "--task", "approval"]) == 0
+    assert main(["reject", "--dag", "retrain_m", "--task", "approval", "--no-wait"]) == 0
     assert "Reject: retrain_m run" in capsys.readouterr().out
     paths = [c[1] for c in Recorder.calls]
     assert paths[1] == "/api/v2/dags/retrain_m/dagRuns?order_by=-run_after&limit=1"
@@ -115,8 +153,8 @@ def test_reject_defaults_to_the_latest_run(server: str, capsys: pytest.CaptureFi
 
 
 def test_second_answer_is_refused_with_the_servers_reason(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["approve", "--dag", "retrain_m", "--run", RUN]) == 0
-    assert main(["approve", "--dag", "retrain_m", "--run", RUN]) != 0
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--no-wait"]) == 0
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--no-wait"]) != 0
     err = capsys.readouterr().err
     assert "HTTP 409" in err and "already been updated" in err and "hitlDetails" in err
 
