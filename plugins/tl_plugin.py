@@ -49,7 +49,7 @@ def spec_for(dag_id: str) -> Any:
     for spec in load_specs(configs_dir()):
         if spec.name == model:
             return spec
-    raise HTTPException(404, f"no model spec named {model!r} in {configs_dir()} (from DAG {dag_id!r})")
+    raise HTTPException(404, f"no model spec named {model!r} among the configured model specs (from DAG {dag_id!r})")
 
 
 async def current_user(request: Request) -> Any:
@@ -75,24 +75,38 @@ app = FastAPI(title="tl-retrain evidence", description="Evidence reports and reg
 
 @app.get("/report/{dag_id}/{run_id}", response_class=HTMLResponse)
 def report(run_id: str, dag_id: str = Depends(readable_dag)) -> HTMLResponse:
-    from tl_core.errors import NoSuchKey
+    from tl_core.errors import NoSuchKey, StoreError
     from tl_core.runs import RunContext
 
     spec = spec_for(dag_id)
     try:
         ctx = RunContext.open(spec, run_id)
     except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(400, f"invalid run id: {exc}") from None
     try:
         body = ctx.store.get_bytes(ctx.key(REPORT_REL))
-    except NoSuchKey:
-        raise HTTPException(404, f"run {run_id!r} of {spec.name} has no {REPORT_REL} yet in {ctx.uri()} "
-                                 "(the evaluate task writes it)") from None
+    except NoSuchKey:  # the text names the run and the file, never where the store keeps it
+        raise HTTPException(404, f"run {shown(run_id)} of {spec.name} has no {REPORT_REL} yet (the evaluate task "
+                                 "writes it)") from None
+    except StoreError as exc:
+        raise store_failure(spec.name, exc) from None
     return HTMLResponse(body.decode("utf-8"), headers={"Content-Security-Policy": "default-src 'none'; "
                         "img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"})
 
 
-def render_history(model: str, champion: Any, records: list[dict[str, Any]], run_id: str | None) -> str:
+def store_failure(model: str, exc: Exception) -> HTTPException:
+    """502 for a store that could not be read: the kind of failure in the response, the details (paths) in the log."""
+    logger.warning("tl-retrain plugin: reading the store of %s failed: %s", model, exc)
+    return HTTPException(502, f"the store of {model} could not be read ({type(exc).__name__}); see the API server log")
+
+
+def shown(run_id: str) -> str:
+    """A run id as it appears in a response: quoted, and cut short when it is long."""
+    return repr(run_id if len(run_id) <= 80 else run_id[:80] + "...")
+
+
+def render_history(model: str, champion: Any, records: list[dict[str, Any]], run_id: str | None,
+                   champion_error: str | None = None) -> str:
     """The registry page: champion and every ledger record, newest first (records of ``run_id`` marked)."""
     esc = html.escape
     rows = []
@@ -105,6 +119,8 @@ def render_history(model: str, champion: Any, records: list[dict[str, Any]], run
     head = "".join(f"<th>{h}</th>" for h in ("seq", "at", "action", "version", "previous", "run", "actor", "reason"))
     champ = (f"champion <b>{esc(champion.version)}</b> (since {esc(str(champion.record.get('at', '?')))}, "
              f"by {esc(str(champion.record.get('actor', '?')))})" if champion else "no champion yet")
+    if champion_error:
+        champ = f"champion refused: {esc(champion_error)}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(model)} registry</title><style>"
             "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:.25em .5em;text-align:left;vertical-align:top}tr.run{background:#fff3c4}</style></head><body>"
@@ -114,16 +130,33 @@ def render_history(model: str, champion: Any, records: list[dict[str, Any]], run
 
 @app.get("/registry/{dag_id}", response_class=HTMLResponse)
 def registry(run_id: str | None = None, dag_id: str = Depends(readable_dag)) -> HTMLResponse:
-    from tl_core.registry import Registry
+    from tl_core.errors import StoreError
+    from tl_core.registry import Registry, RegistryError
+    from tl_core.runs import check_run_id
     from tl_core.store import key_safe
 
     spec = spec_for(dag_id)
     reg = Registry.for_spec(spec)
-    safe_run = key_safe(run_id) if run_id else None
-    records = reg.history()
+    try:
+        safe_run = key_safe(check_run_id(run_id)) if run_id else None
+    except ValueError as exc:
+        raise HTTPException(400, f"invalid run_id: {exc}") from None
+    try:
+        records = reg.ledger()
+    except RegistryError as exc:
+        raise HTTPException(500, f"the registry ledger of {spec.name} cannot be read: {exc}") from None
+    except StoreError as exc:
+        raise store_failure(spec.name, exc) from None
+    champion, problem = None, None
+    try:  # read-only: the page never writes to the registry (a hand-edited pointer is shown refused, not logged)
+        champion = reg.champion(repair=False)
+    except RegistryError as exc:
+        problem = str(exc)
+    except StoreError as exc:
+        raise store_failure(spec.name, exc) from None
     marked = [r for r in records if safe_run and r.get("run_id") in (run_id, safe_run)]
-    return HTMLResponse(render_history(spec.name, reg.champion(), records,
-                                       marked[0]["run_id"] if marked else None))
+    return HTMLResponse(render_history(spec.name, champion, records, marked[0]["run_id"] if marked else None,
+                                       problem))
 
 
 class TLRetrainPlugin(AirflowPlugin):

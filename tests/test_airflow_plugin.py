@@ -6,7 +6,10 @@ Airflow's own login check is replaced by an allow-all dependency here; the real 
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +119,38 @@ def test_registry_history_page(plugin: tuple[Any, Path]) -> None:
     assert text.index("approval answered") < text.index("gate FAIL")
     resp = client.get("/registry/retrain_m1")
     assert resp.status_code == 200 and "<tr class=\"run\">" not in resp.text
+
+
+def test_bad_run_ids_are_400_and_404s_show_no_store_paths(plugin: tuple[Any, Path], store_uri: str,
+                                                          tmp_path: Path) -> None:
+    tl_plugin, spec_path = plugin
+    client = TestClient(tl_plugin.app)
+    long_id = "r" * 5000
+    for resp in (client.get(f"/report/retrain_m1/{long_id}"),
+                 client.get("/registry/retrain_m1", params={"run_id": long_id})):
+        detail = resp.json()["detail"]
+        assert resp.status_code == 400, resp.text
+        assert re.fullmatch(r"invalid run[ _]id: run id is 5000 bytes long \(UTF-8\), at most 200 are allowed: "
+                            r"'r{40}'\.\.\.", detail), detail  # names the problem, does not echo 5,000 characters
+    store_path = store_uri.split("://", 1)[1]
+    for path in (f"/report/retrain_m1/{RUN}", f"/report/retrain_nope/{RUN}"):
+        resp = client.get(path)
+        detail = resp.json()["detail"]
+        assert resp.status_code == 404 and store_path not in detail and str(tmp_path) not in detail, detail
+    assert client.get(f"/report/retrain_m1/{RUN}").json()["detail"] == (
+        f"run {RUN!r} of m1 has no evaluation/report.html yet (the evaluate task writes it)")
+
+
+def test_registry_page_shows_a_hand_edited_pointer_refused_and_writes_nothing(plugin: tuple[Any, Path]) -> None:
+    tl_plugin, spec_path = plugin
+    registry = Registry.for_spec(load_spec(spec_path))
+    pointer = {"action": "promote", "version": "v0001", "previous": None, "generation": 1, "actor": "mallory",
+               "record_id": uuid.uuid4().hex, "at": "2026-11-01T00:00:00+00:00"}
+    registry.store.put_bytes("registry/m1/champion.json", json.dumps(pointer).encode())
+    registry.record_rejection("r1", ["gate FAIL"], "gate")
+    resp = TestClient(tl_plugin.app).get("/registry/retrain_m1")
+    assert resp.status_code == 200
+    assert ("champion refused: m1: registry/m1/champion.json (champion v0001, record "
+            f"{pointer['record_id']}) is not in the ledger") in resp.text
+    assert "gate FAIL" in resp.text and "mallory" not in resp.text.split("</p>", 1)[1]
+    assert [r["action"] for r in registry.ledger()] == ["reject"]  # no promotion "repaired" in by the page

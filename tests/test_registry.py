@@ -10,13 +10,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import signal
+import subprocess
+import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load as load_safetensors
@@ -28,9 +33,12 @@ from tl_core.registry import (
     Champion,
     ConflictError,
     IntegrityError,
+    MetadataError,
     Registry,
     RegistryError,
+    UnexplainedPointer,
     check_relpath,
+    check_version,
 )
 from tl_core.runs import RunContext
 from tl_core.store import ObjectStore, open_store
@@ -212,6 +220,13 @@ def test_bad_names_and_versions_rejected(reg: Registry, store_uri: str) -> None:
             reg.rollback(bad_version, "reason", "a")
     with pytest.raises(ValueError, match="invalid version '../v2'"):
         reg.promote("v0001", "../v2", {}, "a")
+    # '$' matches before a trailing newline: names, versions and file paths are matched in full.
+    with pytest.raises(ValueError, match=r"invalid model name 'support\\n'"):
+        Registry(store_uri, "support\n")
+    with pytest.raises(ValueError, match=r"invalid version 'v0001\\n'"):
+        check_version("v0001\n")
+    with pytest.raises(ValueError, match=r"invalid file path 'models\\n/model.json'"):
+        check_relpath("models\n/model.json", "here")
 
 
 # ------------------------------------------------------------------------------------------- promote/rollback
@@ -262,7 +277,8 @@ def test_default_rollback_target_skips_rolled_back_versions(freg: Registry, runs
 def test_promote_retry_is_idempotent_and_shadow_needs_approval(freg: Registry, runs_uri: str) -> None:
     v1 = freg.register(fake_run(runs_uri, "r1", minimal=True))
     first = freg.promote(v1, None, {"approver": "a"}, "a", "ok", "h1")
-    assert freg.promote(v1, None, {"approver": "a"}, "a", "ok", "h1") == {**first, "model": MODEL}
+    assert first["made_now"] is True
+    assert freg.promote(v1, None, {"approver": "a"}, "a", "ok", "h1") == {**first, "made_now": False}
     assert len([r for r in freg.history() if r["action"] == "promote"]) == 1
     shadow = freg.register(fake_run(runs_uri, "backfill-1", seed=1, minimal=True), shadow=True)
     with pytest.raises(RegistryError, match="v0002 is a shadow version"):
@@ -419,8 +435,8 @@ class ReadOnlyStore:
 def test_concurrent_repairs_of_a_crashed_promotion_record_it_once(reg: Registry, runs_uri: str) -> None:
     v1, v2 = (reg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(2))
     reg.promote(v1, None, {}, "a")
-    crashing = Registry(CrashingStore(reg.store, crash_after=1), MODEL)  # type: ignore[arg-type]
-    with pytest.raises(Crash, match="champion.json"):
+    crashing = Registry(CrashingStore(reg.store, crash_after=2), MODEL)  # type: ignore[arg-type]
+    with pytest.raises(Crash, match="champion.json"):  # its intent, then the pointer: dies before the ledger
         crashing.promote(v2, v1, {}, "a", "crashes before its ledger record")
     read_only = Registry(ReadOnlyStore(reg.store), MODEL)  # type: ignore[arg-type]
     assert read_only.champion().version == v2  # type: ignore[union-attr]  # reads, cannot repair: no error
@@ -495,8 +511,8 @@ def test_crash_after_each_write_leaves_consistent_state(store_uri: str, runs_uri
             break
         crash_after += 1
     assert crash_after >= 3  # the operation made several writes, each one crashed after once
-    if operation != "register":  # the pointer is the operation's first write: a crash after it is a done deal
-        assert outcomes == {v2 if operation == "promote" else v1}
+    if operation != "register":  # intent, then pointer: a crash after the intent keeps the old champion, a crash
+        assert outcomes == {v1, v2}  # after the pointer is a done deal (repaired from the intent)
 
 
 # ------------------------------------------------------------------------------------------- gc
@@ -607,3 +623,188 @@ def test_gc_racing_a_promotion_never_collects_the_champion(freg: Registry, runs_
         gc_racing.gc(keep=1, pending_runs=("r2",))
     assert freg.list_versions() == [v1, v3, v4] and freg.champion().version == v3  # type: ignore[union-attr]
     assert freg.gc(keep=2)["deleted"] == [v4]
+
+
+# ------------------------------------------------------------------------------------------- pointer trust
+POINTER = f"registry/{MODEL}/champion.json"
+
+
+def write_pointer(reg: Registry, record: dict[str, Any]) -> None:
+    """A hand edit of champion.json (a plain overwrite, as an operator with store access would make)."""
+    reg.store.put_bytes(POINTER, json.dumps(record, sort_keys=True).encode())
+
+
+def test_forged_champion_pointer_is_refused_and_never_logged(freg: Registry, runs_uri: str, tmp_path: Path) -> None:
+    v1, v2 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(2))
+    freg.promote(v1, None, {"approver": "alice"}, "alice", "ok", "h1")
+    good = freg.champion()
+    assert good is not None
+    original = freg.store.get_bytes(POINTER)
+    ledger = freg.ledger()
+    forged = {**good.record, "record_id": uuid.uuid4().hex, "version": v2, "previous": v1, "generation": 2,
+              "actor": "mallory", "reason": "trust me"}
+    cases = [
+        (forged, rf"{POINTER} \(champion v0002, record {forged['record_id']}\) is not in the ledger and cannot be "
+                 rf"the record of an interrupted move: no intent registry/{MODEL}/intents/{forged['record_id']}"
+                 r".json witnessed it .* \(the ledger's latest move \(seq 3\) made v0001 champion\); restore the "
+                 "pointer from ledger record 3"),
+        ({**good.record, "version": v2}, rf"{POINTER} \(champion v0002, record {good.record['record_id']}\) "
+                                         "differs from its ledger record 3 in version"),
+        ({**forged, "previous": None, "generation": 1}, "its previous champion is none, expected v0001; its "
+                                                        "generation is 1, expected 2"),
+    ]
+    for record, message in cases:
+        write_pointer(freg, record)
+        for call in (freg.champion, freg.history, lambda: freg.promote(v2, v1, {}, "a"),
+                     lambda: freg.rollback(v1, "x", "a"), lambda: freg.gc(keep=1)):
+            with pytest.raises(UnexplainedPointer, match=message):
+                call()
+        assert freg.ledger() == ledger  # nothing was "repaired" into the ledger, nothing was moved
+    # Serving fails closed: predict@champion refuses the pointer instead of scoring what it names.
+    from tl_core.export.predict import predict_file
+
+    pd.DataFrame({"image": [b"x"]}).to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(UnexplainedPointer, match="cannot be the record of an interrupted move"):
+        predict_file(make_spec(freg.store.uri), f"{MODEL}@champion", str(tmp_path / "in.parquet"),
+                     str(tmp_path / "out.parquet"))
+    assert not (tmp_path / "out.parquet").exists()
+    # A deleted pointer is not "no champion yet" (that would make the next run a first-model bootstrap).
+    freg.store.delete(POINTER)
+    with pytest.raises(UnexplainedPointer, match=rf"{POINTER} is missing, but the ledger's latest move \(seq 3\) "
+                                                 "made v0001 champion"):
+        freg.champion()
+    freg.store.put_bytes(POINTER, original)  # restored from the ledger: trusted again, nothing logged
+    assert freg.champion().version == v1 and freg.ledger() == ledger  # type: ignore[union-attr]
+
+
+def test_restored_old_pointer_and_unverifiable_crash_repair_are_refused(freg: Registry, runs_uri: str) -> None:
+    v1, v2 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(2))
+    freg.promote(v1, None, {}, "a")
+    old = freg.store.get_bytes(POINTER)
+    freg.promote(v2, v1, {}, "a")
+    latest = freg.store.get_bytes(POINTER)
+    freg.store.put_bytes(POINTER, old)  # an old copy of champion.json put back by hand
+    with pytest.raises(UnexplainedPointer, match=rf"{POINTER} \(champion v0001, record [0-9a-f]+\) names an "
+                                                 r"earlier ledger record, but the ledger's latest move \(seq 4\) "
+                                                 "made v0002 champion"):
+        freg.champion()
+    # A move that crashed before its ledger append, with its intent, is repaired - unless its version no longer
+    # verifies (the files changed since): then it is refused, not recorded.
+    freg.store.put_bytes(POINTER, latest)  # the pointer the ledger recorded: trusted again
+    v3 = freg.register(fake_run(runs_uri, "r3", seed=3, minimal=True))
+    crashing = Registry(CrashingStore(freg.store, crash_after=2), MODEL)  # type: ignore[arg-type]
+    with pytest.raises(Crash, match="champion.json"):
+        crashing.promote(v3, v2, {}, "a")
+    model_key = vkey(v3, "models/frozen/model.safetensors")
+    good = freg.store.get_bytes(model_key)
+    freg.store.put_bytes(model_key, good + b"tampered")
+    with pytest.raises(UnexplainedPointer, match=r"its version does not verify: .*v0003 is unusable: file "
+                                                 "models/frozen/model.safetensors does not match"):
+        Registry(freg.store, MODEL).champion()
+    freg.store.put_bytes(model_key, good)
+    assert Registry(freg.store, MODEL).champion().version == v3  # type: ignore[union-attr]
+    moves = [(r["action"], r["version"]) for r in freg.history() if r["action"] in ("promote", "rollback")]
+    assert moves == [("promote", v1), ("promote", v2), ("promote", v3)]
+
+
+def test_eight_identical_concurrent_promotions_one_made_seven_already_made(reg: Registry, runs_uri: str) -> None:
+    v1 = reg.register(fake_run(runs_uri, "r1", minimal=True))
+    barrier = threading.Barrier(8)
+    results: list[dict[str, Any]] = []
+    unexpected: list[BaseException] = []
+
+    def promote(i: int) -> None:
+        r = Registry(reg.store, MODEL, cache_dir=reg.cache_dir)
+        barrier.wait()
+        try:
+            results.append(r.promote(v1, None, {"approver": "alice"}, f"caller-{i}", "go", "h1"))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            unexpected.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert unexpected == [] and len(results) == 8
+    assert sorted(r["made_now"] for r in results) == [False] * 7 + [True]
+    assert len({(r["record_id"], r["seq"], r["actor"]) for r in results}) == 1  # all name the winner's record
+    promotions = [r for r in reg.history() if r["action"] == "promote"]
+    assert len(promotions) == 1 and promotions[0]["record_id"] == results[0]["record_id"]
+
+
+# ------------------------------------------------------------------------------------------- corrupt metadata
+def test_corrupt_registry_metadata_names_the_key(freg: Registry, runs_uri: str) -> None:
+    v1, v2 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(2))
+    freg.promote(v1, None, {}, "a")
+    freg.store.put_bytes(vkey(v2, "manifest.json"), b"\xff garbage")
+    with pytest.raises(MetadataError, match=rf"{vkey(v2, 'manifest.json')} is unreadable: not valid JSON .*; "
+                                            "expected the version's manifest object"):
+        freg.show(v2)
+    assert freg.show(v1)["version"] == v1  # one bad manifest does not hide the others
+    freg.store.put_bytes(f"registry/{MODEL}/by-run/r1.json", b'{"run_id": "r1"}')
+    with pytest.raises(MetadataError, match=rf"registry/{MODEL}/by-run/r1.json: 'version' is None; expected a "
+                                            "version such as v0001"):
+        freg.version_of_run("r1")
+    pointer = json.loads(freg.store.get_bytes(POINTER))
+    write_pointer(freg, {k: v for k, v in pointer.items() if k != "version"})
+    with pytest.raises(MetadataError, match=rf"{POINTER} is not a valid champion pointer: 'version' is missing "
+                                            r"\(expected a version such as v0001\)"):
+        freg.champion()
+    freg.store.put_bytes(POINTER, b"[1, 2]")
+    with pytest.raises(MetadataError, match=rf"{POINTER} is unreadable: it holds a JSON list; expected the "
+                                            "champion record"):
+        freg.champion()
+    write_pointer(freg, pointer)
+    # A garbage ledger entry: reads name it, and nothing is appended behind it.
+    bad = f"registry/{MODEL}/ledger/00000004.json"
+    for garbage, message in ((b"garbage", "not valid JSON"),
+                             (b'{"action": "reject", "seq": 9}', "'seq' is 9 and 'action' is 'reject'; expected "
+                                                                 "seq 4")):
+        freg.store.put_bytes(bad, garbage)
+        fresh = Registry(freg.store, MODEL)
+        with pytest.raises(MetadataError, match=rf"{bad} is unreadable: {message}"):
+            fresh.history()
+        with pytest.raises(MetadataError, match=rf"refusing to append to the ledger of {MODEL} behind an unreadable "
+                                                rf"record: .*{bad} is unreadable"):
+            fresh.record_rejection("r9", ["x"], "gate")
+        assert fresh.store.list(f"registry/{MODEL}/ledger/")[-1] == bad  # nothing written after it
+
+
+CRASH_IN_SWAP = """
+import os, sys, time
+from tl_core.registry import Registry
+
+
+def hold(src, dst):  # the swap of champion.json: stop here, holding the store's claim, until killed
+    print("claimed", flush=True)
+    time.sleep(300)
+
+
+os.replace = hold
+Registry(sys.argv[1], sys.argv[2]).promote(sys.argv[3], sys.argv[4], {}, "doomed")
+"""
+
+
+def test_promoter_killed_inside_the_swap_blocks_nothing(freg: Registry, runs_uri: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    v1, v2, v3 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(3))
+    freg.promote(v1, None, {}, "a")
+    freg.promote(v2, v1, {}, "a")
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_IN_SWAP, freg.store.uri, MODEL, v3, v2],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "claimed"
+        with pytest.raises(ConflictError, match=rf"the store refused the compare-and-swap although the champion is "
+                                                rf"still v0002: .*holds the claim on etag \w+ \(pid {proc.pid} on "):
+            freg.rollback(None, "incident", "oncall")  # a live claim is respected
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    # The claim it left is stale (its process is gone): the emergency path and the next promotion go through.
+    assert freg.rollback(None, "incident", "oncall")["version"] == v1
+    assert "broke the stale compare-and-swap claim" in caplog.text
+    assert freg.promote(v3, v1, {}, "a")["made_now"] is True
+    moves = [(r["action"], r["version"], r["actor"]) for r in freg.history() if r["action"] in ("promote",
+                                                                                               "rollback")]
+    assert moves == [("promote", v1, "a"), ("promote", v2, "a"), ("rollback", v1, "oncall"), ("promote", v3, "a")]

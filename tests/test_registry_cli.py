@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,8 @@ from test_registry import MODEL, fake_run, make_spec
 
 from tl_core.cli import main as tl_main
 from tl_core.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -116,3 +122,62 @@ def test_cli_errors_are_clear(env: tuple[Path, Registry], tmp_path: Path, capsys
     assert "pass --spec FILE, or a model name and --registry URI" in capsys.readouterr().err
     assert tl_main(["registry", "history", "Bad/Name", "--registry", reg.store.uri]) == 1
     assert "invalid model name 'Bad/Name'" in capsys.readouterr().err
+
+
+def test_eight_concurrent_identical_promotions_only_the_winner_says_it_won(env: tuple[Path, Registry],
+                                                                           tmp_path: Path) -> None:
+    spec_file, reg = env
+    v1 = reg.register(fake_run(reg.store.uri, "r1"))
+    approval = tmp_path / "approval.json"
+    approval.write_text(json.dumps({"approver": "alice", "comment": "go", "evidence_hash": "abc"}))
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("TL_")}
+    env_vars["TL_CACHE_DIR"] = str(tmp_path / "cache")
+    procs = [subprocess.Popen([sys.executable, "-m", "tl_core.cli", "registry", "promote", v1, "--expect-champion",
+                               "none", "--approval", str(approval), "--actor", f"caller-{i}", "--spec",
+                               str(spec_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env_vars, cwd=ROOT) for i in range(8)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outputs]
+    lines = [out.strip() for out, _ in outputs]
+    promotions = [r for r in reg.history() if r["action"] == "promote"]
+    assert len(promotions) == 1
+    seq, winner = promotions[0]["seq"], promotions[0]["actor"]
+    assert lines.count(f"champion is now {v1} (was none)") == 1
+    already = [line for line in lines if line != f"champion is now {v1} (was none)"]
+    assert len(already) == 7 and all(re.fullmatch(rf"{v1} was already promoted \(from none\) by ledger record "
+                                                  rf"{seq} \({winner} at \S+\); this call changed nothing", line)
+                                     for line in already), already
+
+
+def test_cli_list_reports_an_unreadable_version_and_lists_the_rest(env: tuple[Path, Registry],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    spec_file, reg = env
+    v1, v2 = reg.register(fake_run(reg.store.uri, "r1")), reg.register(fake_run(reg.store.uri, "r2", seed=1))
+    reg.promote(v1, None, {}, "a")
+    reg.store.put_bytes(f"registry/{MODEL}/versions/{v2}/manifest.json", b"{truncated")
+    assert tl_main(["registry", "list", "--spec", str(spec_file)]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"* {v1}  frozen") and len(lines) == 2
+    assert re.fullmatch(rf"  {v2}  UNREADABLE: {MODEL}: registry/{MODEL}/versions/{v2}/manifest.json is "
+                        r"unreadable: not valid JSON .*; expected the version's manifest object", lines[1])
+    assert f"tl registry list: error: {v2} unreadable: {MODEL}: registry/{MODEL}/versions/{v2}/manifest.json" in err
+    assert tl_main(["registry", "list", "--json", "--spec", str(spec_file)]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in rows] == [v1, v2] and rows[0]["champion"] is True
+    assert "manifest.json is unreadable" in rows[1]["unreadable"]
+
+
+def test_cli_refuses_a_hand_edited_champion_pointer(env: tuple[Path, Registry], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    spec_file, reg = env
+    v1, v2 = reg.register(fake_run(reg.store.uri, "r1")), reg.register(fake_run(reg.store.uri, "r2", seed=1))
+    reg.promote(v1, None, {}, "a")
+    pointer = json.loads(reg.store.get_bytes(f"registry/{MODEL}/champion.json"))
+    reg.store.put_bytes(f"registry/{MODEL}/champion.json", json.dumps({**pointer, "version": v2}).encode())
+    ledger = reg.ledger()
+    for argv in (["history"], ["rollback", "--to", v1, "--reason", "x"], ["list"]):
+        assert tl_main(["registry", *argv, "--spec", str(spec_file)]) == 1, argv
+        assert (f"registry/{MODEL}/champion.json (champion {v2}, record {pointer['record_id']}) differs from its "
+                "ledger record 3 in version") in capsys.readouterr().err, argv
+    assert reg.ledger() == ledger

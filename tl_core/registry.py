@@ -4,13 +4,20 @@
     registry/<model>/versions/<version>/claim.json    first write: reserves the version number (kept by gc)
     registry/<model>/by-run/<run_id>.json             which version a run registered as (idempotency)
     registry/<model>/champion.json                    the pointer; changed only by compare-and-swap
+    registry/<model>/intents/<record_id>.json         create-only: a move's record, written before its swap
     registry/<model>/ledger/<seq>.json                append-only, gapless, create-only
 
 Commit points: a version exists once its manifest is written; a promotion or rollback happens when the
-pointer's compare-and-swap succeeds. The pointer carries the whole ledger record it commits, so a crash
-between the pointer write and the ledger append is repaired by the next registry call. Every ledger record
-has a ``record_id`` and an append is a no-op when a record with that id is already there, so a repair
-racing the original append (or a retried task) never records a change twice.
+pointer's compare-and-swap succeeds. The pointer carries the whole ledger record it commits, and the mover
+writes the same record as an intent before it swaps, so a crash between the pointer write and the ledger
+append is repaired by the next registry call from the intent: what the mover wrote, never what the pointer
+claims. Every ledger record has a ``record_id`` and an append is a no-op when a record with that id is
+already there, so a repair racing the original append (or a retried task) never records a change twice.
+
+The pointer is trusted only when the ledger explains it (see ``reconcile``): it is the ledger's latest move,
+or the next move (previous = the ledger's champion, next generation) with a matching intent and a version
+that verifies. Anything else - a hand-edited or restored champion.json - is refused with
+:class:`UnexplainedPointer` naming the file, by readers (serving fails closed) and writers alike.
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ from tl_core.store import ObjectStore, join_key, key_safe, open_store
 
 logger = logging.getLogger(__name__)
 
-VERSION_PATTERN = re.compile(r"^v[0-9]{4,9}$")
+# Always used with fullmatch: '$' alone would also match before a trailing newline ("v0001\n").
+VERSION_PATTERN = re.compile(r"v[0-9]{4,9}")
 # One path segment of a file inside a version: no '/', no '..', nothing outside this set.
-SEGMENT_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+RECORD_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # a pointer move's record id (uuid4 hex)
 # The only file types a version may hold, and the only ones ever read back: no pickles, no code.
 # (.model: sentencepiece tokenizers; .txt: vocab/merges; .html: the evidence report, never parsed.)
 SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".npz", ".txt", ".model", ".html")
@@ -66,6 +75,14 @@ class IntegrityError(RegistryError):
     """A version's files do not match its manifest, or do not load."""
 
 
+class MetadataError(RegistryError):
+    """Registry metadata (a manifest, the champion pointer, a ledger record) is unreadable or malformed."""
+
+
+class UnexplainedPointer(RegistryError):
+    """The champion pointer holds a change that the ledger and the intents cannot explain (e.g. a hand edit)."""
+
+
 @dataclass(frozen=True)
 class Champion:
     """The champion pointer as read, with the etag a compare-and-swap must match."""
@@ -85,14 +102,14 @@ class Champion:
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"invalid model name {name!r}: expected lowercase letters, digits, '-' or '_' "
                          f"(pattern {NAME_PATTERN.pattern}; no '/', no '..')")
     return name
 
 
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not VERSION_PATTERN.match(version):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise ValueError(f"invalid version {version!r}: expected 'v' followed by 4-9 digits, e.g. v0003")
     return version
 
@@ -100,7 +117,7 @@ def check_version(version: str) -> str:
 def check_relpath(rel: str, where: str) -> str:
     """A file path inside a version: segments of [A-Za-z0-9_.-], no '..', no absolute path, a safe type."""
     parts = rel.split("/") if isinstance(rel, str) else []
-    if not parts or any(not SEGMENT_PATTERN.match(p) or ".." in p for p in parts):
+    if not parts or any(not SEGMENT_PATTERN.fullmatch(p) or ".." in p for p in parts):
         raise ValueError(f"{where}: invalid file path {rel!r}: expected '/'-separated names of [A-Za-z0-9_.-] "
                          "without '..'")
     if not rel.endswith(SAFE_SUFFIXES):
@@ -130,6 +147,49 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+def _parse_object(model: str, key: str, data: bytes, expected: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise MetadataError(f"{model}: {key} is unreadable: not valid JSON ({exc}); expected {expected}") from None
+    if not isinstance(value, dict):
+        raise MetadataError(f"{model}: {key} is unreadable: it holds a JSON {type(value).__name__}; expected "
+                            f"{expected}")
+    return value
+
+
+def _pointer_problems(record: dict[str, Any]) -> list[str]:
+    """What is wrong with a champion pointer's fields (empty when it is well-formed)."""
+    def version(x: Any) -> bool:
+        return isinstance(x, str) and VERSION_PATTERN.fullmatch(x) is not None
+
+    checks: tuple[tuple[str, Any, str], ...] = (
+        ("version", version, "a version such as v0001"),
+        ("previous", lambda x: x is None or version(x), "null or a version"),
+        ("action", lambda x: x in POINTER_ACTIONS, " or ".join(map(repr, POINTER_ACTIONS))),
+        ("generation", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1, "an integer >= 1"),
+        ("record_id", lambda x: isinstance(x, str) and RECORD_ID_PATTERN.fullmatch(x) is not None,
+         "32 hex digits"),
+    )
+    out = []
+    for name, ok, expected in checks:
+        if name not in record:
+            out.append(f"'{name}' is missing (expected {expected})")
+        elif not ok(record[name]):
+            out.append(f"'{name}' is {record[name]!r} (expected {expected})")
+    return out
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The fields (ledger bookkeeping aside) in which two move records differ."""
+    return sorted(k for k in (set(a) | set(b)) - {"seq", "model"} if a.get(k) != b.get(k))
+
+
+def _promotion_of(champion: Champion) -> tuple[Any, ...]:
+    """What makes two promotions the same request: version, action, expected champion, evidence."""
+    return champion.version, champion.action, champion.previous, champion.record.get("evidence_hash")
+
+
 def _check_npz(data: bytes, where: str) -> dict[str, np.ndarray]:
     """Read an npz without pickles; object arrays are refused."""
     try:
@@ -154,8 +214,15 @@ class Registry:
     def _k(self, *parts: str) -> str:
         return join_key(self.prefix, *parts)
 
-    def _json(self, key: str) -> Any:
-        return json.loads(self.store.get_bytes(key))
+    def _json(self, key: str, expected: str = "a JSON object") -> dict[str, Any]:
+        """A registry metadata object; MetadataError names the key and what was expected."""
+        return _parse_object(self.model, key, self.store.get_bytes(key), expected)
+
+    def _version_field(self, key: str, doc: dict[str, Any]) -> str:
+        version = doc.get("version")
+        if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+            raise MetadataError(f"{self.model}: {key}: 'version' is {version!r}; expected a version such as v0001")
+        return version
 
     # ---------------------------------------------------------------- versions
     def _version_keys(self) -> dict[str, list[str]]:
@@ -163,7 +230,7 @@ class Registry:
         out: dict[str, list[str]] = {}
         for key in self.store.list(base):
             version, _, rest = key[len(base):].partition("/")
-            if VERSION_PATTERN.match(version) and rest:
+            if VERSION_PATTERN.fullmatch(version) and rest:
                 out.setdefault(version, []).append(rest)
         return out
 
@@ -175,7 +242,7 @@ class Registry:
     def show(self, version: str) -> dict[str, Any]:
         check_version(version)
         try:
-            manifest = self._json(self._k("versions", version, "manifest.json"))
+            manifest = self._json(self._k("versions", version, "manifest.json"), "the version's manifest object")
         except NoSuchKey:
             if self.store.exists(self._k("versions", version, GC_MARKER)):
                 raise RegistryError(f"{self.model}: version {version} was garbage-collected") from None
@@ -184,12 +251,14 @@ class Registry:
             ) from None
         if self.store.exists(self._k("versions", version, GC_MARKER)):
             raise RegistryError(f"{self.model}: version {version} was garbage-collected")
-        return manifest  # type: ignore[no-any-return]
+        return manifest
 
     def version_of_run(self, run_id: str) -> str | None:
         """The version a run registered as (run ids are made key-safe the way RunContext does)."""
         key = self._k("by-run", f"{key_safe(run_id)}.json")
-        return str(self._json(key)["version"]) if self.store.exists(key) else None
+        if not self.store.exists(key):
+            return None
+        return self._version_field(key, self._json(key, '{"version": ..., "run_id": ...}'))
 
     def register(self, run: Any, shadow: bool = False, actor: str = "tl") -> str:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
@@ -203,7 +272,7 @@ class Registry:
             return version
         candidate = run.read_json("candidate.json")
         strategy = candidate.get("selected") if isinstance(candidate, dict) else None
-        if not isinstance(strategy, str) or not NAME_PATTERN.match(strategy):
+        if not isinstance(strategy, str) or not NAME_PATTERN.fullmatch(strategy):
             raise RegistryError(f"run {run.run_id}: candidate.json 'selected' is {strategy!r}; expected a strategy "
                                 "name")
         model_prefix = run.model_key(strategy) + "/"
@@ -223,7 +292,7 @@ class Registry:
                 self.store.put_bytes(run_key, json.dumps({"version": version, "run_id": run.run_id}).encode(),
                                      if_none_match="*")
             except PreconditionFailed:  # the same run registered concurrently: theirs wins
-                version = str(self._json(run_key)["version"])
+                version = self._version_field(run_key, self._json(run_key, '{"version": ..., "run_id": ...}'))
         files: dict[str, dict[str, Any]] = {}
         for src, rel in rels.items():
             data = run.store.get_bytes(src)
@@ -363,8 +432,11 @@ class Registry:
         from safetensors.numpy import load as load_safetensors
 
         path = self.load_version(version, verify_store=True)
-        strategy = self.show(version)["strategy"]
+        strategy = self.show(version).get("strategy")
         where = f"{self.model} {version}"
+        if not isinstance(strategy, str) or not NAME_PATTERN.fullmatch(strategy):
+            raise MetadataError(f"{where}: {self._k('versions', version, 'manifest.json')}: 'strategy' is "
+                                f"{strategy!r}; expected a strategy name such as 'frozen'")
         try:
             json.loads((path / "models" / strategy / "model_config.json").read_text())
         except (OSError, ValueError) as exc:
@@ -404,16 +476,26 @@ class Registry:
                                  f"(tolerance {GOLDEN_TOLERANCE})")
 
     # ---------------------------------------------------------------- champion + ledger
-    def champion(self) -> Champion | None:
-        self.reconcile()
-        return self._read_champion()
+    def champion(self, repair: bool = True) -> Champion | None:
+        """The champion, once the ledger explains the pointer (UnexplainedPointer otherwise: fail closed).
+
+        ``repair=False`` never writes (a reader such as the webserver); the ledger record of a crashed move is
+        then left for the next writer to append.
+        """
+        return self._reconciled(self._read_champion(), repair)[0]
 
     def _read_champion(self) -> Champion | None:
+        key = self._k("champion.json")
         try:
-            data, etag = self.store.get_with_etag(self._k("champion.json"))
+            data, etag = self.store.get_with_etag(key)
         except NoSuchKey:
             return None
-        return Champion.from_record(json.loads(data), etag)
+        record = _parse_object(self.model, key, data, "the champion record (version, previous, action, generation, "
+                                                      "record_id)")
+        problems = _pointer_problems(record)
+        if problems:
+            raise MetadataError(f"{self.model}: {key} is not a valid champion pointer: {'; '.join(problems)}")
+        return Champion.from_record(record, etag)
 
     def ledger(self) -> list[dict[str, Any]]:
         keys = self._ledger_keys()
@@ -431,8 +513,20 @@ class Registry:
     def _record(self, key: str) -> dict[str, Any]:
         """A ledger record; cached, since records are create-only and never change."""
         if key not in self._records:
-            self._records[key] = self._json(key)
+            record = self._json(key, "a ledger record object")
+            seq = int(key.rsplit("/", 1)[1].split(".")[0])
+            if record.get("seq") != seq or not isinstance(record.get("action"), str):
+                raise MetadataError(f"{self.model}: {key} is unreadable: 'seq' is {record.get('seq')!r} and "
+                                    f"'action' is {record.get('action')!r}; expected seq {seq} and an action name")
+            self._records[key] = record
         return self._records[key]
+
+    def _last_move(self, keys: list[str]) -> dict[str, Any] | None:
+        """The newest promote/rollback record among ``keys``."""
+        for key in reversed(keys):
+            if self._record(key).get("action") in POINTER_ACTIONS:
+                return self._record(key)
+        return None
 
     def _find(self, keys: list[str], record_id: str, generation: int | None) -> dict[str, Any] | None:
         """The record with ``record_id`` among ``keys``, searched newest first.
@@ -456,12 +550,19 @@ class Registry:
         Returns (the stored record with its ``seq``, whether it was appended now). Idempotent on ``record_id``:
         returns (that record, False) when it is already in the ledger. The check
         and the sequence number come from one listing, and the create-only write at ``len + 1`` only succeeds
-        if nothing was appended since, so two appenders of the same record can never both succeed.
+        if nothing was appended since, so two appenders of the same record can never both succeed. Refuses to
+        append behind a ledger tail it cannot read.
         """
         record = {"at": _now(), **record, "model": self.model, "record_id": record_id or uuid.uuid4().hex}
         generation = record.get("generation") if record.get("action") in POINTER_ACTIONS else None
         for attempt in range(400):
             keys = self._ledger_keys()
+            if keys:
+                try:
+                    self._record(keys[-1])
+                except MetadataError as exc:
+                    raise MetadataError(f"refusing to append to the ledger of {self.model} behind an unreadable "
+                                        f"record: {exc}") from None
             if record_id is not None and (existing := self._find(keys, record_id, generation)) is not None:
                 return existing, False
             seq = len(keys) + 1
@@ -474,25 +575,96 @@ class Registry:
                 time.sleep(min(0.05, 0.002 * (attempt + 1)))
         raise RegistryError(f"{self.model}: could not append to the ledger after 400 attempts")
 
-    def reconcile(self, champion: Champion | None = None) -> None:
-        """Append the ledger record of a pointer change whose process died before appending it."""
-        champion = champion or self._read_champion()
-        if champion is None or not champion.record.get("record_id"):
-            return
-        record = {k: v for k, v in champion.record.items() if k not in ("seq", "model")}
+    def reconcile(self, champion: Champion | None = None, repair: bool = True) -> dict[str, Any] | None:
+        """The ledger record that made the current pointer champion (None with no champion).
+
+        A pointer the ledger does not explain raises UnexplainedPointer naming the file; a move whose process
+        died between its swap and its ledger append is appended from its intent (unless ``repair`` is False).
+        """
+        return self._reconciled(champion or self._read_champion(), repair)[1]
+
+    def _reconciled(self, champion: Champion | None, repair: bool) -> tuple[Champion | None, dict[str, Any] | None]:
+        """(the champion, its ledger record), re-checked when the pointer or the ledger moved during the check."""
+        for _ in range(20):
+            keys = self._ledger_keys()
+            try:
+                return champion, self._explain(champion, keys, repair)
+            except UnexplainedPointer:
+                now = self._read_champion()
+                if (now.etag if now else None) == (champion.etag if champion else None) and len(
+                        self._ledger_keys()) == len(keys):
+                    raise
+                champion = now
+        raise ConflictError(f"{self.model}: the champion pointer kept moving while it was checked; retry")
+
+    def _explain(self, champ: Champion | None, keys: list[str], repair: bool) -> dict[str, Any] | None:
+        """The ledger record of ``champ``: the ledger's latest move, or the crashed next move (appended now)."""
+        pointer = self._k("champion.json")
+        last = self._last_move(keys)
+        latest = (f"the ledger's latest move (seq {last['seq']}) made {last.get('version')} champion" if last
+                  else "the ledger records no promotion yet")
+        fix = (f"; restore the pointer from ledger record {last['seq']} or investigate who wrote it" if last
+               else "; investigate who wrote it")
+        if champ is None:
+            if last is not None:
+                raise UnexplainedPointer(f"{self.model}: {pointer} is missing, but {latest}{fix}")
+            return None
+        rid = champ.record["record_id"]
+        what = f"{pointer} (champion {champ.version}, record {rid})"
+        if last is not None and last.get("record_id") == rid:
+            if diff := _differences(champ.record, last):
+                raise UnexplainedPointer(f"{self.model}: {what} differs from its ledger record {last['seq']} in "
+                                         f"{', '.join(diff)}{fix}")
+            return last
+        if any(self._record(k).get("record_id") == rid for k in keys):
+            raise UnexplainedPointer(f"{self.model}: {what} names an earlier ledger record, but {latest}{fix}")
+        intent_key = self._k("intents", f"{rid}.json")
+        problems = self._crash_problems(champ, last, intent_key)
+        if problems:
+            raise UnexplainedPointer(f"{self.model}: {what} is not in the ledger and cannot be the record of an "
+                                     f"interrupted move: {'; '.join(problems)} ({latest}){fix}")
+        intent = self._json(intent_key)
+        if not repair:
+            return intent
         try:
-            _, appended = self._append(record, record_id=champion.record["record_id"])
+            stored, appended = self._append(intent, record_id=rid)
         except AccessDenied:  # a read-only reader (e.g. the webserver) leaves the repair to the next writer
             logger.warning("%s: the ledger lacks the record of champion %s and this reader may not write it",
-                           self.model, champion.version)
-            return
+                           self.model, champ.version)
+            return intent
         if appended:
-            logger.warning("%s: repaired the ledger with the record of champion %s", self.model, champion.version)
+            logger.warning("%s: repaired the ledger with the record of champion %s from its intent %s", self.model,
+                           champ.version, intent_key)
+        return stored
+
+    def _crash_problems(self, champ: Champion, last: dict[str, Any] | None, intent_key: str) -> list[str]:
+        """Why ``champ`` is not the next move of the ledger, witnessed by its intent and a version that verifies."""
+        problems = []
+        previous = last.get("version") if last else None
+        generation = int(last.get("generation") or 0) + 1 if last else 1
+        if champ.previous != previous:
+            problems.append(f"its previous champion is {champ.previous or 'none'}, expected {previous or 'none'}")
+        if champ.record["generation"] != generation:
+            problems.append(f"its generation is {champ.record['generation']}, expected {generation}")
+        try:
+            intent: dict[str, Any] | None = self._json(intent_key, "the intent record of a move")
+        except NoSuchKey:
+            intent = None
+        if intent is None:
+            problems.append(f"no intent {intent_key} witnessed it (tl writes one before every move)")
+        elif diff := _differences(champ.record, intent):
+            problems.append(f"it differs from its intent {intent_key} in {', '.join(diff)}")
+        if not problems:
+            try:
+                self.verify(champ.version)
+            except RegistryError as exc:
+                problems.append(f"its version does not verify: {exc}")
+        return problems
 
     def _move_pointer(self, action: str, version: str, expect: str | None, actor: str, reason: str,
                       extra: dict[str, Any]) -> dict[str, Any]:
-        current = self._read_champion()
-        self.reconcile(current)  # the champion we replace is in the ledger before our record can be
+        # The champion we replace is in the ledger before our record can be (and is explained, or we refuse).
+        current, _ = self._reconciled(self._read_champion(), repair=True)
         current_version = current.version if current else None
         if current_version != expect:
             raise ConflictError(f"{self.model}: cannot {action} {version}: expected champion {expect or 'none'}, "
@@ -505,6 +677,8 @@ class Registry:
         record = {"action": action, "record_id": uuid.uuid4().hex, "version": version, "previous": current_version,
                   "generation": generation, "actor": actor, "reason": reason, "at": _now(), **extra}
         body = json.dumps(record, sort_keys=True).encode()
+        # The intent witnesses the move: with it the next reader can complete a swap whose ledger append crashed.
+        self.store.put_bytes(self._k("intents", f"{record['record_id']}.json"), body, if_none_match="*")
         try:
             if current is None:
                 self.store.put_bytes(self._k("champion.json"), body, if_none_match="*")
@@ -512,14 +686,17 @@ class Registry:
                 self.store.put_bytes(self._k("champion.json"), body, if_match=current.etag)
         except PreconditionFailed as exc:
             now = self._settled_champion(current)
-            if now is not None and current is not None and now.etag == current.etag:
+            if now is not None and now.record.get("record_id") == record["record_id"]:
+                logger.info("%s: the store refused a swap it had made (a retried request): %s", self.model, exc)
+            elif now is not None and current is not None and now.etag == current.etag:
                 raise ConflictError(f"{self.model}: cannot {action} {version}: the store refused the compare-and-swap "
                                     f"although the champion is still {current.version}: {exc}") from None
-            raise ConflictError(f"{self.model}: cannot {action} {version}: the champion changed concurrently "
-                                f"(expected {expect or 'none'}); the current champion is "
-                                f"{now.version if now else 'none'}") from None
+            else:
+                raise ConflictError(f"{self.model}: cannot {action} {version}: the champion changed concurrently "
+                                    f"(expected {expect or 'none'}); the current champion is "
+                                    f"{now.version if now else 'none'}") from None
         stored, _ = self._append(record, record_id=record["record_id"])
-        return stored
+        return {**stored, "made_now": True}
 
     def _settled_champion(self, before: Champion | None, wait_s: float = 5.0) -> Champion | None:
         """The champion after a lost swap: the winner's write may still be landing (the file backend's swap is
@@ -533,7 +710,12 @@ class Registry:
 
     def promote(self, version: str, expect_champion: str | None, approval: dict[str, Any] | None, actor: str,
                 reason: str = "", evidence_hash: str | None = None) -> dict[str, Any]:
-        """Compare-and-swap the champion to ``version`` (verified first); ConflictError names the champion."""
+        """Compare-and-swap the champion to ``version`` (verified first); ConflictError names the champion.
+
+        Returns the ledger record with ``made_now``: True when this call moved the pointer, False when the same
+        promotion (version, expected champion, evidence) had already been made - by a retry's first attempt or a
+        concurrent identical call - and the record returned is that earlier one.
+        """
         check_version(version)
         if expect_champion is not None:
             check_version(expect_champion)
@@ -543,14 +725,23 @@ class Registry:
         if manifest.get("shadow") and not (approval or {}).get("allow_shadow"):
             raise RegistryError(f"{self.model} {version} is a shadow version (backfill); promote it only with "
                                 "approval.allow_shadow")
-        current = self.champion()
-        if (current is not None and current.version == version and current.action == "promote"
-                and current.previous == expect_champion and current.record.get("evidence_hash") == evidence_hash):
-            logger.info("%s: %s is already champion by this promotion (retry)", self.model, version)
-            stored, _ = self._append(current.record, record_id=current.record["record_id"])
-            return stored
-        return self._move_pointer("promote", version, expect_champion, actor, reason or "approved promotion",
-                                  {"approval": approval or {}, "evidence_hash": evidence_hash})
+        same = (version, "promote", expect_champion, evidence_hash)
+        current, record = self._reconciled(self._read_champion(), repair=True)
+        if current is not None and record is not None and _promotion_of(current) == same:
+            return self._already_made(record)
+        try:
+            return self._move_pointer("promote", version, expect_champion, actor, reason or "approved promotion",
+                                      {"approval": approval or {}, "evidence_hash": evidence_hash})
+        except ConflictError:  # lost to an identical promotion: that one is the answer, not a conflict
+            current, record = self._reconciled(self._read_champion(), repair=True)
+            if current is not None and record is not None and _promotion_of(current) == same:
+                return self._already_made(record)
+            raise
+
+    def _already_made(self, record: dict[str, Any]) -> dict[str, Any]:
+        logger.info("%s: %s was already promoted by ledger record %s (%s at %s); nothing changed", self.model,
+                    record.get("version"), record.get("seq"), record.get("actor"), record.get("at"))
+        return {**record, "made_now": False}
 
     def default_rollback_target(self) -> str | None:
         """The latest earlier champion that still exists and was never rolled back from."""
@@ -561,8 +752,8 @@ class Registry:
         rolled_back_from = {r.get("previous") for r in moves if r["action"] == "rollback"}
         existing = set(self.list_versions())
         for r in reversed(moves):
-            v = r["version"]
-            if v != current.version and v not in rolled_back_from and v in existing:
+            v = r.get("version")
+            if isinstance(v, str) and v != current.version and v not in rolled_back_from and v in existing:
                 return str(v)
         return None
 
@@ -592,8 +783,8 @@ class Registry:
                                  record_id=rid)
         return int(stored["seq"])
 
-    def history(self) -> list[dict[str, Any]]:
-        self.reconcile()
+    def history(self, repair: bool = True) -> list[dict[str, Any]]:
+        self.reconcile(repair=repair)
         return self.ledger()
 
     def gc(self, keep: int, dry_run: bool = False, pending_runs: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -611,8 +802,8 @@ class Registry:
         champion = self.champion()
         champions: list[str] = []
         for r in reversed(self.ledger()):
-            if r.get("action") in POINTER_ACTIONS and r["version"] not in champions:
-                champions.append(r["version"])
+            if r.get("action") in POINTER_ACTIONS and r.get("version") not in champions:
+                champions.append(str(r.get("version")))
         protected = set(champions[:keep]) | ({champion.version} if champion else set())
         for run_id in pending_runs:
             pending = self.version_of_run(run_id)
@@ -655,5 +846,5 @@ class Registry:
     def _version_run(self, version: str) -> str | None:
         try:
             return str(self._json(self._k("versions", version, "claim.json"))["run_id"])
-        except (NoSuchKey, KeyError, ValueError):
+        except (NoSuchKey, KeyError, MetadataError):
             return None

@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     reg = _registry(args)
     actor = getattr(args, "actor", None) or getpass.getuser()
     if args.action == "list":
-        champ = reg.champion()
-        rows = []
-        for v in reg.list_versions():
-            manifest = reg.show(v)
-            rows.append({"version": v, "champion": champ is not None and champ.version == v,
-                         **{k: manifest.get(k) for k in ("run_id", "strategy", "shadow", "created_at",
-                                                         "snapshot_hash", "metrics")}})
-        text = "\n".join(f"{'*' if r['champion'] else ' '} {r['version']}  {str(r['strategy']):<8} "
-                         f"{'shadow ' if r['shadow'] else ''}{r['run_id']}  {r['created_at']}" for r in rows)
-        emit(args, rows, text or f"{reg.model}: no versions")
-    elif args.action == "show":
+        return _list(args, reg)
+    if args.action == "show":
         emit(args, reg.show(args.version))
     elif args.action == "history":
         records = reg.history()
@@ -110,7 +102,13 @@ def _run(args: argparse.Namespace) -> int:
         evidence = args.evidence_hash or approval.get("evidence_hash")
         reason = args.reason or str(approval.get("comment") or "")
         record = reg.promote(args.version, expect, approval, actor, reason, evidence)
-        emit(args, record, f"champion is now {record['version']} (was {record['previous'] or 'none'})")
+        if record.get("made_now", True):
+            text = f"champion is now {record['version']} (was {record['previous'] or 'none'})"
+        else:  # a retry, or an identical promotion that won the race: say whose it is, never claim it
+            text = (f"{record['version']} was already promoted (from {record['previous'] or 'none'}) by ledger "
+                    f"record {record.get('seq', '?')} ({record.get('actor')} at {record.get('at')}); this call "
+                    "changed nothing")
+        emit(args, record, text)
     elif args.action == "rollback":
         record = reg.rollback(args.to, args.reason, actor)
         emit(args, record, f"rolled back: champion is now {record['version']} (was {record['previous']})")
@@ -120,6 +118,36 @@ def _run(args: argparse.Namespace) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         emit(args, result, f"{verb}: {', '.join(gone) or 'nothing'}; kept: {', '.join(result['kept']) or 'none'}")
     return 0
+
+
+def _list(args: argparse.Namespace, reg: Any) -> int:
+    """Every version; an unreadable manifest or pointer is reported (naming the key) and exits 1, the rest listed."""
+    from tl_core.registry import RegistryError
+
+    problems = []
+    try:
+        champ = reg.champion()
+    except RegistryError as exc:
+        champ = None
+        problems.append(f"champion unknown: {exc}")
+    rows: list[dict[str, Any]] = []
+    for v in reg.list_versions():
+        try:
+            manifest = reg.show(v)
+        except RegistryError as exc:
+            rows.append({"version": v, "champion": False, "unreadable": str(exc)})
+            problems.append(f"{v} unreadable: {exc}")
+            continue
+        rows.append({"version": v, "champion": champ is not None and champ.version == v,
+                     **{k: manifest.get(k) for k in ("run_id", "strategy", "shadow", "created_at", "snapshot_hash",
+                                                     "metrics")}})
+    text = "\n".join(f"  {r['version']}  UNREADABLE: {r['unreadable']}" if "unreadable" in r else
+                     f"{'*' if r['champion'] else ' '} {r['version']}  {str(r['strategy']):<8} "
+                     f"{'shadow ' if r['shadow'] else ''}{r['run_id']}  {r['created_at']}" for r in rows)
+    emit(args, rows, text or f"{reg.model}: no versions")
+    for problem in problems:
+        sys.stderr.write(f"tl registry list: error: {problem}\n")
+    return 1 if problems else 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
