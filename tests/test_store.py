@@ -257,7 +257,8 @@ def test_claim_from_another_host_is_broken_only_after_the_age_bound(tmp_path: Pa
     assert store.get_bytes("ptr.json") == b"v2"
 
 
-@pytest.mark.parametrize("claim", ["", json.dumps({"pid": 999999999, "host": socket.gethostname(), "token": "t"})])
+@pytest.mark.parametrize("claim", ["", json.dumps({"pid": 999999999, "host": socket.gethostname(), "token": "t"})],
+                         ids=["empty-marker", "dead-process"])
 def test_racing_recoverers_of_a_stale_claim_one_wins(tmp_path: Path, claim: str) -> None:
     store = FileStore(tmp_path / "s")
     start = store.put_bytes("champion.json", b"v0")
