@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import date, datetime
 from typing import Any
 
@@ -98,3 +99,30 @@ def finding(report: dict[str, Any], check: str) -> dict[str, Any]:
     if len(matches) != 1:
         raise LookupError(f"expected one finding {check!r}, got {len(matches)}")
     return matches[0]
+
+
+def image_frame(day: date, images: list[Any], prefix: str = "i", column: str = "image") -> pd.DataFrame:
+    """One row per image (bytes or image_uri), labels cycling through the digits, one scanner."""
+    n = len(images)
+    return pd.DataFrame({"example_id": [f"{prefix}-{i}" for i in range(n)], "label": [str(i % 10) for i in range(n)],
+                         "labeled_at": [datetime(day.year, day.month, day.day, 9)] * n,
+                         "scanner": ["flatbed"] * n, column: images})
+
+
+def put_table(spec: ModelSpec, day: date, table: Any, name: str = "part-0.parquet") -> str:
+    """Write a pyarrow table as a partition file (for values pandas cannot hold, e.g. invalid UTF-8)."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    key = partition_key(spec.data.dataset, day, name)
+    open_store(spec.data.root).put_bytes(key, buf.getvalue())
+    return key
+
+
+def strict_json(data: bytes) -> Any:
+    """Parse JSON as any strict reader would: NaN / Infinity are errors."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(data, parse_constant=refuse)

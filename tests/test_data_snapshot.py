@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_data_helpers import base, put, text_rows, text_spec
+from test_data_helpers import base, distinct_image, image_frame, image_spec, png, put, text_rows, text_spec
 
 from tl_core.data.audit import run_audit
 from tl_core.data.snapshot import run_snapshot
@@ -120,3 +120,82 @@ def test_null_labels_are_counted_as_missing(tmp_path: Path) -> None:
     run_snapshot(ctx, date(2026, 11, 1))
     assert ctx.read_json("snapshot/manifest.json")["rows_per_label"] == {
         "<missing>": 3, "billing": 3, "login": 3, "shipping": 3}
+
+
+def test_keys_that_are_not_partition_files_are_listed_as_ignored(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    base(spec)
+    store = open_store(spec.data.root)
+    part = open_store(spec.data.root).get_bytes("t/dt=2026-11-01/part-0.parquet")
+    for key in ("t/dt=2026-11-5/part-0.parquet", "t/dt=2026-11-03T00/part-0.parquet",
+                "t/dt=2026-11-02/nested/part-0.parquet", "t/dt=2026-11-02/_SUCCESS", "t/dt=2026-11-02/notes.txt",
+                "t/readme.md", "t/dt=2026-10-01/sub/old.parquet"):
+        store.put_bytes(key, part)
+    ctx = RunContext.open(spec, "i")
+    with caplog.at_level("WARNING", logger="tl_core.data.snapshot"):
+        run_snapshot(ctx, date(2026, 11, 4))
+    m = ctx.read_json("snapshot/manifest.json")
+    assert m["total_rows"] == 48 and m["ignored_count"] == 6
+    assert m["ignored"] == [  # listing order; the dt=2026-10-01 folder is outside the window
+        {"key": "t/dt=2026-11-02/_SUCCESS", "dt": "2026-11-02",
+         "reason": "hidden or temporary file (name starts with '.' or '_')"},
+        {"key": "t/dt=2026-11-02/nested/part-0.parquet", "dt": "2026-11-02",
+         "reason": "nested below the dt= folder (only <dataset>/dt=YYYY-MM-DD/*.parquet is read)"},
+        {"key": "t/dt=2026-11-02/notes.txt", "dt": "2026-11-02", "reason": "not a .parquet file"},
+        {"key": "t/dt=2026-11-03T00/part-0.parquet", "dt": "",
+         "reason": "folder name 'dt=2026-11-03T00' is not dt=YYYY-MM-DD"},
+        {"key": "t/dt=2026-11-5/part-0.parquet", "dt": "", "reason": "folder name 'dt=2026-11-5' is not dt=YYYY-MM-DD"},
+        {"key": "t/readme.md", "dt": "", "reason": "not inside a dt=YYYY-MM-DD folder"},
+    ]
+    (record,) = [r for r in caplog.records if "ignored 6 key(s)" in r.getMessage()]
+    assert record.levelname == "WARNING" and "t/dt=2026-11-5/part-0.parquet (folder name" in record.getMessage()
+
+
+def test_empty_window_names_the_ignored_folders(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    put(spec, date(2026, 11, 1), text_rows(date(2026, 11, 1)))
+    store = open_store(spec.data.root)
+    store.put_bytes("t/dt=2026-12-5/part-0.parquet", store.get_bytes("t/dt=2026-11-01/part-0.parquet"))
+    with pytest.raises(BlockingAuditFinding, match=r"empty window: .*the dataset has 1 partitions, 2026-11-01 .. "
+                       r"2026-11-01; 1 key\(s\) ignored, e.g. t/dt=2026-12-5/part-0.parquet \(folder name "
+                       r"'dt=2026-12-5' is not dt=YYYY-MM-DD\)\)"):
+        run_snapshot(RunContext.open(spec, "w"), date(2026, 12, 5))
+
+
+def test_image_bytes_are_in_the_content_hash(store_uri: str) -> None:
+    spec = image_spec(store_uri, column="image_uri")
+    data = open_store(spec.data.root)
+    uris = []
+    for i in range(4):
+        data.put_bytes(f"images/img-{i}.png", png(distinct_image(i)))
+        uris.append(data.url(f"images/img-{i}.png"))
+    put(spec, date(2026, 11, 4), image_frame(date(2026, 11, 4), [*uris, uris[0], "file:///etc/passwd"],
+                                             column="image_uri"))
+    a = RunContext.open(spec, "a")
+    run_snapshot(a, date(2026, 11, 4))
+    first = a.read_json("snapshot/manifest.json")
+    listed = a.read_json(first["images"]["key"])
+    assert listed == {"schema_version": 1, "images": {
+        u: hashlib.sha256(data.get_bytes(f"images/img-{i}.png")).hexdigest() for i, u in enumerate(uris)}}
+    assert first["images"]["count"] == 4 and first["images"]["unreadable"] == 0
+    assert first["images"]["sha256"] == hashlib.sha256(a.store.get_bytes(a.key(first["images"]["key"]))).hexdigest()
+    b = RunContext.open(spec, "b")
+    run_snapshot(b, date(2026, 11, 4))  # same data, same manifest bytes
+    assert b.store.get_bytes(b.key("snapshot/manifest.json")) == a.store.get_bytes(a.key("snapshot/manifest.json"))
+    data.put_bytes("images/img-2.png", png(distinct_image(42)))  # the partition file is unchanged
+    c = RunContext.open(spec, "c")
+    run_snapshot(c, date(2026, 11, 4))
+    assert c.read_json("snapshot/manifest.json")["content_hash"] != first["content_hash"]
+    with pytest.raises(DataError, match="already has a snapshot with content hash .* start a new run"):
+        run_snapshot(a, date(2026, 11, 4))
+
+
+def test_categorical_label_column_passes_the_schema_check(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    df = text_rows(date(2026, 12, 1))
+    df["label"] = df["label"].astype("category")
+    put(spec, date(2026, 12, 1), df)
+    ctx = RunContext.open(spec, "cat")
+    run_snapshot(ctx, date(2026, 12, 1))
+    assert ctx.read_json("snapshot/manifest.json")["rows_per_label"] == {"billing": 4, "login": 4, "shipping": 4}

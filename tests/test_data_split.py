@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_data_helpers import base, distinct_image, examples, image_spec, png, put, text_rows, text_spec
+from test_data_helpers import base, distinct_image, examples, image_frame, image_spec, png, put, text_rows, text_spec
 
+from tl_core.config import ModelSpec
 from tl_core.data.audit import run_audit
 from tl_core.data.snapshot import run_snapshot
 from tl_core.data.split import assign_splits, run_split
 from tl_core.errors import DataError
 from tl_core.runs import SPLITS, RunContext
+from tl_core.store import ObjectStore, open_store
 
 D4 = date(2026, 11, 4)
 
@@ -133,4 +136,43 @@ def test_empty_split_and_missing_audit_are_errors(tmp_path: Path) -> None:
     run_audit(ctx)
     with pytest.raises(DataError, match=r"split\(s\) \['train', 'validation', 'calibration'\] would be empty .* "
                                         r"over 1 days; data.test_days 1"):
+        run_split(ctx)
+
+
+def _uri_days(spec: ModelSpec) -> ObjectStore:
+    """Four days of 20 distinct images under the data root, referenced by image_uri (example ids d-i)."""
+    data = open_store(spec.data.root)
+    for d in range(1, 5):
+        day = date(2026, 11, d)
+        uris = []
+        for i in range(20):
+            data.put_bytes(f"images/{d}-{i}.png", png(distinct_image(100 * d + i)))
+            uris.append(data.url(f"images/{d}-{i}.png"))
+        put(spec, day, image_frame(day, uris, prefix=str(d), column="image_uri"))
+    return data
+
+
+def test_image_outside_the_root_never_reaches_a_split(tmp_path: Path) -> None:
+    spec = image_spec(tmp_path.as_uri(), column="image_uri", validation_fraction=0.2, calibration_fraction=0.2)
+    _uri_days(spec)
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(png(distinct_image(7)))
+    put(spec, D4, image_frame(D4, [outside.as_uri()], prefix="x", column="image_uri"), "part-1.parquet")
+    ctx = RunContext.open(spec, "out")
+    _split(ctx)
+    ex = examples(ctx)
+    assert "x-0" not in set(ex["example_id"]) and len(ex) == 80
+    assert set(ex["split"]) == set(SPLITS)
+
+
+def test_split_verifies_images_against_the_snapshot(store_uri: str) -> None:
+    spec = image_spec(store_uri, column="image_uri", validation_fraction=0.2, calibration_fraction=0.2)
+    data = _uri_days(spec)
+    ctx = RunContext.open(spec, "v")
+    _split(ctx)
+    ex = examples(ctx).set_index("example_id")
+    assert ex.loc["2-3", "image_sha256"] == hashlib.sha256(data.get_bytes("images/2-3.png")).hexdigest()
+    data.put_bytes("images/2-3.png", png(distinct_image(999)))  # changed after the audit read it
+    with pytest.raises(DataError, match=r"example '2-3' \(digits/dt=2026-11-02/part-0.parquet row 3\): image "
+                                        r".*/images/2-3.png changed after the snapshot"):
         run_split(ctx)

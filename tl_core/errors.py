@@ -47,6 +47,11 @@ class PredictError(TLError, ValueError):
     the input file or the output location is unusable; the message names the value and what was expected."""
 
 
+class UnsafeImageUri(DataError):
+    """An ``image_uri`` cell names something outside the data root (another scheme, bucket or folder, a
+    relative path, '..'); it is never read, and the audit quarantines the row."""
+
+
 class InvalidRunId(TLError, ValueError):
     """A run id cannot name a run folder: empty, too long, '/', '..' or control characters."""
 

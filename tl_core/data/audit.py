@@ -6,9 +6,11 @@ run stops with a message naming partition, column, count and up to five example 
 and the quarantine file are written). Rows excluded from training go to ``audit/quarantine.parquet``
 with their ``reason`` (and their file ``partition`` and ``row_in_file``), so nothing is dropped silently.
 
-Checks: empty_window, missing_label, unknown_label, empty_text | zero_size_image / undecodable_image /
-unreadable_image, duplicate_example_id, exact_duplicates, near_duplicates, duplicates_straddle_test,
-class_too_small, class_imbalance, slice_sizes, label_shift.
+Checks: empty_window, missing_example_id, missing_labeled_at, invalid_utf8, labeled_at_timezone,
+missing_label, unknown_label, empty_text | zero_size_image / undecodable_image / oversized_image /
+unreadable_image / image_uri_outside_root, duplicate_example_id, exact_duplicates, near_duplicates,
+duplicates_straddle_test, class_too_small, class_imbalance, slice_sizes, label_shift. ``report.json`` is
+strict JSON (no NaN).
 """
 
 from __future__ import annotations
@@ -20,10 +22,31 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from tl_core.data.dedup import UNDECODABLE, UNREADABLE, ZERO_SIZE, ImageHashes, cluster_ids, group_keys, image_keys
-from tl_core.data.partitions import data_store, normalised_text_hash, read_partition_bytes, read_table, text_exact_keys
-from tl_core.data.snapshot import MANIFEST, read_manifest
+from tl_core.data.dedup import (
+    OUTSIDE_ROOT,
+    OVERSIZED,
+    UNDECODABLE,
+    UNREADABLE,
+    ZERO_SIZE,
+    ImageHashes,
+    cluster_ids,
+    describe_row,
+    group_keys,
+    image_keys,
+)
+from tl_core.data.partitions import (
+    MAX_IMAGE_PIXELS,
+    ImageReader,
+    data_store,
+    normalise_table,
+    normalised_text_hash,
+    read_partition_bytes,
+    read_table,
+    text_exact_keys,
+)
+from tl_core.data.snapshot import MANIFEST, read_image_hashes, read_manifest
 from tl_core.errors import BlockingAuditFinding
 from tl_core.runs import RunContext
 
@@ -31,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 REPORT = "audit/report.json"
 QUARANTINE = "audit/quarantine.parquet"
+INVALID_UTF8 = "_invalid_utf8"  # internal row column: the columns whose value was not valid UTF-8
+LABELED_AT_TZ = "_labeled_at_tz"  # internal row column: labeled_at's timezone in the row's file ("" = naive)
+INTERNAL = (INVALID_UTF8, LABELED_AT_TZ)
 
 REASONS = {
     "missing_label": "missing label",
@@ -40,29 +66,54 @@ REASONS = {
     "undecodable_image": "undecodable image",
     "unreadable_image": "image_uri cannot be read",
     "duplicate_example_id": "duplicate example_id",
+    "missing_example_id": "missing example_id",
+    "missing_labeled_at": "missing labeled_at",
+    "invalid_utf8": "invalid UTF-8",
+    "image_uri_outside_root": "image_uri outside the data root",
+    "oversized_image": "image above the pixel limit",
 }
+
+
+def _file_frame(table: pa.Table, key: str, dt: str) -> pd.DataFrame:
+    """One partition file as rows: normalised (:func:`normalise_table`), with dt, partition, row_in_file and
+    the internal columns naming invalid UTF-8 columns and labeled_at's original timezone per row."""
+    table, bad_utf8, tz = normalise_table(table)
+    df = table.to_pandas()
+    if "labeled_at" in df and isinstance(df["labeled_at"].dtype, pd.DatetimeTZDtype):  # pandas metadata re-adds tz
+        df["labeled_at"] = df["labeled_at"].dt.tz_convert("UTC").dt.tz_localize(None)
+    df["dt"] = dt
+    df["partition"] = key
+    df["row_in_file"] = np.arange(len(df), dtype=np.int64)
+    marks = np.full(len(df), "", dtype=object)
+    for col, mask in bad_utf8.items():
+        marks[mask] = np.where(marks[mask] == "", col, marks[mask] + "," + col)
+    df[INVALID_UTF8] = marks
+    df[LABELED_AT_TZ] = tz or ""
+    return df
 
 
 def load_snapshot_rows(ctx: RunContext, manifest: dict[str, Any] | None = None) -> pd.DataFrame:
     """Every row of the snapshot's files (sha256 verified against the manifest), in manifest order, with
-    ``dt``, ``partition`` (the file key) and ``row_in_file`` added."""
+    ``dt``, ``partition`` (the file key) and ``row_in_file`` added (and the internal columns of
+    :data:`INTERNAL`). Missing example ids stay missing (None); every other id is a str."""
     manifest = manifest or read_manifest(ctx)
     store = data_store(ctx.spec)
     frames = []
     for p in manifest["partitions"]:
         for f in p["files"]:
             data, _ = read_partition_bytes(store, f["key"], f["sha256"])
-            df = read_table(data, f["key"]).to_pandas()
+            frames.append(_file_frame(read_table(data, f["key"]), f["key"], p["dt"]))
             del data
-            df["dt"] = p["dt"]
-            df["partition"] = f["key"]
-            df["row_in_file"] = np.arange(len(df), dtype=np.int64)
-            frames.append(df)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["example_id", "label", "labeled_at", "dt", "partition", "row_in_file"])
-    rows["dt"] = rows["dt"].astype("category")
-    rows["partition"] = rows["partition"].astype("category")
-    rows["example_id"] = rows["example_id"].astype(str)
+        columns=["example_id", "label", "labeled_at", "dt", "partition", "row_in_file", *INTERNAL])
+    for c in ("dt", "partition", *INTERNAL):
+        rows[c] = rows[c].astype(str).astype("category")
+    ids = rows["example_id"]
+    missing = ids.isna().to_numpy()
+    rows["example_id"] = pd.Series(np.where(missing, None, ids.astype(object).astype(str)), index=rows.index,
+                                   dtype=object)
+    if "labeled_at" in rows and not pd.api.types.is_datetime64_any_dtype(rows["labeled_at"]):
+        rows["labeled_at"] = pd.to_datetime(rows["labeled_at"])
     return rows
 
 
@@ -83,9 +134,10 @@ def _where_text(bad: pd.DataFrame) -> str:
 
 
 class _Audit:
-    def __init__(self, ctx: RunContext, rows: pd.DataFrame) -> None:
+    def __init__(self, ctx: RunContext, rows: pd.DataFrame, images: ImageReader | None = None) -> None:
         self.ctx = ctx
         self.rows = rows
+        self.images = images
         self.findings: list[dict[str, Any]] = []
         self.blocking: list[str] = []
         self.reason = np.full(len(rows), "", dtype=object)
@@ -95,7 +147,7 @@ class _Audit:
             quarantine: bool = False, count: int | None = None, **extra: Any) -> None:
         bad = self.rows[mask] if mask is not None else self.rows.iloc[:0]
         n = int(len(bad)) if count is None else count
-        ids = bad["example_id"].head(5).tolist()
+        ids = [None if pd.isna(x) else str(x) for x in bad["example_id"].head(5).tolist()]
         self.findings.append({"check": check, "severity": severity if n or severity == "blocking" else "info",
                               "count": n, "column": column, "example_ids": ids, "partitions": _where(bad),
                               "message": message, **extra})
@@ -128,6 +180,49 @@ def _label_checks(a: _Audit) -> None:
           quarantine=True, fraction=frac, values=values[:20])
 
 
+def _row_refs(rows: pd.DataFrame, mask: np.ndarray) -> list[dict[str, Any]]:
+    """The first five flagged rows as (partition file, row in file): for rows without a usable example id."""
+    bad = rows.loc[mask, ["partition", "row_in_file"]].head(5)
+    return [{"partition": str(p), "row_in_file": int(r)} for p, r in zip(bad["partition"], bad["row_in_file"],
+                                                                           strict=True)]
+
+
+def _row_checks(a: _Audit) -> None:
+    """Rows that cannot be used whatever their input: no example id, no labeled_at, invalid UTF-8."""
+    rows = a.rows
+    ids = rows["example_id"]
+    no_id = (ids.isna() | (ids.fillna("").astype(str).str.strip() == "")).to_numpy()
+    a.add("missing_example_id", "warning", no_id, "example_id", f"{int(no_id.sum())} rows have no example_id",
+          quarantine=True, rows=_row_refs(rows, no_id))
+    no_time = rows["labeled_at"].isna().to_numpy()
+    a.add("missing_labeled_at", "warning", no_time, "labeled_at",
+          f"{int(no_time.sum())} rows have no labeled_at (null / NaT)", quarantine=True, rows=_row_refs(rows, no_time))
+    marks = rows[INVALID_UTF8].astype(str)
+    bad = (marks != "").to_numpy()
+    cols = sorted({c for m in marks[bad].unique() for c in str(m).split(",")})
+    a.add("invalid_utf8", "warning", bad, ",".join(cols) or "text",
+          f"{int(bad.sum())} rows have invalid UTF-8 in column(s) {cols} (the quarantine shows the bad bytes as "
+          "U+FFFD)" if bad.any() else "every string value is valid UTF-8", quarantine=True,
+          columns=cols, rows=_row_refs(rows, bad))
+    _timezone_check(a)
+
+
+def _timezone_check(a: _Audit) -> None:
+    tz = a.rows[LABELED_AT_TZ].astype(str)
+    aware = (tz != "").to_numpy()
+    files = a.rows.loc[aware, "partition"].astype(str)
+    zones = sorted(tz[aware].unique().tolist())
+    if not aware.any():
+        a.add("labeled_at_timezone", "info", None, "labeled_at", "labeled_at has no timezone in any file", count=0)
+        return
+    mixed = not aware.all()
+    a.add("labeled_at_timezone", "warning" if mixed else "info", aware, "labeled_at",
+          f"labeled_at is timezone-aware ({', '.join(zones)}) in {files.nunique()} file(s)"
+          + (f" and naive in {a.rows.loc[~aware, 'partition'].astype(str).nunique()}: aware values are "
+             "converted to UTC and naive ones are read as UTC" if mixed else "; converted to UTC"),
+          timezones=zones)
+
+
 def _input_checks(a: _Audit) -> ImageHashes | None:
     """Input checks; for images returns the dHashes per row (placeholders for bad rows)."""
     col, rows = a.ctx.spec.data.input_column, a.rows
@@ -137,15 +232,24 @@ def _input_checks(a: _Audit) -> ImageHashes | None:
         a.add("empty_text", "warning", empty, col, f"{int(empty.sum())} rows have empty or whitespace-only text",
               quarantine=True)
         return None
-    exact, near, fine, status = image_keys(rows[col])
+    exact, near, fine, status = image_keys(rows[col], a.images, describe_row(rows))
     a.add("zero_size_image", "warning", status == ZERO_SIZE, col,
           f"{int((status == ZERO_SIZE).sum())} rows have an empty or missing image", quarantine=True)
     a.add("undecodable_image", "warning", status == UNDECODABLE, col,
           f"{int((status == UNDECODABLE).sum())} images cannot be decoded", quarantine=True)
+    a.add("oversized_image", "warning", status == OVERSIZED, col,
+          f"{int((status == OVERSIZED).sum())} images have more than {MAX_IMAGE_PIXELS} pixels (read from the "
+          "header; never decoded)", quarantine=True, max_pixels=MAX_IMAGE_PIXELS)
     if col == "image_uri":
         a.add("unreadable_image", "warning", status == UNREADABLE, col,
-              f"{int((status == UNREADABLE).sum())} image URIs cannot be read (missing object, bad URI or access)",
-              quarantine=True)
+              f"{int((status == UNREADABLE).sum())} image URIs could not be read at snapshot time (missing object "
+              "or access)", quarantine=True)
+        outside = status == OUTSIDE_ROOT
+        uris = [str(u) for u in rows.loc[outside, col].head(20).tolist()]
+        a.add("image_uri_outside_root", "warning", outside, col,
+              f"{int(outside.sum())} image URIs are not under the data root {a.ctx.spec.data.root} and were not "
+              f"read (relative paths, other schemes, buckets or folders, '..'), e.g. {uris[:5]}", quarantine=True,
+              values=uris)
     a.image_exact = exact
     return near, fine
 
@@ -153,7 +257,8 @@ def _input_checks(a: _Audit) -> ImageHashes | None:
 def _duplicate_ids(a: _Audit) -> None:
     rows = a.rows
     order = np.lexsort((np.arange(len(rows)), rows["labeled_at"].to_numpy()))
-    dup_sorted = rows["example_id"].iloc[order].duplicated(keep="first").to_numpy()
+    ids = rows["example_id"].iloc[order]
+    dup_sorted = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
     dup = np.zeros(len(rows), dtype=bool)
     dup[order] = dup_sorted
     a.add("duplicate_example_id", "warning", dup, "example_id",
@@ -312,12 +417,18 @@ def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, in
 
 
 def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests."""
-    a = _Audit(ctx, rows)
+    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests
+    and, for image_uri specs, the snapshot's image list and the images (verified against it)."""
+    for c in INTERNAL:
+        if c not in rows:
+            rows = rows.assign(**{c: ""})
+    recorded = read_image_hashes(ctx, manifest)
+    a = _Audit(ctx, rows, ImageReader(ctx.spec.data.root, recorded) if recorded is not None else None)
     col = ctx.spec.data.input_column
     a.add("empty_window", "blocking" if len(rows) == 0 else "info", None, col,
           f"the snapshot window {manifest['window']['start']} .. {manifest['window']['end']} has no rows"
           if len(rows) == 0 else f"{len(rows)} rows in the window", count=len(rows))
+    _row_checks(a)
     _label_checks(a)
     hashes = _input_checks(a)
     _duplicate_ids(a)
@@ -341,9 +452,14 @@ def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) ->
         "imbalance_ratio": max(present) / min(present) if present else None,
         "slice_sizes": slice_sizes, "label_shift": shift, "test_days": test_days,
     }
-    quarantine = rows[q].copy()
+    quarantine = rows[q].drop(columns=list(INTERNAL))
     quarantine["reason"] = a.reason[q].astype(str)
     return report, quarantine
+
+
+def json_bytes(payload: Any) -> bytes:
+    """Strict JSON (no NaN / Infinity: a reader in any language can parse it), sorted and indented."""
+    return json.dumps(payload, indent=2, sort_keys=True, default=str, allow_nan=False).encode()
 
 
 def _parquet(df: pd.DataFrame) -> bytes:
@@ -363,7 +479,7 @@ def run_audit(ctx: RunContext) -> str:
     rows = load_snapshot_rows(ctx, manifest)
     report, quarantine = audit_rows(ctx, rows, manifest)
     ctx.store.put_bytes(ctx.key(QUARANTINE), _parquet(quarantine))
-    ctx.write_json(REPORT, report)
+    ctx.store.put_bytes(ctx.key(REPORT), json_bytes(report))
     if report["blocking"]:
         raise BlockingAuditFinding(f"run {ctx.run_id}: blocking data audit findings (report {ctx.uri(REPORT)}):\n  "
                                    + "\n  ".join(report["blocking_messages"]))

@@ -10,85 +10,109 @@ Clusters are the connected components of that graph (scipy), so they never depen
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
 from tl_core.data.partitions import (
+    ImageReader,
     bytes_exact_keys,
     dhash_image,
     dhash_words,
     hamming,
+    image_too_large,
     normalised_text_hash,
     text_exact_keys,
 )
-from tl_core.errors import StoreError
-from tl_core.store import ObjectStore, split_uri
+from tl_core.errors import DataError, UnsafeImageUri
 
 logger = logging.getLogger(__name__)
 
 # Image status codes returned by image_keys.
 OK, ZERO_SIZE, UNDECODABLE, UNREADABLE = "ok", "zero_size", "undecodable", "unreadable"
+OUTSIDE_ROOT, OVERSIZED = "outside_root", "oversized"
 _CHUNK = 512
 FINE_FACTOR = 6
 FINE_WORDS = 4
 
 
-def _uri_fetcher() -> Callable[[str], bytes]:
-    """get_bytes for s3:// and file:// URIs, reusing one store (one boto3 client) per bucket / folder."""
-    stores: dict[str, ObjectStore] = {}
+def describe_row(rows: pd.DataFrame) -> Callable[[int], str]:
+    """A function naming row i for messages: its example_id and, when known, its file and row in the file."""
+    def describe(i: int) -> str:
+        row = rows.iloc[i]
+        where = f" ({row['partition']} row {row['row_in_file']})" if "partition" in rows and "row_in_file" in rows \
+            else ""
+        return f"example {row.get('example_id')!r}{where}"
 
-    def fetch(uri: str) -> bytes:
-        if not uri.startswith(("s3://", "file://")):
-            raise ValueError(f"expected an s3:// or file:// URI, got {uri[:80]!r}")
-        store_key = f"s3://{urlparse(uri).netloc}" if uri.startswith("s3://") else uri.rsplit("/", 1)[0]
-        _, key = split_uri(uri)
-        if store_key not in stores:
-            stores[store_key] = split_uri(uri)[0]
-        return stores[store_key].get_bytes(key)
-
-    return fetch
+    return describe
 
 
-def image_keys(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(exact key, 64-bit dHash, 256-bit dHash as n x 4 words, status) per image cell (bytes, or an s3://
-    or file:// URI that is fetched).
+def _load_image(value: Any, reader: ImageReader | None, where: Callable[[], str]) -> tuple[bytes, str]:
+    """(bytes, status) of one image cell; image_uri cells are read through ``reader`` (confined, verified)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        return data, OK if data else ZERO_SIZE
+    if not isinstance(value, str) or not value.strip():
+        return b"", ZERO_SIZE
+    if reader is None:
+        raise RuntimeError("image_uri cells are read only through an ImageReader holding the snapshot's hashes")
+    try:
+        got = reader.read(value.strip(), where)
+    except UnsafeImageUri:
+        return b"", OUTSIDE_ROOT
+    if got is None:
+        return b"", UNREADABLE
+    return got, OK if got else ZERO_SIZE
 
-    status is ``ok``, ``zero_size`` (empty or null), ``undecodable`` (PIL cannot decode it) or ``unreadable``
-    (the URI cannot be fetched). Keys of rows that are not ``ok`` are unique placeholders.
-    """
+
+def _decode_hashes(data: bytes) -> tuple[str, int, np.ndarray]:
+    """(status, 64-bit dHash, 256-bit dHash words) of image bytes; the size is checked from the header
+    (``Image.open`` is lazy) before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    fetch = _uri_fetcher()
+    fine = np.zeros(FINE_WORDS, dtype=np.uint64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
+            if image_too_large(img.size):
+                return OVERSIZED, 0, fine
+            img.load()
+            return OK, dhash_image(img), dhash_words(img)
+    except Image.DecompressionBombError:
+        return OVERSIZED, 0, fine
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return UNDECODABLE, 0, fine
+
+
+def image_keys(values: pd.Series, reader: ImageReader | None = None,
+               describe: Callable[[int], str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(exact key, 64-bit dHash, 256-bit dHash as n x 4 words, status) per image cell (bytes, or an
+    ``image_uri`` read through ``reader``: confined to the data root, verified against the snapshot).
+
+    status is ``ok``, ``zero_size`` (empty or null), ``undecodable`` (PIL cannot decode it), ``oversized``
+    (more than MAX_IMAGE_PIXELS pixels, never decoded), ``unreadable`` (the snapshot could not read the
+    URI) or ``outside_root`` (the URI is not under the data root, never read). Keys of rows that are not
+    ``ok`` are unique placeholders. A URI whose object changed since the snapshot raises DataError.
+    """
     n = len(values)
     raw: list[bytes] = []
     status = np.full(n, OK, dtype=object)
     near = np.zeros(n, dtype=np.uint64)
     fine = np.zeros((n, FINE_WORDS), dtype=np.uint64)
+    name = describe or (lambda i: f"row {i}")
     for i, v in enumerate(values.tolist()):
-        data = b""
-        if isinstance(v, bytes | bytearray | memoryview):
-            data = bytes(v)
-        elif isinstance(v, str) and v.strip():
-            try:
-                data = fetch(v.strip())
-            except (StoreError, ValueError, OSError):
-                status[i] = UNREADABLE
-        if status[i] == OK and not data:
-            status[i] = ZERO_SIZE
+        data, status[i] = _load_image(v, reader, functools.partial(name, i))
         if status[i] == OK:
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    img.load()
-                    near[i] = np.uint64(dhash_image(img))
-                    fine[i] = dhash_words(img)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-                status[i] = UNDECODABLE
+            status[i], h, fine[i] = _decode_hashes(data)
+            near[i] = np.uint64(h)
         raw.append(data if status[i] == OK else f"\x00bad-row-{i}".encode())
     exact = bytes_exact_keys(raw)
     bad = status != OK
@@ -100,11 +124,17 @@ def image_keys(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 ImageHashes = tuple[np.ndarray, np.ndarray]  # (64-bit dHash per row, 256-bit dHash as n x 4 words)
 
 
-def input_keys(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, ImageHashes | None]:
-    """(exact key, near key, image hashes or None) per row of usable input."""
+def input_keys(rows: pd.DataFrame, column: str, reader: ImageReader | None = None
+               ) -> tuple[np.ndarray, np.ndarray, ImageHashes | None]:
+    """(exact key, near key, image hashes or None) per row of usable input (image_uri: read through
+    ``reader``)."""
     if column == "text":
         return text_exact_keys(rows[column]), normalised_text_hash(rows[column]), None
-    exact, near, fine, _ = image_keys(rows[column])
+    exact, near, fine, status = image_keys(rows[column], reader, describe_row(rows))
+    if (status != OK).any():
+        i = int(np.flatnonzero(status != OK)[0])
+        raise DataError(f"{describe_row(rows)(i)}: image is {status[i]} although the audit passed it; re-run "
+                        "`tl audit`")
     return exact, near, (near, fine)
 
 
@@ -177,9 +207,10 @@ def group_keys(rows: pd.DataFrame) -> np.ndarray | None:
     return np.where(has, hashed, placeholder)
 
 
-def row_clusters(rows: pd.DataFrame, column: str, near_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def row_clusters(rows: pd.DataFrame, column: str, near_bits: int, reader: ImageReader | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cluster id, exact key, near key) per usable row: group_id, exact and near duplicates joined."""
-    exact, near, hashes = input_keys(rows, column)
+    exact, near, hashes = input_keys(rows, column, reader)
     keys = [exact, near] if hashes is None else [exact]  # images: near-duplicates by (confirmed) distance
     g = group_keys(rows)
     if g is not None:

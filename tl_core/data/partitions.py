@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tl_core.config import ModelSpec
-from tl_core.errors import DataError
+from tl_core.errors import AccessDenied, DataError, NoSuchKey, UnsafeImageUri
 from tl_core.store import ObjectStore, join_key, open_store
 
 DT_PATTERN = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -36,23 +38,50 @@ def partition_key(dataset: str, day: date, name: str) -> str:
     return join_key(dataset, f"dt={day.isoformat()}", name)
 
 
-def partition_dates(store: ObjectStore, dataset: str) -> dict[date, list[str]]:
-    """dt -> sorted parquet keys, for every ``dt=YYYY-MM-DD`` folder of the dataset (other keys are ignored)."""
+def scan_partitions(store: ObjectStore, dataset: str) -> tuple[dict[date, list[str]], list[dict[str, str]]]:
+    """(dt -> sorted parquet keys, ignored keys): every ``<dataset>/dt=YYYY-MM-DD/*.parquet`` file, and every
+    other key under the dataset with the reason it is not read (``{"key", "dt", "reason"}``; ``dt`` is the
+    folder's date when it parses, else ""). A folder named like ``dt=YYYY-MM-DD`` with an impossible date
+    raises DataError naming it."""
     out: dict[date, list[str]] = {}
+    ignored: list[dict[str, str]] = []
     for key in store.list(dataset + "/"):
         parts = key[len(dataset) + 1 :].split("/")
-        if len(parts) != 2 or not parts[1].endswith(".parquet") or parts[1].startswith((".", "_")):
+        if len(parts) == 1:
+            ignored.append({"key": key, "dt": "", "reason": "not inside a dt=YYYY-MM-DD folder"})
             continue
         m = DT_PATTERN.match(parts[0])
         if not m:
+            ignored.append({"key": key, "dt": "", "reason": f"folder name {parts[0]!r} is not dt=YYYY-MM-DD"})
             continue
         try:
             day = date.fromisoformat(m.group(1))
         except ValueError:
             raise DataError(f"partition folder {dataset}/{parts[0]}: {m.group(1)!r} is not a valid date "
                             "(expected dt=YYYY-MM-DD)") from None
+        reason = _file_ignored_reason(parts[1:])
+        if reason:
+            ignored.append({"key": key, "dt": day.isoformat(), "reason": reason})
+            continue
         out.setdefault(day, []).append(key)
-    return {d: sorted(v) for d, v in sorted(out.items())}
+    return {d: sorted(v) for d, v in sorted(out.items())}, ignored
+
+
+def _file_ignored_reason(rest: list[str]) -> str:
+    """Why a key inside a dt= folder is not a partition file ("" when it is one)."""
+    if len(rest) > 1:
+        return "nested below the dt= folder (only <dataset>/dt=YYYY-MM-DD/*.parquet is read)"
+    if rest[0].startswith((".", "_")):
+        return "hidden or temporary file (name starts with '.' or '_')"
+    if not rest[0].endswith(".parquet"):
+        return "not a .parquet file"
+    return ""
+
+
+def partition_dates(store: ObjectStore, dataset: str) -> dict[date, list[str]]:
+    """dt -> sorted parquet keys, for every ``dt=YYYY-MM-DD`` folder of the dataset (see :func:`scan_partitions`
+    for the keys that are not read)."""
+    return scan_partitions(store, dataset)[0]
 
 
 def read_partition_bytes(store: ObjectStore, key: str, expected_sha256: str | None = None) -> tuple[bytes, str]:
@@ -75,6 +104,59 @@ def read_table(data: bytes, key: str, columns: list[str] | None = None) -> pa.Ta
         raise DataError(f"partition file {key}: not a readable parquet file ({exc})") from None
 
 
+def normalise_table(table: pa.Table) -> tuple[pa.Table, dict[str, np.ndarray], str | None]:
+    """(table, invalid UTF-8 rows per column, labeled_at's timezone or None), read-side normalisation of one
+    partition file: dictionary (categorical) columns become plain columns of their values; string columns
+    with invalid UTF-8 get U+FFFD in place of the bad bytes and their rows are reported (so the audit can
+    quarantine them instead of failing on the whole file); a timezone-aware ``labeled_at`` becomes tz-naive
+    UTC and an all-null one a timestamp column, so files of one window concatenate and sort."""
+    bad: dict[str, np.ndarray] = {}
+    tz: str | None = None
+    for i, field in enumerate(table.schema):
+        col = table.column(i)
+        if pa.types.is_dictionary(field.type):
+            col = col.cast(field.type.value_type)
+        if _is_string(col.type):
+            repaired = _repair_utf8(col)
+            if repaired is not None:
+                col, bad[field.name] = repaired
+        if field.name == "labeled_at":
+            if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+                tz = str(col.type.tz)
+                col = col.cast(pa.timestamp(col.type.unit))
+            elif pa.types.is_null(col.type):
+                col = col.cast(pa.timestamp("us"))
+        if col is not table.column(i):
+            table = table.set_column(i, pa.field(field.name, col.type), col)
+    return table, bad, tz
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return any(p(t) for p in _STRING)
+
+
+def _repair_utf8(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray] | None:
+    """None when the column is valid UTF-8, else (the column with U+FFFD replacements, bad-row mask)."""
+    try:
+        col.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    raw = col.cast(pa.large_binary()).to_pylist()
+    bad = np.zeros(len(raw), dtype=bool)
+    values: list[str | None] = []
+    for i, v in enumerate(raw):
+        if v is None:
+            values.append(None)
+            continue
+        try:
+            values.append(v.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad[i] = True
+            values.append(v.decode("utf-8", errors="replace"))
+    return pa.chunked_array([pa.array(values, type=pa.large_string())]), bad
+
+
 def read_schema(data: bytes, key: str) -> pa.Schema:
     import pyarrow.parquet as pq
 
@@ -89,6 +171,8 @@ _BINARY = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view
 
 
 def _is(t: pa.DataType, preds: Iterable[Any]) -> bool:
+    if pa.types.is_dictionary(t):  # a categorical column (pandas category / arrow dictionary) of that type
+        t = t.value_type
     return any(p(t) for p in preds) or pa.types.is_null(t)
 
 
@@ -179,12 +263,97 @@ def hamming(a: np.ndarray, b: np.ndarray | np.uint64) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
 
 
-def image_bytes(value: Any) -> bytes:
-    """The bytes of an ``image`` cell, or of the object an ``image_uri`` cell names (s3:// or file://)."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, str):
-        from tl_core.store import read_uri
+# ------------------------------------------------------------------------------------------------- images
 
-        return read_uri(value)
-    raise DataError(f"image value must be bytes or an s3:// / file:// URI, got {type(value).__name__}")
+MAX_IMAGE_PIXELS = 50_000_000
+"""Largest image (width x height, read from the file header before anything is decoded) the audit keeps;
+larger ones are quarantined as ``oversized_image``. 50 megapixels is far above what any backbone's input
+size needs (a 224 px model downsamples a 7000 x 7000 scan 30-fold) and bounds a single decode at about
+150 MB of RGB. No spec field covers it; change this constant if a dataset legitimately needs more."""
+
+_URI_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\?#]")
+
+
+def confine_image_uri(uri: str, root: str) -> str:
+    """The key, relative to the data root, of the object an ``image_uri`` cell names. Only URIs under the
+    data root (``spec.data.root``) are accepted: same scheme and bucket, no ``.``/``..``/empty segments, no
+    query, fragment, backslash or control characters; for file:// roots the (percent-decoded) path is
+    resolved, symlinks included, and must stay inside the resolved root. Raises UnsafeImageUri naming the URI otherwise.
+    Nothing is read."""
+    def refuse(why: str) -> UnsafeImageUri:
+        return UnsafeImageUri(f"image_uri {uri[:200]!r} is not under the data root {root}: {why}")
+
+    for scheme in ("s3://", "file://"):
+        if root.startswith(scheme):
+            break
+    else:
+        raise refuse("unsupported data root scheme")
+    if not uri.startswith(scheme):
+        raise refuse(f"expected a {scheme} URI under the data root (relative paths and other schemes are refused)")
+    rest = uri[len(scheme):]
+    if scheme == "file://":  # file URIs are percent-encoded (RFC 8089, Path.as_uri); check what would be read
+        rest = unquote(rest)
+    if _URI_FORBIDDEN.search(uri) or _URI_FORBIDDEN.search(rest):
+        raise refuse("it contains a query, fragment, backslash or control character")
+    segments = (rest[1:] if rest.startswith("/") else rest).split("/")
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise refuse("'.', '..' and empty ('//') path segments are refused")
+    if scheme == "s3://":
+        prefix = root[len(scheme):].strip("/") + "/"
+        if not rest.startswith(prefix) or rest == prefix:
+            raise refuse("a different bucket or prefix")
+        return rest[len(prefix):]
+    base = Path(root[len(scheme):]).resolve()
+    try:
+        rel = Path(rest).resolve().relative_to(base)
+    except ValueError:
+        raise refuse("the path resolves outside the data root") from None
+    if not rel.parts:
+        raise refuse("it names the data root itself")
+    return rel.as_posix()
+
+
+def fetch_image(store: ObjectStore, uri: str, root: str) -> bytes | None:
+    """The bytes of a confined ``image_uri`` (see :func:`confine_image_uri`, which raises first for a URI
+    outside the root), or None when the object cannot be read (missing, a folder, or access denied)."""
+    key = confine_image_uri(uri, root)
+    try:
+        return store.get_bytes(key)
+    except (NoSuchKey, AccessDenied):
+        return None
+
+
+class ImageReader:
+    """Reads ``image_uri`` cells for the run after the snapshot: confined to the data root and verified
+    against the sha256 the snapshot recorded per URI (``None`` there: unreadable at snapshot time)."""
+
+    def __init__(self, root: str, recorded: Mapping[str, str | None]) -> None:
+        self.root = root
+        self.recorded = recorded
+        self._store: ObjectStore | None = None
+
+    def read(self, uri: str, where: Callable[[], str]) -> bytes | None:
+        """The image's bytes, or None when the snapshot found it unreadable. Raises UnsafeImageUri for a URI
+        outside the data root (nothing is read) and DataError naming the row (``where()``) and the URI when
+        the object is not what the snapshot recorded."""
+        confine_image_uri(uri, self.root)
+        if uri not in self.recorded:
+            raise DataError(f"{where()}: image_uri {uri!r} has no hash in the run's snapshot (the snapshot and the "
+                            "partition files disagree); start a new run")
+        expected = self.recorded[uri]
+        if expected is None:
+            return None
+        if self._store is None:
+            self._store = open_store(self.root)
+        data = fetch_image(self._store, uri, self.root)
+        digest = hashlib.sha256(data).hexdigest() if data is not None else "nothing (unreadable)"
+        if digest != expected:
+            raise DataError(f"{where()}: image {uri} changed after the snapshot (sha256 {digest[:12]}..., snapshot "
+                            f"says {expected[:12]}...): images are immutable like partitions; write a changed "
+                            "image under a new key and start a new run")
+        return data
+
+
+def image_too_large(size: tuple[int, int]) -> bool:
+    """Whether an image of (width, height) is above :data:`MAX_IMAGE_PIXELS`."""
+    return int(size[0]) * int(size[1]) > MAX_IMAGE_PIXELS

@@ -5,10 +5,19 @@ Manifest (``snapshot/manifest.json``, schema_version 1)::
     model, dataset, data_root, logical_date, window {start, end}, window_days, spec_fingerprint,
     partitions: [{dt, rows, rows_per_label, files: [{key, sha256, bytes, rows}]}]   (dt ascending)
     total_rows, rows_per_label, content_hash
+    ignored: [{key, dt, reason}] (keys under the dataset that are not read: bad folder names, nested or
+             non-parquet files; listed up to MAX_IGNORED_LISTED), ignored_count
+    images: {key, sha256, count, unreadable}   (image_uri specs only)
 
-``content_hash`` is the sha256 of the canonical JSON of (dataset, every file's dt, key and sha256): it
-names the data, not where it was read from or when. The manifest holds no timestamps, so the same spec,
-logical date and partition files always give the same bytes. A file that lands later for an old date
+For ``image_uri`` specs the snapshot reads every referenced image under the data root once and writes
+``snapshot/images/<sha256>.json`` (``{"schema_version": 1, "images": {uri: sha256 | null}}``, null: the
+object could not be read; URIs outside the data root are never read and not listed); later steps read
+images only through it (:class:`ImageReader`), so an image that changes after the snapshot is an error.
+
+``content_hash`` is the sha256 of the canonical JSON of (dataset, every file's dt, key and sha256, and for
+image_uri specs the sha256 of the image list): it names the data, not where it was read from or when.
+The manifest holds no timestamps, so the same spec, logical date and partition files always give the
+same bytes. A file that lands later for an old date
 (late labels) is only picked up by a run whose window covers that date; a run's snapshot is written
 create-only and never replaced by different content.
 """
@@ -21,31 +30,78 @@ import logging
 from datetime import date, timedelta
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from tl_core.data.partitions import (
     data_store,
-    partition_dates,
+    fetch_image,
+    normalise_table,
     read_partition_bytes,
     read_schema,
     read_table,
+    scan_partitions,
     validate_schema,
 )
-from tl_core.errors import BlockingAuditFinding, DataError, NoSuchKey, PreconditionFailed
+from tl_core.errors import BlockingAuditFinding, DataError, NoSuchKey, PreconditionFailed, UnsafeImageUri
 from tl_core.runs import RunContext
+from tl_core.store import ObjectStore
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MISSING_LABEL = "<missing>"
 MANIFEST = "snapshot/manifest.json"
+MAX_IGNORED_LISTED = 100
 
 
-def content_hash(dataset: str, partitions: list[dict[str, Any]]) -> str:
-    """sha256 over the canonical JSON of every file's (dt, key, sha256)."""
+def content_hash(dataset: str, partitions: list[dict[str, Any]], images_sha256: str | None = None) -> str:
+    """sha256 over the canonical JSON of every file's (dt, key, sha256) and the image list's sha256 if any."""
     files = [{"dt": p["dt"], "key": f["key"], "sha256": f["sha256"]} for p in partitions for f in p["files"]]
-    canonical = json.dumps({"dataset": dataset, "files": files}, sort_keys=True, separators=(",", ":"))
+    payload: dict[str, Any] = {"dataset": dataset, "files": files}
+    if images_sha256 is not None:
+        payload["images"] = images_sha256
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _image_hashes(store: ObjectStore, root: str, table: pa.Table, hashes: dict[str, str | None]) -> None:
+    """Add sha256 (None: unreadable) of every image_uri in ``table`` under the data root to ``hashes``."""
+    for value in table.column("image_uri").to_pylist():
+        uri = value.strip() if isinstance(value, str) else ""
+        if not uri or uri in hashes:
+            continue
+        try:
+            data = fetch_image(store, uri, root)
+        except UnsafeImageUri:
+            continue  # never read; the audit quarantines the row
+        hashes[uri] = hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def images_bytes(hashes: dict[str, str | None]) -> bytes:
+    return json.dumps({"schema_version": 1, "images": dict(sorted(hashes.items()))}, sort_keys=True,
+                      separators=(",", ":"), allow_nan=False).encode()
+
+
+def read_image_hashes(ctx: RunContext, manifest: dict[str, Any]) -> dict[str, str | None] | None:
+    """The snapshot's sha256 per image_uri (None for specs whose input is not image_uri); the list is checked
+    against the sha256 the manifest records for it."""
+    if ctx.spec.data.input_column != "image_uri":
+        return None
+    info = manifest.get("images")
+    if not isinstance(info, dict):
+        raise DataError(f"run {ctx.run_id}: {MANIFEST} records no image hashes for the image_uri column (written "
+                        "by an older version); re-run `tl snapshot` in a new run")
+    try:
+        data = ctx.store.get_bytes(ctx.key(info["key"]))
+    except NoSuchKey:
+        raise DataError(f"run {ctx.run_id}: the snapshot's image list {ctx.uri(info['key'])} is missing; start "
+                        "a new run") from None
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise DataError(f"run {ctx.run_id}: the snapshot's image list {ctx.uri(info['key'])} does not match the "
+                        "sha256 in the manifest; start a new run")
+    images: dict[str, str | None] = json.loads(data)["images"]
+    return images
 
 
 def _label_counts(table: Any) -> dict[str, int]:
@@ -56,18 +112,12 @@ def _label_counts(table: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def build_manifest(ctx: RunContext, logical_date: date) -> dict[str, Any]:
-    """The manifest of the window ending at ``logical_date`` (reads every file once: sha256, schema, labels)."""
+def _read_window(ctx: RunContext, window: dict[date, list[str]]
+                 ) -> tuple[list[dict[str, Any]], dict[str, str | None] | None]:
+    """(partitions with files and label counts, sha256 per image_uri or None) of the window's files."""
     spec = ctx.spec
     store = data_store(spec)
-    start = logical_date - timedelta(days=spec.data.window_days)
-    all_dates = partition_dates(store, spec.data.dataset)
-    window = {d: keys for d, keys in all_dates.items() if start <= d <= logical_date}
-    if not window:
-        span = f", {min(all_dates)} .. {max(all_dates)}" if all_dates else ""
-        raise BlockingAuditFinding(
-            f"empty window: no partitions of {spec.data.root}/{spec.data.dataset} in [{start}, {logical_date}] "
-            f"(window_days {spec.data.window_days}; the dataset has {len(all_dates)} partitions{span})")
+    hashes: dict[str, str | None] | None = {} if spec.data.input_column == "image_uri" else None
     partitions: list[dict[str, Any]] = []
     for day, keys in window.items():
         files = []
@@ -75,19 +125,53 @@ def build_manifest(ctx: RunContext, logical_date: date) -> dict[str, Any]:
         for key in keys:
             data, digest = read_partition_bytes(store, key)
             validate_schema(read_schema(data, key), spec, key)
-            table = read_table(data, key, columns=["label"])
-            counts = _label_counts(table)
-            for k, v in counts.items():
+            columns = ["label", *(["image_uri"] if hashes is not None else [])]
+            table, _, _ = normalise_table(read_table(data, key, columns=columns))
+            for k, v in _label_counts(table).items():
                 per_label[k] = per_label.get(k, 0) + v
+            if hashes is not None:
+                _image_hashes(store, spec.data.root, table, hashes)
             files.append({"key": key, "sha256": digest, "bytes": len(data), "rows": int(table.num_rows)})
             del table, data
         partitions.append({"dt": day.isoformat(), "files": files, "rows": sum(f["rows"] for f in files),
                            "rows_per_label": dict(sorted(per_label.items()))})
+    return partitions, hashes
+
+
+def _ignored(ignored: list[dict[str, str]], start: date, end: date, where: str) -> list[dict[str, str]]:
+    """The ignored keys that matter to this window (every unparseable folder; files of in-window folders),
+    logged as a warning."""
+    relevant = [i for i in ignored if not i["dt"] or start.isoformat() <= i["dt"] <= end.isoformat()]
+    if relevant:
+        shown = "; ".join(f"{i['key']} ({i['reason']})" for i in relevant[:10])
+        more = f" and {len(relevant) - 10} more" if len(relevant) > 10 else ""
+        logger.warning("snapshot: ignored %d key(s) under %s that are not partition files: %s%s (listed in the "
+                       "manifest under 'ignored')", len(relevant), where, shown, more)
+    return relevant
+
+
+def _build(ctx: RunContext, logical_date: date) -> tuple[dict[str, Any], bytes | None]:
+    """(manifest, image list bytes or None) of the window ending at ``logical_date``."""
+    spec = ctx.spec
+    start = logical_date - timedelta(days=spec.data.window_days)
+    all_dates, ignored_all = scan_partitions(data_store(spec), spec.data.dataset)
+    ignored = _ignored(ignored_all, start, logical_date, f"{spec.data.root}/{spec.data.dataset}")
+    window = {d: keys for d, keys in all_dates.items() if start <= d <= logical_date}
+    if not window:
+        span = f", {min(all_dates)} .. {max(all_dates)}" if all_dates else ""
+        skipped = f"; {len(ignored)} key(s) ignored, e.g. {ignored[0]['key']} ({ignored[0]['reason']})" \
+            if ignored else ""
+        raise BlockingAuditFinding(
+            f"empty window: no partitions of {spec.data.root}/{spec.data.dataset} in [{start}, {logical_date}] "
+            f"(window_days {spec.data.window_days}; the dataset has {len(all_dates)} partitions{span}{skipped})")
+    partitions, hashes = _read_window(ctx, window)
     totals: dict[str, int] = {}
     for p in partitions:
         for k, v in p["rows_per_label"].items():
             totals[k] = totals.get(k, 0) + v
-    return {
+    images = images_bytes(hashes) if hashes is not None else None
+    images_sha = hashlib.sha256(images).hexdigest() if images is not None else None
+    manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": spec.name,
         "dataset": spec.data.dataset,
@@ -99,12 +183,24 @@ def build_manifest(ctx: RunContext, logical_date: date) -> dict[str, Any]:
         "partitions": partitions,
         "total_rows": sum(p["rows"] for p in partitions),
         "rows_per_label": dict(sorted(totals.items())),
-        "content_hash": content_hash(spec.data.dataset, partitions),
+        "content_hash": content_hash(spec.data.dataset, partitions, images_sha),
+        "ignored": ignored[:MAX_IGNORED_LISTED],
+        "ignored_count": len(ignored),
     }
+    if hashes is not None and images_sha is not None:
+        manifest["images"] = {"key": f"snapshot/images/{images_sha}.json", "sha256": images_sha,
+                              "count": len(hashes), "unreadable": sum(v is None for v in hashes.values())}
+    return manifest, images
+
+
+def build_manifest(ctx: RunContext, logical_date: date) -> dict[str, Any]:
+    """The manifest of the window ending at ``logical_date`` (reads every file once: sha256, schema, labels;
+    for image_uri specs every referenced image under the data root once)."""
+    return _build(ctx, logical_date)[0]
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 def read_manifest(ctx: RunContext) -> dict[str, Any]:
@@ -119,8 +215,14 @@ def read_manifest(ctx: RunContext) -> dict[str, Any]:
 
 
 def run_snapshot(ctx: RunContext, logical_date: date) -> str:
-    """Write the run's snapshot manifest (create-only; an identical re-run is a no-op). Returns its URI."""
-    manifest = build_manifest(ctx, logical_date)
+    """Write the run's snapshot manifest (create-only; an identical re-run is a no-op) and, for image_uri
+    specs, the image list it names first. Returns the manifest's URI."""
+    manifest, images = _build(ctx, logical_date)
+    if images is not None:
+        try:  # named by its own sha256: an existing object of that name has the same content
+            ctx.store.put_bytes(ctx.key(manifest["images"]["key"]), images, if_none_match="*")
+        except PreconditionFailed:
+            pass
     key = ctx.key(MANIFEST)
     try:
         ctx.store.put_bytes(key, manifest_bytes(manifest), if_none_match="*")

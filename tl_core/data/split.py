@@ -6,6 +6,8 @@ or a near-duplicate key (normalised text; image dHash within ``near_duplicate_bi
 side of its newest member. The other clusters are stratified by their majority label and ordered by a
 seeded hash of their smallest example id; within each label, validation and calibration take their
 shares of rows (by each cluster's midpoint), the rest is train. Same snapshot, audit and seed = same split.
+For image_uri specs the images are read through the snapshot's image list (confined to the data root and
+verified), and ``examples.parquet`` carries each image's recorded ``image_sha256`` for the steps after.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_core.data.audit import QUARANTINE, REPORT, load_snapshot_rows, newest_days
+from tl_core.data.audit import QUARANTINE, REPORT, json_bytes, load_snapshot_rows, newest_days
 from tl_core.data.dedup import row_clusters
-from tl_core.data.snapshot import read_manifest
+from tl_core.data.partitions import ImageReader
+from tl_core.data.snapshot import read_image_hashes, read_manifest
 from tl_core.errors import BlockingAuditFinding, DataError, NoSuchKey
 from tl_core.runs import SPLITS, RunContext
 
 logger = logging.getLogger(__name__)
+
+IMAGE_SHA256 = "image_sha256"  # examples column (image_uri specs): the sha256 the snapshot recorded per image
 
 
 def _seeded_unit(values: pd.Series, seed: int) -> np.ndarray:
@@ -36,12 +41,12 @@ def _seeded_unit(values: pd.Series, seed: int) -> np.ndarray:
 
 
 def assign_splits(rows: pd.DataFrame, column: str, test_days: int, val_frac: float, cal_frac: float,
-                  seed: int, near_bits: int) -> np.ndarray:
+                  seed: int, near_bits: int, images: ImageReader | None = None) -> np.ndarray:
     """Split name per row (object array, row order). Needs example_id, label, dt, the input column and
-    optionally group_id."""
+    optionally group_id; image_uri inputs are read through ``images`` (confined, verified)."""
     if len(rows) == 0:
         return np.zeros(0, dtype=object)
-    cid, _, _ = row_clusters(rows, column, near_bits)
+    cid, _, _ = row_clusters(rows, column, near_bits, images)
     dt = rows["dt"].astype(str).to_numpy()
     test_set = newest_days(rows["dt"], test_days)
     frame = pd.DataFrame({"cid": cid, "dt": dt, "label": rows["label"].astype(str).to_numpy(),
@@ -74,6 +79,7 @@ def split_hash(ids: dict[str, list[str]]) -> str:
 
 
 def _usable_rows(ctx: RunContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The snapshot's rows minus the audit's quarantine (checked against the report), and the manifest."""
     manifest = read_manifest(ctx)
     try:
         report = ctx.read_json(REPORT)
@@ -103,8 +109,12 @@ def run_split(ctx: RunContext) -> str:
     usable, manifest = _usable_rows(ctx)
     if usable.empty:
         raise DataError(f"run {ctx.run_id}: no usable rows left after the audit")
+    hashes = read_image_hashes(ctx, manifest)
+    reader = ImageReader(d.root, hashes) if hashes is not None else None
     usable["split"] = assign_splits(usable, d.input_column, d.test_days, d.validation_fraction,
-                                    d.calibration_fraction, d.split_seed, d.near_duplicate_bits)
+                                    d.calibration_fraction, d.split_seed, d.near_duplicate_bits, reader)
+    if hashes is not None:  # what training must find when it reads each image
+        usable[IMAGE_SHA256] = [hashes.get(str(u).strip()) for u in usable[d.input_column].tolist()]
     counts = usable["split"].value_counts()
     empty = [s for s in SPLITS if counts.get(s, 0) == 0]
     if empty:
@@ -114,6 +124,7 @@ def run_split(ctx: RunContext) -> str:
             f"validation_fraction {d.validation_fraction}, calibration_fraction {d.calibration_fraction}): "
             "widen data.window_days or lower data.test_days")
     keep = ["example_id", "label", "labeled_at", "dt", "split", d.input_column,
+            *([IMAGE_SHA256] if IMAGE_SHA256 in usable else []),
             *(["group_id"] if "group_id" in usable else []), *d.slice_columns]
     out = usable[list(dict.fromkeys(keep))].copy()
     out["dt"] = out["dt"].astype(str)
@@ -129,6 +140,7 @@ def run_split(ctx: RunContext) -> str:
         "seed": d.split_seed, "test_days": newest_days(usable["dt"], d.test_days),
         "counts": {s: len(v) for s, v in ids.items()}, "label_counts": per_label, "example_ids": ids,
     }
-    uri = ctx.write_json("split/split.json", payload)
+    ctx.store.put_bytes(ctx.key("split/split.json"), json_bytes(payload))
+    uri = ctx.uri("split/split.json")
     logger.info("split: %s (hash %s)", payload["counts"], payload["split_hash"][:12])
     return uri
