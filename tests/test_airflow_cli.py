@@ -28,6 +28,10 @@ class Recorder(BaseHTTPRequestHandler):
     # the approval task instance as successive GETs see it (the last one repeats)
     task_states: list[dict[str, Any]] = []
     current_try = 1
+    # PATCH answers that fail first (e.g. SQLite "database is locked"): (status, what was committed anyway:
+    # "ours" = the request's answer, "other" = someone else's, None = nothing)
+    patch_failures: list[tuple[int, str | None]] = []
+    stored: dict[str, Any] | None = None
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -55,8 +59,18 @@ class Recorder(BaseHTTPRequestHandler):
             Recorder.current_try = ti["try_number"]
             return self._reply(200, ti)
         if self.path.endswith("/approval/-1/hitlDetails") and method == "GET":
+            if Recorder.stored is not None:  # what a committed answer looks like
+                return self._reply(200, {"created_at": "2026-11-01T00:00:00Z", "response_received": True,
+                                         **Recorder.stored, "responded_by_user": {"id": "admin", "name": "admin"}})
             return self._reply(200, {"created_at": "2026-11-01T00:00:00Z", "response_received": False})
         if self.path.endswith("/hitlDetails") and method == "PATCH":
+            if Recorder.patch_failures:
+                code, committed = Recorder.patch_failures.pop(0)
+                if committed:
+                    self.answered.add((self.path, Recorder.current_try))
+                    Recorder.stored = body if committed == "ours" else {"chosen_options": ["Reject"],
+                                                                        "params_input": {"comment": "not ours"}}
+                return self._reply(code, {"detail": {"reason": "Database error"}})
             if (self.path, Recorder.current_try) in self.answered:
                 return self._reply(409, {"detail": "already been updated"})
             self.answered.add((self.path, Recorder.current_try))
@@ -86,6 +100,7 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture()
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     Recorder.calls, Recorder.answered, Recorder.task_states, Recorder.current_try = [], set(), [], 1
+    Recorder.patch_failures, Recorder.stored = [], None
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -142,6 +157,31 @@ def test_approve_answers_the_retry_when_airflow_lost_the_answer(server: str,
     Recorder.task_states = [_ti("awaiting_input", 1), _ti("failed", 1)]
     assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 1
     assert "answered 'Approve' on approval try 1, but the task ended 'failed'" in capsys.readouterr().err
+
+
+def test_approve_retries_a_server_error_and_accepts_its_own_committed_answer(
+        server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.patch_failures = [(500, None)]  # rolled back: the retry answers
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 0
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 2
+    assert "approval success" in capsys.readouterr().out
+    Recorder.calls, Recorder.answered = [], set()
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.patch_failures = [(503, "ours")]  # committed although it failed: the retry's 409 is our own answer
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0", "--comment", "ok"]) == 0
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 2 and "approval success" in capsys.readouterr().out
+    # someone else's answer behind the 409 is never taken for ours
+    Recorder.calls, Recorder.answered, Recorder.stored = [], set(), None
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.patch_failures = [(500, "other")]
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 1
+    assert "HTTP 409" in capsys.readouterr().err
+    Recorder.calls, Recorder.answered, Recorder.stored = [], set(), None
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.patch_failures = [(400, None)]  # a client error is not retried
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 1
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 1 and "HTTP 400" in capsys.readouterr().err
 
 
 def test_reject_defaults_to_the_latest_run(server: str, capsys: pytest.CaptureFixture[str]) -> None:

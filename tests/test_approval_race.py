@@ -45,29 +45,19 @@ with DAG("{DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 '''
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_ten_immediate_approvals_all_promote(tmp_path: Path) -> None:
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "approval_race.py").write_text(DAG_FILE)
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    af = LocalAirflow(tmp_path / "airflow", configs, extra_env={
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
+def _approve_each_as_it_appears(af: LocalAirflow, runs: list[str], settle: str) -> dict[str, str]:
+    """Start `tl approve` the instant each run's request shows; returns each approver's output."""
     approvers: dict[str, subprocess.Popen[str]] = {}
+    client = af.client()
+    deadline = time.monotonic() + 300
     try:
-        af.start()
-        runs = [af.trigger(DAG_ID, f"2026-11-{day + 1:02d}T00:00:00Z") for day in range(RUNS)]
-        client = af.client()
-        deadline = time.monotonic() + 300
-        while len(approvers) < RUNS and time.monotonic() < deadline:
+        while len(approvers) < len(runs) and time.monotonic() < deadline:
             for detail in client.pending_approvals(DAG_ID):
                 run_id = detail["task_instance"]["dag_run_id"]
-                if run_id not in approvers:  # answered the instant the request shows
+                if run_id in runs and run_id not in approvers:
                     approvers[run_id] = subprocess.Popen(
                         ["timeout", "-k", "10", "600", sys.executable, "-m", "tl_core.cli", "approve", "--dag", DAG_ID,
-                         "--run", run_id, "--comment", "immediate"],
+                         "--run", run_id, "--comment", "immediate", "--settle-seconds", settle],
                         env=af.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             time.sleep(0.1)
         assert sorted(approvers) == sorted(runs), "not every run showed its approval request"
@@ -75,15 +65,37 @@ def test_ten_immediate_approvals_all_promote(tmp_path: Path) -> None:
         for run_id, proc in approvers.items():
             assert proc.returncode == 0, outputs[run_id]
             assert f"Approve: {DAG_ID} run {run_id} (by admin); approval success" in outputs[run_id]
-        states = {run_id: af.wait(DAG_ID, run_id, ("success", "failed"), timeout=300) for run_id in runs}
-        tasks = {run_id: af.task_states(DAG_ID, run_id) for run_id in runs}
-        assert all(s == "success" for s in states.values()), tasks
-        assert all(t["promote"] == "success" for t in tasks.values()), tasks
-        lost = [r for r, out in outputs.items() if "Airflow lost the answer" in out]
-        print(f"{len(lost)} of {RUNS} answers were lost by Airflow and answered again on the retry")
+        return outputs
     finally:
         for proc in approvers.values():
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ten_immediate_approvals_all_promote(tmp_path: Path) -> None:
+    """Ten runs answered by `tl approve` as each request appears (it settles first); then ten answered with no
+    settling at all, where Airflow loses answers and `tl approve` answers the approval task's retry."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "approval_race.py").write_text(DAG_FILE)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    af = LocalAirflow(tmp_path / "airflow", configs, extra_env={
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
+    try:
+        af.start()
+        for batch, settle in enumerate(("15", "0")):
+            runs = [af.trigger(DAG_ID, f"2026-{10 + batch}-{day + 1:02d}T00:00:00Z") for day in range(RUNS)]
+            outputs = _approve_each_as_it_appears(af, runs, settle)
+            states = {run_id: af.wait(DAG_ID, run_id, ("success", "failed"), timeout=300) for run_id in runs}
+            tasks = {run_id: af.task_states(DAG_ID, run_id) for run_id in runs}
+            assert all(s == "success" for s in states.values()), tasks
+            assert all(t["promote"] == "success" for t in tasks.values()), tasks
+            lost = [r for r, out in outputs.items() if "Airflow lost the answer" in out]
+            print(f"settle {settle}s: {len(lost)} of {RUNS} answers lost by Airflow and answered again on the retry; "
+                  f"{RUNS} of {RUNS} promoted")
+    finally:
         af.stop()
     assert af.proc is not None and af.proc.poll() is not None

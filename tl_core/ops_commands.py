@@ -31,7 +31,11 @@ SETTLE_S = float(os.environ.get("TL_APPROVAL_SETTLE_S", "15"))
 
 
 class AirflowAPIError(TLError):
-    """The Airflow REST API refused or failed a request."""
+    """The Airflow REST API refused or failed a request (``status``: the HTTP status, None when unreachable)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AirflowClient:
@@ -59,7 +63,7 @@ class AirflowClient:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}") from None
+            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}", exc.code) from None
         except urllib.error.URLError as exc:
             raise AirflowAPIError(f"cannot reach Airflow at {self.base} ({exc.reason}); set TL_AIRFLOW_URL") from None
         return json.loads(raw) if raw else None
@@ -138,8 +142,10 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
     tries: list[int] = []
     responded_by = ""
     while True:
-        ti = _wait_for_request(client, dag_id, run_id, task_id, settle_s, deadline, tries)
-        result = client.answer(dag_id, run_id, task_id, option, comment)
+        # a retry's request (Airflow lost the answer before) always settles for at least the default time
+        settle = settle_s if not tries else max(settle_s, SETTLE_S)
+        ti = _wait_for_request(client, dag_id, run_id, task_id, settle, deadline, tries)
+        result = _answer_once(client, dag_id, run_id, task_id, option, comment, deadline)
         responded_by = str((result.get("responded_by") or {}).get("name") or responded_by)
         tries.append(int(ti["try_number"]))
         state = _wait_for_outcome(client, dag_id, run_id, task_id, int(ti["try_number"]), deadline, poll_s)
@@ -152,6 +158,27 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
                 f"{dag_id} run {run_id}: answered {option!r} on {task_id} try {tries[-1]}, but the task ended "
                 f"{state!r} without using the answer and will not retry; see the task's log")
         return ApprovalOutcome(option, responded_by, state, tries)
+
+
+def _answer_once(client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str, comment: str,
+                 deadline: float) -> dict[str, Any]:
+    """PATCH the answer; a server error (e.g. SQLite "database is locked" under load) is retried, and a 409 after
+    one is accepted when the stored answer is ours (the failed-looking request had been committed)."""
+    retried = False
+    while True:
+        try:
+            return client.answer(dag_id, run_id, task_id, option, comment)  # type: ignore[no-any-return]
+        except AirflowAPIError as exc:
+            if exc.status == 409 and retried:
+                detail = client.hitl_detail(dag_id, run_id, task_id)
+                if detail.get("chosen_options") == [option] and (detail.get("params_input") or {}).get(
+                        "comment", "") == comment:
+                    return {"chosen_options": [option], "responded_by": detail.get("responded_by_user") or {}}
+            if exc.status is None or exc.status < 500 or time.monotonic() > deadline:
+                raise
+            logger.warning("answering %s run %s failed on the server (%s); retrying", dag_id, run_id, exc)
+            retried = True
+            time.sleep(1.0)
 
 
 def _request_age_s(detail: dict[str, Any]) -> float:
