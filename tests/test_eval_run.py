@@ -164,16 +164,18 @@ def test_champion_comparison_and_pointer_check(tmp_path: Path) -> None:
 def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
     spec = parse_spec(spec_dict(tmp_path.as_uri()))
     ctx = make_synthetic_run(spec)
-    # A pointer to a version that was never registered: scoring it fails, the report records why.
+    # A hand-written pointer (no promotion made it): unreadable evidence, and the gate fails closed naming it.
     ctx.store.put_bytes("registry/eval-demo/champion.json", json.dumps({"version": "v0007"}).encode())
     run_evaluate(ctx)
     champion = ctx.read_json("evaluation/report.json")["champion"]
-    assert champion["status"] == "unreadable" and champion["version"] == "v0007" and champion["etag"]
-    assert "champion v0007 could not be scored" in champion["reason"]
+    assert champion["status"] == "unreadable" and champion["version"] is None
+    assert "champion pointer unreadable" in champion["reason"] and "champion.json" in champion["reason"]
     result = run_gate(ctx)
     assert not result["passed"] and not result["bootstrap"]
-    assert any(r.startswith("champion 'v0007' could not be re-scored: champion v0007 could not be scored")
-               for r in result["reasons"])
+    assert any("could not be re-scored" in r and "champion.json is not a valid champion pointer" in r
+               for r in result["reasons"]), result["reasons"]
+    evidence = ctx.read_json("gate/decision.json")["evidence"]
+    assert "champion.json is not a valid champion pointer" in evidence["champion_error"]
     # A corrupt pointer is unreadable too (never a silent bootstrap).
     ctx.store.put_bytes("registry/eval-demo/champion.json", b"{not json")
     run_evaluate(ctx)

@@ -360,14 +360,18 @@ def current_evidence(ctx: RunContext) -> dict[str, Any]:
     """What a decision rests on, read afresh from the store (used again just before promotion): the candidate's
     artifact checksums (models/<selected>/ without resume state, export/model.onnx), the champion version and
     pointer etag, the snapshot content hash and the checksums of the reports."""
-    from tl_core.registry import Registry
+    from tl_core.registry import Registry, RegistryError
 
     selected = ctx.read_json("candidate.json")["selected"]
     files = [k for k in sorted(ctx.store.list(ctx.model_key(selected) + "/")) if "/resume/" not in k]
     for rel in ("export/model.onnx", "candidate.json"):
         if ctx.store.exists(ctx.key(rel)):
             files.append(ctx.key(rel))
-    pointer = Registry.for_spec(ctx.spec).champion()
+    registry = Registry.for_spec(ctx.spec)
+    try:
+        pointer, champion_error = registry.champion(), None
+    except RegistryError as exc:  # an unreadable or unexplained pointer is evidence too: the gate fails closed
+        pointer, champion_error = None, str(exc)
     snapshot = ctx.read_json("snapshot/manifest.json") if ctx.store.exists(ctx.key("snapshot/manifest.json")) else {}
     reports = {rel: ctx.store.etag(ctx.key(rel)) for rel in ("evaluation/report.json", "audit/report.json")
                if ctx.store.exists(ctx.key(rel))}
@@ -375,6 +379,7 @@ def current_evidence(ctx: RunContext) -> dict[str, Any]:
         "candidate_files": {k: ctx.store.etag(k) for k in files},
         "champion_version": pointer.version if pointer else None,
         "champion_etag": pointer.etag if pointer else None,
+        **({"champion_error": champion_error} if champion_error else {}),
         "snapshot_hash": snapshot.get("content_hash"),
         "reports": reports,
     }
