@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_browser_approval import ARTIFACTS, Chromium, png_size
 
+from browser import ARTIFACTS, Chromium, png_size
 from model_fixtures import tiny_bert_dir
 from tl_core.config import parse_spec
 from tl_core.data.demo import write_demo_data

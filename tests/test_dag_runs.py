@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from airflow_fixtures import ROOT, airflow_env
 from model_fixtures import tiny_bert_dir
-from test_dags import ROOT, airflow_env
 from tl_core.config import parse_spec
 from tl_core.data.demo import write_demo_data
 from tl_core.pipeline import step_check_evidence

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from airflow_fixtures import ROOT, airflow_env
 
 PROBE = r"""
 import json, sys, time
@@ -32,14 +31,6 @@ for dag_id, dag in bag.dags.items():
     }
 print(json.dumps(out))
 """
-
-
-def airflow_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
-               AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"), TL_CONFIGS_DIR=str(ROOT / "configs"))
-    return env
 
 
 @pytest.fixture(scope="module")

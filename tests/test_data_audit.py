@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from scipy.stats import chi2_contingency
-from test_data_helpers import (
+
+from data_fixtures import (
     LABELS,
     base,
     distinct_image,
@@ -28,7 +29,6 @@ from test_data_helpers import (
     text_rows,
     text_spec,
 )
-
 from tl_core.config import ModelSpec
 from tl_core.data.audit import label_shift, run_audit
 from tl_core.data.partitions import MAX_IMAGE_PIXELS, confine_image_uri

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_data_helpers import base, distinct_image, image_frame, image_spec, png, put, text_rows, text_spec
 
+from data_fixtures import base, distinct_image, image_frame, image_spec, png, put, text_rows, text_spec
 from tl_core.data.audit import run_audit
 from tl_core.data.snapshot import run_snapshot
 from tl_core.errors import BlockingAuditFinding, DataError

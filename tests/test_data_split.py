@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_data_helpers import base, distinct_image, examples, image_frame, image_spec, png, put, text_rows, text_spec
 
+from data_fixtures import base, distinct_image, examples, image_frame, image_spec, png, put, text_rows, text_spec
 from tl_core.config import ModelSpec
 from tl_core.data.audit import run_audit
 from tl_core.data.snapshot import run_snapshot

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_registry import MODEL, fake_run, make_spec
 
+from registry_fixtures import MODEL, fake_run, make_spec
 from tl_core.cli import main as tl_main
 from tl_core.registry import Registry
 
