@@ -48,7 +48,7 @@ def fake_run(runs_uri: str, run_id: str, seed: int = 0, minimal: bool = False) -
         "train": spec.train.model_dump(mode="json")})
     if minimal:
         return ctx
-    ctx.write_json("spec.json", spec.model_dump(mode="json"))
+    ctx.save_spec()
     ctx.write_json("models/frozen/preprocessing/data_config.json", {"kind": "image"})
     ctx.store.put_bytes(ctx.model_key("frozen", "preprocessing", "vocab.txt"), b"a\nb\n")
     ctx.store.put_bytes(ctx.model_key("frozen", "resume", "state.pt"), b"\x80\x04pickle")  # transient: skipped

@@ -181,3 +181,18 @@ def test_cli_refuses_a_hand_edited_champion_pointer(env: tuple[Path, Registry], 
         assert (f"registry/{MODEL}/champion.json (champion {v2}, record {pointer['record_id']}) differs from its "
                 "ledger record 3 in version") in capsys.readouterr().err, argv
     assert reg.ledger() == ledger
+
+
+def test_cli_register_keeps_the_run_bound_to_its_spec(env: tuple[Path, Registry], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`tl registry register` goes through the run's spec binding like the DAG's register task."""
+    spec_file, reg = env
+    changed = json.loads(spec_file.read_text())
+    changed["labels"] = ["a", "b", "c", "d"]
+    other = tmp_path / "changed.yaml"
+    other.write_text(json.dumps(changed))
+    assert tl_main(["registry", "register", "--run", "r1", "--spec", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "run r1 was started with spec fingerprint" in err and "changed: labels" in err, err
+    assert reg.list_versions() == []
+    assert run_json(capsys, "register", "--run", "r1", "--spec", str(spec_file))["version"] == "v0001"  # type: ignore

@@ -92,11 +92,11 @@ def step_gate(spec_path: str, run_id: str) -> dict[str, Any]:
     return run_gate(_ctx(spec_path, run_id, "gate"))
 
 
-def step_register(spec_path: str, run_id: str, shadow: bool) -> str:
+def step_register(spec_path: str, run_id: str, shadow: bool, actor: str = "tl") -> str:
     from tl_core.registry import Registry
 
     ctx = _ctx(spec_path, run_id, "register")
-    return Registry.for_spec(ctx.spec).register(ctx, shadow=shadow)
+    return Registry.for_spec(ctx.spec).register(ctx, shadow=shadow, actor=actor)
 
 
 def step_check_evidence(spec_path: str, run_id: str, expected_hash: str) -> str:

@@ -89,12 +89,12 @@ def _run(args: argparse.Namespace) -> int:
         records = reg.history()
         emit(args, records, history_table(records) if records else f"{reg.model}: the ledger is empty")
     elif args.action == "register":
-        from tl_core.config import load_spec
-        from tl_core.runs import RunContext
 
         if not args.spec:
             raise RegistryError("tl registry register needs --spec FILE (it locates the run)")
-        version = reg.register(RunContext.open(load_spec(args.spec), args.run), shadow=args.shadow, actor=actor)
+        from tl_core.pipeline import step_register  # the run's spec binding and step order, as in the DAG
+
+        version = step_register(args.spec, args.run, args.shadow, actor)
         emit(args, {"version": version, "run_id": args.run}, f"registered {version}")
     elif args.action == "promote":
         approval = _read_approval(args.approval)
