@@ -113,3 +113,21 @@ def make_run(spec: ModelSpec, examples: pd.DataFrame, run_id: str = "test-run") 
     examples.to_parquet(buf, index=False)
     ctx.store.put_bytes(ctx.key("split/examples.parquet"), buf.getvalue())
     return ctx
+
+
+REFERENCE_CASES = ("text-full", "text-lora", "image-full")
+
+
+def reference_case(case: str, store_uri: str, bert_dir: Path, **train: Any) -> tuple[ModelSpec, pd.DataFrame]:
+    """The seeded tiny runs whose learning curves are stored in tests/data/reference_curves.json.
+
+    ``train`` overrides recipe fields (tests/data/measure_reference_spread.py uses it to show that a changed
+    default, e.g. weight decay, moves the curves by more than the stored tolerance).
+    """
+    modality, strategy = case.split("-")
+    if modality == "text":
+        spec = text_spec(store_uri, bert_dir, strategies=[strategy], epochs=3, warmup_epochs=1, patience=10, **train)
+        return spec, text_examples()
+    spec = image_spec(store_uri, strategies=[strategy], epochs=3, warmup_epochs=1, patience=10,
+                      **{"lr": 0.01, "backbone_lr": 0.01, **train})
+    return spec, image_examples(n_per_class=40)

@@ -42,6 +42,10 @@ class BlockingAuditFinding(DataError):
     """The data audit found a blocking problem; the run must stop."""
 
 
+class ResumeError(TLError):
+    """A training resume checkpoint does not fit the model and strategy being trained."""
+
+
 class PredictError(TLError, ValueError):
     """A `tl predict` request was refused before anything was written: the model reference, the batch size,
     the input file or the output location is unusable; the message names the value and what was expected."""

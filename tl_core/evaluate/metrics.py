@@ -126,3 +126,19 @@ def all_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str
                                   "support": int(cm[i].sum())} for i in range(c)},
         "confusion": cm.tolist(),
     }
+
+
+def metric_value(metric: str, probs: np.ndarray, y: np.ndarray) -> float:
+    """One metric by name (a value of config.Metric) for probabilities ``probs`` (N x C) and labels ``y``."""
+    if metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+        return float(scores_from_confusion(confusion(y, probs.argmax(1), probs.shape[1]))[metric])
+    if metric in ("log_loss", "brier"):
+        return float(per_example(probs, y)[metric].mean()) if len(y) else float("nan")
+    if metric == "ece":
+        return ece(probs, y)
+    if metric == "auroc":
+        return auroc_macro_ovr(probs, y)
+    raise ValueError(
+        f"unknown metric {metric!r}; expected one of accuracy, balanced_accuracy, macro_f1, auroc, log_loss, "
+        "brier, ece"
+    )

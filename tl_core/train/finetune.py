@@ -5,8 +5,10 @@ Recipe (fastai's freeze-then-unfreeze, timm's train script): head-only warm-up e
 layer-wise decay going down the backbone (LoRA adapters: one LR of their own when `train.lora.lr`
 is set); AdamW (fused on CUDA) without decay on norms and biases;
 linear warm-up then cosine; gradient clipping; class-weighted loss; early stopping on the validation
-metric keeping the best weights; bf16 autocast and channels_last on CUDA. A resume checkpoint is
-written after every epoch, so a killed task re-run continues from its last completed epoch.
+primary metric (`train.primary_metric`, either direction) keeping the best weights; bf16 autocast and
+channels_last on CUDA. A resume checkpoint is written after every epoch, so a killed task re-run continues
+from its last completed epoch; it holds only the tensors training can change (LoRA: adapters + head), plus
+optimizer, scheduler and RNG state.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tl_core.config import ModelSpec
+from tl_core.errors import ResumeError
 from tl_core.models.backbones import Backbone, Classifier, default_lora_targets
 from tl_core.train.data import Encoded, iterate
+from tl_core.train.objective import improves, validation_score
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +46,7 @@ class TrainResult:
     samples_per_s: float = 0.0
     wall_s: float = 0.0
     resumed_from_epoch: int = 0
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-F1 over the classes present in y_true or y_pred (as scikit-learn's default)."""
-    cm = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(num_classes, -1)
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    present = denom > 0
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
-    return float(f1[present].mean()) if present.any() else 0.0
+    trainable_parameters: int = 0
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -202,6 +197,103 @@ def _freeze_frozen_norms(model: nn.Module) -> None:
             m.eval()
 
 
+def _changing_keys(model: Classifier, blocks: list[list[nn.Parameter]], strategy: str, spec: ModelSpec,
+                   total_epochs: int) -> tuple[list[str], int]:
+    """State-dict keys that training can change, and how many parameters it trains.
+
+    A parameter changes only if some epoch of the schedule makes it trainable (a frozen one gets no
+    gradient, so AdamW skips it, decay included); buffers (BatchNorm statistics) are all kept. Resume
+    checkpoints and the best-epoch copy hold only these keys: for LoRA the adapters, the head and the
+    buffers, not the base model. Leaves requires_grad as epoch 0 sets it.
+    """
+    trainable: set[str] = set()
+    for epoch in range(total_epochs):
+        _set_trainable(model, blocks, strategy, epoch, spec)
+        trainable.update(n for n, p in model.named_parameters() if p.requires_grad)
+    _set_trainable(model, blocks, strategy, 0, spec)
+    params = dict(model.named_parameters())
+    keys = [k for k in model.state_dict() if k in trainable or k not in params]
+    return keys, sum(params[n].numel() for n in trainable)
+
+
+def _changing_state(model: Classifier, keys: list[str]) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().clone() for k in keys}
+
+
+def _check_keys(state: dict[str, torch.Tensor], keys: list[str], what: str) -> None:
+    """Refuse a saved partial state that does not hold exactly ``keys`` (another model or strategy)."""
+    missing, unexpected = sorted(set(keys) - set(state)), sorted(set(state) - set(keys))
+    if missing or unexpected:
+        raise ResumeError(
+            f"{what} does not match this model and strategy: {len(missing)} tensors missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}; delete it to train from the start"
+        )
+
+
+def _save_checkpoint(model: Classifier, keys: list[str], optimizer: torch.optim.Optimizer, scheduler: Any,
+                     generator: torch.Generator, epoch: int, stale: int, result: TrainResult,
+                     best_state: dict[str, torch.Tensor] | None) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format": 2, "changing": _changing_state(model, keys), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                "generator": generator.get_state(), "epoch": epoch, "stale": stale,
+                "best_score": result.best_score, "best_epoch": result.best_epoch, "curves": result.curves,
+                "best_state": best_state}, buf)
+    return buf.getvalue()
+
+
+def _restore_checkpoint(blob: bytes, model: Classifier, keys: list[str], optimizer: torch.optim.Optimizer,
+                        scheduler: Any, generator: torch.Generator, result: TrainResult,
+                        strategy: str) -> tuple[int, int, dict[str, torch.Tensor] | None]:
+    """Load a resume checkpoint; returns (first epoch to run, stale epochs, best-epoch state)."""
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    what = f"{strategy} resume checkpoint"
+    if "changing" in state:
+        _check_keys(state["changing"], keys, what)
+        if state["best_state"] is not None:
+            _check_keys(state["best_state"], keys, what + " (best-epoch state)")
+        model.load_state_dict(state["changing"], strict=False)
+    else:  # written before checkpoints held only the changing tensors: the whole model
+        model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if "py_rng" in state:
+        random.setstate(state["py_rng"])
+    else:  # written before the Python RNG was saved: resumes, but image augmentation draws differ
+        logger.warning("%s: resume checkpoint has no Python RNG state; the run will not be bit-for-bit", strategy)
+    generator.set_state(state["generator"])
+    result.best_score, result.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+    result.curves = [dict(c) for c in state["curves"]]
+    return int(state["epoch"]) + 1, int(state["stale"]), state["best_state"]
+
+
+def _train_epoch(compiled: nn.Module, model: Classifier, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 loss_fn: nn.Module, train: Encoded, generator: torch.Generator, pad_id: int, transform: Any,
+                 device: torch.device, spec: ModelSpec, desc: str) -> tuple[float, int]:
+    """One pass over the shuffled training set; returns (summed loss, examples seen)."""
+    t = spec.train
+    running, count = 0.0, 0
+    bar = tqdm(total=len(train), desc=desc, unit="ex", leave=False, disable=None)
+    for idx, inputs in iterate(train, t.batch_size, True, generator, pad_id, transform):
+        targets = torch.as_tensor(train.labels[idx], device=device)
+        inputs = tuple(x.to(device, non_blocking=True) for x in inputs)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullctx():
+            loss = loss_fn(compiled(*inputs).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        running += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.update(len(idx))
+        bar.set_postfix(loss=f"{running / count:.4f}")
+    bar.close()
+    return running, count
+
+
 def finetune(
     model: Classifier,
     backbone: Backbone,
@@ -235,80 +327,45 @@ def finetune(
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     compiled: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     result = TrainResult(model=model)
+    keys, result.trainable_parameters = _changing_keys(model, blocks, strategy, spec, total_epochs)
     best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    start_epoch = 0
-
+    stale, start_epoch = 0, 0
     blob = load_resume()
     if blob is not None:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        if "py_rng" in state:
-            random.setstate(state["py_rng"])
-        else:  # written before the Python RNG was saved: resumes, but image augmentation draws differ
-            logger.warning("%s: resume checkpoint has no Python RNG state; the run will not be bit-for-bit", strategy)
-        generator.set_state(state["generator"])
-        start_epoch, stale = int(state["epoch"]) + 1, int(state["stale"])
-        result.best_score, result.best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        result.curves = [dict(c) for c in state["curves"]]
-        best_state = state["best_state"]
+        start_epoch, stale, best_state = _restore_checkpoint(blob, model, keys, optimizer, scheduler, generator,
+                                                             result, strategy)
         result.resumed_from_epoch = start_epoch
-        logger.info("%s: resuming after epoch %d (best %.4f)", strategy, start_epoch - 1, result.best_score)
+        logger.info("%s: resuming after epoch %d (best %s %.4f)", strategy, start_epoch - 1, t.primary_metric,
+                    result.best_score)
 
     seen_samples, t0 = 0, time.perf_counter()
     for epoch in range(start_epoch, total_epochs):
         _set_trainable(model, blocks, strategy, epoch, spec)
         model.train()
         _freeze_frozen_norms(model)
-        running, count = 0.0, 0
-        bar = tqdm(total=len(train), desc=f"{strategy} epoch {epoch + 1}/{total_epochs}", unit="ex", leave=False,
-                   disable=None)
-        for idx, inputs in iterate(train, t.batch_size, True, generator, pad_id, transforms[0]):
-            targets = torch.as_tensor(train.labels[idx], device=device)
-            inputs = tuple(x.to(device, non_blocking=True) for x in inputs)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullctx():
-                loss = loss_fn(compiled(*inputs).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            running += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{running / count:.4f}")
-        bar.close()
+        desc = f"{strategy} epoch {epoch + 1}/{total_epochs}"
+        running, count = _train_epoch(compiled, model, optimizer, scheduler, loss_fn, train, generator, pad_id,
+                                      transforms[0], device, spec, desc)
         seen_samples += count
         val_logits = predict_logits(model, val, t.eval_batch_size, device, pad_id, transforms[1])
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val.labels)))
-        score = macro_f1(val.labels, val_logits.argmax(1), num_classes)
+        score = validation_score(t.primary_metric, val_logits, val.labels)
         result.curves.append({"epoch": epoch + 1, "train_loss": running / max(count, 1), "val_loss": val_loss,
                               "val_metric": score})
-        logger.info("%s epoch %d: train_loss %.4f val_loss %.4f val_macro_f1 %.4f", strategy, epoch + 1,
-                    running / max(count, 1), val_loss, score)
-        if score > result.best_score:
+        logger.info("%s epoch %d: train_loss %.4f val_loss %.4f val_%s %.4f", strategy, epoch + 1,
+                    running / max(count, 1), val_loss, t.primary_metric, score)
+        if improves(t.primary_metric, score, result.best_score if result.best_epoch > 0 else None):
             result.best_score, result.best_epoch, stale = score, epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = _changing_state(model, keys)
         else:
             stale += 1
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "py_rng": random.getstate(),
-                    "generator": generator.get_state(), "epoch": epoch, "stale": stale,
-                    "best_score": result.best_score, "best_epoch": result.best_epoch,
-                    "curves": result.curves, "best_state": best_state}, buf)
-        save_resume(buf.getvalue())
-        past_warmup = epoch + 1 > t.warmup_epochs
-        if past_warmup and stale >= t.patience:
+        save_resume(_save_checkpoint(model, keys, optimizer, scheduler, generator, epoch, stale, result, best_state))
+        if epoch + 1 > t.warmup_epochs and stale >= t.patience:
             logger.info("%s: early stop at epoch %d (best epoch %d)", strategy, epoch + 1, result.best_epoch)
             break
 
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=False)
     result.wall_s = time.perf_counter() - t0
     result.samples_per_s = seen_samples / result.wall_s if result.wall_s > 0 else 0.0
     result.model = merge_lora(model).cpu().eval()

@@ -19,6 +19,7 @@ from tl_core.runs import SPLITS, RunContext
 from tl_core.train.data import Encoded, content_hashes, encode_split, image_transform
 from tl_core.train.finetune import choose_device, finetune, predict_logits
 from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
+from tl_core.train.objective import rank_key
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def run_train(ctx: RunContext, strategy: str) -> str:
             model.head.bias.copy_(torch.from_numpy(bias))
         for name in EVAL_SPLITS:
             logits[name] = feats[name] @ weight.T + bias
-        best = max(c_scores.values())
+        best = min(c_scores.values(), key=lambda v: rank_key(spec.train.primary_metric, v))
+        trainable = sum(p.numel() for p in model.head.parameters())  # the backbone is frozen: only the head learns
         report.update(val_metric=best, c_scores=c_scores, curves=[], cache={
             "hits": stats.hits, "misses": stats.misses, "embed_s": stats.embed_s, "key": cache.prefix})
         samples = sum(len(e) for e in encoded.values())
@@ -117,13 +119,14 @@ def run_train(ctx: RunContext, strategy: str) -> str:
                                           pad_id, transforms[1]) if len(encoded[name]) else np.zeros(
                 (0, len(spec.labels)), np.float32)
         model.cpu()
+        trainable = result.trainable_parameters
         report.update(val_metric=result.best_score, best_epoch=result.best_epoch, curves=result.curves,
                       resumed_from_epoch=result.resumed_from_epoch, train_samples_per_s=result.samples_per_s)
         samples = len(encoded["train"]) * max(1, len(result.curves))
     wall = time.perf_counter() - t0
     report.update(primary_metric=spec.train.primary_metric, wall_s=wall, samples_per_s=samples / wall if wall else 0.0,
                   peak_memory_mb=_peak_memory_mb(device), device=str(device),
-                  trainable_parameters=sum(p.numel() for p in model.parameters()))
+                  trainable_parameters=trainable, total_parameters=sum(p.numel() for p in model.parameters()))
     prefix = ctx.model_key(strategy)
     save_model(ctx.store, prefix, model, backbone, model_config(spec, backbone, strategy))
     for name in EVAL_SPLITS:
