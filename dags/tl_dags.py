@@ -39,8 +39,8 @@ class RecordedApproval(ApprovalOperator):
 
     On Reject the operator skips its downstream tasks by raising, so its return value is never pushed; the
     no-promotion record needs to know who answered what, or that nobody did. A timeout fails the task without a
-    retry (no answer = no promotion, never a second request); other failures retry once, which opens a new
-    request for the same run: Airflow 3.3.2 can lose an answer given right after the request appears (the
+    retry (no answer = no promotion, never a second request); other failures retry (up to 3 times), each
+    opening a new request for the same run: Airflow 3.3.2 can lose an answer given right after the request appears (the
     scheduler fails the resumed task on the stale executor event of the process that parked it), and `tl approve`
     answers that retry's request (tl_core.ops_commands.answer_when_settled).
     """
@@ -63,8 +63,9 @@ class RecordedApproval(ApprovalOperator):
 
 
 def approval_retry_args() -> dict[str, Any]:
-    """One retry, soon: only for a lost answer or a crashed worker (a timeout never retries; see RecordedApproval)."""
-    return {"retries": 1, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": False}
+    """Three retries, soon: only for a lost answer or a crashed worker (a timeout never retries; see
+    RecordedApproval). Each retry is a new request for the same run, which `tl approve` answers."""
+    return {"retries": 3, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": False}
 
 
 def is_shadow(run_type: str, allow_promotion: bool) -> bool:
@@ -298,8 +299,13 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
 
             ti, run_id = context["ti"], context["run_id"]
             states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
-            return step_record_no_promotion(spec_path, run_id, {k: str(v) for k, v in states.items()},
-                                            ti.xcom_pull(task_ids="approval", key="answer"), None, False)
+            outcome = step_record_no_promotion(spec_path, run_id, {k: str(v) for k, v in states.items()},
+                                               ti.xcom_pull(task_ids="approval", key="answer"), None, False)
+            if outcome != "promoted":  # a manual promotion that did not happen is a failed run, not a quiet one
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(outcome)
+            return outcome
 
         checked = check_promotable()
         checked >> approve

@@ -40,7 +40,7 @@ def test_promoted_gate_fail_and_shadow_runs_record_nothing_here() -> None:
      "answered); see its log"),
     ({"check_promotable": "failed", "approval": "upstream_failed", "promote": "upstream_failed"}, None, "approval",
      "not promoted: the run stopped before an approval answer (approval 'upstream_failed'; failed tasks: "
-     "approval, check_promotable, promote)"),
+     "check_promotable)"),
 ])
 def test_no_promotion_reason_says_what_happened(states: dict[str, str], answer: dict | None, actor: str,
                                                  reason: str) -> None:

@@ -142,8 +142,8 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
     tries: list[int] = []
     responded_by = ""
     while True:
-        # a retry's request (Airflow lost the answer before) always settles for at least the default time
-        settle = settle_s if not tries else max(settle_s, SETTLE_S)
+        # a retry's request (Airflow lost the answer before) settles longer each time: 15 s, 30 s, 60 s
+        settle = settle_s if not tries else max(settle_s, SETTLE_S) * 2 ** (len(tries) - 1)
         ti = _wait_for_request(client, dag_id, run_id, task_id, settle, deadline, tries)
         result = _answer_once(client, dag_id, run_id, task_id, option, comment, deadline)
         responded_by = str((result.get("responded_by") or {}).get("name") or responded_by)
@@ -154,9 +154,10 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
                            dag_id, run_id, task_id, tries[-1], state)
             continue
         if state != "success":
+            why = _state_mismatch_note(client, dag_id, run_id, task_id)
             raise AirflowAPIError(
                 f"{dag_id} run {run_id}: answered {option!r} on {task_id} try {tries[-1]}, but the task ended "
-                f"{state!r} without using the answer and will not retry; see the task's log")
+                f"{state!r} without using the answer and will not retry{why}; see the task's log")
         return ApprovalOutcome(option, responded_by, state, tries)
 
 
@@ -179,6 +180,19 @@ def _answer_once(client: AirflowClient, dag_id: str, run_id: str, task_id: str, 
             logger.warning("answering %s run %s failed on the server (%s); retrying", dag_id, run_id, exc)
             retried = True
             time.sleep(1.0)
+
+
+def _state_mismatch_note(client: AirflowClient, dag_id: str, run_id: str, task_id: str) -> str:
+    """Names Airflow's executor-event race when its event log recorded it for the task ("state mismatch")."""
+    query = urllib.parse.urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "event": "state mismatch"})
+    try:
+        logs = client.get(f"/api/v2/eventLogs?{query}").get("event_logs") or []
+    except AirflowAPIError:
+        return ""
+    if not logs:
+        return ""
+    return (f" (Airflow's scheduler failed it on a stale executor event {len(logs)} time(s): 'state mismatch' in "
+            "the event log)")
 
 
 def _request_age_s(detail: dict[str, Any]) -> float:

@@ -162,7 +162,7 @@ def no_promotion_reasons(states: dict[str, str], answer: dict[str, Any] | None, 
                          "(task check_evidence failed; see its log)", *tail]
         return who, [f"not promoted although approved by {who}: task promote ended {states.get('promote')!r} "
                      f"(check_evidence {states.get('check_evidence')!r}); see their logs", *tail]
-    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed") and t != "record_no_promotion")
+    failed = sorted(t for t, s in states.items() if s == "failed" and t != "record_no_promotion")
     if approval == "failed":
         return who, ["not promoted: the approval task failed without an answer (e.g. the scheduler failed it, or "
                      "its retry was not answered); see its log"]
