@@ -569,3 +569,30 @@ def test_local_weights_fingerprint_follows_content_not_timestamps(tmp_path: Path
     tensors[name] = tensors[name] + 1.0
     save_file(tensors, weights)
     assert weights_fingerprint(spec.backbone) != before
+
+
+def test_images_behind_uris_are_verified_and_cached_by_content(tmp_path: Path) -> None:
+    """Training reads an image_uri only as the snapshot recorded it, and keys the embedding cache by the image's
+    bytes (the recorded sha256), never by the URI string."""
+    import hashlib
+
+    import pandas as pd
+
+    from model_fixtures import digit_png
+    from tl_core.errors import DataError
+    from tl_core.train.data import collate, content_hashes, encode_split, image_transform
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "img.png"
+    path.write_bytes(digit_png(3, rng))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    df = pd.DataFrame({"example_id": ["e1"], "label": ["3"], "image_uri": [path.as_uri()], "image_sha256": [sha]})
+    assert content_hashes(df, "image_uri") == [sha]
+    preprocessing = {"kind": "image", "input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
+                     "interpolation": "bilinear", "crop_pct": 1.0}
+    encoded = encode_split(df, "image_uri", ["3"], preprocessing)
+    transform = image_transform(preprocessing, False)
+    assert collate(encoded, np.array([0]), transform=transform)[0].shape == (1, 3, 32, 32)
+    path.write_bytes(digit_png(5, rng))  # the same URI, other bytes after the snapshot
+    with pytest.raises(DataError, match=r"example e1: image file://.*img.png changed after the snapshot"):
+        collate(encoded, np.array([0]), transform=transform)

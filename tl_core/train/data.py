@@ -15,11 +15,20 @@ import torch
 
 from tl_core.errors import DataError
 
+# The examples column with the sha256 the snapshot recorded for each image behind an ``image_uri``
+# (tl_core.data.split.IMAGE_SHA256; spelled here too so that training does not import the data steps).
+IMAGE_SHA256 = "image_sha256"
+
 
 def content_hashes(df: pd.DataFrame, input_column: str) -> list[str]:
-    """sha256 of each example's input content (the embedding-cache key per example)."""
+    """sha256 of each example's input content (the embedding-cache key per example): the image's own sha256
+    for an ``image_uri`` (never the URI string: the same URI may hold other bytes in another run)."""
+    recorded = df[IMAGE_SHA256].tolist() if IMAGE_SHA256 in df else [None] * len(df)
     out = []
-    for value in df[input_column].tolist():
+    for value, sha in zip(df[input_column].tolist(), recorded, strict=True):
+        if isinstance(value, str) and isinstance(sha, str):
+            out.append(sha)
+            continue
         raw = value.encode() if isinstance(value, str) else bytes(value)
         out.append(hashlib.sha256(raw).hexdigest())
     return out
@@ -45,12 +54,21 @@ def image_transform(preprocessing: dict[str, Any], training: bool) -> Any:
 
 
 def load_image_bytes(value: Any, example_id: str = "?") -> bytes:
+    """An example's image bytes: inline bytes, a URI, or (URI, sha256 the snapshot recorded), verified."""
+    expected = None
+    if isinstance(value, tuple) and len(value) == 2:
+        value, expected = value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str) and value.startswith(("s3://", "file://")):
         from tl_core.store import read_uri
 
-        return read_uri(value)
+        data = read_uri(value)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise DataError(f"example {example_id}: image {value} changed after the snapshot (sha256 "
+                            f"{hashlib.sha256(data).hexdigest()[:12]}..., snapshot says {str(expected)[:12]}...); "
+                            "write a changed image under a new key and start a new run")
+        return data
     raise DataError(f"example {example_id}: image must be bytes or an s3:// / file:// URI, got {type(value).__name__}")
 
 
@@ -73,7 +91,7 @@ class Encoded:
 
     kind: str
     ids: list[str]
-    values: list[Any]  # token-id lists for text, image bytes/URIs for images
+    values: list[Any]  # token-id lists for text; image bytes, URIs or (URI, recorded sha256) for images
     labels: np.ndarray  # int64 class indices, -1 when unknown
 
     def __len__(self) -> int:
@@ -96,7 +114,11 @@ def encode_split(
             df[input_column].astype(str).tolist(), truncation=True, max_length=preprocessing["max_length"]
         )
         return Encoded("text", ids, list(enc["input_ids"]), y)
-    return Encoded("image", ids, df[input_column].tolist(), y)
+    values = df[input_column].tolist()
+    if IMAGE_SHA256 in df:  # images behind URIs are checked against the snapshot when they are read
+        values = [(v, sha) if isinstance(v, str) and isinstance(sha, str) else v
+                  for v, sha in zip(values, df[IMAGE_SHA256].tolist(), strict=True)]
+    return Encoded("image", ids, values, y)
 
 
 def batch_indices(
