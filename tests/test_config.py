@@ -65,6 +65,7 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
         (lambda r: r["data"].update(window_days=10**9),
          r"data\.window_days: must be at most 3660 days .*got 1000000000"),
         (lambda r: r["train"].update(epochs=2.5), r"train\.epochs: must be a whole number .*got 2\.5"),
+        (lambda r: r["train"].update(frozen_c_grid=[]), r"train\.frozen_c_grid: .*at least 1"),
         (lambda r: r["gate"].update(confidence=0), r"gate\.confidence: must be strictly between 0 and 1 .*got 0"),
         (lambda r: r["gate"].update(confidence=1), r"gate\.confidence: must be strictly between 0 and 1 .*got 1"),
         (lambda r: r.update(labels=["billing", "", "tech"]), r"labels\.1: a label must be a non-empty string, got ''"),

@@ -267,7 +267,8 @@ class TrainSpec(_Strict):
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="Loss weights for imbalance.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
     frozen_c_grid: list[PositiveFloat] = Field(
-        default=[0.01, 0.1, 1.0, 10.0], description="Logistic-regression C values tried on validation."
+        default=[0.01, 0.1, 1.0, 10.0], min_length=1,
+        description="Logistic-regression C values tried on validation (at least one).",
     )
     primary_metric: Metric = Field("macro_f1", description="Validation metric for early stopping and selection.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
