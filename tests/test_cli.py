@@ -94,11 +94,11 @@ def test_spec_values_that_used_to_crash_a_step(tmp_path: Path, capsys: pytest.Ca
         (["demo-data", "--end-date", "2026-13-01"],
          "tl demo-data: error: argument --end-date: expected a calendar date YYYY-MM-DD, got '2026-13-01'"),
         (["demo-data", "--end-date", "2026-11-01", "--days", "0"],
-         "tl demo-data: error: argument --days: expected a whole number of 1 or more, got 0"),
+         "tl demo-data: error: argument --days: expected an integer >= 1, got '0'"),
         (["demo-data", "--end-date", "2026-11-01", "--drift-from", "20261101"],
          "tl demo-data: error: argument --drift-from: expected a calendar date YYYY-MM-DD, got '20261101'"),
         (["pretrain-source", "--epochs", "-1"],
-         "tl pretrain-source: error: argument --epochs: expected a whole number of 1 or more, got -1"),
+         "tl pretrain-source: error: argument --epochs: expected an integer >= 1, got '-1'"),
     ],
 )
 def test_bad_flags_name_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],

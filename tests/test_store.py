@@ -59,9 +59,9 @@ def test_compare_and_swap_on_missing_key_fails(store: ObjectStore) -> None:
     assert not store.exists("never-written")
 
 
-def test_sixteen_threads_race_one_wins(store: ObjectStore) -> None:
-    start = store.put_bytes("champion.json", b"v0")
-    barrier = threading.Barrier(16)
+def swap_race(store: ObjectStore, start: str, threads: int = 16) -> tuple[list[int], list[int]]:
+    """``threads`` compare-and-swaps of champion.json from etag ``start``, released together: (winners, losers)."""
+    barrier = threading.Barrier(threads)
     wins: list[int] = []
     losses: list[int] = []
 
@@ -73,11 +73,17 @@ def test_sixteen_threads_race_one_wins(store: ObjectStore) -> None:
         except PreconditionFailed:
             losses.append(i)
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(16)]
-    for t in threads:
+    workers = [threading.Thread(target=contend, args=(i,)) for i in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
+    return wins, losses
+
+
+def test_sixteen_threads_race_one_wins(store: ObjectStore) -> None:
+    start = store.put_bytes("champion.json", b"v0")
+    wins, losses = swap_race(store, start)
     assert len(wins) == 1 and len(losses) == 15
     assert store.get_bytes("champion.json") == f"v{wins[0] + 1}".encode()
 
@@ -267,23 +273,7 @@ def test_racing_recoverers_of_a_stale_claim_one_wins(tmp_path: Path, claim: str)
     marker.write_text(claim)  # an empty marker (older releases) is judged by age alone
     two_min_ago = time.time() - 120
     os.utime(marker, (two_min_ago, two_min_ago))
-    barrier = threading.Barrier(16)
-    wins: list[int] = []
-    losses: list[int] = []
-
-    def contend(i: int) -> None:
-        barrier.wait()
-        try:
-            store.put_bytes("champion.json", f"v{i + 1}".encode(), if_match=start)
-            wins.append(i)
-        except PreconditionFailed:
-            losses.append(i)
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    wins, losses = swap_race(store, start)
     assert len(wins) == 1 and len(losses) == 15
     assert store.get_bytes("champion.json") == f"v{wins[0] + 1}".encode()
     assert len(list(marker.parent.glob(f"{marker.name}.broken-*"))) == 1  # broken exactly once

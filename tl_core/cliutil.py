@@ -44,9 +44,9 @@ def positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
     if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {number}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
     return number
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tl_core.cliutil import add_spec_run, emit
+from tl_core.cliutil import add_spec_run, emit, positive_int
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -27,17 +27,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     emit(args, result, f"scored {result['rows']} rows with {result['model']}@{result['model_version']} -> "
                        f"{result['output']}")
     return 0
-
-
-def positive_int(value: str) -> int:
-    """argparse type for counts such as --batch-size: an integer >= 1, named in the error otherwise."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
-    return number
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
