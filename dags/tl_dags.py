@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, task
+from tl_operators import RecordedApproval, approval_retry_args  # plugins/: on sys.path in Airflow
 
 CONFIGS = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
 # The plugin's views (plugins/tl_plugin.py), served by the Airflow API server; TL_AIRFLOW_PUBLIC_URL makes the
@@ -32,40 +32,6 @@ REPORT_VIEW = PUBLIC_URL + "/tl/report/{dag_id}/{run_id}"
 REGISTRY_VIEW = PUBLIC_URL + "/tl/registry/{dag_id}?run_id={run_id}"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
                 "max_retry_delay": timedelta(minutes=10)}
-
-
-class RecordedApproval(ApprovalOperator):
-    """ApprovalOperator that keeps the answer (XCom key "answer") on Reject and on timeout too.
-
-    On Reject the operator skips its downstream tasks by raising, so its return value is never pushed; the
-    no-promotion record needs to know who answered what, or that nobody did. A timeout fails the task without a
-    retry (no answer = no promotion, never a second request); other failures retry (up to 3 times), each
-    opening a new request for the same run: Airflow 3.3.2 can lose an answer given right after the request appears (the
-    scheduler fails the resumed task on the stale executor event of the process that parked it), and `tl approve`
-    answers that retry's request (tl_core.ops_commands.answer_when_settled).
-    """
-
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        if "error" not in event:
-            user = event.get("responded_by_user") or {}
-            context["ti"].xcom_push(key="answer", value={
-                "chosen_options": list(event.get("chosen_options") or []),
-                "params_input": dict(event.get("params_input") or {}),
-                "responded_by": {"id": str(user.get("id", "")), "name": str(user.get("name", ""))},
-                "responded_at": str(event.get("responded_at", "")),
-            })
-        elif event.get("error_type") == "timeout":
-            context["ti"].xcom_push(key="answer", value={"timed_out": True, "error": str(event.get("error", ""))})
-            raise AirflowFailException(f"no approval answer within {self.response_timeout}: not promoted")
-        return super().execute_complete(context, event)
-
-
-def approval_retry_args() -> dict[str, Any]:
-    """Three retries, soon: only for a lost answer or a crashed worker (a timeout never retries; see
-    RecordedApproval). Each retry is a new request for the same run, which `tl approve` answers."""
-    return {"retries": 3, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": False}
 
 
 def is_shadow(run_type: str, allow_promotion: bool) -> bool:
@@ -198,17 +164,10 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
         @task
         def promote(version: str, decision: dict[str, Any], _: str, **context: Any) -> dict[str, Any]:
-            from tl_core.pipeline import step_promote
+            from tl_core.pipeline import step_promote_approved
 
-            answer = context["ti"].xcom_pull(task_ids="approval", key="answer") or {}
-            if answer.get("chosen_options") != ["Approve"]:
-                raise ValueError(f"run {context['run_id']}: promote needs the approval answer Approve, got {answer}")
-            approval_record = {"run_id": context["run_id"], "chosen": answer["chosen_options"],
-                               "approver": answer["responded_by"]["name"] or "approver",
-                               "comment": (answer.get("params_input") or {}).get("comment") or "approved in Airflow",
-                               "allow_shadow": False}
-            return step_promote(spec_path, version, decision["champion_version"], approval_record,
-                                approval_record["approver"], decision["evidence_hash"])
+            return step_promote_approved(spec_path, context["run_id"], version, decision,
+                                         context["ti"].xcom_pull(task_ids="approval", key="answer"))
 
         @task(trigger_rule="all_done")
         def record_no_promotion(**context: Any) -> str:
@@ -279,19 +238,11 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
 
         @task
         def promote(checked: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from tl_core.pipeline import step_promote
+            from tl_core.pipeline import step_promote_manual
 
             p = context["params"]
-            answer = context["ti"].xcom_pull(task_ids="approval", key="answer") or {}
-            if answer.get("chosen_options") != ["Approve"]:
-                raise ValueError(f"run {context['run_id']}: promote needs the approval answer Approve, got {answer}")
-            expect = None if p["expect_champion"] in (None, "", "none") else p["expect_champion"]
-            approver = answer["responded_by"]["name"] or "approver"
-            record = {"run_id": context["run_id"], "manual": True, "chosen": answer["chosen_options"],
-                      "approver": approver, "requested_by": checked["requested_by"],
-                      "comment": (answer.get("params_input") or {}).get("comment") or p["reason"],
-                      "override": checked.get("override"), "allow_shadow": bool(checked.get("override"))}
-            return step_promote(spec_path, p["version"], expect, record, approver)
+            return step_promote_manual(spec_path, context["run_id"], p["version"], p["expect_champion"], p["reason"],
+                                       checked, context["ti"].xcom_pull(task_ids="approval", key="answer"))
 
         @task(trigger_rule="all_done")
         def record_no_promotion(**context: Any) -> str:

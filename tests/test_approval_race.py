@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tl_core.local_airflow import REPO, LocalAirflow
+from tl_core.demo.local_airflow import REPO, LocalAirflow
 
 DAG_ID = "approval_race"
 RUNS = 10
-# The production approval task (dags/tl_dags.py), with a downstream task that needs the Approve answer.
+# The production approval task (plugins/tl_operators.py), with a downstream task that needs the Approve answer.
 DAG_FILE = f'''
 import sys
 from datetime import datetime, timedelta
-sys.path.insert(0, {str(REPO / "dags")!r})
-from tl_dags import RecordedApproval, approval_retry_args
+sys.path.insert(0, {str(REPO / "plugins")!r})
+from tl_operators import RecordedApproval, approval_retry_args
 from airflow.sdk import DAG, task
 
 with DAG("{DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs={RUNS}) as dag:

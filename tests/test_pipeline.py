@@ -91,3 +91,14 @@ def test_manual_promotion_refuses_shadow_versions_and_missing_gate_results(tmp_p
     passed.mkdir()
     checked = step_check_promotable(_registered(passed, gate_passed=True), "v0001", False, None, "ana")
     assert checked["override"] is None and "gate: PASS" in checked["summary_markdown"]
+
+
+@pytest.mark.parametrize("answer", [None, {}, {"chosen_options": ["Reject"]}, {"timed_out": True}])
+def test_promotion_needs_the_approve_answer(tmp_path: Path, answer: dict | None) -> None:
+    from tl_core.pipeline import step_promote_approved, step_promote_manual
+
+    spec = _registered(tmp_path, gate_passed=True)
+    with pytest.raises(ValueError, match=r"run r9: promote needs the approval answer Approve, got"):
+        step_promote_approved(spec, "r9", "v0001", {"champion_version": None, "evidence_hash": "e"}, answer)
+    with pytest.raises(ValueError, match=r"run r9: promote needs the approval answer Approve, got"):
+        step_promote_manual(spec, "r9", "v0001", "none", "why", {"requested_by": "ana"}, answer)

@@ -215,3 +215,34 @@ def step_check_promotable(spec_path: str, version: str, override: bool, override
         lines.append(f"- **override** by {actor}: {reason} ({'; '.join(problems) or 'nothing to override'})")
     return {"version": version, "requested_by": actor, "summary_markdown": "\n".join(lines),
             "override": {"by": actor, "reason": reason, "overrides": problems} if override else None}
+
+
+def _approved_by(run_id: str, answer: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(approver, answer) for a run whose approval answer is Approve; ValueError naming the answer otherwise."""
+    answer = answer or {}
+    if answer.get("chosen_options") != ["Approve"]:
+        raise ValueError(f"run {run_id}: promote needs the approval answer Approve, got {answer}")
+    return str((answer.get("responded_by") or {}).get("name") or "approver"), answer
+
+
+def step_promote_approved(spec_path: str, run_id: str, version: str, decision: dict[str, Any],
+                          answer: dict[str, Any] | None) -> dict[str, Any]:
+    """The nightly run's promotion, once approved: the gate's champion and evidence hash are the expectation."""
+    approver, answer = _approved_by(run_id, answer)
+    record = {"run_id": run_id, "chosen": answer["chosen_options"], "approver": approver,
+              "comment": (answer.get("params_input") or {}).get("comment") or "approved in Airflow",
+              "allow_shadow": False}
+    return step_promote(spec_path, version, decision["champion_version"], record, approver,
+                        decision["evidence_hash"])
+
+
+def step_promote_manual(spec_path: str, run_id: str, version: str, expect_champion: str | None, reason: str,
+                        checked: dict[str, Any], answer: dict[str, Any] | None) -> dict[str, Any]:
+    """A manual promotion, once approved; ``checked`` is step_check_promotable's result (override, who asked)."""
+    approver, answer = _approved_by(run_id, answer)
+    expect = None if expect_champion in (None, "", "none") else expect_champion
+    record = {"run_id": run_id, "manual": True, "chosen": answer["chosen_options"], "approver": approver,
+              "requested_by": checked["requested_by"],
+              "comment": (answer.get("params_input") or {}).get("comment") or reason,
+              "override": checked.get("override"), "allow_shadow": bool(checked.get("override"))}
+    return step_promote(spec_path, version, expect, record, approver)
