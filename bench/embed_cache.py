@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from tl_core.config import parse_spec
-from tl_core.data.demo import write_demo_data
+from tl_core.demo.data import write_demo_data
 from tl_core.pipeline import step_audit, step_snapshot, step_split, step_train
 from tl_core.runs import RunContext
 

@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from tl_core.config import ModelSpec, parse_spec
-from tl_core.data.demo import write_demo_data
+from tl_core.demo.data import write_demo_data
 from tl_core.pipeline import step_audit, step_snapshot, step_split
 from tl_core.runs import RunContext
 from tl_core.train.finetune import macro_f1
@@ -69,7 +69,7 @@ def prepare(modality: str, workdir: Path, rows_per_day: int) -> tuple[ModelSpec,
         workdir.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
         if modality == "image":
-            from tl_core.train.pretrain_source import pretrain_source
+            from tl_core.demo.pretrain_source import pretrain_source
 
             pretrain_source(spec)
         write_demo_data(spec, end_date=date(2026, 11, 1), days=spec.data.window_days, rows_per_day=rows_per_day)

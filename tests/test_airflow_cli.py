@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tl_core.cli import main
-from tl_core.ops_commands import AirflowAPIError, AirflowClient
+from tl_core.cli.ops import AirflowAPIError, AirflowClient
 
 RUN = "manual__2026-11-01T00:00:00+00:00"
 

@@ -25,8 +25,8 @@ import yaml
 from browser import ARTIFACTS, Chromium, png_size
 from model_fixtures import tiny_bert_dir
 from tl_core.config import parse_spec
-from tl_core.data.demo import write_demo_data
-from tl_core.local_airflow import LocalAirflow
+from tl_core.demo.data import write_demo_data
+from tl_core.demo.local_airflow import LocalAirflow
 from tl_core.registry import Registry
 from tl_core.store import open_store
 

@@ -16,7 +16,7 @@ import yaml
 from airflow_fixtures import ROOT, airflow_env
 from model_fixtures import tiny_bert_dir
 from tl_core.config import parse_spec
-from tl_core.data.demo import write_demo_data
+from tl_core.demo.data import write_demo_data
 from tl_core.pipeline import step_check_evidence
 from tl_core.registry import Registry, RegistryError
 from tl_core.runs import RunContext

@@ -14,7 +14,7 @@ import yaml
 
 from tl_core.cli import main
 from tl_core.config import parse_spec
-from tl_core.data.demo import write_demo_data
+from tl_core.demo.data import write_demo_data
 from tl_core.store import open_store
 
 END = date(2026, 11, 14)

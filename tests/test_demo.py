@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tl_core.demo import check_story
+from tl_core.demo.run import check_story
 
 TABLE = "| candidate minus | metric | slice |\n| --- | --- | --- |\n| champion | macro_f1 | overall |"
 

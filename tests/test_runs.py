@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tl_core.config import load_spec
-from tl_core.data.demo import write_demo_data
+from tl_core.demo.data import write_demo_data
 from tl_core.errors import InvalidRunId, RunConflict
 from tl_core.pipeline import _ctx, step_audit, step_snapshot, step_split
 from tl_core.runs import RunContext, check_run_id

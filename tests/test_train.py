@@ -426,9 +426,9 @@ def _store_image_spec(store_uri: str) -> ModelSpec:
 def test_pretrain_source_backbone_loads_from_store_and_refreshes(tmp_path: Path) -> None:
     from safetensors.torch import load
 
+    from tl_core.demo.pretrain_source import pretrain_source
     from tl_core.store import split_uri
     from tl_core.train.frozen import cache_key
-    from tl_core.train.pretrain_source import pretrain_source
 
     spec = _store_image_spec(tmp_path.as_uri())
     first = pretrain_source(spec, per_class=4, epochs=1, seed=0)
@@ -459,7 +459,7 @@ def test_pretrain_source_backbone_loads_from_store_and_refreshes(tmp_path: Path)
 
 
 def test_pretrained_cfg_with_unknown_fields_is_refused(tmp_path: Path) -> None:
-    from tl_core.train.pretrain_source import pretrain_source
+    from tl_core.demo.pretrain_source import pretrain_source
 
     spec = _store_image_spec(tmp_path.as_uri())
     pretrain_source(spec, per_class=2, epochs=1)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tl_core.cliutil import emit
+from tl_core.cli.util import emit
 from tl_core.errors import SpecError, TLError
 
 logger = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def spec_by_name(model: str | None) -> Any:
 
     if not model:
         raise SpecError("tl status needs a MODEL name or --spec PATH")
-    folder = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
+    folder = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parents[2] / "configs"))
     specs = load_specs(folder)
     for spec in specs:
         if spec.name == model:

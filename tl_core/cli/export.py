@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tl_core.cliutil import add_spec_run, emit, positive_int
+from tl_core.cli.util import add_spec_run, emit, positive_int
 
 
 def cmd_export(args: argparse.Namespace) -> int:

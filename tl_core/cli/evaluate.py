@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tl_core.cliutil import add_spec_run, emit
+from tl_core.cli.util import add_spec_run, emit
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tl_core.cliutil import add_spec_run, emit, positive_int
+from tl_core.cli.util import add_spec_run, emit, positive_int
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_pretrain_source(args: argparse.Namespace) -> int:
     from tl_core.config import load_spec
-    from tl_core.train.pretrain_source import pretrain_source
+    from tl_core.demo.pretrain_source import pretrain_source
 
     result = pretrain_source(load_spec(args.spec), per_class=args.per_class, epochs=args.epochs, seed=args.seed)
     last = result["history"][-1]

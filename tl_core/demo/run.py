@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from tl_core.config import parse_spec
+from tl_core.demo.local_airflow import REPO, LocalAirflow
 from tl_core.errors import TLError
-from tl_core.local_airflow import REPO, LocalAirflow
 from tl_core.registry import Registry
 from tl_core.runs import RunContext
 
@@ -130,7 +130,7 @@ def main() -> int:
         shutil.rmtree(stale, ignore_errors=True)
     spec_path = demo_spec(root)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
-    from tl_core.data.demo import write_demo_data
+    from tl_core.demo.data import write_demo_data
 
     write_demo_data(spec, end_date=SECOND, days=spec.data.window_days + (SECOND - FIRST).days + 1,
                     drift_from=SECOND - timedelta(days=2))

@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from tl_core.cliutil import emit
+from tl_core.cli.util import emit
 from tl_core.errors import TLError
 
 logger = logging.getLogger(__name__)
@@ -19,12 +19,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Each area adds its own subcommands (handlers import their heavy dependencies lazily).
 COMMAND_MODULES = (
-    "tl_core.data.commands",
-    "tl_core.train.commands",
-    "tl_core.export.commands",
-    "tl_core.evaluate.commands",
-    "tl_core.registry_commands",
-    "tl_core.ops_commands",
+    "tl_core.cli.data",
+    "tl_core.cli.train",
+    "tl_core.cli.export",
+    "tl_core.cli.evaluate",
+    "tl_core.cli.registry",
+    "tl_core.cli.ops",
 )
 
 
@@ -90,6 +90,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"tl {args.command}: error: {type(exc).__name__}: {detail}{hint}\n")
         return 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from tl_core.cliutil import add_spec_run, date_arg, emit, positive_int
+from tl_core.cli.util import add_spec_run, date_arg, emit, positive_int
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from tl_core.config import load_spec
-    from tl_core.data.demo import write_demo_data
+    from tl_core.demo.data import write_demo_data
 
     drift = date.fromisoformat(args.drift_from) if args.drift_from else None
     uris = write_demo_data(load_spec(args.spec), date.fromisoformat(args.end_date), args.days, args.rows_per_day,

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tl_core.ops_commands import AirflowAPIError, AirflowClient
+from tl_core.cli.ops import AirflowAPIError, AirflowClient
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

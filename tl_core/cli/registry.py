@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tl_core.cliutil import emit
+from tl_core.cli.util import emit
 
 ACTIONS = ("list", "show", "history", "register", "promote", "rollback", "gc")
 
