@@ -22,7 +22,7 @@ from tl_core.config import load_spec
 from tl_core.export.onnx_export import export_onnx, onnx_inputs
 from tl_core.models.artifacts import LoadedModel
 from tl_core.models.backbones import Classifier, load_backbone
-from tl_core.train.data import collate, encode_split
+from tl_core.models.preprocessing import collate, encode_split
 
 TEXTS = [
     "I was charged twice for my subscription this month, please refund the second payment",

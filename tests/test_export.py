@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from model_fixtures import MINILM_DIR, image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
-from tl_core.export.onnx_export import (
-    ParityError,
-    collate,
-    encode_for,
-    export_onnx,
-    parity_report,
-    run_export,
-)
+from tl_core.export.onnx_export import ParityError, encode_for, export_onnx, parity_report, run_export
 from tl_core.export.predict import open_model_dir, predictions_frame, score
 from tl_core.models.artifacts import load_model_dir
+from tl_core.models.preprocessing import collate
 from tl_core.store import local_copy
 from tl_core.train.run import run_train
 from tl_core.train.select import run_select

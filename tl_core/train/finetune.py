@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 from tl_core.config import ModelSpec
 from tl_core.errors import ResumeError
 from tl_core.evaluate.metrics import confusion, scores_from_confusion
-from tl_core.models.backbones import Backbone, Classifier, default_lora_targets
-from tl_core.train.data import Encoded, iterate
+from tl_core.models.adapters import apply_lora, merge_lora
+from tl_core.models.backbones import Backbone, Classifier
+from tl_core.models.preprocessing import Encoded
+from tl_core.train.data import iterate
 from tl_core.train.objective import improves, validation_score
 
 logger = logging.getLogger(__name__)
@@ -71,25 +73,6 @@ def choose_device(preference: str) -> torch.device:
             raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def apply_lora(model: Classifier, backbone: Backbone, spec: ModelSpec) -> None:
-    from peft import LoraConfig, get_peft_model
-
-    targets = spec.train.lora.target_modules or default_lora_targets(backbone)
-    config = LoraConfig(
-        r=spec.train.lora.r, lora_alpha=spec.train.lora.alpha, lora_dropout=spec.train.lora.dropout,
-        target_modules=targets, bias="none",
-    )
-    model.backbone = get_peft_model(model.backbone, config)  # type: ignore[assignment]
-
-
-def merge_lora(model: Classifier) -> Classifier:
-    """Fold the adapters into the base weights; the result has exactly the base architecture's keys."""
-    merge = getattr(model.backbone, "merge_and_unload", None)
-    if merge is not None:
-        model.backbone = merge()
-    return model
 
 
 def _param_blocks(model: Classifier, backbone: Backbone) -> list[list[nn.Parameter]]:

@@ -22,9 +22,11 @@ import torch
 
 from tl_core.config import ModelSpec
 from tl_core.errors import SpecError
-from tl_core.models.backbones import Backbone, Classifier, weights_fingerprint
+from tl_core.models.backbones import Backbone, Classifier
+from tl_core.models.preprocessing import Encoded
+from tl_core.models.weights import weights_fingerprint
 from tl_core.store import ObjectStore, join_key
-from tl_core.train.data import Encoded, iterate
+from tl_core.train.data import iterate
 from tl_core.train.finetune import choose_device
 from tl_core.train.objective import improves, validation_score
 

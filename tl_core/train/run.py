@@ -15,8 +15,8 @@ import torch
 from tl_core.errors import DataError, NoSuchKey
 from tl_core.models.artifacts import model_config, save_model
 from tl_core.models.backbones import Classifier, load_backbone
+from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, image_transform
 from tl_core.runs import SPLITS, RunContext
-from tl_core.train.data import Encoded, content_hashes, encode_split, image_transform
 from tl_core.train.finetune import choose_device, finetune, predict_logits
 from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
 from tl_core.train.objective import rank_key

