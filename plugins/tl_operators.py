@@ -20,7 +20,7 @@ class RecordedApproval(ApprovalOperator):
     retry (no answer = no promotion, never a second request); other failures retry (up to 3 times), each
     opening a new request for the same run: Airflow 3.3.2 can lose an answer given right after the request appears (the
     scheduler fails the resumed task on the stale executor event of the process that parked it), and `tl approve`
-    answers that retry's request (tl_core.ops_commands.answer_when_settled).
+    answers that retry's request (tl_core.airflow_api.answer_when_settled).
     """
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:

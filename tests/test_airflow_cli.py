@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from tl_core.airflow_api import AirflowAPIError, AirflowClient
 from tl_core.cli import main
-from tl_core.cli.ops import AirflowAPIError, AirflowClient
 
 RUN = "manual__2026-11-01T00:00:00+00:00"
 

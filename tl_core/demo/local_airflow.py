@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tl_core.cli.ops import AirflowAPIError, AirflowClient
+from tl_core.airflow_api import AirflowAPIError, AirflowClient
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
