@@ -102,3 +102,34 @@ def test_promotion_needs_the_approve_answer(tmp_path: Path, answer: dict | None)
         step_promote_approved(spec, "r9", "v0001", {"champion_version": None, "evidence_hash": "e"}, answer)
     with pytest.raises(ValueError, match=r"run r9: promote needs the approval answer Approve, got"):
         step_promote_manual(spec, "r9", "v0001", "none", "why", {"requested_by": "ana"}, answer)
+
+
+@pytest.mark.slow
+def test_run_local_runs_every_step_and_registers_a_passed_candidate(tmp_path: Path) -> None:
+    """`tl run`'s engine: the DAG's steps in order, without Airflow, on tiny data; then registration."""
+    from datetime import date
+
+    from tl_core.config import parse_spec
+    from tl_core.demo.data import write_demo_data
+    from tl_core.pipeline import run_local
+    from tl_core.registry import Registry
+
+    raw = {"name": "tiny-tickets", "modality": "text", "labels": ["billing", "login", "shipping", "bug", "cancel"],
+           "backbone": {"library": "transformers", "name": "tiny-bert", "weights": "local",
+                        "path": str(tiny_bert_dir(tmp_path)), "max_length": 32},
+           "data": {"root": (tmp_path / "data").as_uri(), "dataset": "tickets", "window_days": 5,
+                    "slice_columns": ["region"], "test_days": 2, "min_examples_per_class": 3},
+           "train": {"strategies": ["frozen"], "frozen_c_grid": [1.0]},
+           "gate": {"n_bootstrap": 200, "min_slice_size": 10, "absolute_minimums": {"macro_f1": 0.2},
+                    "calibration": {"ece_max": 0.5}},
+           "store": (tmp_path / "store").as_uri()}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    write_demo_data(parse_spec(raw), end_date=date(2026, 11, 1), days=6, rows_per_day=60)
+    seen: list[str] = []
+    results = run_local(str(path), "manual-local-1", "2026-11-01", register=True,
+                        progress=lambda step, _: seen.append(step))
+    assert seen == ["snapshot", "audit", "split", "train_frozen", "select", "export", "evaluate", "gate", "register"]
+    assert results["gate"]["passed"] is True and results["register"] == "v0001"
+    registry = Registry.for_spec(parse_spec(raw))
+    assert registry.list_versions() == ["v0001"] and registry.champion() is None  # promotion stays gated

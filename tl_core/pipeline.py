@@ -87,7 +87,7 @@ def step_evaluate(spec_path: str, run_id: str) -> str:
 
 
 def step_gate(spec_path: str, run_id: str) -> dict[str, Any]:
-    from tl_core.evaluate.run import run_gate
+    from tl_core.gate.step import run_gate
 
     return run_gate(_ctx(spec_path, run_id, "gate"))
 
@@ -101,7 +101,7 @@ def step_register(spec_path: str, run_id: str, shadow: bool, actor: str = "tl") 
 
 def step_check_evidence(spec_path: str, run_id: str, expected_hash: str) -> str:
     """Refuse when anything the gate decided on changed since (champion pointer, candidate files, reports)."""
-    from tl_core.evaluate.run import current_evidence_hash
+    from tl_core.evaluate.evidence import current_evidence_hash
     from tl_core.registry import RegistryError
 
     current = current_evidence_hash(_ctx(spec_path, run_id))
@@ -246,3 +246,36 @@ def step_promote_manual(spec_path: str, run_id: str, version: str, expect_champi
               "comment": (answer.get("params_input") or {}).get("comment") or reason,
               "override": checked.get("override"), "allow_shadow": bool(checked.get("override"))}
     return step_promote(spec_path, version, expect, record, approver)
+
+
+def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = False,
+              progress: Any = None) -> dict[str, Any]:
+    """A whole retrain without Airflow, through the same step functions the DAG calls, in the DAG's order.
+
+    snapshot -> audit -> split -> train (each strategy) -> select -> export -> evaluate -> gate, and with
+    ``register`` the registration of a passed candidate (a FAIL is recorded in the ledger as the DAG does).
+    Promotion stays approval-gated (`promote_<model>` or `tl registry promote`). ``progress(step, result)`` is
+    called after each step. Returns each step's result; a step that raises stops the run with its error.
+    """
+    report = progress or (lambda step, result: None)
+    results: dict[str, Any] = {}
+
+    def step(name: str, fn: Any, *args: Any) -> Any:
+        results[name] = fn(*args)
+        report(name, results[name])
+        return results[name]
+
+    step("snapshot", step_snapshot, spec_path, run_id, logical_date)
+    step("audit", step_audit, spec_path, run_id)
+    step("split", step_split, spec_path, run_id)
+    for strategy in load_spec(spec_path).train.strategies:
+        step(f"train_{strategy}", step_train, spec_path, run_id, strategy)
+    step("select", step_select, spec_path, run_id)
+    step("export", step_export, spec_path, run_id)
+    step("evaluate", step_evaluate, spec_path, run_id)
+    decision = step("gate", step_gate, spec_path, run_id)
+    if register and decision["passed"]:
+        step("register", step_register, spec_path, run_id, False)
+    elif register:
+        step("reject_candidate", step_reject, spec_path, run_id, ["gate FAIL", *decision["reasons"]], "gate")
+    return results
