@@ -1,4 +1,4 @@
-"""`tl evaluate` / `tl gate`: measure every model of a run on the same test examples, then decide.
+"""`tl evaluate`: measure every model of a run on the same test examples (the gate step is tl_core.gate.step).
 
 Report schema (``schema_version`` 2), evaluation/report.json::
 
@@ -43,8 +43,8 @@ from tl_core.config import LOWER_IS_BETTER
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
+from tl_core.evaluate.evidence import current_evidence_hash as current_evidence_hash  # moved there; old import
 from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, softmax
-from tl_core.gate import Reason, decide, evidence_hash, summary_markdown
 from tl_core.runs import RunContext
 
 logger = logging.getLogger(__name__)
@@ -356,69 +356,9 @@ def run_evaluate(ctx: RunContext, champion: ChampionScores | None = None) -> str
     return ctx.uri("evaluation/report.json")
 
 
-def current_evidence(ctx: RunContext) -> dict[str, Any]:
-    """What a decision rests on, read afresh from the store (used again just before promotion): the candidate's
-    artifact checksums (models/<selected>/ without resume state, export/model.onnx), the champion version and
-    pointer etag, the snapshot content hash and the checksums of the reports."""
-    from tl_core.registry import Registry, RegistryError
-
-    selected = ctx.read_json("candidate.json")["selected"]
-    files = [k for k in sorted(ctx.store.list(ctx.model_key(selected) + "/")) if "/resume/" not in k]
-    for rel in ("export/model.onnx", "candidate.json"):
-        if ctx.store.exists(ctx.key(rel)):
-            files.append(ctx.key(rel))
-    registry = Registry.for_spec(ctx.spec)
-    try:
-        pointer, champion_error = registry.champion(), None
-    except RegistryError as exc:  # an unreadable or unexplained pointer is evidence too: the gate fails closed
-        pointer, champion_error = None, str(exc)
-    snapshot = ctx.read_json("snapshot/manifest.json") if ctx.store.exists(ctx.key("snapshot/manifest.json")) else {}
-    reports = {rel: ctx.store.etag(ctx.key(rel)) for rel in ("evaluation/report.json", "audit/report.json")
-               if ctx.store.exists(ctx.key(rel))}
-    return {
-        "candidate_files": {k: ctx.store.etag(k) for k in files},
-        "champion_version": pointer.version if pointer else None,
-        "champion_etag": pointer.etag if pointer else None,
-        **({"champion_error": champion_error} if champion_error else {}),
-        "snapshot_hash": snapshot.get("content_hash"),
-        "reports": reports,
-    }
-
-
-def current_evidence_hash(ctx: RunContext) -> str:
-    """sha256 of current_evidence(ctx): equal to the gate decision's evidence_hash while nothing changed."""
-    return evidence_hash(current_evidence(ctx))
-
-
 def run_gate(ctx: RunContext) -> dict[str, Any]:
-    """Decide on the run's evaluation report; write gate/decision.json and re-render the HTML with the decision."""
-    from tl_core.evaluate.report import render_html
+    """The gate step, now tl_core.gate.step.run_gate; this name stays for older imports. The import is lazy
+    because the gate depends on evaluate (bootstrap, evidence) and evaluate must not import the gate at load."""
+    from tl_core.gate.step import run_gate as gate_step
 
-    try:
-        report = ctx.read_json("evaluation/report.json")
-    except NoSuchKey:
-        raise TLError(f"{ctx.uri('evaluation/report.json')} is missing: run `tl evaluate` first") from None
-    evidence = current_evidence(ctx)
-    champion = report.get("champion", {})
-    extra: list[Reason] = []
-    if champion.get("status") in ("ok", "none") and (evidence["champion_version"], evidence["champion_etag"]) != (
-            champion.get("version"), champion.get("etag")):
-        extra.append(Reason("evidence", "FAIL",
-                            f"the champion pointer changed after evaluation (evaluated {champion.get('version')} "
-                            f"etag {champion.get('etag')}, now {evidence['champion_version']} etag "
-                            f"{evidence['champion_etag']}); re-run the evaluation: FAIL"))
-    decision = decide(report, ctx.spec.gate, evidence_hash(evidence), extra_reasons=extra)
-    markdown = summary_markdown(decision, report)
-    payload = decision.to_json()
-    payload.update(champion_version=champion.get("version"), champion_etag=champion.get("etag"),
-                   candidate=report.get("candidate"), evidence=evidence, summary_markdown=markdown)
-    ctx.write_json("gate/decision.json", payload)
-    ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, payload).encode())
-    # Failures first, then warnings: the ledger and the approval read the top of this list.
-    failing = [r.text for r in decision.reasons if r.status == "FAIL"] + [
-        r.text for r in decision.reasons if r.status == "WARN"]
-    return {"passed": decision.passed, "reasons": failing or [r.text for r in decision.reasons],
-            "evidence_hash": decision.evidence_hash, "bootstrap": decision.bootstrap,
-            "champion_version": champion.get("version"), "champion_etag": champion.get("etag"),
-            "candidate": report.get("candidate"), "summary_markdown": markdown,
-            "report_uri": ctx.uri("evaluation/report.html")}
+    return gate_step(ctx)

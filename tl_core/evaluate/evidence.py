@@ -1,0 +1,61 @@
+"""What a gate decision rests on, and its hash: the one definition of "a candidate's files" for the evidence.
+
+``current_evidence`` is read afresh from the store by the gate step and again just before promotion
+(``pipeline.step_check_evidence``); an unchanged ``current_evidence_hash`` means nothing the decision rests on
+was modified in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from tl_core.runs import RunContext
+
+# Run files that belong to the candidate besides models/<selected>/ (when present).
+CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
+# Reports whose checksums are part of the evidence (when present).
+EVIDENCE_REPORTS = ("evaluation/report.json", "audit/report.json")
+
+
+def evidence_hash(parts: dict[str, Any]) -> str:
+    """sha256 over a canonical JSON of what the decision rests on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def candidate_files(ctx: RunContext) -> list[str]:
+    """Store keys of the selected candidate's files: models/<selected>/ without resume state, then
+    CANDIDATE_RUN_FILES that exist."""
+    selected = ctx.read_json("candidate.json")["selected"]
+    files = [k for k in sorted(ctx.store.list(ctx.model_key(selected) + "/")) if "/resume/" not in k]
+    return files + [ctx.key(rel) for rel in CANDIDATE_RUN_FILES if ctx.store.exists(ctx.key(rel))]
+
+
+def current_evidence(ctx: RunContext) -> dict[str, Any]:
+    """What a decision rests on, read afresh from the store (used again just before promotion): the candidate's
+    artifact checksums (candidate_files), the champion version and pointer etag, the snapshot content hash and
+    the checksums of the reports."""
+    from tl_core.registry import Registry, RegistryError
+
+    files = candidate_files(ctx)
+    registry = Registry.for_spec(ctx.spec)
+    try:
+        pointer, champion_error = registry.champion(), None
+    except RegistryError as exc:  # an unreadable or unexplained pointer is evidence too: the gate fails closed
+        pointer, champion_error = None, str(exc)
+    snapshot = ctx.read_json("snapshot/manifest.json") if ctx.store.exists(ctx.key("snapshot/manifest.json")) else {}
+    reports = {rel: ctx.store.etag(ctx.key(rel)) for rel in EVIDENCE_REPORTS if ctx.store.exists(ctx.key(rel))}
+    return {
+        "candidate_files": {k: ctx.store.etag(k) for k in files},
+        "champion_version": pointer.version if pointer else None,
+        "champion_etag": pointer.etag if pointer else None,
+        **({"champion_error": champion_error} if champion_error else {}),
+        "snapshot_hash": snapshot.get("content_hash"),
+        "reports": reports,
+    }
+
+
+def current_evidence_hash(ctx: RunContext) -> str:
+    """sha256 of current_evidence(ctx): equal to the gate decision's evidence_hash while nothing changed."""
+    return evidence_hash(current_evidence(ctx))

@@ -1,0 +1,284 @@
+"""The gate's checks: one small pure function per check, each returning its reasons (PASS, WARN and FAIL).
+
+Every check after ``missing_evidence`` takes the same two arguments, the report as read by ``GateInput`` and the
+spec's ``GateSpec``, so that ``decide`` is the checks' reasons joined in the order of ``CHECKS``. Margins apply to
+the lower confidence bound of (candidate - other), oriented so that positive means "candidate better".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tl_core.config import LOWER_IS_BETTER, GateSpec
+from tl_core.evaluate.bootstrap import adjust
+from tl_core.gate.reasons import Reason, fail, finite, fmt_interval, verdict
+
+SUPPORTED_SCHEMAS = (1, 2)
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """The parts of an evaluation report the checks read, each with the report's defaults applied once."""
+
+    champion: dict[str, Any]
+    status: str  # the champion's: ok | none | unreadable (or whatever the report says: then a FAIL)
+    candidate: str | None
+    models: dict[str, Any]
+    slice_sizes: dict[str, int]
+    comparisons: dict[str, Any]
+    bootstrap: dict[str, Any]
+    primary: Any
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> GateInput:
+        champion = report.get("champion") or {}
+        return cls(champion=champion, status=champion.get("status", "unreadable"),
+                   candidate=report.get("candidate"), models=report.get("models") or {},
+                   slice_sizes=report.get("slices") or {}, comparisons=report.get("comparisons") or {},
+                   bootstrap=report.get("bootstrap") or {},
+                   primary=report.get("primary_metric") or "macro_f1")
+
+    @property
+    def levels(self) -> list[float] | None:
+        """The probability levels of the stored bootstrap-difference quantiles."""
+        return self.bootstrap.get("quantile_levels")
+
+    @property
+    def cand(self) -> dict[str, Any]:
+        return self.models.get(self.candidate or "") or {}  # type: ignore[no-any-return]
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        return self.cand.get("overall") or {}  # type: ignore[no-any-return]
+
+    def compare(self, other: str, metric: str, group: str) -> dict[str, Any] | None:
+        """The bootstrap comparison candidate - ``other`` on ``metric`` and ``group`` (None without finite bounds)."""
+        c = ((self.comparisons.get(other) or {}).get(metric) or {}).get(group)
+        if c is None or not (finite(c.get("lo")) and finite(c.get("hi"))):
+            return None
+        return c  # type: ignore[no-any-return]
+
+
+Check = Callable[[GateInput, GateSpec], list[Reason]]
+
+
+def p_below(quantiles: list[float], threshold: float, levels: list[float] | None = None) -> float:
+    """P(diff < threshold) read off the stored bootstrap quantiles of the difference (1.0 when unknown)."""
+    q = np.asarray(quantiles, dtype=float)
+    lv = np.asarray(levels if levels is not None else np.linspace(0.0, 1.0, len(q)), dtype=float)
+    if len(q) == 0 or len(lv) != len(q) or not np.isfinite(q).all():
+        return 1.0
+    if threshold <= q[0]:
+        return 0.0
+    if threshold > q[-1]:
+        return 1.0
+    # Right-most level whose quantile is below the threshold (ties of a discrete distribution count as >=).
+    below = np.flatnonzero(q < threshold)
+    i = int(below[-1])
+    if i + 1 < len(q) and q[i + 1] > q[i]:
+        return float(lv[i] + (lv[i + 1] - lv[i]) * (threshold - q[i]) / (q[i + 1] - q[i]))
+    return float(lv[i])
+
+
+def _conf(policy: GateSpec) -> str:
+    return f"{policy.confidence:.0%}"
+
+
+def missing_evidence(report: dict[str, Any]) -> list[Reason]:
+    """Fail closed before comparing anything: an unsupported schema, an empty test set, a candidate without
+    metrics. A non-empty result is the whole decision (the other checks would read missing evidence)."""
+    schema = report.get("schema_version")
+    if schema not in SUPPORTED_SCHEMAS:
+        return [fail("evidence", f"evaluation report schema_version {schema!r} is not supported (expected one of "
+                     f"{list(SUPPORTED_SCHEMAS)})")]
+    test_size = int(report.get("test_size") or 0)
+    candidate = report.get("candidate")
+    models = report.get("models") or {}
+    if test_size == 0:
+        return [fail("evidence", f"empty test set: 0 labelled test examples (candidate {candidate!r})")]
+    if not (models.get(candidate or "") or {}):
+        return [fail("evidence", f"candidate {candidate!r} has no metrics in the report (models: {sorted(models)})")]
+    return []
+
+
+def required_slices(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """Every required slice has test examples (fail closed on a missing one)."""
+    reasons = []
+    for s in policy.required_slices:
+        n = int(inp.slice_sizes.get(s, 0))
+        text = (f"required slice {s} present with {n} test examples" if n else
+                f"required slice {s} has no test examples (slices present: {sorted(inp.slice_sizes)})")
+        reasons.append(verdict(n != 0, "evidence", text, slice=s))
+    return reasons
+
+
+def champion_status(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """A champion that exists but could not be re-scored (or an unknown status) fails closed."""
+    if inp.status == "unreadable":
+        return [fail("champion", f"champion {inp.champion.get('version')!r} could not be re-scored: "
+                     f"{inp.champion.get('reason')}")]
+    if inp.status not in ("ok", "none"):
+        return [fail("champion", f"champion status {inp.status!r} is not one of ok, none, unreadable")]
+    return []
+
+
+def _minimum(metric: str, floor: float, value: Any) -> Reason:
+    kw: dict[str, Any] = {"metric": metric, "threshold": floor}
+    if value is None or not finite(value):
+        return fail("minimum", f"{metric} overall: missing from the report (got {value!r}), minimum {floor}", **kw)
+    if metric in LOWER_IS_BETTER:  # a loss or calibration error: the limit is a ceiling
+        return verdict(value <= floor, "minimum",
+                       f"{metric} overall {value:.3f} {'<=' if value <= floor else '>'} maximum {floor}", **kw)
+    return verdict(value >= floor, "minimum",
+                   f"{metric} overall {value:.3f} {'>=' if value >= floor else '<'} minimum {floor}", **kw)
+
+
+def absolute_minimums(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """The candidate's overall metrics against the policy's floors (ceilings for lower-is-better metrics)."""
+    overall = inp.overall
+    return [_minimum(metric, floor, overall.get(metric)) for metric, floor in policy.absolute_minimums.items()]
+
+
+def calibration(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """ECE after temperature under the cap, and (with a champion) not worse than the champion's plus tolerance."""
+    ece = inp.overall.get("ece")
+    if ece is None or not finite(ece):
+        return [fail("calibration", f"ece after temperature: missing from the report (got {ece!r})", metric="ece")]
+    cap = policy.calibration.ece_max
+    reasons = [verdict(ece <= cap, "calibration", f"ece after temperature {ece:.4f}, max {cap}", metric="ece",
+                       threshold=cap)]
+    if inp.status != "ok":
+        return reasons
+    champ_ece = (inp.models.get("champion") or {}).get("overall", {}).get("ece")
+    tol = policy.calibration.ece_tolerance
+    if champ_ece is None or not finite(champ_ece):
+        reasons.append(fail("calibration", f"champion ece after temperature: missing from the report "
+                            f"(got {champ_ece!r})", metric="ece"))
+        return reasons
+    limit = champ_ece + tol
+    reasons.append(verdict(ece <= limit, "calibration",
+                           f"ece {ece:.4f} vs champion {champ_ece:.4f} + tolerance {tol} = {limit:.4f}",
+                           metric="ece", threshold=limit))
+    return reasons
+
+
+def beats_majority(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """Baseline ladder, first rung: the primary metric's interval vs the majority-class predictor is above 0."""
+    if not policy.must_beat_majority:
+        return []
+    primary = inp.primary
+    c = inp.compare("majority", primary, "overall")
+    if c is None:
+        return [fail("ladder", f"{primary} overall vs majority-class predictor: no bootstrap interval in the report",
+                     metric=primary)]
+    iv = (c["lo"], c["hi"])
+    return [verdict(c["lo"] > 0, "ladder", f"{primary} overall: candidate - majority-class in {fmt_interval(iv)} "
+                    f"({_conf(policy)}), must be > 0", metric=primary, interval=iv, threshold=0.0)]
+
+
+def matches_frozen(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """Baseline ladder, second rung: a fine-tuned candidate is not worse than the frozen baseline by the margin."""
+    strategy = inp.cand.get("strategy") or inp.candidate
+    if not (policy.must_match_frozen and strategy != "frozen" and "frozen" in inp.models):
+        return []
+    primary = inp.primary
+    c = inp.compare("frozen", primary, "overall")
+    margin = policy.margins.get(primary, 0.0)
+    if c is None:
+        return [fail("ladder", f"{primary} overall vs frozen baseline: no bootstrap interval in the report",
+                     metric=primary)]
+    iv = (c["lo"], c["hi"])
+    return [verdict(c["lo"] >= -margin, "ladder", f"{primary} overall: candidate ({strategy}) - frozen in "
+                    f"{fmt_interval(iv)} ({_conf(policy)}), margin -{margin}", metric=primary, interval=iv,
+                    threshold=-margin)]
+
+
+def non_inferiority(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """With a champion: every margin metric's overall lower bound of candidate - champion is >= -margin."""
+    if inp.status != "ok":
+        return []
+    reasons = []
+    for metric, margin in policy.margins.items():
+        c = inp.compare("champion", metric, "overall")
+        if c is None:
+            reasons.append(fail("non-inferiority", f"{metric} overall: no bootstrap interval vs champion in the "
+                                f"report", metric=metric, slice="overall"))
+            continue
+        iv = (c["lo"], c["hi"])
+        reasons.append(verdict(c["lo"] >= -margin, "non-inferiority", f"{metric} overall: candidate - champion in "
+                               f"{fmt_interval(iv)} ({_conf(policy)}), margin -{margin}", metric=metric,
+                               slice="overall", interval=iv, threshold=-margin))
+    return reasons
+
+
+def min_slice_size(policy: GateSpec, metric: str, name: str, n: int) -> list[Reason]:
+    """A slice under min_slice_size is 'insufficient data': WARN or FAIL as the policy says, and not tested."""
+    if n >= policy.min_slice_size:
+        return []
+    text = f"{metric} on {name}: insufficient data ({n} < min_slice_size {policy.min_slice_size})"
+    if policy.insufficient_slice == "fail":
+        return [fail("slice", text, metric=metric, slice=name)]
+    return [Reason("slice", "WARN", text + ": WARN", metric=metric, slice=name)]
+
+
+def _slice_metric(inp: GateInput, policy: GateSpec, metric: str) -> list[Reason]:
+    """One slice metric: the size and interval checks in slice order, then the corrected tests of the rest."""
+    margin = policy.margins.get(metric, 0.0)  # type: ignore[call-overload]
+    reasons: list[Reason] = []
+    tested: list[tuple[str, dict[str, Any]]] = []
+    for name, n in sorted(inp.slice_sizes.items()):
+        small = min_slice_size(policy, metric, name, n)
+        c = None if small else inp.compare("champion", metric, name)
+        if small:
+            reasons += small
+        elif c is None:
+            reasons.append(fail("slice", f"{metric} on {name}: no bootstrap interval vs champion in the report",
+                                metric=metric, slice=name))
+        else:
+            tested.append((name, c))
+    alpha = (1.0 - policy.confidence) / 2.0
+    adjusted = adjust([p_below(c.get("quantiles") or [], -margin, inp.levels) for _, c in tested], policy.correction)
+    for (name, c), p_adj in zip(tested, adjusted, strict=True):
+        iv = (c["lo"], c["hi"])
+        text = (f"{metric} on {name}: candidate - champion in {fmt_interval(iv)} ({_conf(policy)}), margin "
+                f"-{margin}, {policy.correction} p={p_adj:.3g} (alpha {alpha:.3g})")
+        reasons.append(verdict(p_adj <= alpha, "slice", text, metric=metric, slice=name, interval=iv,
+                               threshold=-margin))
+    return reasons
+
+
+def slices(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """With a champion: per slice metric, the one-sided bootstrap p-values of H0 "difference < -margin",
+    corrected across slices (Holm by default), compared with (1 - confidence) / 2."""
+    if inp.status != "ok":
+        return []
+    return [r for metric in policy.slice_metrics for r in _slice_metric(inp, policy, metric)]
+
+
+def first_model(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """No champion yet: say that the candidate is judged on minimums, calibration and the ladder only."""
+    if inp.status != "none":
+        return []
+    return [Reason("bootstrap", "PASS", "no champion yet: first model, judged on absolute minimums, "
+                                        "calibration and the baseline ladder only: PASS")]
+
+
+def champion_unchanged(champion: dict[str, Any], evidence: dict[str, Any]) -> list[Reason]:
+    """The champion pointer read now (``evidence``) is the one the report evaluated against."""
+    if champion.get("status") not in ("ok", "none"):
+        return []
+    now = (evidence["champion_version"], evidence["champion_etag"])
+    if now == (champion.get("version"), champion.get("etag")):
+        return []
+    return [Reason("evidence", "FAIL", f"the champion pointer changed after evaluation (evaluated "
+                   f"{champion.get('version')} etag {champion.get('etag')}, now {now[0]} etag {now[1]}); "
+                   f"re-run the evaluation: FAIL")]
+
+
+# The order of the reasons in a decision (the ledger and the approval show them in this order).
+CHECKS: tuple[Check, ...] = (required_slices, champion_status, absolute_minimums, calibration, beats_majority,
+                             matches_frozen, non_inferiority, slices, first_model)

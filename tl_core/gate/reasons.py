@@ -1,0 +1,59 @@
+"""What the gate says: one Reason per check made, and the Decision that joins them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Reason:
+    check: str  # evidence | champion | minimum | calibration | ladder | non-inferiority | slice | bootstrap
+    status: str  # PASS | FAIL | WARN
+    text: str
+    metric: str | None = None
+    slice: str | None = None
+    interval: tuple[float, float] | None = None
+    threshold: float | None = None
+
+
+@dataclass
+class Decision:
+    passed: bool
+    bootstrap: bool
+    reasons: list[Reason] = field(default_factory=list)
+    evidence_hash: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Reason]:
+        return [r for r in self.reasons if r.status == "FAIL"]
+
+    @property
+    def warnings(self) -> list[Reason]:
+        return [r for r in self.reasons if r.status == "WARN"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "decision": "PASS" if self.passed else "FAIL", "bootstrap": self.bootstrap,
+                "evidence_hash": self.evidence_hash, "reasons": [asdict(r) for r in self.reasons],
+                "summary": self.summary}
+
+
+def verdict(passed: bool, check: str, text: str, **kw: Any) -> Reason:
+    """A PASS or FAIL reason; the status is appended to the text ("...: PASS")."""
+    status = "PASS" if passed else "FAIL"
+    return Reason(check, status, f"{text}: {status}", **kw)
+
+
+def fail(check: str, text: str, **kw: Any) -> Reason:
+    return verdict(False, check, text, **kw)
+
+
+def fmt_interval(iv: tuple[float, float]) -> str:
+    return f"[{iv[0]:+.3f}, {iv[1]:+.3f}]"
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, int | float) and bool(np.isfinite(v))
