@@ -244,3 +244,12 @@ def test_status_by_model_name(server: str, tmp_path: Path, monkeypatch: pytest.M
     assert main(["status", "m1"]) == 0
     out = capsys.readouterr().out
     assert "model m1: champion none" in out and "cannot reach Airflow at http://127.0.0.1:9" in out
+
+
+def test_status_names_a_missing_configs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tl_core.cli.ops import spec_by_name
+    from tl_core.errors import SpecError
+
+    monkeypatch.setenv("TL_CONFIGS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(SpecError, match=r"no configs folder at .*nowhere to look up model 'm1' in: set TL_CONFIGS_DIR"):
+        spec_by_name("m1")

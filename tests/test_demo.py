@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
-from tl_core.demo.run import check_story
+import pytest
+import yaml
+
+from tl_core.demo import local_airflow
+from tl_core.demo.local_airflow import LocalAirflow
+from tl_core.demo.run import PACKAGED_SPEC, check_story, demo_spec, main, packaged_spec_text
+from tl_core.errors import DemoSetupError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TABLE = "| candidate minus | metric | slice |\n| --- | --- | --- |\n| champion | macro_f1 | overall |"
 
@@ -33,3 +43,57 @@ def test_a_second_run_without_champion_rows_is_named() -> None:
                         "table"]
     assert check_story(_run("v0001"), {**_run("v0001"), "decision": None})[0].startswith(
         "run 2 (r) wrote no gate decision")
+
+
+def test_the_packaged_demo_spec_is_the_example_in_configs() -> None:
+    """The demo ships its spec as package data (it must run from an installed package); configs/ stays the copy
+    users read. The two must not drift apart, and pyproject.toml must ship the packaged one."""
+    example = (ROOT / "configs" / "support-tickets.yaml").read_text()
+    assert packaged_spec_text() == example, f"tl_core/demo/{PACKAGED_SPEC} differs from configs/support-tickets.yaml"
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(Path(PACKAGED_SPEC).match(p) for p in patterns["tl_core.demo"])
+
+
+def test_the_demo_spec_is_the_packaged_one_on_the_demo_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TL_DEMO_EPOCHS", "2")
+    raw = yaml.safe_load(demo_spec(tmp_path).read_text())
+    example = yaml.safe_load(packaged_spec_text())
+    assert raw["data"]["root"] == (tmp_path / "data").as_uri() and raw["store"] == (tmp_path / "store").as_uri()
+    assert raw["schedule"] is None and raw["train"]["epochs"] == 2
+    assert {k: v for k, v in raw.items() if k not in ("data", "store", "schedule", "train")} == {
+        k: v for k, v in example.items() if k not in ("data", "store", "schedule", "train")}
+
+
+def test_airflow_folders_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugins = tmp_path / "my-plugins"
+    plugins.mkdir()
+    (plugins / "tl_plugin.py").write_text("")
+    monkeypatch.setenv("TL_PLUGINS_DIR", str(plugins))
+    monkeypatch.delenv("TL_DAGS_DIR", raising=False)
+    af = LocalAirflow(tmp_path / "airflow", tmp_path / "configs")
+    assert af.env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(plugins.resolve())
+    assert af.env["AIRFLOW__CORE__DAGS_FOLDER"] == str(ROOT / "dags")  # the source checkout's, as fallback
+
+
+def test_a_missing_airflow_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TL_DAGS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DemoSetupError, match=r"no Airflow dags folder: TL_DAGS_DIR=.*nowhere \(expected "
+                                             r".*nowhere/tl_dags.py\); set TL_DAGS_DIR to the dags/ folder"):
+        LocalAirflow(tmp_path / "airflow", tmp_path / "configs")
+    # an installed package, no checkout around it and no variable: says both
+    monkeypatch.delenv("TL_DAGS_DIR")
+    monkeypatch.delenv("TL_PLUGINS_DIR", raising=False)
+    monkeypatch.setattr(local_airflow, "REPO", tmp_path / "site-packages")
+    with pytest.raises(DemoSetupError, match=r"no Airflow dags folder: TL_DAGS_DIR is not set and there is no source "
+                                             r"checkout at .*site-packages"):
+        LocalAirflow(tmp_path / "airflow", tmp_path / "configs")
+
+
+def test_the_demo_fails_naming_a_missing_dags_folder_before_generating_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TL_DEMO_ROOT", str(tmp_path / "demo"))
+    monkeypatch.setenv("TL_DAGS_DIR", str(tmp_path / "nowhere"))
+    assert main() == 1
+    assert "make demo: FAILED: no Airflow dags folder: TL_DAGS_DIR=" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "demo-configs" / "support-tickets.yaml").is_file()
+    assert not (tmp_path / "demo" / "data").exists()

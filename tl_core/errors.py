@@ -63,3 +63,8 @@ class InvalidRunId(TLError, ValueError):
 class RunConflict(TLError):
     """A step would break what a run already recorded: a different spec than the run was started with, or a
     rewrite of an artifact that a later step already consumed. The fix is a new run id."""
+
+
+class DemoSetupError(TLError):
+    """`make demo` / LocalAirflow cannot find what it serves: the DAG or plugin folder (TL_DAGS_DIR,
+    TL_PLUGINS_DIR, else the source checkout's) or its packaged example spec; the message names which."""

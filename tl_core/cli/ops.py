@@ -41,12 +41,15 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def spec_by_name(model: str | None) -> Any:
-    """The spec named ``model`` in TL_CONFIGS_DIR (default: the repository's configs/)."""
+    """The spec named ``model`` in TL_CONFIGS_DIR (default: the source checkout's configs/)."""
     from tl_core.config import load_specs
 
     if not model:
         raise SpecError("tl status needs a MODEL name or --spec PATH")
     folder = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parents[2] / "configs"))
+    if not folder.is_dir():
+        raise SpecError(f"no configs folder at {folder} to look up model {model!r} in: set TL_CONFIGS_DIR to the "
+                        "folder of the model specs, or pass --spec PATH")
     specs = load_specs(folder)
     for spec in specs:
         if spec.name == model:

@@ -1,6 +1,7 @@
 """A real `airflow standalone` on 127.0.0.1 for the demo and the end-to-end tests (started and stopped by PID).
 
-Only subprocesses here: tl_core never imports Airflow.
+Only subprocesses here: tl_core never imports Airflow. The DAG and plugin folders it serves are not part of the
+installed package: they come from TL_DAGS_DIR / TL_PLUGINS_DIR, else from the source checkout this file is in.
 """
 
 from __future__ import annotations
@@ -17,9 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from tl_core.airflow_api import AirflowAPIError, AirflowClient
+from tl_core.errors import DemoSetupError
 
 logger = logging.getLogger(__name__)
+# The source checkout (tl_core/demo/local_airflow.py -> the repository root), when the package runs from one.
 REPO = Path(__file__).resolve().parents[2]
+# Airflow folder -> (the variable naming it, a file it must hold)
+AIRFLOW_FOLDERS = {"dags": ("TL_DAGS_DIR", "tl_dags.py"), "plugins": ("TL_PLUGINS_DIR", "tl_plugin.py")}
+
+
+def airflow_folder(name: str) -> Path:
+    """The ``dags`` or ``plugins`` folder to serve: $TL_DAGS_DIR / $TL_PLUGINS_DIR, else the source checkout's."""
+    var, marker = AIRFLOW_FOLDERS[name]
+    configured = os.environ.get(var)
+    folder = Path(configured) if configured else REPO / name
+    if not (folder / marker).is_file():
+        where = f"{var}={configured}" if configured else f"{var} is not set and there is no source checkout at {REPO}"
+        raise DemoSetupError(f"no Airflow {name} folder: {where} (expected {folder / marker}); set {var} to the "
+                             f"{name}/ folder of a tl-retrain checkout")
+    return folder.resolve()
 
 
 def free_port() -> int:
@@ -34,10 +51,11 @@ class LocalAirflow:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        dags, plugins = airflow_folder("dags"), airflow_folder("plugins")
         self.env = dict(os.environ)
         self.env.update({
             "AIRFLOW_HOME": str(self.home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),

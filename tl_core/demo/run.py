@@ -7,6 +7,11 @@
 4. triggers it for a later date with drift: the candidate is gated against the champion, per slice;
 5. prints the gate table, decision, approval, champion and report path; stops every process it started.
 KEEP=1 leaves Airflow running and prints the UI address and login.
+
+Works from an installed package too: the example spec ships in ``tl_core/demo/configs/`` (a copy of
+``configs/support-tickets.yaml``, kept identical by tests/test_demo.py); the DAG and plugin folders come from
+TL_DAGS_DIR / TL_PLUGINS_DIR, else the source checkout (see ``local_airflow.airflow_folder``); everything the demo
+writes goes under TL_DEMO_ROOT (default ``.tl`` in the working directory).
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ import sys
 import time
 import urllib.parse
 from datetime import date, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tl_core.config import parse_spec
-from tl_core.demo.local_airflow import REPO, LocalAirflow
-from tl_core.errors import TLError
+from tl_core.demo.local_airflow import LocalAirflow
+from tl_core.errors import DemoSetupError, TLError
 from tl_core.registry import Registry
 from tl_core.runs import RunContext
 
@@ -42,8 +48,25 @@ def say(text: str = "") -> None:
     sys.stdout.flush()
 
 
+# The example spec the demo runs, shipped as package data (tests/test_demo.py: identical to configs/'s copy).
+PACKAGED_SPEC = "configs/support-tickets.yaml"
+
+
+def demo_root() -> Path:
+    """Where the demo writes its data, store, demo spec and Airflow home: TL_DEMO_ROOT, default ./.tl."""
+    return Path(os.environ.get("TL_DEMO_ROOT") or ".tl").resolve()
+
+
+def packaged_spec_text() -> str:
+    spec = resources.files("tl_core.demo").joinpath(PACKAGED_SPEC)
+    if not spec.is_file():
+        raise DemoSetupError(f"the demo's example spec tl_core/demo/{PACKAGED_SPEC} is missing from the installed "
+                             "package (package data not installed?)")
+    return spec.read_text()
+
+
 def demo_spec(root: Path) -> Path:
-    raw = yaml.safe_load((REPO / "configs" / "support-tickets.yaml").read_text())
+    raw = yaml.safe_load(packaged_spec_text())
     raw["data"]["root"] = (root / "data").as_uri()
     raw["store"] = (root / "store").as_uri()
     raw["schedule"] = None  # the demo triggers its runs itself
@@ -121,44 +144,59 @@ def check_story(first: dict[str, Any], second: dict[str, Any] | None) -> list[st
     return problems
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.WARNING)
-    started = time.monotonic()
-    root = (REPO / ".tl").resolve()
+def prepare(root: Path) -> tuple[Path, LocalAirflow]:
+    """A fresh demo under ``root``: the demo spec, the generated data and the (not yet started) local Airflow."""
     # every demo starts from an empty Airflow DB, run folder and registry (the embedding cache is kept)
     for stale in (root / "airflow", root / "store" / "runs", root / "store" / "registry"):
         shutil.rmtree(stale, ignore_errors=True)
     spec_path = demo_spec(root)
+    # before any data is generated: a missing DAG or plugin folder fails at once, naming it
+    af = LocalAirflow(root / "airflow", spec_path.parent, port=int(os.environ.get("TL_DEMO_PORT", "0")) or None)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     from tl_core.demo.data import write_demo_data
 
     write_demo_data(spec, end_date=SECOND, days=spec.data.window_days + (SECOND - FIRST).days + 1,
                     drift_from=SECOND - timedelta(days=2))
     say(f"demo data: generated support tickets in {spec.data.root} (drift from {SECOND - timedelta(days=2)})")
-    say(f"demo spec: {spec_path} (configs/support-tickets.yaml with the .tl/ store, no schedule, "
+    say(f"demo spec: {spec_path} (configs/support-tickets.yaml with the {root.name}/ store, no schedule, "
         f"train.epochs {spec.train.epochs} + {spec.train.warmup_epochs} warm-up)")
-    af = LocalAirflow(root / "airflow", spec_path.parent, port=int(os.environ.get("TL_DEMO_PORT", "0")) or None)
+    return spec_path, af
+
+
+def tell_story(af: LocalAirflow, spec_path: Path, started: float) -> None:
+    """The two runs and their checks (DemoFailed naming the step when the story does not hold), then the ledger."""
+    first = run_once(af, spec_path, FIRST, "first run (no champion yet)")
+    problems = check_story(first, None)
+    if problems:  # run 2 would be another first model: stop here and say why
+        raise DemoFailed("demo step 'first run': " + "; ".join(problems))
+    second = run_once(af, spec_path, SECOND, "second run (drifted data, gated against the champion)")
+    problems = check_story(first, second)
+    if problems:
+        raise DemoFailed("demo step 'second run': " + "; ".join(problems))
+    say(f"\ndemo pipeline finished in {time.monotonic() - started:.0f}s: run 1 promoted v0001, run 2 was gated "
+        f"against v0001 ({'PASS' if second['decision']['passed'] else 'FAIL'}), champion now "
+        f"{second['champion']}")
+    history = Registry.for_spec(parse_spec(yaml.safe_load(spec_path.read_text()))).history()
+    say("\nregistry ledger:")
+    for r in history:
+        say(f"  {r['seq']:>3} {r['action']:<9} {str(r.get('version') or ''):<6} by {r.get('actor')}: "
+            f"{str(r.get('reason') or '')[:90]}")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    started = time.monotonic()
+    try:
+        spec_path, af = prepare(demo_root())
+    except TLError as exc:
+        sys.stderr.write(f"make demo: FAILED: {exc}\n")
+        return 1
     say(f"starting airflow standalone on {af.url} (AIRFLOW_HOME={af.home}) ...")
     # SIGTERM (e.g. from a CI timeout) must still stop the Airflow processes this demo started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     af.start()
     try:
-        first = run_once(af, spec_path, FIRST, "first run (no champion yet)")
-        problems = check_story(first, None)
-        if problems:  # run 2 would be another first model: stop here and say why
-            raise DemoFailed("demo step 'first run': " + "; ".join(problems))
-        second = run_once(af, spec_path, SECOND, "second run (drifted data, gated against the champion)")
-        problems = check_story(first, second)
-        if problems:
-            raise DemoFailed("demo step 'second run': " + "; ".join(problems))
-        say(f"\ndemo pipeline finished in {time.monotonic() - started:.0f}s: run 1 promoted v0001, run 2 was gated "
-            f"against v0001 ({'PASS' if second['decision']['passed'] else 'FAIL'}), champion now "
-            f"{second['champion']}")
-        history = Registry.for_spec(spec).history()
-        say("\nregistry ledger:")
-        for r in history:
-            say(f"  {r['seq']:>3} {r['action']:<9} {str(r.get('version') or ''):<6} by {r.get('actor')}: "
-                f"{str(r.get('reason') or '')[:90]}")
+        tell_story(af, spec_path, started)
         if os.environ.get("KEEP") == "1":
             say(f"\nAirflow stays up: {af.url}  login admin / {af.password()}  (stop: kill -TERM -{af.proc.pid})"
                 if af.proc else "")
