@@ -9,7 +9,6 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from tl_core.cli.util import emit
 from tl_core.errors import TLError
 
 logger = logging.getLogger(__name__)
@@ -17,8 +16,9 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
 
 
-# Each area adds its own subcommands (handlers import their heavy dependencies lazily).
+# One module per command group, each adding its subcommands (handlers import heavy dependencies lazily).
 COMMAND_MODULES = (
+    "tl_core.cli.spec",
     "tl_core.cli.data",
     "tl_core.cli.train",
     "tl_core.cli.export",
@@ -28,34 +28,12 @@ COMMAND_MODULES = (
 )
 
 
-def cmd_validate_spec(args: argparse.Namespace) -> int:
-    from tl_core.config import backbone_problems, load_spec
-    from tl_core.errors import SpecError
-
-    for path in args.spec:
-        spec = load_spec(path)
-        problems = backbone_problems(spec.backbone)
-        if problems:
-            raise SpecError(f"{path}: the spec is valid but cannot run on this machine:\n  " + "\n  ".join(problems))
-        emit(
-            args,
-            {"spec": path, "name": spec.name, "valid": True, "fingerprint": spec.fingerprint()},
-            f"{path}: OK (model {spec.name!r}, {spec.modality}, strategies {', '.join(spec.train.strategies)})",
-        )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tl", description="tl-retrain: transfer-learning retraining steps (the same ones the DAGs run)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-
-    p = sub.add_parser("validate-spec", help="validate one or more model spec YAML files")
-    p.add_argument("spec", nargs="+", help="path to a spec YAML file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_validate_spec)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
