@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_core.config import LOWER_IS_BETTER
+from tl_core.config import LOWER_IS_BETTER, GateSpec
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
@@ -172,30 +172,32 @@ def _labels(df: pd.DataFrame, index: dict[str, int]) -> np.ndarray:
     return df["label"].astype(str).map(index).fillna(-1).astype(int).to_numpy()  # type: ignore[no-any-return]
 
 
-def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info: dict[str, Any]) -> dict[str, Any]:
-    """Every model of the run (and the champion) on the same labelled test rows; see the module docstring."""
-    spec = ctx.spec
-    policy = spec.gate
-    labels = list(spec.labels)
-    index = {n: i for i, n in enumerate(labels)}
-    frames = split_frames(load_examples(ctx), ("train", "calibration", "test"))
-    test, cal = frames["test"], frames["calibration"]
-    y_test, y_cal = _labels(test, index), _labels(cal, index)
-    keep_t, keep_c = y_test >= 0, y_cal >= 0
+def _selected(ctx: RunContext) -> tuple[str, list[str]]:
+    """The selected strategy and every trained one, from candidate.json."""
     candidate = ctx.read_json("candidate.json")
     selected = candidate.get("selected")
     strategies = list(candidate.get("strategies", {}))
     if selected not in strategies:
         raise TLError(f"{ctx.uri('candidate.json')}: selected strategy {selected!r} is not among the trained "
                       f"strategies {strategies}")
+    return selected, strategies
+
+
+def _model_logits(ctx: RunContext, frames: dict[str, pd.DataFrame], index: dict[str, int], selected: str,
+                  strategies: list[str], champion: ChampionScores | None, champion_info: dict[str, Any],
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str], dict[str, Any]]:
+    """(calibration, test) logits and the role of every model: the strategies, the champion when its logits fit
+    (champion_info turns "unreadable" otherwise) and the majority-class predictor; and the champion_info."""
+    cal, test = frames["calibration"], frames["test"]
+    n_classes = len(index)
     logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     roles: dict[str, str] = {}
     for strategy in strategies:
-        logits[strategy] = (_aligned(ctx, strategy, "calibration", cal["example_id"].astype(str).tolist(), len(labels)),
-                            _aligned(ctx, strategy, "test", test["example_id"].astype(str).tolist(), len(labels)))
+        logits[strategy] = (_aligned(ctx, strategy, "calibration", cal["example_id"].astype(str).tolist(), n_classes),
+                            _aligned(ctx, strategy, "test", test["example_id"].astype(str).tolist(), n_classes))
         roles[strategy] = "candidate" if strategy == selected else "strategy"
     if champion is not None:
-        problem = _check_champion(champion, {"calibration": len(cal), "test": len(test)}, len(labels))
+        problem = _check_champion(champion, {"calibration": len(cal), "test": len(test)}, n_classes)
         if problem:
             champion_info = {**champion_info, "status": "unreadable", "reason": f"champion logits: {problem}"}
         else:
@@ -204,61 +206,93 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
             roles["champion"] = "champion"
     # Majority-class predictor: the training split's class frequencies (add-one smoothed) for every row.
     y_train = _labels(frames["train"], index)
-    freq = np.bincount(y_train[y_train >= 0], minlength=len(labels)) + 1.0
+    freq = np.bincount(y_train[y_train >= 0], minlength=n_classes) + 1.0
     prior = np.log(freq / freq.sum())
     logits["majority"] = (np.tile(prior, (len(cal), 1)), np.tile(prior, (len(test), 1)))
     roles["majority"] = "majority"
+    return logits, roles, champion_info
 
-    masks = slice_masks(test[keep_t].reset_index(drop=True), spec.data.slice_columns, spec.data.slice_crosses)
-    y = y_test[keep_t]
-    models: dict[str, Any] = {}
-    probs_after: dict[str, np.ndarray] = {}
-    for name, (lc, lt) in logits.items():
-        temperature = fit_temperature(lc[keep_c], y_cal[keep_c]) if name != "majority" else 1.0
-        before, after = softmax(lt[keep_t]), softmax(lt[keep_t], temperature)
-        probs_after[name] = after
-        m_before = all_metrics(before, y, labels)
-        overall = all_metrics(after, y, labels)
-        models[name] = {
-            "role": roles[name], "strategy": name if name in strategies else None,
-            "temperature": temperature,
-            "overall": {k: v for k, v in overall.items() if k not in ("per_class", "confusion")},
-            "before_temperature": {k: m_before.get(k) for k in ("accuracy", "log_loss", "brier", "ece", "mce")},
-            "per_class": overall.get("per_class", {}), "confusion": overall.get("confusion", []),
-            "slices": {s: {k: v for k, v in all_metrics(after[m], y[m], labels).items()
-                           if k not in ("per_class", "confusion")} for s, m in masks.items()},
-            "intervals": {},
-            "reliability": {"before": _rel(before, y), "after": _rel(after, y)},
-        }
+
+def _model_entry(name: str, role: str, is_strategy: bool, cal: tuple[np.ndarray, np.ndarray], logits_test: np.ndarray,
+                 y: np.ndarray, labels: list[str], masks: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
+    """One model's report entry (intervals still empty) and its test probabilities after temperature.
+    ``cal`` is (calibration logits, labels) of the labelled calibration rows."""
+    temperature = fit_temperature(*cal) if name != "majority" else 1.0
+    before, after = softmax(logits_test), softmax(logits_test, temperature)
+    m_before = all_metrics(before, y, labels)
+    overall = all_metrics(after, y, labels)
+    entry = {
+        "role": role, "strategy": name if is_strategy else None,
+        "temperature": temperature,
+        "overall": {k: v for k, v in overall.items() if k not in ("per_class", "confusion")},
+        "before_temperature": {k: m_before.get(k) for k in ("accuracy", "log_loss", "brier", "ece", "mce")},
+        "per_class": overall.get("per_class", {}), "confusion": overall.get("confusion", []),
+        "slices": {s: {k: v for k, v in all_metrics(after[m], y[m], labels).items()
+                       if k not in ("per_class", "confusion")} for s, m in masks.items()},
+        "intervals": {},
+        "reliability": {"before": _rel(before, y), "after": _rel(after, y)},
+    }
+    return entry, after
+
+
+def _bootstrap(policy: GateSpec, y: np.ndarray, masks: dict[str, np.ndarray], probs: dict[str, np.ndarray],
+               selected: str, models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The comparisons (stored in ``models`` too: each model's intervals) and the report's bootstrap section."""
     requested = set(policy.margins) | set(policy.slice_metrics)
     continuous = tuple(m for m in CONTINUOUS_METRICS if m in CHEAP_CONTINUOUS or m in requested)
     slice_continuous = tuple(m for m in CONTINUOUS_METRICS if m in policy.slice_metrics)
     comparisons: dict[str, Any] = {}
     if len(y):
         groups = {"overall": np.ones(len(y), dtype=bool), **masks}
-        comparisons, intervals = compare_models(y, probs_after, groups, selected, policy.n_bootstrap,
+        comparisons, intervals = compare_models(y, probs, groups, selected, policy.n_bootstrap,
                                                 policy.bootstrap_seed, policy.confidence, continuous,
                                                 slice_continuous)
         for name, iv in intervals.items():
             models[name]["intervals"] = iv
+    section = {"n_boot": policy.n_bootstrap, "seed": policy.bootstrap_seed, "confidence": policy.confidence,
+               "method": "paired: one resample of the test examples per replicate, shared by all models",
+               "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
+               "continuous_overall": list(continuous), "continuous_slices": list(slice_continuous)}
+    return comparisons, section
+
+
+def _curves(ctx: RunContext, strategies: list[str]) -> dict[str, list[dict[str, Any]]]:
     curves: dict[str, list[dict[str, Any]]] = {}
     for strategy in strategies:
         try:
             curves[strategy] = list(ctx.read_json(f"models/{strategy}/train_report.json").get("curves") or [])
         except NoSuchKey:
             curves[strategy] = []
+    return curves
+
+
+def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info: dict[str, Any]) -> dict[str, Any]:
+    """Every model of the run (and the champion) on the same labelled test rows; see the module docstring."""
+    spec = ctx.spec
+    labels = list(spec.labels)
+    index = {n: i for i, n in enumerate(labels)}
+    frames = split_frames(load_examples(ctx), ("train", "calibration", "test"))
+    test, cal = frames["test"], frames["calibration"]
+    y_test, y_cal = _labels(test, index), _labels(cal, index)
+    keep_t, keep_c = y_test >= 0, y_cal >= 0
+    selected, strategies = _selected(ctx)
+    logits, roles, champion_info = _model_logits(ctx, frames, index, selected, strategies, champion, champion_info)
+    masks = slice_masks(test[keep_t].reset_index(drop=True), spec.data.slice_columns, spec.data.slice_crosses)
+    y = y_test[keep_t]
+    models: dict[str, Any] = {}
+    probs_after: dict[str, np.ndarray] = {}
+    for name, (lc, lt) in logits.items():
+        models[name], probs_after[name] = _model_entry(name, roles[name], name in strategies,
+                                                       (lc[keep_c], y_cal[keep_c]), lt[keep_t], y, labels, masks)
+    comparisons, bootstrap = _bootstrap(spec.gate, y, masks, probs_after, selected, models)
     audit = ctx.read_json("audit/report.json") if ctx.store.exists(ctx.key("audit/report.json")) else None
     return {
         "schema_version": SCHEMA_VERSION, "run_id": ctx.run_id, "model": spec.name, "labels": labels,
         "primary_metric": spec.train.primary_metric, "test_size": int(len(y)),
         "unlabelled_test_rows": int((~keep_t).sum()), "candidate": selected,
         "slices": {s: int(m.sum()) for s, m in masks.items()}, "champion": champion_info, "models": models,
-        "comparisons": comparisons, "curves": curves, "audit": _audit_summary(audit),
-        "gate_policy": policy.model_dump(mode="json"),
-        "bootstrap": {"n_boot": policy.n_bootstrap, "seed": policy.bootstrap_seed, "confidence": policy.confidence,
-                      "method": "paired: one resample of the test examples per replicate, shared by all models",
-                      "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
-                      "continuous_overall": list(continuous), "continuous_slices": list(slice_continuous)},
+        "comparisons": comparisons, "curves": _curves(ctx, strategies), "audit": _audit_summary(audit),
+        "gate_policy": spec.gate.model_dump(mode="json"), "bootstrap": bootstrap,
     }
 
 
