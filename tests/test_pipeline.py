@@ -105,13 +105,15 @@ def test_promotion_needs_the_approve_answer(tmp_path: Path, answer: dict | None)
 
 
 @pytest.mark.slow
-def test_run_local_runs_every_step_and_registers_a_passed_candidate(tmp_path: Path) -> None:
-    """`tl run`'s engine: the DAG's steps in order, without Airflow, on tiny data; then registration."""
+def test_tl_run_runs_every_step_and_registers_a_passed_candidate(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`tl run` (pipeline.run_local): the DAG's steps in order, without Airflow, on tiny data; then registration.
+    A candidate the gate refuses exits 3 and is recorded in the ledger, never registered."""
     from datetime import date
 
+    from tl_core.cli import main
     from tl_core.config import parse_spec
     from tl_core.demo.data import write_demo_data
-    from tl_core.pipeline import run_local
     from tl_core.registry import Registry
 
     raw = {"name": "tiny-tickets", "modality": "text", "labels": ["billing", "login", "shipping", "bug", "cancel"],
@@ -126,10 +128,20 @@ def test_run_local_runs_every_step_and_registers_a_passed_candidate(tmp_path: Pa
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     write_demo_data(parse_spec(raw), end_date=date(2026, 11, 1), days=6, rows_per_day=60)
-    seen: list[str] = []
-    results = run_local(str(path), "manual-local-1", "2026-11-01", register=True,
-                        progress=lambda step, _: seen.append(step))
-    assert seen == ["snapshot", "audit", "split", "train_frozen", "select", "export", "evaluate", "gate", "register"]
-    assert results["gate"]["passed"] is True and results["register"] == "v0001"
+    assert main(["run", "--spec", str(path), "--run", "local-1", "--date", "2026-11-01", "--register", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    order = [line.split(": ", 1)[1].split(" -> ")[0] for line in captured.err.splitlines()
+             if line.startswith("tl run local-1: ")]
+    assert order == ["snapshot", "audit", "split", "train_frozen", "select", "export", "evaluate", "gate", "register"]
+    assert out["steps"]["gate"]["passed"] is True and out["steps"]["register"] == "v0001"
     registry = Registry.for_spec(parse_spec(raw))
     assert registry.list_versions() == ["v0001"] and registry.champion() is None  # promotion stays gated
+
+    raw["gate"]["absolute_minimums"] = {"macro_f1": 0.999}
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(raw))
+    assert main(["run", "--spec", str(strict), "--run", "local-2", "--date", "2026-11-01", "--register"]) == 3
+    assert "run local-2: gate FAIL" in capsys.readouterr().out
+    assert registry.list_versions() == ["v0001"]
+    assert [r["action"] for r in registry.history()] == ["register", "reject"]

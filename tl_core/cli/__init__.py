@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tl_core.cli.train",
     "tl_core.cli.export",
     "tl_core.cli.evaluate",
+    "tl_core.cli.run",
     "tl_core.cli.registry",
     "tl_core.cli.ops",
 )
