@@ -19,8 +19,10 @@ import yaml
 from tl_core.cli import main as tl_main
 from tl_core.config import ModelSpec, parse_spec
 from tl_core.errors import TLError
+from tl_core.evaluate.evidence import current_evidence_hash
 from tl_core.evaluate.report import render_html
-from tl_core.evaluate.run import ChampionScores, current_evidence_hash, run_evaluate, run_gate
+from tl_core.evaluate.run import ChampionScores, run_evaluate
+from tl_core.gate.step import run_gate
 from tl_core.runs import RunContext
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -43,7 +43,6 @@ from tl_core.config import LOWER_IS_BETTER, GateSpec
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
-from tl_core.evaluate.evidence import current_evidence_hash as current_evidence_hash  # moved there; old import
 from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, softmax
 from tl_core.runs import RunContext
 
@@ -388,11 +387,3 @@ def run_evaluate(ctx: RunContext, champion: ChampionScores | None = None) -> str
     ctx.write_json("evaluation/report.json", report)
     ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, None).encode())
     return ctx.uri("evaluation/report.json")
-
-
-def run_gate(ctx: RunContext) -> dict[str, Any]:
-    """The gate step, now tl_core.gate.step.run_gate; this name stays for older imports. The import is lazy
-    because the gate depends on evaluate (bootstrap, evidence) and evaluate must not import the gate at load."""
-    from tl_core.gate.step import run_gate as gate_step
-
-    return gate_step(ctx)
