@@ -13,13 +13,14 @@ optimizer, scheduler and RNG state.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +67,7 @@ def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | 
 
 
 def choose_device(preference: str) -> torch.device:
-    """CUDA when present (train.device 'auto'); TL_DEVICE (set by `tl train --device`) overrides the spec."""
-    preference = os.environ.get("TL_DEVICE", preference)
+    """The device for ``preference`` ('auto': CUDA when present, 'cuda', 'cpu')."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
@@ -163,7 +163,7 @@ def predict_logits(model: Classifier, data: Encoded, batch_size: int, device: to
     """Logits in the original row order (batches are length-sorted for speed)."""
     model.eval()
     out = np.zeros((len(data), model.head.out_features), dtype=np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullctx()
+    autocast = _autocast(device)
     for idx, inputs in iterate(data, batch_size, False, None, pad_id, transform):
         with autocast:
             logits = model(*(x.to(device) for x in inputs))
@@ -171,12 +171,9 @@ def predict_logits(model: Classifier, data: Encoded, batch_size: int, device: to
     return out
 
 
-class _nullctx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _autocast(device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _freeze_frozen_norms(model: nn.Module) -> None:
@@ -220,67 +217,156 @@ def _check_keys(state: dict[str, torch.Tensor], keys: list[str], what: str) -> N
         )
 
 
-def _save_checkpoint(model: Classifier, keys: list[str], optimizer: torch.optim.Optimizer, scheduler: Any,
-                     generator: torch.Generator, epoch: int, stale: int, result: TrainResult,
-                     best_state: dict[str, torch.Tensor] | None) -> bytes:
+@dataclass
+class _Loop:
+    """What one fine-tuning run carries from step to step (built by :func:`_setup`)."""
+
+    model: Classifier
+    compiled: nn.Module  # the model as the training step calls it (torch.compile'd when train.compile)
+    strategy: str
+    spec: ModelSpec
+    device: torch.device
+    pad_id: int
+    generator: torch.Generator
+    blocks: list[list[nn.Parameter]]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    keys: list[str]  # the state-dict keys training can change (what checkpoints hold)
+    total_epochs: int
+    result: TrainResult
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+    start_epoch: int = 0
+
+
+def _save_checkpoint(loop: _Loop, epoch: int) -> bytes:
+    result = loop.result
     buf = io.BytesIO()
-    torch.save({"format": 2, "changing": _changing_state(model, keys), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "py_rng": random.getstate(),
-                "generator": generator.get_state(), "epoch": epoch, "stale": stale,
-                "best_score": result.best_score, "best_epoch": result.best_epoch, "curves": result.curves,
-                "best_state": best_state}, buf)
+    torch.save({"format": 2, "changing": _changing_state(loop.model, loop.keys),
+                "optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "py_rng": random.getstate(), "generator": loop.generator.get_state(),
+                "epoch": epoch, "stale": loop.stale, "best_score": result.best_score, "best_epoch": result.best_epoch,
+                "curves": result.curves, "best_state": loop.best_state}, buf)
     return buf.getvalue()
 
 
-def _restore_checkpoint(blob: bytes, model: Classifier, keys: list[str], optimizer: torch.optim.Optimizer,
-                        scheduler: Any, generator: torch.Generator, result: TrainResult,
-                        strategy: str) -> tuple[int, int, dict[str, torch.Tensor] | None]:
-    """Load a resume checkpoint; returns (first epoch to run, stale epochs, best-epoch state)."""
+def _restore_checkpoint(blob: bytes, loop: _Loop) -> None:
+    """Load a resume checkpoint: the changing tensors, optimizer, scheduler, RNGs, curves and where to go on."""
     state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    what = f"{strategy} resume checkpoint"
+    what = f"{loop.strategy} resume checkpoint"
     if "changing" in state:
-        _check_keys(state["changing"], keys, what)
+        _check_keys(state["changing"], loop.keys, what)
         if state["best_state"] is not None:
-            _check_keys(state["best_state"], keys, what + " (best-epoch state)")
-        model.load_state_dict(state["changing"], strict=False)
+            _check_keys(state["best_state"], loop.keys, what + " (best-epoch state)")
+        loop.model.load_state_dict(state["changing"], strict=False)
     else:  # written before checkpoints held only the changing tensors: the whole model
-        model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+        loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if "py_rng" in state:
         random.setstate(state["py_rng"])
     else:  # written before the Python RNG was saved: resumes, but image augmentation draws differ
-        logger.warning("%s: resume checkpoint has no Python RNG state; the run will not be bit-for-bit", strategy)
-    generator.set_state(state["generator"])
+        logger.warning("%s: resume checkpoint has no Python RNG state; the run will not be bit-for-bit", loop.strategy)
+    loop.generator.set_state(state["generator"])
+    result = loop.result
     result.best_score, result.best_epoch = float(state["best_score"]), int(state["best_epoch"])
     result.curves = [dict(c) for c in state["curves"]]
-    return int(state["epoch"]) + 1, int(state["stale"]), state["best_state"]
+    loop.start_epoch, loop.stale, loop.best_state = int(state["epoch"]) + 1, int(state["stale"]), state["best_state"]
 
 
-def _train_epoch(compiled: nn.Module, model: Classifier, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 loss_fn: nn.Module, train: Encoded, generator: torch.Generator, pad_id: int, transform: Any,
-                 device: torch.device, spec: ModelSpec, desc: str) -> tuple[float, int]:
+def _train_epoch(loop: _Loop, train: Encoded, transform: Any, desc: str) -> tuple[float, int]:
     """One pass over the shuffled training set; returns (summed loss, examples seen)."""
-    t = spec.train
+    t, device = loop.spec.train, loop.device
     running, count = 0.0, 0
     bar = tqdm(total=len(train), desc=desc, unit="ex", leave=False, disable=None)
-    for idx, inputs in iterate(train, t.batch_size, True, generator, pad_id, transform):
+    for idx, inputs in iterate(train, t.batch_size, True, loop.generator, loop.pad_id, transform):
         targets = torch.as_tensor(train.labels[idx], device=device)
         inputs = tuple(x.to(device, non_blocking=True) for x in inputs)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullctx():
-            loss = loss_fn(compiled(*inputs).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device):
+            loss = loop.loss_fn(loop.compiled(*inputs).float(), targets)
+        loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        nn.utils.clip_grad_norm_([p for p in loop.model.parameters() if p.requires_grad], t.grad_clip)
+        loop.optimizer.step()
+        loop.scheduler.step()
         running += float(loss.detach()) * len(idx)
         count += len(idx)
         bar.update(len(idx))
         bar.set_postfix(loss=f"{running / count:.4f}")
     bar.close()
     return running, count
+
+
+def _setup(model: Classifier, backbone: Backbone, strategy: str, spec: ModelSpec, train: Encoded,
+           device: torch.device) -> _Loop:
+    """Seed, add the adapters (lora), move to the device, build optimizer, schedule and loss.
+
+    The order is part of the recipe: the seeds come first, so the adapters' random init is seeded too.
+    """
+    t = spec.train
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)  # timm's image augmentation (RandomResizedCropAndInterpolation) draws from `random`
+    generator = torch.Generator().manual_seed(t.seed)
+    if strategy == "lora":
+        apply_lora(model, backbone, spec)
+    model.to(device)
+    if device.type == "cuda" and backbone.kind == "timm":
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    blocks = _param_blocks(model, backbone)
+    optimizer = _optimizer(model, blocks, strategy, spec, device)
+    total_epochs = t.warmup_epochs + t.epochs  # scratch too: its "warm-up" epochs already train everything
+    scheduler = _schedule(optimizer, total_epochs * math.ceil(len(train) / t.batch_size), t.warmup_fraction)
+    weights = class_weights(train.labels, len(spec.labels), t.class_weighting)
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    compiled: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
+    result = TrainResult(model=model)
+    keys, result.trainable_parameters = _changing_keys(model, blocks, strategy, spec, total_epochs)
+    return _Loop(model=model, compiled=compiled, strategy=strategy, spec=spec, device=device,
+                 pad_id=int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0), generator=generator, blocks=blocks,
+                 optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, keys=keys, total_epochs=total_epochs,
+                 result=result)
+
+
+def _resume(loop: _Loop, load_resume: Callable[[], bytes | None]) -> None:
+    """Continue after the last completed epoch when a resume checkpoint exists."""
+    blob = load_resume()
+    if blob is None:
+        return
+    _restore_checkpoint(blob, loop)
+    loop.result.resumed_from_epoch = loop.start_epoch
+    logger.info("%s: resuming after epoch %d (best %s %.4f)", loop.strategy, loop.start_epoch - 1,
+                loop.spec.train.primary_metric, loop.result.best_score)
+
+
+def _epoch(loop: _Loop, epoch: int, train: Encoded, val: Encoded, transforms: tuple[Any, Any]) -> tuple[int, float]:
+    """Train one epoch and score it on validation (its learning-curve point); returns (examples, score)."""
+    t, model = loop.spec.train, loop.model
+    _set_trainable(model, loop.blocks, loop.strategy, epoch, loop.spec)
+    model.train()
+    _freeze_frozen_norms(model)
+    desc = f"{loop.strategy} epoch {epoch + 1}/{loop.total_epochs}"
+    running, count = _train_epoch(loop, train, transforms[0], desc)
+    val_logits = predict_logits(model, val, t.eval_batch_size, loop.device, loop.pad_id, transforms[1])
+    val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val.labels)))
+    score = validation_score(t.primary_metric, val_logits, val.labels)
+    loop.result.curves.append({"epoch": epoch + 1, "train_loss": running / max(count, 1), "val_loss": val_loss,
+                               "val_metric": score})
+    logger.info("%s epoch %d: train_loss %.4f val_loss %.4f val_%s %.4f", loop.strategy, epoch + 1,
+                running / max(count, 1), val_loss, t.primary_metric, score)
+    return count, score
+
+
+def _checkpoint(loop: _Loop, epoch: int, score: float, save_resume: Callable[[bytes], None]) -> None:
+    """Keep the best epoch's tensors, count epochs without improvement, write the resume checkpoint."""
+    result = loop.result
+    if improves(loop.spec.train.primary_metric, score, result.best_score if result.best_epoch > 0 else None):
+        result.best_score, result.best_epoch, loop.stale = score, epoch + 1, 0
+        loop.best_state = _changing_state(loop.model, loop.keys)
+    else:
+        loop.stale += 1
+    save_resume(_save_checkpoint(loop, epoch))
 
 
 def finetune(
@@ -293,68 +379,26 @@ def finetune(
     transforms: tuple[Any, Any],
     load_resume: Callable[[], bytes | None],
     save_resume: Callable[[bytes], None],
+    device: torch.device | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; returns the best-on-validation weights and the learning curves."""
+    """Train ``model`` in place; returns the best-on-validation weights and the learning curves.
+
+    ``device``: where to train (default: ``choose_device(spec.train.device)``).
+    """
     t = spec.train
-    device = choose_device(t.device)
-    pad_id = int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0)
-    num_classes = len(spec.labels)
-    torch.manual_seed(t.seed)
-    random.seed(t.seed)  # timm's image augmentation (RandomResizedCropAndInterpolation) draws from `random`
-    generator = torch.Generator().manual_seed(t.seed)
-    if strategy == "lora":
-        apply_lora(model, backbone, spec)
-    model.to(device)
-    if device.type == "cuda" and backbone.kind == "timm":
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    blocks = _param_blocks(model, backbone)
-    optimizer = _optimizer(model, blocks, strategy, spec, device)
-    total_epochs = t.warmup_epochs + t.epochs if strategy != "scratch" else t.epochs + t.warmup_epochs
-    steps_per_epoch = math.ceil(len(train) / t.batch_size)
-    scheduler = _schedule(optimizer, total_epochs * steps_per_epoch, t.warmup_fraction)
-    weights = class_weights(train.labels, num_classes, t.class_weighting)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
-    compiled: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
-    result = TrainResult(model=model)
-    keys, result.trainable_parameters = _changing_keys(model, blocks, strategy, spec, total_epochs)
-    best_state: dict[str, torch.Tensor] | None = None
-    stale, start_epoch = 0, 0
-    blob = load_resume()
-    if blob is not None:
-        start_epoch, stale, best_state = _restore_checkpoint(blob, model, keys, optimizer, scheduler, generator,
-                                                             result, strategy)
-        result.resumed_from_epoch = start_epoch
-        logger.info("%s: resuming after epoch %d (best %s %.4f)", strategy, start_epoch - 1, t.primary_metric,
-                    result.best_score)
-
+    loop = _setup(model, backbone, strategy, spec, train, device or choose_device(t.device))
+    _resume(loop, load_resume)
     seen_samples, t0 = 0, time.perf_counter()
-    for epoch in range(start_epoch, total_epochs):
-        _set_trainable(model, blocks, strategy, epoch, spec)
-        model.train()
-        _freeze_frozen_norms(model)
-        desc = f"{strategy} epoch {epoch + 1}/{total_epochs}"
-        running, count = _train_epoch(compiled, model, optimizer, scheduler, loss_fn, train, generator, pad_id,
-                                      transforms[0], device, spec, desc)
+    for epoch in range(loop.start_epoch, loop.total_epochs):
+        count, score = _epoch(loop, epoch, train, val, transforms)
         seen_samples += count
-        val_logits = predict_logits(model, val, t.eval_batch_size, device, pad_id, transforms[1])
-        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val.labels)))
-        score = validation_score(t.primary_metric, val_logits, val.labels)
-        result.curves.append({"epoch": epoch + 1, "train_loss": running / max(count, 1), "val_loss": val_loss,
-                              "val_metric": score})
-        logger.info("%s epoch %d: train_loss %.4f val_loss %.4f val_%s %.4f", strategy, epoch + 1,
-                    running / max(count, 1), val_loss, t.primary_metric, score)
-        if improves(t.primary_metric, score, result.best_score if result.best_epoch > 0 else None):
-            result.best_score, result.best_epoch, stale = score, epoch + 1, 0
-            best_state = _changing_state(model, keys)
-        else:
-            stale += 1
-        save_resume(_save_checkpoint(model, keys, optimizer, scheduler, generator, epoch, stale, result, best_state))
-        if epoch + 1 > t.warmup_epochs and stale >= t.patience:
-            logger.info("%s: early stop at epoch %d (best epoch %d)", strategy, epoch + 1, result.best_epoch)
+        _checkpoint(loop, epoch, score, save_resume)
+        if epoch + 1 > t.warmup_epochs and loop.stale >= t.patience:
+            logger.info("%s: early stop at epoch %d (best epoch %d)", strategy, epoch + 1, loop.result.best_epoch)
             break
-
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state, strict=False)
+    result = loop.result
     result.wall_s = time.perf_counter() - t0
     result.samples_per_s = seen_samples / result.wall_s if result.wall_s > 0 else 0.0
     result.model = merge_lora(model).cpu().eval()

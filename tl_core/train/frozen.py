@@ -27,7 +27,6 @@ from tl_core.models.preprocessing import Encoded
 from tl_core.models.weights import weights_fingerprint
 from tl_core.store import ObjectStore, join_key
 from tl_core.train.data import iterate
-from tl_core.train.finetune import choose_device
 from tl_core.train.objective import improves, validation_score
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,8 @@ def embed(model: Classifier, data: Encoded, batch_size: int, device: torch.devic
 
 
 def embed_with_cache(model: Classifier, backbone: Backbone, spec: ModelSpec, data: Encoded, hashes: list[str],
-                     cache: EmbeddingCache, shard_name: str, transform: Any, stats: CacheStats) -> np.ndarray:
+                     cache: EmbeddingCache, shard_name: str, transform: Any, stats: CacheStats,
+                     device: torch.device) -> np.ndarray:
     table = cache.table()
     missing = [i for i, h in enumerate(hashes) if h not in table]
     stats.hits += len(hashes) - len(missing)
@@ -100,7 +100,6 @@ def embed_with_cache(model: Classifier, backbone: Backbone, spec: ModelSpec, dat
                       data.labels[missing])
         t0 = time.perf_counter()
         pad_id = int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0)
-        device = choose_device(spec.train.device)
         new = embed(model, sub, spec.train.eval_batch_size, device, pad_id, transform)
         stats.embed_s += time.perf_counter() - t0
         # One shard per (run, split); unique hashes only.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 
 from tl_core.errors import DataError, NoSuchKey
 from tl_core.models.artifacts import model_config, save_model
-from tl_core.models.backbones import Classifier, load_backbone
+from tl_core.models.backbones import Backbone, Classifier, load_backbone
 from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, image_transform
 from tl_core.runs import SPLITS, RunContext
 from tl_core.train.finetune import choose_device, finetune, predict_logits
@@ -51,14 +53,30 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_train(ctx: RunContext, strategy: str) -> str:
-    """Train one strategy of the spec on the run's split; write model files, logits and a report."""
+@dataclass
+class _Prepared:
+    """A run's split, encoded for the strategy's backbone: what every strategy trains from."""
+
+    parts: dict[str, pd.DataFrame]
+    backbone: Backbone
+    model: Classifier
+    encoded: dict[str, Encoded]
+    transforms: tuple[Any, Any]  # (training, evaluation); (None, None) for text
+
+
+@dataclass
+class _Trained:
+    """One strategy's outcome: the trained model, its logits per evaluation split and its report fields."""
+
+    model: Classifier
+    logits: dict[str, np.ndarray]
+    report: dict[str, Any]
+    trainable: int
+    samples: int
+
+
+def _prepare(ctx: RunContext, strategy: str) -> _Prepared:
     spec = ctx.spec
-    if strategy not in spec.train.strategies:
-        raise ValueError(f"strategy {strategy!r} is not in train.strategies {spec.train.strategies}")
-    if ctx.store.exists(ctx.model_key(strategy, "train_report.json")):
-        logger.info("%s already trained for run %s; nothing to do", strategy, ctx.run_id)
-        return ctx.uri("models", strategy)
     torch.manual_seed(spec.train.seed)
     parts = _splits(ctx, load_examples(ctx))
     backbone = load_backbone(spec, pretrained=strategy != "scratch")
@@ -73,65 +91,91 @@ def run_train(ctx: RunContext, strategy: str) -> str:
     transforms: tuple[Any, Any] = (None, None)
     if backbone.kind == "timm":
         transforms = (image_transform(backbone.preprocessing, True), image_transform(backbone.preprocessing, False))
-    device = choose_device(spec.train.device)
-    t0 = time.perf_counter()
-    report: dict[str, Any] = {"strategy": strategy, "train_examples": len(encoded["train"])}
-    logits: dict[str, np.ndarray] = {}
-    if strategy == "frozen":
-        stats = CacheStats()
-        cache = EmbeddingCache(ctx.store, cache_key(spec, backbone.preprocessing))
-        # One pass over the examples of every split that the cache has not seen (fewer, fuller batches).
-        names = list(parts)
-        merged = Encoded(encoded[names[0]].kind, [i for n in names for i in encoded[n].ids],
-                         [v for n in names for v in encoded[n].values],
-                         np.concatenate([encoded[n].labels for n in names]))
-        hashes = [h for n in names for h in content_hashes(parts[n], spec.data.input_column)]
-        everything = embed_with_cache(model, backbone, spec, merged, hashes, cache, ctx.run_id, transforms[1], stats)
-        bounds = np.cumsum([0] + [len(encoded[n]) for n in names])
-        feats = {n: everything[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
-        weight, bias, c_scores = fit_head(spec, feats["train"], encoded["train"].labels, feats["validation"],
-                                          encoded["validation"].labels)
-        with torch.no_grad():
-            model.head.weight.copy_(torch.from_numpy(weight))
-            model.head.bias.copy_(torch.from_numpy(bias))
-        for name in EVAL_SPLITS:
-            logits[name] = feats[name] @ weight.T + bias
-        best = min(c_scores.values(), key=lambda v: rank_key(spec.train.primary_metric, v))
-        trainable = sum(p.numel() for p in model.head.parameters())  # the backbone is frozen: only the head learns
-        report.update(val_metric=best, c_scores=c_scores, curves=[], cache={
-            "hits": stats.hits, "misses": stats.misses, "embed_s": stats.embed_s, "key": cache.prefix})
-        samples = sum(len(e) for e in encoded.values())
-    else:
-        resume_key = ctx.model_key(strategy, "resume", "state.pt")
+    return _Prepared(parts, backbone, model, encoded, transforms)
 
-        def load_resume() -> bytes | None:
-            return ctx.store.get_bytes(resume_key) if ctx.store.exists(resume_key) else None
 
-        def save_resume(blob: bytes) -> None:
-            ctx.store.put_bytes(resume_key, blob)
+def _train_frozen(ctx: RunContext, prep: _Prepared, device: torch.device) -> _Trained:
+    """Embed every split once (through the embedding cache) and fit the head on the frozen features."""
+    spec, encoded, model = ctx.spec, prep.encoded, prep.model
+    stats = CacheStats()
+    cache = EmbeddingCache(ctx.store, cache_key(spec, prep.backbone.preprocessing))
+    # One pass over the examples of every split that the cache has not seen (fewer, fuller batches).
+    names = list(prep.parts)
+    merged = Encoded(encoded[names[0]].kind, [i for n in names for i in encoded[n].ids],
+                     [v for n in names for v in encoded[n].values],
+                     np.concatenate([encoded[n].labels for n in names]))
+    hashes = [h for n in names for h in content_hashes(prep.parts[n], spec.data.input_column)]
+    everything = embed_with_cache(model, prep.backbone, spec, merged, hashes, cache, ctx.run_id, prep.transforms[1],
+                                  stats, device)
+    bounds = np.cumsum([0] + [len(encoded[n]) for n in names])
+    feats = {n: everything[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+    weight, bias, c_scores = fit_head(spec, feats["train"], encoded["train"].labels, feats["validation"],
+                                      encoded["validation"].labels)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.bias.copy_(torch.from_numpy(bias))
+    logits = {name: feats[name] @ weight.T + bias for name in EVAL_SPLITS}
+    best = min(c_scores.values(), key=lambda v: rank_key(spec.train.primary_metric, v))
+    report = {"val_metric": best, "c_scores": c_scores, "curves": [], "cache": {
+        "hits": stats.hits, "misses": stats.misses, "embed_s": stats.embed_s, "key": cache.prefix}}
+    trainable = sum(p.numel() for p in model.head.parameters())  # the backbone is frozen: only the head learns
+    return _Trained(model, logits, report, trainable, sum(len(e) for e in encoded.values()))
 
-        result = finetune(model, backbone, strategy, spec, encoded["train"], encoded["validation"], transforms,
-                          load_resume, save_resume)
-        model = result.model
-        pad_id = int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0)
-        for name in EVAL_SPLITS:
-            logits[name] = predict_logits(model.to(device), encoded[name], spec.train.eval_batch_size, device,
-                                          pad_id, transforms[1]) if len(encoded[name]) else np.zeros(
-                (0, len(spec.labels)), np.float32)
-        model.cpu()
-        trainable = result.trainable_parameters
-        report.update(val_metric=result.best_score, best_epoch=result.best_epoch, curves=result.curves,
-                      resumed_from_epoch=result.resumed_from_epoch, train_samples_per_s=result.samples_per_s)
-        samples = len(encoded["train"]) * max(1, len(result.curves))
-    wall = time.perf_counter() - t0
-    report.update(primary_metric=spec.train.primary_metric, wall_s=wall, samples_per_s=samples / wall if wall else 0.0,
-                  peak_memory_mb=_peak_memory_mb(device), device=str(device),
-                  trainable_parameters=trainable, total_parameters=sum(p.numel() for p in model.parameters()))
-    prefix = ctx.model_key(strategy)
-    save_model(ctx.store, prefix, model, backbone, model_config(spec, backbone, strategy))
+
+def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: torch.device) -> _Trained:
+    """Fine-tune (partial, full, lora, scratch) with resume checkpoints in the run, then score every split."""
+    spec, encoded = ctx.spec, prep.encoded
+    resume_key = ctx.model_key(strategy, "resume", "state.pt")
+
+    def load_resume() -> bytes | None:
+        return ctx.store.get_bytes(resume_key) if ctx.store.exists(resume_key) else None
+
+    def save_resume(blob: bytes) -> None:
+        ctx.store.put_bytes(resume_key, blob)
+
+    result = finetune(prep.model, prep.backbone, strategy, spec, encoded["train"], encoded["validation"],
+                      prep.transforms, load_resume, save_resume, device)
+    model = result.model
+    pad_id = int(getattr(prep.backbone.tokenizer, "pad_token_id", 0) or 0)
+    logits = {}
     for name in EVAL_SPLITS:
-        ctx.write_npz(f"models/{strategy}/logits/{name}.npz", example_id=np.array(encoded[name].ids, dtype=str),
-                      logits=logits[name].astype(np.float32))
+        logits[name] = predict_logits(model.to(device), encoded[name], spec.train.eval_batch_size, device,
+                                      pad_id, prep.transforms[1]) if len(encoded[name]) else np.zeros(
+            (0, len(spec.labels)), np.float32)
+    model.cpu()
+    report = {"val_metric": result.best_score, "best_epoch": result.best_epoch, "curves": result.curves,
+              "resumed_from_epoch": result.resumed_from_epoch, "train_samples_per_s": result.samples_per_s}
+    return _Trained(model, logits, report, result.trainable_parameters,
+                    len(encoded["train"]) * max(1, len(result.curves)))
+
+
+def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
+    """Train one strategy of the spec on the run's split; write model files, logits and a report.
+
+    ``device`` ('auto', 'cuda' or 'cpu') overrides the spec's train.device.
+    """
+    spec = ctx.spec
+    if strategy not in spec.train.strategies:
+        raise ValueError(f"strategy {strategy!r} is not in train.strategies {spec.train.strategies}")
+    if ctx.store.exists(ctx.model_key(strategy, "train_report.json")):
+        logger.info("%s already trained for run %s; nothing to do", strategy, ctx.run_id)
+        return ctx.uri("models", strategy)
+    prep = _prepare(ctx, strategy)
+    # TL_DEVICE: until `tl train --device` passes ``device`` through pipeline.step_train (then this goes).
+    dev = choose_device(device or os.environ.get("TL_DEVICE") or spec.train.device)
+    t0 = time.perf_counter()
+    trained = _train_frozen(ctx, prep, dev) if strategy == "frozen" else _train_finetuned(ctx, strategy, prep, dev)
+    wall = time.perf_counter() - t0
+    report: dict[str, Any] = {"strategy": strategy, "train_examples": len(prep.encoded["train"]), **trained.report}
+    report.update(primary_metric=spec.train.primary_metric, wall_s=wall,
+                  samples_per_s=trained.samples / wall if wall else 0.0, peak_memory_mb=_peak_memory_mb(dev),
+                  device=str(dev), trainable_parameters=trained.trainable,
+                  total_parameters=sum(p.numel() for p in trained.model.parameters()))
+    config = model_config(spec, prep.backbone, strategy)
+    save_model(ctx.store, ctx.model_key(strategy), trained.model, prep.backbone, config)
+    for name in EVAL_SPLITS:
+        ctx.write_npz(f"models/{strategy}/logits/{name}.npz", example_id=np.array(prep.encoded[name].ids, dtype=str),
+                      logits=trained.logits[name].astype(np.float32))
     # The report is written last: its presence marks the strategy as complete.
     ctx.write_json(f"models/{strategy}/train_report.json", report)
     if ctx.store.exists(ctx.model_key(strategy, "resume", "state.pt")):
