@@ -1,0 +1,194 @@
+"""Versions: claiming a number, copying a run's model and evidence in, and the manifest (written last).
+
+A version exists once its manifest is written; until then its number is held by ``claim.json``, which a run
+that crashed mid-registration resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from tl_core.errors import NoSuchKey, PreconditionFailed
+from tl_core.registry.errors import IntegrityError, RegistryError
+from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
+from tl_core.registry.ledger import Ledger
+from tl_core.registry.names import check_relpath, check_version, is_strategy
+
+if TYPE_CHECKING:
+    from tl_core.runs import RunContext
+
+logger = logging.getLogger(__name__)
+
+# Transient training state of a run (torch pickles) - never part of a version.
+SKIPPED_RUN_DIRS = ("resume",)
+# What register copies from a run (relative to the run prefix); the selected model's folder is added.
+OPTIONAL_RUN_FILES = ("export/model.onnx", "export/golden.npz", "export/parity.json", "evaluation/report.json",
+                      "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "timm", "transformers", "peft", "safetensors", "onnx", "onnxruntime", "numpy",
+                "scikit-learn", "tl-retrain"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """(the selected strategy, candidate.json, {source key: path inside the version}), every path checked."""
+    candidate = run.read_json("candidate.json")
+    strategy = candidate.get("selected") if isinstance(candidate, dict) else None
+    if not isinstance(strategy, str) or not is_strategy(strategy):
+        raise RegistryError(f"run {run.run_id}: candidate.json 'selected' is {strategy!r}; expected a strategy "
+                            "name")
+    model_prefix = run.model_key(strategy) + "/"
+    sources = [k for k in run.store.list(model_prefix)
+               if k[len(model_prefix):].split("/")[0] not in SKIPPED_RUN_DIRS]
+    sources += [run.key(rel) for rel in OPTIONAL_RUN_FILES if run.store.exists(run.key(rel))]
+    sources.append(run.key("candidate.json"))
+    required = {run.model_key(strategy, "model.safetensors"), run.model_key(strategy, "model_config.json")}
+    if not required <= set(sources):
+        raise RegistryError(f"run {run.run_id}: missing {sorted(required - set(sources))}; cannot register")
+    rels = {src: src[len(run.prefix) + 1:] for src in sorted(set(sources))}
+    for rel in rels.values():  # refuse before claiming anything
+        check_relpath(rel, f"run {run.run_id}")
+    return strategy, candidate, rels
+
+
+def build_manifest(run: RunContext, model: str, version: str, strategy: str, files: dict[str, Any],
+                   shadow: bool, candidate: dict[str, Any]) -> dict[str, Any]:
+    """The version's manifest: where it came from (run, snapshot, backbone, seeds), its metrics and files."""
+    def optional(rel: str) -> dict[str, Any]:
+        value = run.read_json(rel) if run.store.exists(run.key(rel)) else {}
+        return value if isinstance(value, dict) else {}
+
+    config = run.read_json(f"models/{strategy}/model_config.json")
+    if not isinstance(config, dict):
+        raise RegistryError(f"run {run.run_id}: models/{strategy}/model_config.json is not a JSON object")
+    spec = optional("spec.json")
+    backbone = config.get("backbone") or spec.get("backbone") or {}
+    train = config.get("train") or spec.get("train") or {}
+    evaluated = optional("evaluation/report.json").get("models", {}).get(strategy, {})
+    gate = optional("gate/decision.json")
+    return {
+        "model": model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": now(),
+        "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
+        "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
+                     "library": backbone.get("library")},
+        "strategy": strategy,
+        "strategy_config": {**train, **({"lora": train.get("lora")} if strategy == "lora" else {})},
+        "seeds": {"train": config.get("seed", train.get("seed")),
+                  "split": spec.get("data", {}).get("split_seed"),
+                  "bootstrap": spec.get("gate", {}).get("bootstrap_seed")},
+        "candidate_selection": candidate, "library_versions": library_versions(),
+        "metrics": {k: v for k, v in evaluated.get("overall", {}).items() if isinstance(v, int | float)},
+        "temperature": evaluated.get("temperature"),
+        "gate": {k: gate.get(k) for k in ("passed", "evidence_hash", "bootstrap")},
+        "files": files,
+    }
+
+
+class Versions:
+    def __init__(self, layout: Layout, ledger: Ledger) -> None:
+        self.layout = layout
+        self.ledger = ledger
+        self.model = layout.model
+
+    def list_versions(self, include_incomplete: bool = False) -> list[str]:
+        """Complete versions (a manifest, not collected); with include_incomplete every version number in use."""
+        return sorted(v for v, rels in self.layout.version_keys().items()
+                      if include_incomplete or ("manifest.json" in rels and GC_MARKER not in rels))
+
+    def show(self, version: str) -> dict[str, Any]:
+        check_version(version)
+        try:
+            manifest = self.layout.json(self.layout.version_key(version, "manifest.json"),
+                                        "the version's manifest object")
+        except NoSuchKey:
+            if self.layout.collected(version):
+                raise RegistryError(f"{self.model}: version {version} was garbage-collected") from None
+            raise RegistryError(
+                f"{self.model}: version {version} does not exist or is incomplete (no manifest.json)"
+            ) from None
+        if self.layout.collected(version):
+            raise RegistryError(f"{self.model}: version {version} was garbage-collected")
+        return manifest
+
+    def register(self, run: RunContext, shadow: bool = False, actor: str = "tl") -> str:
+        """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
+        version = self.layout.version_of_run(run.run_id)
+        if version is not None and self.layout.collected(version):
+            self.layout.store.delete(self.layout.run_key(run.run_id))  # an interrupted gc collected it: anew
+            version = None
+        if version is not None and self.layout.store.exists(self.layout.version_key(version, "manifest.json")):
+            self._log_register(version, run.run_id, self.show(version).get("shadow", shadow), actor)
+            return version
+        strategy, candidate, rels = run_files(run)
+        if version is None:
+            version = self._claim_for_run(run.run_id)
+        files = self._copy(run, version, rels)
+        manifest = build_manifest(run, self.model, version, strategy, files, shadow, candidate)
+        try:
+            self.layout.store.put_bytes(self.layout.version_key(version, "manifest.json"),
+                                        json.dumps(manifest, indent=2, sort_keys=True).encode(), if_none_match="*")
+        except PreconditionFailed:
+            pass  # a concurrent registration of the same run finished first; the version is complete
+        self._log_register(version, run.run_id, shadow, actor)
+        return version
+
+    def _log_register(self, version: str, run_id: str, shadow: bool, actor: str) -> None:
+        self.ledger.append({"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
+                            "actor": actor, "reason": "registered from run"}, record_id=f"register-{version}")
+
+    def _claim_for_run(self, run_id: str) -> str:
+        """A version number linked to ``run_id`` by its by-run file (a concurrent registration's, if it won)."""
+        version = self._claim_version(run_id)
+        run_key = self.layout.run_key(run_id)
+        try:
+            self.layout.store.put_bytes(run_key, json.dumps({"version": version, "run_id": run_id}).encode(),
+                                        if_none_match="*")
+        except PreconditionFailed:  # the same run registered concurrently: theirs wins
+            version = self.layout.version_field(run_key, self.layout.json(run_key, RUN_LINK_SHAPE))
+        return version
+
+    def _copy(self, run: RunContext, version: str, rels: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Copy each source create-only into the version; the manifest's 'files' (sha256 and size of each)."""
+        files: dict[str, dict[str, Any]] = {}
+        for src, rel in rels.items():
+            data = run.store.get_bytes(src)
+            dest = self.layout.version_key(version, rel)
+            try:
+                self.layout.store.put_bytes(dest, data, if_none_match="*")
+            except PreconditionFailed:
+                if sha256(self.layout.store.get_bytes(dest)) != sha256(data):
+                    raise IntegrityError(f"{self.model} {version}: {rel} already exists with different content "
+                                         f"(run {run.run_id} changed since its registration started)") from None
+            files[rel] = {"sha256": sha256(data), "size": len(data)}
+        return files
+
+    def _claim_version(self, run_id: str) -> str:
+        """A new version number for ``run_id``, or the one it claimed before crashing (never a collected one)."""
+        existing = self.layout.version_keys()
+        for version, rels in sorted(existing.items()):
+            if "manifest.json" not in rels and GC_MARKER not in rels and self.layout.version_run(version) == run_id:
+                logger.info("%s: resuming the interrupted registration of run %s as %s", self.model, run_id, version)
+                return version
+        for attempt in range(1000):
+            if attempt:
+                existing = self.layout.version_keys()
+            seq = max((int(v[1:]) for v in existing), default=0) + 1
+            version = f"v{seq:04d}"
+            try:
+                self.layout.store.put_bytes(self.layout.version_key(version, "claim.json"),
+                                            json.dumps({"run_id": run_id, "at": now()}).encode(), if_none_match="*")
+                return version
+            except PreconditionFailed:
+                continue
+        raise RegistryError(f"{self.model}: could not allocate a version number after 1000 attempts")
