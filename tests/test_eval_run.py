@@ -9,82 +9,22 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from eval_fixtures import LABELS, logits_for, make_synthetic_run, spec_dict
 from tl_core.cli import main as tl_main
-from tl_core.config import ModelSpec, parse_spec
+from tl_core.config import parse_spec
 from tl_core.errors import TLError
 from tl_core.evaluate.evidence import current_evidence_hash
 from tl_core.evaluate.report import render_html
 from tl_core.evaluate.run import ChampionScores, run_evaluate
 from tl_core.gate.step import run_gate
-from tl_core.runs import RunContext
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-LABELS = ["billing", "login", "shipping"]
-
-
-def spec_dict(store_uri: str, **gate: Any) -> dict[str, Any]:
-    return {
-        "name": "eval-demo", "modality": "text", "labels": LABELS,
-        "backbone": {"library": "transformers", "name": "tiny", "weights": "none"},
-        "data": {"root": store_uri, "slice_columns": ["region", "channel"], "slice_crosses": [["region", "channel"]]},
-        "train": {"strategies": ["frozen", "full"]},
-        "gate": {"n_bootstrap": 200, "min_slice_size": 20, "margins": {"macro_f1": 0.05, "accuracy": 0.05},
-                 "absolute_minimums": {"macro_f1": 0.5}, **gate},
-        "store": store_uri, "registry": store_uri,
-    }
-
-
-def logits_for(y: np.ndarray, rng: np.random.Generator, accuracy: float, scale: float) -> np.ndarray:
-    """Over-confident logits that are right with probability `accuracy`."""
-    pred = np.where(rng.random(len(y)) < accuracy, y, rng.integers(0, len(LABELS), len(y)))
-    z = rng.normal(size=(len(y), len(LABELS)))
-    z[np.arange(len(y)), pred] += 2.0
-    return (z * scale).astype(np.float32)
-
-
-def make_synthetic_run(spec: ModelSpec, n_test: int = 600, n_cal: int = 300, seed: int = 0,
-                       run_id: str = "manual-20260101T000000") -> RunContext:
-    """examples.parquet, per-strategy logits, candidate.json, curves, audit and snapshot manifest."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split, n in (("train", 300), ("calibration", n_cal), ("test", n_test)):
-        for i in range(n):
-            rows.append({"example_id": f"{split}-{i}", "label": LABELS[int(rng.integers(0, 3))], "split": split,
-                         "text": "x", "region": ["eu", "us"][i % 2], "channel": ["web", "app", "mail"][i % 3]})
-    df = pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    ctx = RunContext.open(spec, run_id)
-    ctx.save_spec()
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    ctx.store.put_bytes(ctx.key("split/examples.parquet"), buf.getvalue())
-    index = {k: i for i, k in enumerate(LABELS)}
-    for strategy, acc in (("frozen", 0.75), ("full", 0.85)):
-        for split in ("calibration", "test"):
-            part = df[df["split"] == split]
-            y = part["label"].map(index).to_numpy().astype(int)
-            order = rng.permutation(len(part))  # logits files need not follow examples.parquet order
-            ctx.write_npz(f"models/{strategy}/logits/{split}.npz",
-                          example_id=part["example_id"].to_numpy().astype(str)[order],
-                          logits=logits_for(y, rng, acc, 3.0)[order])
-        ctx.write_json(f"models/{strategy}/train_report.json", {"curves": [] if strategy == "frozen" else [
-            {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_metric": 0.6 + 0.05 * e} for e in (1, 2, 3)]})
-        ctx.store.put_bytes(ctx.model_key(strategy, "model.safetensors"), f"weights-{strategy}".encode())
-    ctx.write_json("candidate.json", {"selected": "full", "strategies": {"frozen": {"score": 0.7},
-                                                                        "full": {"score": 0.8}}})
-    ctx.write_json("audit/report.json", {"total_rows": len(df), "usable_rows": len(df), "blocking": False,
-                                         "findings": [{"check": "class_balance", "severity": "info", "count": 3,
-                                                       "message": "classes within 2x"}]})
-    ctx.write_json("snapshot/manifest.json", {"content_hash": "abc123"})
-    return ctx
-
-
 def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(store_uri)))
     uri = run_evaluate(ctx)

@@ -1,6 +1,7 @@
 """`tl evaluate`: measure every model of a run on the same test examples (the gate step is tl_core.gate.step).
 
-Report schema (``schema_version`` 2), evaluation/report.json::
+Report schema (``schema_version`` 2), evaluation/report.json (checked against
+tl_core.artifacts.EvaluationReport before it is written and whenever it is read)::
 
   schema_version     2
   run_id, model      the run and the spec's model name
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tl_core.artifacts import EvaluationReport, check_artifact
 from tl_core.config import LOWER_IS_BETTER, GateSpec
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
@@ -384,6 +386,7 @@ def run_evaluate(ctx: RunContext, champion: ChampionScores | None = None) -> str
     else:
         info = {"status": "ok", "version": champion.version, "etag": champion.pointer_etag, "reason": ""}
     report = build_report(ctx, champion, info)
+    check_artifact(EvaluationReport, report, ctx.uri("evaluation/report.json"))  # the schema, before writing
     ctx.write_json("evaluation/report.json", report)
     ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, None).encode())
     return ctx.uri("evaluation/report.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tl_core.artifacts import DECISION_SCHEMA_VERSION, GateDecision, check_artifact, read_evaluation_report
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.evidence import current_evidence, evidence_hash
 from tl_core.gate.checks import champion_unchanged
@@ -17,7 +18,7 @@ def run_gate(ctx: RunContext) -> dict[str, Any]:
     from tl_core.evaluate.report import render_html
 
     try:
-        report = ctx.read_json("evaluation/report.json")
+        report = read_evaluation_report(ctx)  # an unreadable or other-schema report stops the gate, naming it
     except NoSuchKey:
         raise TLError(f"{ctx.uri('evaluation/report.json')} is missing: run `tl evaluate` first") from None
     evidence = current_evidence(ctx)
@@ -26,8 +27,10 @@ def run_gate(ctx: RunContext) -> dict[str, Any]:
                       extra_reasons=champion_unchanged(champion, evidence))
     markdown = summary_markdown(decision, report)
     payload = decision.to_json()
-    payload.update(champion_version=champion.get("version"), champion_etag=champion.get("etag"),
-                   candidate=report.get("candidate"), evidence=evidence, summary_markdown=markdown)
+    payload.update(schema_version=DECISION_SCHEMA_VERSION, champion_version=champion.get("version"),
+                   champion_etag=champion.get("etag"), candidate=report.get("candidate"), evidence=evidence,
+                   summary_markdown=markdown)
+    check_artifact(GateDecision, payload, ctx.uri("gate/decision.json"))
     ctx.write_json("gate/decision.json", payload)
     ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, payload).encode())
     # Failures first, then warnings: the ledger and the approval read the top of this list.
