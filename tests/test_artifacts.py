@@ -18,12 +18,13 @@ from tl_core.artifacts import (
 )
 from tl_core.config import parse_spec
 from tl_core.evaluate.run import run_evaluate
+from tl_core.export.champion import champion_for
 from tl_core.gate.step import run_gate
 
 
 def test_the_steps_write_artifacts_that_match_their_schemas(tmp_path: Path) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())))
-    run_evaluate(ctx)
+    run_evaluate(ctx, champion_for(ctx))
     report = read_evaluation_report(ctx)
     assert EvaluationReport.model_validate(report).champion.status == "none"
     run_gate(ctx)
@@ -41,7 +42,7 @@ def test_the_steps_write_artifacts_that_match_their_schemas(tmp_path: Path) -> N
 def test_a_report_of_another_schema_stops_the_gate_naming_the_file_and_field(tmp_path: Path, edit: object,
                                                                             message: str) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())))
-    run_evaluate(ctx)
+    run_evaluate(ctx, champion_for(ctx))
     report = json.loads(ctx.store.get_bytes(ctx.key("evaluation/report.json")))
     edit(report)  # type: ignore[operator]
     ctx.store.put_bytes(ctx.key("evaluation/report.json"), json.dumps(report).encode())

@@ -22,12 +22,13 @@ from tl_core.errors import TLError
 from tl_core.evaluate.evidence import current_evidence_hash
 from tl_core.evaluate.report import render_html
 from tl_core.evaluate.run import ChampionScores, run_evaluate
+from tl_core.export.champion import champion_for
 from tl_core.gate.step import run_gate
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(store_uri)))
-    uri = run_evaluate(ctx)
+    uri = run_evaluate(ctx, champion_for(ctx))
     assert uri == ctx.uri("evaluation/report.json")
     report = ctx.read_json("evaluation/report.json")
     assert report["schema_version"] == 2 and report["champion"]["status"] == "none"
@@ -108,7 +109,7 @@ def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
     ctx = make_synthetic_run(spec)
     # A hand-written pointer (no promotion made it): unreadable evidence, and the gate fails closed naming it.
     ctx.store.put_bytes("registry/eval-demo/champion.json", json.dumps({"version": "v0007"}).encode())
-    run_evaluate(ctx)
+    run_evaluate(ctx, champion_for(ctx))
     champion = ctx.read_json("evaluation/report.json")["champion"]
     assert champion["status"] == "unreadable" and champion["version"] is None
     assert "champion pointer unreadable" in champion["reason"] and "champion.json" in champion["reason"]
@@ -120,7 +121,7 @@ def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
     assert "champion.json is not a valid champion pointer" in evidence["champion_error"]
     # A corrupt pointer is unreadable too (never a silent bootstrap).
     ctx.store.put_bytes("registry/eval-demo/champion.json", b"{not json")
-    run_evaluate(ctx)
+    run_evaluate(ctx, champion_for(ctx))
     champion = ctx.read_json("evaluation/report.json")["champion"]
     assert champion["status"] == "unreadable" and "champion pointer unreadable" in champion["reason"]
     # Champion logits of the wrong shape are unreadable evidence, not a crash.
@@ -133,7 +134,7 @@ def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
 
 def test_empty_test_set_fails_closed(tmp_path: Path) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())), n_test=0)
-    run_evaluate(ctx)
+    run_evaluate(ctx, champion_for(ctx))
     report = ctx.read_json("evaluation/report.json")
     assert report["test_size"] == 0 and report["comparisons"] == {}
     result = run_gate(ctx)
@@ -147,13 +148,13 @@ def test_bad_run_inputs_name_the_file(tmp_path: Path) -> None:
         run_evaluate(ctx, None)
     ctx.write_npz("models/frozen/logits/test.npz", example_id=np.array(["test-1"]), logits=np.zeros((1, 3)))
     with pytest.raises(TLError, match=r"test\.npz lacks 599 of the 600 test examples"):
-        run_evaluate(ctx)
+        run_evaluate(ctx, champion_for(ctx))
     ctx.write_npz("models/frozen/logits/test.npz", example_id=np.array(["test-1"]), logits=np.zeros((1, 4)))
     with pytest.raises(TLError, match=r"logits must be \(n, 3\) with one row per example_id, got shape \(1, 4\)"):
-        run_evaluate(ctx)
+        run_evaluate(ctx, champion_for(ctx))
     ctx.write_json("candidate.json", {"selected": "lora", "strategies": {"full": {}}})
     with pytest.raises(TLError, match=r"selected strategy 'lora' is not among the trained strategies \['full'\]"):
-        run_evaluate(ctx)
+        run_evaluate(ctx, champion_for(ctx))
     ctx.store.delete(ctx.key("evaluation/report.json")) if ctx.store.exists(ctx.key("evaluation/report.json")) \
         else None
     with pytest.raises(TLError, match=r"evaluation/report\.json is missing: run `tl evaluate` first"):
@@ -234,7 +235,7 @@ def test_evaluate_and_gate_on_really_trained_strategies(tmp_path: Path) -> None:
     for s in spec.train.strategies:
         run_train(ctx, s)
     run_select(ctx)
-    run_evaluate(ctx)
+    run_evaluate(ctx, champion_for(ctx))
     report = ctx.read_json("evaluation/report.json")
     assert report["champion"]["status"] == "none"
     assert set(report["models"]) == {"frozen", "full", "majority"}

@@ -82,8 +82,10 @@ def step_export(spec_path: str, run_id: str) -> str:
 
 def step_evaluate(spec_path: str, run_id: str) -> str:
     from tl_core.evaluate.run import run_evaluate
+    from tl_core.export.champion import champion_for
 
-    return run_evaluate(_ctx(spec_path, run_id, "evaluate"))
+    ctx = _ctx(spec_path, run_id, "evaluate")
+    return run_evaluate(ctx, champion_for(ctx))
 
 
 def step_gate(spec_path: str, run_id: str) -> dict[str, Any]:

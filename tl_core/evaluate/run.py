@@ -130,31 +130,6 @@ def _aligned(ctx: RunContext, strategy: str, split: str, ids: list[str], n_class
     return logits[[pos[e] for e in ids]].astype(np.float64)  # type: ignore[no-any-return]
 
 
-def score_champion(ctx: RunContext) -> ChampionScores | None:
-    """Re-score the registered champion on this run's calibration and test rows through the serving path.
-
-    None when there is no champion yet; raises ChampionUnreadable (with the version and etag when known)
-    when the pointer or the model cannot be read or scored.
-    """
-    try:
-        from tl_core.registry import Registry
-
-        pointer = Registry.for_spec(ctx.spec).champion()
-    except Exception as exc:  # noqa: BLE001 - any failure to read the pointer is evidence for the gate
-        raise ChampionUnreadable(f"champion pointer unreadable: {type(exc).__name__}: {exc}") from exc
-    if pointer is None:
-        return None
-    try:
-        from tl_core.export.predict import score_registered
-
-        frames = split_frames(load_examples(ctx), CHAMPION_SPLITS)
-        logits = {s: np.asarray(score_registered(ctx.spec, pointer.version, df)) for s, df in frames.items()}
-    except Exception as exc:  # noqa: BLE001 - an unusable champion is evidence for the gate, not a crash
-        raise ChampionUnreadable(f"champion {pointer.version} could not be scored: {type(exc).__name__}: {exc}",
-                                 pointer.version, pointer.etag) from exc
-    return ChampionScores(pointer.version, pointer.etag, logits)
-
-
 def _check_champion(champion: ChampionScores, sizes: dict[str, int], n_classes: int) -> str | None:
     """Why the champion's logits cannot be compared, or None when they can."""
     for split in CHAMPION_SPLITS:
@@ -364,25 +339,23 @@ def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
-def run_evaluate(ctx: RunContext, champion: ChampionScores | None = None) -> str:
+def run_evaluate(ctx: RunContext, champion: ChampionScores | ChampionUnreadable | None) -> str:
     """Write evaluation/report.json and report.html; returns the JSON's URI.
 
-    With ``champion`` None the registered champion is looked up and re-scored (score_champion); a champion
-    that cannot be read or scored is recorded as "unreadable" with the reason, and the gate FAILs on it.
+    ``champion`` is what the champion lookup found (tl_core.export.champion.champion_for: the serving path
+    re-scores the registered champion; evaluation itself never imports the registry or serving): its scores,
+    None when there is no champion yet, or ChampionUnreadable, which is recorded as "unreadable" with the
+    reason, and the gate FAILs on it.
     """
     from tl_core.evaluate.report import render_html
 
     info: dict[str, Any]
-    if champion is None:
-        try:
-            champion = score_champion(ctx)
-        except ChampionUnreadable as exc:
-            logger.warning("%s", exc)
-            info = {"status": "unreadable", "version": exc.version, "etag": exc.etag, "reason": str(exc)}
-        else:
-            info = ({"status": "none", "version": None, "etag": None, "reason": "no champion yet"}
-                    if champion is None else
-                    {"status": "ok", "version": champion.version, "etag": champion.pointer_etag, "reason": ""})
+    if isinstance(champion, ChampionUnreadable):
+        logger.warning("%s", champion)
+        info = {"status": "unreadable", "version": champion.version, "etag": champion.etag, "reason": str(champion)}
+        champion = None
+    elif champion is None:
+        info = {"status": "none", "version": None, "etag": None, "reason": "no champion yet"}
     else:
         info = {"status": "ok", "version": champion.version, "etag": champion.pointer_etag, "reason": ""}
     report = build_report(ctx, champion, info)
