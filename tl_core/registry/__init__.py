@@ -37,7 +37,7 @@ from tl_core.registry.names import (
     check_version,
 )
 from tl_core.registry.pointer import Champion, Pointer
-from tl_core.registry.versions import OPTIONAL_RUN_FILES, SKIPPED_RUN_DIRS, Versions
+from tl_core.registry.versions import OPTIONAL_RUN_FILES, Versions
 from tl_core.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_DIR", "GC_MARKER", "GOLDEN_TOLERANCE", "KEPT_AFTER_GC", "OPTIONAL_RUN_FILES", "POINTER_ACTIONS",
-    "RECORD_ID_PATTERN", "SAFE_SUFFIXES", "SEGMENT_PATTERN", "SKIPPED_RUN_DIRS", "VERSION_PATTERN", "Champion",
+    "RECORD_ID_PATTERN", "SAFE_SUFFIXES", "SEGMENT_PATTERN", "VERSION_PATTERN", "Champion",
     "ConflictError", "IntegrityError", "MetadataError", "Registry", "RegistryError", "UnexplainedPointer",
     "check_model_name", "check_relpath", "check_version",
 ]

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tl_core.errors import NoSuchKey, PreconditionFailed
+from tl_core.evaluate.evidence import candidate_files
 from tl_core.registry.errors import IntegrityError, RegistryError
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
-
-if TYPE_CHECKING:
-    from tl_core.runs import RunContext
+from tl_core.runs import RunContext
 
 logger = logging.getLogger(__name__)
 
-# Transient training state of a run (torch pickles) - never part of a version.
-SKIPPED_RUN_DIRS = ("resume",)
-# What register copies from a run (relative to the run prefix); the selected model's folder is added.
-OPTIONAL_RUN_FILES = ("export/model.onnx", "export/golden.npz", "export/parity.json", "evaluation/report.json",
+# What register copies from a run besides candidate_files (the selected model's folder without its transient
+# resume state, export/model.onnx, candidate.json): the evidence and provenance, relative to the run prefix.
+OPTIONAL_RUN_FILES = ("export/golden.npz", "export/parity.json", "evaluation/report.json",
                       "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
 
 
@@ -48,11 +46,9 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
     if not isinstance(strategy, str) or not is_strategy(strategy):
         raise RegistryError(f"run {run.run_id}: candidate.json 'selected' is {strategy!r}; expected a strategy "
                             "name")
-    model_prefix = run.model_key(strategy) + "/"
-    sources = [k for k in run.store.list(model_prefix)
-               if k[len(model_prefix):].split("/")[0] not in SKIPPED_RUN_DIRS]
+    # The candidate's files are the ones the gate's evidence hash covers (one definition), plus its evidence.
+    sources = candidate_files(run)
     sources += [run.key(rel) for rel in OPTIONAL_RUN_FILES if run.store.exists(run.key(rel))]
-    sources.append(run.key("candidate.json"))
     required = {run.model_key(strategy, "model.safetensors"), run.model_key(strategy, "model_config.json")}
     if not required <= set(sources):
         raise RegistryError(f"run {run.run_id}: missing {sorted(required - set(sources))}; cannot register")
