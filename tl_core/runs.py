@@ -52,6 +52,8 @@ SPLITS = ("train", "validation", "calibration", "test")
 STEP_ORDER = ("snapshot", "audit", "split", "train", "select", "export", "evaluate", "gate", "register")
 STEPS_DIR = "steps"
 SPEC_FILE = "spec.json"
+# Run files that belong to the candidate besides models/<selected>/ (when present).
+CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
 MAX_RUN_ID = 200  # bytes; Airflow's run_id column is 250 characters; a key segment must stay well under 255 bytes
 # No '/' or '\\' (one key segment), no control characters (a newline would end up in keys); \Z, not $.
 _RUN_ID = re.compile(r"[^/\\\x00-\x1f\x7f]+\Z")
@@ -167,6 +169,13 @@ class RunContext:
 
     def model_key(self, strategy: str, *parts: str) -> str:
         return self.key("models", strategy, *parts)
+
+    def candidate_files(self) -> list[str]:
+        """Store keys of the selected candidate's files (the one definition, used by the evidence hash and the
+        registry): models/<selected>/ without resume state, then CANDIDATE_RUN_FILES that exist."""
+        selected = self.read_json("candidate.json")["selected"]
+        files = [k for k in sorted(self.store.list(self.model_key(selected) + "/")) if "/resume/" not in k]
+        return files + [self.key(rel) for rel in CANDIDATE_RUN_FILES if self.store.exists(self.key(rel))]
 
     # JSON and arrays: the two formats every step shares.
     def write_json(self, rel: str, payload: Any) -> str:

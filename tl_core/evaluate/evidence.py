@@ -13,8 +13,6 @@ from typing import Any
 
 from tl_core.runs import RunContext
 
-# Run files that belong to the candidate besides models/<selected>/ (when present).
-CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
 # Reports whose checksums are part of the evidence (when present).
 EVIDENCE_REPORTS = ("evaluation/report.json", "audit/report.json")
 
@@ -25,11 +23,8 @@ def evidence_hash(parts: dict[str, Any]) -> str:
 
 
 def candidate_files(ctx: RunContext) -> list[str]:
-    """Store keys of the selected candidate's files: models/<selected>/ without resume state, then
-    CANDIDATE_RUN_FILES that exist."""
-    selected = ctx.read_json("candidate.json")["selected"]
-    files = [k for k in sorted(ctx.store.list(ctx.model_key(selected) + "/")) if "/resume/" not in k]
-    return files + [ctx.key(rel) for rel in CANDIDATE_RUN_FILES if ctx.store.exists(ctx.key(rel))]
+    """The candidate's files as the run layout defines them (RunContext.candidate_files)."""
+    return ctx.candidate_files()
 
 
 def current_evidence(ctx: RunContext) -> dict[str, Any]:
