@@ -597,3 +597,15 @@ def test_images_behind_uris_are_verified_and_cached_by_content(tmp_path: Path) -
     path.write_bytes(digit_png(5, rng))  # the same URI, other bytes after the snapshot
     with pytest.raises(DataError, match=r"example e1: image file://.*img.png changed after the snapshot"):
         collate(encoded, np.array([0]), transform=transform)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of train.device 'cuda' without CUDA")
+def test_device_is_passed_explicitly_not_through_the_environment(tmp_path: Path, bert_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["frozen"], device="cuda")
+    ctx = make_run(spec, text_examples())
+    monkeypatch.setenv("TL_DEVICE", "cpu")  # the old side channel is ignored now
+    with pytest.raises(ValueError, match=r"train\.device is 'cuda' but no CUDA device is available"):
+        run_train(ctx, "frozen")
+    run_train(ctx, "frozen", device="cpu")
+    assert ctx.read_json("models/frozen/train_report.json")["device"] == "cpu"

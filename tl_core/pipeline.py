@@ -62,10 +62,11 @@ def step_split(spec_path: str, run_id: str) -> str:
     return run_split(_ctx(spec_path, run_id, "split"))
 
 
-def step_train(spec_path: str, run_id: str, strategy: str) -> str:
+def step_train(spec_path: str, run_id: str, strategy: str, device: str | None = None) -> str:
+    """``device`` ('auto', 'cuda', 'cpu') overrides the spec's train.device for this call."""
     from tl_core.train.run import run_train
 
-    return run_train(_ctx(spec_path, run_id, "train", strategy), strategy)
+    return run_train(_ctx(spec_path, run_id, "train", strategy), strategy, device=device)
 
 
 def step_select(spec_path: str, run_id: str) -> str:

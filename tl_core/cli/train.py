@@ -17,11 +17,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--strategy {unknown[0]!r} is not a transfer strategy: expected one of {STRATEGIES}")
     run_id = args.run or new_run_id()
     strategies = args.strategy or load_spec(args.spec).train.strategies
-    if args.device:
-        import os
-
-        os.environ["TL_DEVICE"] = args.device
-    uris = {s: step_train(args.spec, run_id, s) for s in strategies}
+    uris = {s: step_train(args.spec, run_id, s, device=args.device) for s in strategies}
     candidate = step_select(args.spec, run_id) if not args.strategy else None
     emit(args, {"run": run_id, "models": uris, "candidate": candidate},
          "\n".join([f"run {run_id}"] + [f"  {s}: {u}" for s, u in uris.items()] +

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -161,8 +160,7 @@ def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
         logger.info("%s already trained for run %s; nothing to do", strategy, ctx.run_id)
         return ctx.uri("models", strategy)
     prep = _prepare(ctx, strategy)
-    # TL_DEVICE: until `tl train --device` passes ``device`` through pipeline.step_train (then this goes).
-    dev = choose_device(device or os.environ.get("TL_DEVICE") or spec.train.device)
+    dev = choose_device(device or spec.train.device)
     t0 = time.perf_counter()
     trained = _train_frozen(ctx, prep, dev) if strategy == "frozen" else _train_finetuned(ctx, strategy, prep, dev)
     wall = time.perf_counter() - t0
