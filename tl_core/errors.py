@@ -68,3 +68,23 @@ class RunConflict(TLError):
 class DemoSetupError(TLError):
     """`make demo` / LocalAirflow cannot find what it serves: the DAG or plugin folder (TL_DAGS_DIR,
     TL_PLUGINS_DIR, else the source checkout's) or its packaged example spec; the message names which."""
+
+
+class RegistryError(TLError):
+    """A registry operation was refused; the message says why."""
+
+
+class ConflictError(RegistryError):
+    """Another promotion or rollback moved the champion first."""
+
+
+class IntegrityError(RegistryError):
+    """A version's files do not match its manifest, or do not load."""
+
+
+class MetadataError(RegistryError):
+    """Registry metadata (a manifest, the champion pointer, a ledger record) is unreadable or malformed."""
+
+
+class UnexplainedPointer(RegistryError):
+    """The champion pointer holds a change that the ledger and the intents cannot explain (e.g. a hand edit)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tl_core.cache import CACHE_DIR
 from tl_core.config import ModelSpec
-from tl_core.registry.errors import ConflictError, IntegrityError, MetadataError, RegistryError, UnexplainedPointer
+from tl_core.errors import ConflictError, IntegrityError, MetadataError, RegistryError, UnexplainedPointer
 from tl_core.registry.gc import Collector
 from tl_core.registry.integrity import GOLDEN_TOLERANCE, Integrity
 from tl_core.registry.layout import GC_MARKER, KEPT_AFTER_GC, POINTER_ACTIONS, Layout

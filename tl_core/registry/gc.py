@@ -7,8 +7,7 @@ import contextlib
 import json
 from typing import Any
 
-from tl_core.errors import PreconditionFailed
-from tl_core.registry.errors import ConflictError
+from tl_core.errors import ConflictError, PreconditionFailed
 from tl_core.registry.layout import GC_MARKER, KEPT_AFTER_GC, POINTER_ACTIONS, Layout, now
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.pointer import Champion, Pointer

@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tl_core.errors import NoSuchKey
-from tl_core.registry.errors import IntegrityError, MetadataError
+from tl_core.errors import IntegrityError, MetadataError, NoSuchKey
 from tl_core.registry.layout import Layout, sha256
 from tl_core.registry.names import check_relpath, is_strategy
 from tl_core.registry.versions import Versions

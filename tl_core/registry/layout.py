@@ -16,8 +16,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tl_core.errors import NoSuchKey
-from tl_core.registry.errors import MetadataError
+from tl_core.errors import MetadataError, NoSuchKey
 from tl_core.registry.names import VERSION_PATTERN, check_model_name
 from tl_core.store import ObjectStore, join_key, key_safe
 

@@ -11,8 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from tl_core.errors import PreconditionFailed
-from tl_core.registry.errors import MetadataError, RegistryError
+from tl_core.errors import MetadataError, PreconditionFailed, RegistryError
 from tl_core.registry.layout import POINTER_ACTIONS, Layout, now, sha256
 
 

@@ -12,8 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from tl_core.errors import PreconditionFailed
-from tl_core.registry.errors import ConflictError, RegistryError
+from tl_core.errors import ConflictError, PreconditionFailed, RegistryError
 from tl_core.registry.integrity import Integrity
 from tl_core.registry.layout import POINTER_ACTIONS, now
 from tl_core.registry.ledger import Ledger

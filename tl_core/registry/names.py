@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tl_core.config import NAME_PATTERN
-from tl_core.registry.errors import IntegrityError
+from tl_core.errors import IntegrityError
 
 # Always used with fullmatch: '$' alone would also match before a trailing newline ("v0001\n").
 VERSION_PATTERN = re.compile(r"v[0-9]{4,9}")

@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tl_core.errors import AccessDenied, NoSuchKey
-from tl_core.registry.errors import ConflictError, MetadataError, RegistryError, UnexplainedPointer
+from tl_core.errors import AccessDenied, ConflictError, MetadataError, NoSuchKey, RegistryError, UnexplainedPointer
 from tl_core.registry.integrity import Integrity
 from tl_core.registry.layout import POINTER_ACTIONS, Layout, parse_object
 from tl_core.registry.ledger import Ledger

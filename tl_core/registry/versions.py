@@ -10,9 +10,8 @@ import json
 import logging
 from typing import Any
 
-from tl_core.errors import NoSuchKey, PreconditionFailed
+from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
 from tl_core.evaluate.evidence import candidate_files
-from tl_core.registry.errors import IntegrityError, RegistryError
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
