@@ -37,12 +37,15 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 from tl_core.config import ModelSpec
-from tl_core.errors import InvalidRunId, PreconditionFailed, RunConflict
+from tl_core.errors import DataError, InvalidRunId, NoSuchKey, PreconditionFailed, RunConflict
 from tl_core.store import ObjectStore, join_key, key_safe, open_store
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ SPLITS = ("train", "validation", "calibration", "test")
 STEP_ORDER = ("snapshot", "audit", "split", "train", "select", "export", "evaluate", "gate", "register")
 STEPS_DIR = "steps"
 SPEC_FILE = "spec.json"
+EXAMPLES_FILE = "split/examples.parquet"
 # Run files that belong to the candidate besides models/<selected>/ (when present).
 CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
 MAX_RUN_ID = 200  # bytes; Airflow's run_id column is 250 characters; a key segment must stay well under 255 bytes
@@ -195,6 +199,21 @@ class RunContext:
     def read_npz(self, rel: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(self.store.get_bytes(self.key(rel))), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+    def read_examples(self) -> pd.DataFrame:
+        """split/examples.parquet (the one reader of the split's examples); DataError naming what is missing."""
+        import pandas as pd
+
+        try:
+            raw = self.store.get_bytes(self.key(EXAMPLES_FILE))
+        except NoSuchKey:
+            raise DataError(f"run {self.run_id}: {EXAMPLES_FILE} is missing; run `tl split` first") from None
+        df = pd.read_parquet(io.BytesIO(raw))
+        missing = [c for c in ("example_id", "label", "split") if c not in df]
+        if missing:
+            raise DataError(f"{self.uri(EXAMPLES_FILE)}: missing columns {missing} (expected example_id, label, "
+                            "split and the slice columns)")
+        return df
 
     def save_spec(self) -> str:
         """Bind the run to this spec: the first call writes spec.json (create-only); later calls check it."""

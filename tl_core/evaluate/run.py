@@ -32,7 +32,6 @@ tl_core.artifacts.EvaluationReport before it is written and whenever it is read)
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -77,12 +76,7 @@ class ChampionUnreadable(TLError):
 
 
 def load_examples(ctx: RunContext) -> pd.DataFrame:
-    df = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
-    missing = [c for c in ("example_id", "label", "split") if c not in df]
-    if missing:
-        raise TLError(f"{ctx.uri('split/examples.parquet')}: missing columns {missing} "
-                      f"(expected example_id, label, split and the slice columns)")
-    return df
+    return ctx.read_examples()
 
 
 def split_frames(df: pd.DataFrame, splits: tuple[str, ...]) -> dict[str, pd.DataFrame]:

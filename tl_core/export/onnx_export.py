@@ -10,7 +10,6 @@ A failed check raises :class:`ParityError` (the pipeline then never registers th
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from pathlib import Path
@@ -144,7 +143,7 @@ def fit_temperature_for(ctx: RunContext, strategy: str) -> float:
     from tl_core.evaluate.calibration import fit_temperature
 
     cal = ctx.read_npz(f"models/{strategy}/logits/calibration.npz")
-    examples = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
+    examples = ctx.read_examples()
     labels_by_id = dict(zip(examples["example_id"].astype(str), examples["label"], strict=True))
     index = {name: i for i, name in enumerate(ctx.spec.labels)}
     y = np.array([index.get(labels_by_id.get(str(e), ""), -1) for e in cal["example_id"]])
@@ -172,7 +171,7 @@ def run_export(ctx: RunContext) -> str:
 
     strategy = ctx.read_json("candidate.json")["selected"]
     temperature = fit_temperature_for(ctx, strategy)
-    examples = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key("split/examples.parquet"))))
+    examples = ctx.read_examples()
     held_out = examples[examples["split"] == "test"].head(PARITY_EXAMPLES).reset_index(drop=True)
     if held_out.empty:
         held_out = examples[examples["split"] == "validation"].head(PARITY_EXAMPLES).reset_index(drop=True)

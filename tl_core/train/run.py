@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import resource
 import time
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_core.errors import DataError, NoSuchKey
+from tl_core.errors import DataError
 from tl_core.models.artifacts import model_config, save_model
 from tl_core.models.backbones import Backbone, Classifier, load_backbone
 from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, image_transform
@@ -28,11 +27,7 @@ EVAL_SPLITS = ("validation", "calibration", "test")
 
 
 def load_examples(ctx: RunContext) -> pd.DataFrame:
-    try:
-        raw = ctx.store.get_bytes(ctx.key("split/examples.parquet"))
-    except NoSuchKey:
-        raise DataError(f"run {ctx.run_id}: split/examples.parquet is missing; run `tl split` first") from None
-    return pd.read_parquet(io.BytesIO(raw))
+    return ctx.read_examples()
 
 
 def _splits(ctx: RunContext, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
