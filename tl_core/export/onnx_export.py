@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tl_core.errors import TLError
-from tl_core.evaluate.metrics import ece
+from tl_core.evaluate.metrics import ece, softmax
 from tl_core.models.artifacts import LoadedModel, load_model_dir
 from tl_core.models.preprocessing import Encoded, collate, encode_split, image_transform
 from tl_core.runs import RunContext
@@ -100,15 +100,10 @@ def parity_report(loaded: LoadedModel, session: Any, df: pd.DataFrame, temperatu
     diff = np.abs(t - o).max(1)
     top1_mismatch = np.flatnonzero(t.argmax(1) != o.argmax(1))
 
-    def calibrated(x: np.ndarray) -> np.ndarray:
-        z = x / temperature
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
-
     labels = enc.labels
     known = labels >= 0
-    ece_torch = ece(calibrated(t)[known], labels[known])
-    ece_onnx = ece(calibrated(o)[known], labels[known])
+    ece_torch = ece(softmax(t, temperature)[known], labels[known])
+    ece_onnx = ece(softmax(o, temperature)[known], labels[known])
     worst = np.argsort(-diff)[:5]
     failures = []
     ref_diff = float(np.abs(reference - o).max(initial=0.0)) if reference is not None else None
