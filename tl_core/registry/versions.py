@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
-from tl_core.evaluate.evidence import candidate_files
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
@@ -19,8 +18,8 @@ from tl_core.runs import RunContext
 
 logger = logging.getLogger(__name__)
 
-# What register copies from a run besides candidate_files (the selected model's folder without its transient
-# resume state, export/model.onnx, candidate.json): the evidence and provenance, relative to the run prefix.
+# What register copies from a run besides RunContext.candidate_files (the selected model's folder without
+# its transient resume state, export/model.onnx, candidate.json): evidence and provenance, relative to the run.
 OPTIONAL_RUN_FILES = ("export/golden.npz", "export/parity.json", "evaluation/report.json",
                       "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
 
@@ -46,7 +45,7 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
         raise RegistryError(f"run {run.run_id}: candidate.json 'selected' is {strategy!r}; expected a strategy "
                             "name")
     # The candidate's files are the ones the gate's evidence hash covers (one definition), plus its evidence.
-    sources = candidate_files(run)
+    sources = run.candidate_files()
     sources += [run.key(rel) for rel in OPTIONAL_RUN_FILES if run.store.exists(run.key(rel))]
     required = {run.model_key(strategy, "model.safetensors"), run.model_key(strategy, "model_config.json")}
     if not required <= set(sources):
