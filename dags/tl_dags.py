@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import yaml
 from airflow.sdk import DAG, Param, task
 from tl_operators import RecordedApproval, approval_retry_args  # plugins/: on sys.path in Airflow
 
-CONFIGS = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
+from tl_core.config import configs_dir  # light: pydantic + yaml, no torch, no store
+
+CONFIGS = configs_dir()
 # The plugin's views (plugins/tl_plugin.py), served by the Airflow API server; TL_AIRFLOW_PUBLIC_URL makes the
 # links absolute (e.g. in notifications), by default they are relative to the Airflow UI.
 PUBLIC_URL = os.environ.get("TL_AIRFLOW_PUBLIC_URL", "").rstrip("/")

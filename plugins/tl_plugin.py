@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,9 @@ REPORT_REL = "evaluation/report.html"
 
 
 def configs_dir() -> Path:
-    return Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "configs"))
+    from tl_core.config import configs_dir as tl_configs_dir
+
+    return tl_configs_dir()
 
 
 def model_of(dag_id: str) -> str:

@@ -29,6 +29,12 @@ from pydantic import (
 
 from tl_core.errors import SpecError
 
+
+def configs_dir() -> Path:
+    """The folder of model specs (one YAML per model) that the DAGs, the plugin and `tl status` read:
+    $TL_CONFIGS_DIR, else the source checkout's configs/."""
+    return Path(os.environ.get("TL_CONFIGS_DIR") or Path(__file__).resolve().parent.parent / "configs")
+
 # \Z, not $: '$' also matches before a trailing newline, so "support\n" would pass (callers use .match).
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 STRATEGIES = ("frozen", "lora", "partial", "full", "scratch")

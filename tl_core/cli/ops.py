@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-from pathlib import Path
 from typing import Any
 
 from tl_core.airflow_api import SETTLE_S, AirflowAPIError, AirflowClient, answer_when_settled, q
@@ -42,11 +40,11 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 def spec_by_name(model: str | None) -> Any:
     """The spec named ``model`` in TL_CONFIGS_DIR (default: the source checkout's configs/)."""
-    from tl_core.config import load_specs
+    from tl_core.config import configs_dir, load_specs
 
     if not model:
         raise SpecError("tl status needs a MODEL name or --spec PATH")
-    folder = Path(os.environ.get("TL_CONFIGS_DIR", Path(__file__).resolve().parents[2] / "configs"))
+    folder = configs_dir()
     if not folder.is_dir():
         raise SpecError(f"no configs folder at {folder} to look up model {model!r} in: set TL_CONFIGS_DIR to the "
                         "folder of the model specs, or pass --spec PATH")
