@@ -60,6 +60,7 @@ class Registry:
     """One model's registry: the facade the CLI, the pipeline, serving and the plugin use."""
 
     def __init__(self, store_uri: str | ObjectStore, model: str, cache_dir: Path | None = None) -> None:
+        check_model_name(model)  # before the store is opened, as a bad name is the caller's first mistake
         store = open_store(store_uri) if isinstance(store_uri, str) else store_uri
         self._layout = Layout(store, model)
         self._ledger = Ledger(self._layout)
