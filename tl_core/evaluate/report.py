@@ -147,48 +147,58 @@ def _num(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) and np.isfinite(v) else html.escape(str(v))
 
 
-def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:
-    labels = report["labels"]
-    cand_name = report["candidate"]
-    models = report["models"]
-    parts = [f"<h1>Evaluation: {html.escape(report['model'])} run {html.escape(report['run_id'])}</h1>"]
-    if decision is not None:
-        color = "#1a7f37" if decision["passed"] else "#cf222e"
-        reasons = decision.get("reasons", [])
-        top = [r for r in reasons if r["status"] != "PASS"]
-        rest = [r for r in reasons if r["status"] == "PASS"]
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
+         "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}.decision{border:3px solid;padding:.5em 1em}"
+         "li.FAIL{color:#cf222e}li.WARN{color:#9a6700}img{max-width:100%}")
+SUMMARY_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece", "mce"]
 
-        def items(rs: list[dict[str, Any]]) -> str:
-            return "".join(f'<li class="{html.escape(r["status"])}">{html.escape(r["text"])}</li>' for r in rs)
 
-        parts.append(
-            f'<div class="decision" style="border-color:{color}"><h2 style="color:{color}">Gate: '
+def _decision_section(decision: dict[str, Any] | None) -> str:
+    if decision is None:
+        return "<p>The gate has not run yet.</p>"
+    color = "#1a7f37" if decision["passed"] else "#cf222e"
+    reasons = decision.get("reasons", [])
+    top = [r for r in reasons if r["status"] != "PASS"]
+    rest = [r for r in reasons if r["status"] == "PASS"]
+
+    def items(rs: list[dict[str, Any]]) -> str:
+        return "".join(f'<li class="{html.escape(r["status"])}">{html.escape(r["text"])}</li>' for r in rs)
+
+    return (f'<div class="decision" style="border-color:{color}"><h2 style="color:{color}">Gate: '
             f'{"PASS" if decision["passed"] else "FAIL"}'
             f'{" (bootstrap: first model, no champion)" if decision["bootstrap"] else ""}</h2>'
             + (f"<ul>{items(top)}</ul>" if top else "<p>Every check passed.</p>")
             + f"<details><summary>{len(rest)} passing checks</summary><ul>{items(rest)}</ul></details>"
             + f"<p>Evidence hash <code>{html.escape(decision['evidence_hash'])}</code></p></div>")
-    else:
-        parts.append("<p>The gate has not run yet.</p>")
+
+
+def _models_section(report: dict[str, Any]) -> list[str]:
+    """Every model's summary metrics, then the per-slice charts and table of the primary metric."""
+    models, primary = report["models"], report["primary_metric"]
     champ = report["champion"]
     why = f": {html.escape(champ['reason'])}" if champ["reason"] else ""
-    parts.append(f"<p>Candidate <b>{html.escape(cand_name)}</b>; champion <b>{html.escape(str(champ.get('version')))}"
-                 f"</b> ({html.escape(champ['status'])}{why}); {report['test_size']} test examples.</p>")
-    metrics = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece", "mce"]
-    rows = [[html.escape(n), m["role"], _num(m["temperature"])] + [_num(m["overall"].get(k)) for k in metrics]
+    parts = [f"<p>Candidate <b>{html.escape(report['candidate'])}</b>; champion <b>"
+             f"{html.escape(str(champ.get('version')))}</b> ({html.escape(champ['status'])}{why}); "
+             f"{report['test_size']} test examples.</p>"]
+    rows = [[html.escape(n), m["role"], _num(m["temperature"])] + [_num(m["overall"].get(k)) for k in SUMMARY_METRICS]
             for n, m in models.items()]
     parts.append("<h2>All models, test split (after temperature)</h2>" +
-                 _table(["model", "role", "T", *metrics], rows))
-    slice_metrics = list(dict.fromkeys([report["primary_metric"], *(report.get("gate_policy") or {}).get(
-        "slice_metrics", [])]))
+                 _table(["model", "role", "T", *SUMMARY_METRICS], rows))
+    slice_metrics = list(dict.fromkeys([primary, *(report.get("gate_policy") or {}).get("slice_metrics", [])]))
     for metric in slice_metrics:
         parts.append(f"<h2>Per slice: {html.escape(metric)}, candidate vs champion</h2>" + _slice_chart(report, metric))
-    slice_rows = [[html.escape(s), n] + [_num(models[m]["slices"].get(s, {}).get(report["primary_metric"]))
-                                         for m in models] for s, n in report["slices"].items()]
-    parts.append(f"<h3>{html.escape(report['primary_metric'])} per slice (after temperature)</h3>"
+    slice_rows = [[html.escape(s), n] + [_num(models[m]["slices"].get(s, {}).get(primary)) for m in models]
+                  for s, n in report["slices"].items()]
+    parts.append(f"<h3>{html.escape(primary)} per slice (after temperature)</h3>"
                  + _table(["slice", "n", *models], slice_rows))
-    parts.append("<h2>Calibration: reliability before and after temperature</h2>"
-                 + _reliability(models[cand_name], "candidate"))
+    return parts
+
+
+def _calibration_section(report: dict[str, Any]) -> list[str]:
+    """Reliability diagrams, the before/after temperature table and the confusion matrices."""
+    models, cand_name, labels = report["models"], report["candidate"], report["labels"]
+    parts = ["<h2>Calibration: reliability before and after temperature</h2>"
+             + _reliability(models[cand_name], "candidate")]
     if "champion" in models:
         parts.append(_reliability(models["champion"], "champion"))
     cal_rows = [[html.escape(n), _num(m["temperature"])] + [
@@ -199,19 +209,23 @@ def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:
     parts.append("<h2>Confusion matrices</h2>" + _confusion(models[cand_name], labels, f"candidate ({cand_name})"))
     if "champion" in models:
         parts.append(_confusion(models["champion"], labels, "champion"))
-    parts.append("<h2>Learning curves</h2>" + _curves(report.get("curves", {})))
-    audit = report.get("audit")
-    parts.append("<h2>Data audit</h2>")
-    if audit:
-        facts = [[html.escape(k), html.escape(str(v))] for k, v in audit.items() if k != "findings"]
-        parts.append(_table(["fact", "value"], facts))
-        findings = [[html.escape(str(f.get("check"))), html.escape(str(f.get("severity"))), f.get("count"),
-                     html.escape(str(f.get("message")))] for f in audit.get("findings", [])]
-        parts.append(_table(["check", "severity", "count", "message"], findings))
-    else:
-        parts.append("<p>No audit report in this run.</p>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}.decision{border:3px solid;padding:.5em 1em}"
-             "li.FAIL{color:#cf222e}li.WARN{color:#9a6700}img{max-width:100%}")
+    return parts
+
+
+def _audit_section(audit: dict[str, Any] | None) -> str:
+    if not audit:
+        return "<h2>Data audit</h2><p>No audit report in this run.</p>"
+    facts = [[html.escape(k), html.escape(str(v))] for k, v in audit.items() if k != "findings"]
+    findings = [[html.escape(str(f.get("check"))), html.escape(str(f.get("severity"))), f.get("count"),
+                 html.escape(str(f.get("message")))] for f in audit.get("findings", [])]
+    return ("<h2>Data audit</h2>" + _table(["fact", "value"], facts)
+            + _table(["check", "severity", "count", "message"], findings))
+
+
+def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:
+    """The self-contained evidence report: decision, models, slices, calibration, curves, audit."""
+    parts = [f"<h1>Evaluation: {html.escape(report['model'])} run {html.escape(report['run_id'])}</h1>",
+             _decision_section(decision), *_models_section(report), *_calibration_section(report),
+             "<h2>Learning curves</h2>" + _curves(report.get("curves", {})), _audit_section(report.get("audit"))]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['model'])} evaluation"
-            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
