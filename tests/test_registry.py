@@ -754,3 +754,14 @@ def test_promoter_killed_inside_the_swap_blocks_nothing(freg: Registry, runs_uri
     moves = [(r["action"], r["version"], r["actor"]) for r in freg.history() if r["action"] in ("promote",
                                                                                                "rollback")]
     assert moves == [("promote", v1, "a"), ("promote", v2, "a"), ("rollback", v1, "oncall"), ("promote", v3, "a")]
+
+
+def test_a_version_holds_every_file_the_evidence_hash_covers(freg: Registry, runs_uri: str) -> None:
+    """One definition of a candidate's files (RunContext.candidate_files): what the gate's evidence hash covers
+    is what the registry copies, so the two cannot drift apart."""
+    run = fake_run(runs_uri, "r1")
+    version = freg.register(run)
+    registered = set(freg.show(version)["files"])
+    covered = {key[len(run.prefix) + 1:] for key in run.candidate_files()}
+    assert covered and covered <= registered, covered - registered
+    assert "models/frozen/resume/state.pt" not in registered  # transient resume state is neither
