@@ -12,6 +12,7 @@ from tl_core.artifacts import (
     ArtifactError,
     EvaluationReport,
     GateDecision,
+    VersionManifest,
     check_artifact,
     read_evaluation_report,
     read_gate_decision,
@@ -55,3 +56,16 @@ def test_check_artifact_names_every_bad_field() -> None:
     with pytest.raises(ArtifactError, match=r"d\.json is not a valid GateDecision .*decision: Input should be "
                                             r"'PASS' or 'FAIL'.*passed: Field required"):
         check_artifact(GateDecision, {"decision": "MAYBE"}, "d.json")
+
+
+def test_a_version_manifest_is_checked_before_it_is_written(tmp_path: Path) -> None:
+    from registry_fixtures import fake_run
+    from tl_core.registry import Registry
+
+    registry = Registry((tmp_path / "reg").as_uri(), "reg-test", cache_dir=tmp_path / "cache")
+    version = registry.register(fake_run((tmp_path / "runs").as_uri(), "r1"))
+    manifest = registry.show(version)
+    assert VersionManifest.model_validate(manifest).schema_version == 1
+    with pytest.raises(ArtifactError, match=r"manifest\.json is not a valid VersionManifest .*shadow: Input should "
+                                            r"be a valid boolean"):
+        check_artifact(VersionManifest, {**manifest, "shadow": "maybe"}, "reg-test v0001 manifest.json")

@@ -1,10 +1,11 @@
-"""Typed, versioned artifacts between steps: the evaluation report and the gate decision.
+"""Typed, versioned artifacts between steps: the evaluation report, the gate decision, the version manifest.
 
 Each artifact is a pydantic model with a ``schema_version``. The step that writes one validates it before the
 write; a step that reads one validates it on read (``read_evaluation_report``, ``read_gate_decision``), so a
 report of another schema version or a hand-edited file is refused with the file and the field paths named,
 never half-read. The models fix the structure; metric maps stay ``dict[str, float]`` because their keys are
-the spec's metric and slice names. The registry's version manifest is written by tl_core.registry.
+the spec's metric and slice names. The registry validates a version's manifest before it writes it (versions
+are write-once, so an old manifest is never rewritten; readers of older manifests must accept missing fields).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tl_core.runs import RunContext
 
 REPORT_SCHEMA_VERSION = 2
 DECISION_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 1
 Number = float | int | None  # metrics may be NaN (e.g. AUROC of a one-class slice) or missing
 
 
@@ -118,6 +120,28 @@ class GateDecision(_Artifact):
     candidate: str | None
     champion_version: str | None
     champion_etag: str | None
+
+
+class VersionManifest(_Artifact):
+    """registry/<model>/versions/<version>/manifest.json: where a version came from, its metrics and files."""
+
+    schema_version: Literal[1]
+    model: str
+    version: str
+    run_id: str
+    shadow: bool
+    created_at: str
+    snapshot_hash: str | None
+    backbone: dict[str, str | None]
+    strategy: str
+    strategy_config: dict[str, Any]
+    seeds: dict[str, int | None]
+    candidate_selection: dict[str, Any]
+    library_versions: dict[str, str]
+    metrics: dict[str, Number]
+    temperature: float | None
+    gate: dict[str, Any]
+    files: dict[str, dict[str, Any]]
 
 
 def check_artifact(model: type[_Artifact], payload: Any, where: str) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 from typing import Any
 
+from tl_core.artifacts import MANIFEST_SCHEMA_VERSION, VersionManifest, check_artifact
 from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
@@ -71,7 +72,8 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
     train = config.get("train") or spec.get("train") or {}
     evaluated = optional("evaluation/report.json").get("models", {}).get(strategy, {})
     gate = optional("gate/decision.json")
-    return {
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
         "model": model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": now(),
         "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
         "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
@@ -87,6 +89,8 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
         "gate": {k: gate.get(k) for k in ("passed", "evidence_hash", "bootstrap")},
         "files": files,
     }
+    check_artifact(VersionManifest, manifest, f"{model} {version} manifest.json")
+    return manifest
 
 
 class Versions:
