@@ -29,6 +29,9 @@ from pydantic import (
 
 from tl_core.errors import SpecError
 
+# Where this machine caches downloaded weights and verified registry versions.
+CACHE_DIR = Path(os.environ.get("TL_CACHE_DIR", Path.home() / ".cache" / "tl-retrain"))
+
 
 def configs_dir() -> Path:
     """The folder of model specs (one YAML per model) that the DAGs, the plugin and `tl status` read:

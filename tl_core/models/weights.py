@@ -9,8 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from tl_core.cache import CACHE_DIR
-from tl_core.config import BackboneSpec
+from tl_core.config import CACHE_DIR, BackboneSpec
 from tl_core.store import split_uri
 
 

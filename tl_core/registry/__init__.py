@@ -19,8 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tl_core.cache import CACHE_DIR
-from tl_core.config import ModelSpec
+from tl_core.config import CACHE_DIR, ModelSpec
 from tl_core.errors import ConflictError, IntegrityError, MetadataError, RegistryError, UnexplainedPointer
 from tl_core.registry.gc import Collector
 from tl_core.registry.integrity import GOLDEN_TOLERANCE, Integrity
