@@ -119,9 +119,9 @@ REFERENCE_CASES = ("text-full", "text-lora", "image-full")
 
 
 def reference_case(case: str, store_uri: str, bert_dir: Path, **train: Any) -> tuple[ModelSpec, pd.DataFrame]:
-    """The seeded tiny runs whose learning curves are stored in tests/data/reference_curves.json.
+    """The seeded tiny runs whose learning curves are stored in tests/train/reference_curves.json.
 
-    ``train`` overrides recipe fields (tests/data/measure_reference_spread.py uses it to show that a changed
+    ``train`` overrides recipe fields (tests/train/measure_reference_spread.py uses it to show that a changed
     default, e.g. weight decay, moves the curves by more than the stored tolerance).
     """
     modality, strategy = case.split("-")

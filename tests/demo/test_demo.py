@@ -14,7 +14,7 @@ from tl_core.demo.local_airflow import LocalAirflow
 from tl_core.demo.run import PACKAGED_SPEC, check_story, demo_spec, main, packaged_spec_text
 from tl_core.errors import DemoSetupError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TABLE = "| candidate minus | metric | slice |\n| --- | --- | --- |\n| champion | macro_f1 | overall |"
 

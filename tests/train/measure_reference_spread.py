@@ -1,7 +1,7 @@
 """Measure how far the seeded tiny learning curves legitimately move, and store curves + tolerance.
 
-tests/test_train.py::test_seeded_tiny_training_matches_stored_curve compares three seeded tiny runs
-(text-full, text-lora, image-full) with tests/data/reference_curves.json. Same code and pins still give
+tests/train/test_train.py::test_seeded_tiny_training_matches_stored_curve compares three seeded tiny runs
+(text-full, text-lora, image-full) with tests/train/reference_curves.json. Same code and pins still give
 slightly different floats on another CPU (other SIMD kernels, thread count, oneDNN or not), so the test
 allows a tolerance; this script measures where it comes from and checks that it still catches a recipe
 change.
@@ -20,7 +20,7 @@ epoch and figure:
 and it fails (exit 1) unless, for every case, the recipe change moves some figure by at least
 MIN_RATIO x its tolerance. Run it after an intended recipe change and commit the JSON with the reason:
 
-    .venv/bin/python tests/data/measure_reference_spread.py            # about 15 minutes on 2 cores
+    .venv/bin/python tests/train/measure_reference_spread.py            # about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main() -> int:
         report(case, m)
     weak = {c: round(m["recipe_ratio"], 2) for c, m in results.items() if m["recipe_ratio"] < MIN_RATIO}
     doc = {
-        "about": "Written by tests/data/measure_reference_spread.py; read by tests/test_train.py. curves: "
+        "about": "Written by tests/train/measure_reference_spread.py; read by tests/train/test_train.py. curves: "
                  "midpoint over the kernel configurations; tolerance: max(floor, safety x spread).",
         "measured_on": {"machine": platform.machine(), "processor": platform.processor() or "unknown",
                         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},

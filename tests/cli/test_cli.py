@@ -14,7 +14,7 @@ import yaml
 
 from tl_core.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _spec(tmp_path: Path, name: str = "s.yaml", **changes: Any) -> str:
@@ -132,7 +132,7 @@ def test_unexpected_value_and_os_errors_are_one_line(tmp_path: Path, capsys: pyt
 
 
 def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cases = [(["snapshot", "--spec", _spec(tmp_path), "--run", "..", "--date", "2026-11-01"], 2, "argument --run"),
              (["validate-spec", _spec(tmp_path, "w.yaml", data__window_days=True)], 1,
               "data.window_days: must be a whole number (e.g. 14, not true or 14.0), got True")]

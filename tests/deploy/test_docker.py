@@ -22,7 +22,7 @@ import yaml
 
 from tl_core.config import ENV_OVERRIDES, load_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILES = {"airflow": DOCKER / "airflow.Dockerfile", "worker-gpu": DOCKER / "worker-gpu.Dockerfile"}

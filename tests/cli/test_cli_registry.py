@@ -15,7 +15,7 @@ from registry_fixtures import MODEL, fake_run, make_spec
 from tl_core.cli import main as tl_main
 from tl_core.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -738,7 +738,7 @@ def test_promoter_killed_inside_the_swap_blocks_nothing(freg: Registry, runs_uri
     freg.promote(v1, None, {}, "a")
     freg.promote(v2, v1, {}, "a")
     proc = subprocess.Popen([sys.executable, "-c", CRASH_IN_SWAP, freg.store.uri, MODEL, v3, v2],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "claimed"
         with pytest.raises(ConflictError, match=rf"the store refused the compare-and-swap although the champion is "

@@ -25,7 +25,7 @@ from tl_core.evaluate.run import ChampionScores, run_evaluate
 from tl_core.export.champion import champion_for
 from tl_core.gate.step import run_gate
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(store_uri)))
     uri = run_evaluate(ctx, champion_for(ctx))

@@ -1,7 +1,7 @@
 """The plugin's FastAPI app (plugins/tl_plugin.py) on both store backends, through its HTTP interface.
 
 Airflow's own login check is replaced by an allow-all dependency here; the real one (401 without a token,
-200 with the admin's JWT) is exercised against `airflow standalone` in tests/test_airflow_e2e.py.
+200 with the admin's JWT) is exercised against `airflow standalone` in tests/dags_plugins/test_airflow_e2e.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tl_core.config import load_spec
 from tl_core.registry import Registry
 from tl_core.runs import RunContext
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = "manual__2026-11-01T00:00:00+00:00"
 
 

@@ -491,7 +491,7 @@ def test_lora_adapter_learning_rates(tmp_path: Path, bert_dir: Path, lora_lr: fl
         assert adapter_lrs == {0.05}
 
 
-REFERENCE_CURVES = Path(__file__).parent / "data" / "reference_curves.json"
+REFERENCE_CURVES = Path(__file__).parent / "reference_curves.json"
 FIGURES = ("train_loss", "val_loss", "val_metric")
 
 
@@ -500,7 +500,7 @@ def test_seeded_tiny_training_matches_stored_curve(tmp_path: Path, bert_dir: Pat
     """The recipe's learning curves on seeded tiny runs, against values stored when the recipe was last
     changed on purpose. A change to the loop, its defaults or the data path shows up here. Each figure may
     move by its stored tolerance: what other CPU kernels, thread counts and oneDNN legitimately change, as
-    measured by tests/data/measure_reference_spread.py (which also checks that a changed default weight decay
+    measured by tests/train/measure_reference_spread.py (which also checks that a changed default weight decay
     lands well outside it). After an intended change, re-run that script and say why in the commit."""
     spec, examples = reference_case(case, tmp_path.as_uri(), bert_dir)
     strategy = spec.train.strategies[0]
