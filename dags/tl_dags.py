@@ -23,7 +23,7 @@ import yaml
 from airflow.sdk import DAG, Param, task
 from tl_operators import RecordedApproval, approval_retry_args  # plugins/: on sys.path in Airflow
 
-from tl_core.config import configs_dir  # light: pydantic + yaml, no torch, no store
+from tl_core.config import configs_dir, dag_id  # light: pydantic + yaml, no torch, no store
 
 CONFIGS = configs_dir()
 # The plugin's views (plugins/tl_plugin.py), served by the Airflow API server; TL_AIRFLOW_PUBLIC_URL makes the
@@ -45,7 +45,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
     strategies = spec.get("train", {}).get("strategies", ["frozen", "lora"])
     approval = spec.get("approval", {})
     with DAG(
-        dag_id=f"retrain_{name}",
+        dag_id=dag_id("retrain", name),
         description=f"Nightly retrain of {name}: {spec.get('description', '')}",
         schedule=spec.get("schedule", "@daily"),
         start_date=datetime(2026, 1, 1),
@@ -148,8 +148,8 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
                     f"{{{{ ti.xcom_pull(task_ids='gate')['candidate'] }}}}) over champion "
                     f"{{{{ ti.xcom_pull(task_ids='gate')['champion_version'] or 'none' }}}}",
             body="{{ ti.xcom_pull(task_ids='gate')['summary_markdown'] }}\n\n"
-                 f"[Evidence report]({REPORT_VIEW.format(dag_id=f'retrain_{name}', run_id=run_q)}) | "
-                 f"[Registry history]({REGISTRY_VIEW.format(dag_id=f'retrain_{name}', run_id=run_q)}) | "
+                 f"[Evidence report]({REPORT_VIEW.format(dag_id=dag_id('retrain', name), run_id=run_q)}) | "
+                 f"[Registry history]({REGISTRY_VIEW.format(dag_id=dag_id('retrain', name), run_id=run_q)}) | "
                  "store: {{ ti.xcom_pull(task_ids='gate')['report_uri'] }}",
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
@@ -203,7 +203,7 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
     is refused unless the run sets override_gate with an override_reason (the ledger records who and why)."""
     name = spec["name"]
     approval = spec.get("approval", {})
-    with DAG(dag_id=f"promote_{name}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+    with DAG(dag_id=dag_id("promote", name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
              tags=["tl-retrain", name], description=f"Manually promote a registered version of {name} (approval-gated)",
              params={"version": Param(type="string", pattern=r"^v[0-9]{4,9}$", description="version to promote"),
                      "expect_champion": Param("none", type="string", description="current champion or 'none'"),
@@ -230,7 +230,7 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
             subject=f"Promote {name}: {{{{ params.version }}}} over champion {{{{ params.expect_champion }}}} "
                     "(manual)",
             body="{{ ti.xcom_pull(task_ids='check_promotable')['summary_markdown'] }}\n\n"
-                 f"[Registry history]({REGISTRY_VIEW.format(dag_id=f'promote_{name}', run_id=run_q)})",
+                 f"[Registry history]({REGISTRY_VIEW.format(dag_id=dag_id('promote', name), run_id=run_q)})",
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
@@ -269,7 +269,7 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
 
 def build_rollback(spec_path: str, spec: dict[str, Any]) -> DAG:
     name = spec["name"]
-    with DAG(dag_id=f"rollback_{name}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+    with DAG(dag_id=dag_id("rollback", name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
              tags=["tl-retrain", name], description=f"Roll the champion of {name} back",
              params={"target": Param(None, type=["null", "string"], description="version; default: previous"),
                      "reason": Param(type="string", minLength=3, description="why (recorded in the ledger)")}) as dag:

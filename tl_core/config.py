@@ -33,6 +33,25 @@ from tl_core.errors import SpecError
 CACHE_DIR = Path(os.environ.get("TL_CACHE_DIR", Path.home() / ".cache" / "tl-retrain"))
 
 
+# The DAGs each model spec gets (dags/tl_dags.py): "<kind>_<model name>".
+DAG_KINDS = ("retrain", "promote", "rollback")
+
+
+def dag_id(kind: str, model: str) -> str:
+    """The Airflow DAG id of ``kind`` (one of DAG_KINDS) for ``model``, e.g. retrain_support-tickets."""
+    if kind not in DAG_KINDS:
+        raise ValueError(f"DAG kind {kind!r} is not one of {DAG_KINDS}")
+    return f"{kind}_{model}"
+
+
+def model_of_dag(dag: str) -> str | None:
+    """The model name a tl-retrain DAG id carries, or None for any other DAG id."""
+    for kind in DAG_KINDS:
+        if dag.startswith(kind + "_") and len(dag) > len(kind) + 1:
+            return dag[len(kind) + 1:]
+    return None
+
+
 def configs_dir() -> Path:
     """The folder of model specs (one YAML per model) that the DAGs, the plugin and `tl status` read:
     $TL_CONFIGS_DIR, else the source checkout's configs/."""

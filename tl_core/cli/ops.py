@@ -56,7 +56,7 @@ def spec_by_name(model: str | None) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tl_core.config import load_spec
+    from tl_core.config import dag_id, load_spec
     from tl_core.registry import Registry
 
     spec = load_spec(args.spec) if args.spec else spec_by_name(args.model)
@@ -65,10 +65,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = [f"model {spec.name}: champion {status['champion'] or 'none'}"]
     try:
         client = AirflowClient(args.url)
-        runs = client.get(f"/api/v2/dags/retrain_{q(spec.name)}/dagRuns?order_by=-run_after&limit=5")["dag_runs"]
+        retrain = dag_id("retrain", spec.name)
+        runs = client.get(f"/api/v2/dags/{q(retrain)}/dagRuns?order_by=-run_after&limit=5")["dag_runs"]
         status["runs"] = [{k: r.get(k) for k in ("dag_run_id", "state", "run_type", "logical_date")} for r in runs]
         status["pending_approvals"] = [{"run_id": d["task_instance"]["dag_run_id"], "subject": d["subject"]}
-                                       for d in client.pending_approvals(f"retrain_{spec.name}")]
+                                       for d in client.pending_approvals(retrain)]
         lines += [f"  run {r['dag_run_id']}: {r['state']} ({r['run_type']})" for r in status["runs"]]
         lines += [f"  pending approval: {p['run_id']}: {p['subject']}" for p in status["pending_approvals"]]
     except AirflowAPIError as exc:

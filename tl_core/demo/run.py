@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from tl_core.artifacts import read_gate_decision
-from tl_core.config import parse_spec
+from tl_core.config import dag_id, parse_spec
 from tl_core.demo.local_airflow import LocalAirflow
 from tl_core.errors import DemoSetupError, TLError
 from tl_core.registry import Registry
@@ -41,7 +41,7 @@ from tl_core.runs import RunContext
 
 logger = logging.getLogger("tl_core.demo")
 FIRST, SECOND = date(2026, 11, 1), date(2026, 11, 5)
-DAG = "retrain_support-tickets"
+DAG = dag_id("retrain", "support-tickets")
 
 
 def say(text: str = "") -> None:
