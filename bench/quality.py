@@ -31,9 +31,9 @@ import yaml
 
 from tl_core.config import ModelSpec, parse_spec
 from tl_core.demo.data import write_demo_data
+from tl_core.evaluate.metrics import confusion, scores_from_confusion
 from tl_core.pipeline import step_audit, step_snapshot, step_split
 from tl_core.runs import RunContext
-from tl_core.train.finetune import macro_f1
 from tl_core.train.run import run_train
 
 SPECS = {"text": "configs/support-tickets.yaml", "image": "configs/digits.yaml"}
@@ -103,8 +103,8 @@ def measure(spec: ModelSpec, examples: pd.DataFrame, size: str, seed: int, strat
     y = np.array([index[label_of[str(i)]] for i in test["example_id"]])
     report = ctx.read_json(f"models/{strategy}/train_report.json")
     train_rows = rows[rows["split"] == "train"]
-    return {"size": size, "seed": seed, "strategy": strategy,
-            "macro_f1": macro_f1(y, test["logits"].argmax(1), len(spec.labels)),
+    scores = scores_from_confusion(confusion(y, test["logits"].argmax(1), len(spec.labels)))
+    return {"size": size, "seed": seed, "strategy": strategy, "macro_f1": float(scores["macro_f1"]),
             "train_examples": int(len(train_rows)), "min_per_class": int(train_rows["label"].value_counts().min()),
             "test_examples": int(len(y)), "wall_s": round(float(report["wall_s"]), 2),
             "best_epoch": report.get("best_epoch")}

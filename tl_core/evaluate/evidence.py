@@ -22,18 +22,13 @@ def evidence_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def candidate_files(ctx: RunContext) -> list[str]:
-    """The candidate's files as the run layout defines them (RunContext.candidate_files)."""
-    return ctx.candidate_files()
-
-
 def current_evidence(ctx: RunContext) -> dict[str, Any]:
-    """What a decision rests on, read afresh from the store (used again just before promotion): the candidate's
-    artifact checksums (candidate_files), the champion version and pointer etag, the snapshot content hash and
-    the checksums of the reports."""
+    """What a decision rests on, read afresh from the store (used again just before promotion): the checksums of
+    the candidate's files (RunContext.candidate_files), the champion version and pointer etag, the snapshot content
+    hash and the checksums of the reports."""
     from tl_core.registry import Registry, RegistryError
 
-    files = candidate_files(ctx)
+    files = ctx.candidate_files()
     registry = Registry.for_spec(ctx.spec)
     try:
         pointer, champion_error = registry.champion(), None

@@ -75,10 +75,6 @@ class ChampionUnreadable(TLError):
         self.etag = etag
 
 
-def load_examples(ctx: RunContext) -> pd.DataFrame:
-    return ctx.read_examples()
-
-
 def split_frames(df: pd.DataFrame, splits: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     return {s: df[df["split"] == s].reset_index(drop=True) for s in splits}
 
@@ -241,7 +237,7 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
     spec = ctx.spec
     labels = list(spec.labels)
     index = {n: i for i, n in enumerate(labels)}
-    frames = split_frames(load_examples(ctx), ("train", "calibration", "test"))
+    frames = split_frames(ctx.read_examples(), ("train", "calibration", "test"))
     test, cal = frames["test"], frames["calibration"]
     y_test, y_cal = _labels(test, index), _labels(cal, index)
     keep_t, keep_c = y_test >= 0, y_cal >= 0

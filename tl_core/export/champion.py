@@ -12,7 +12,6 @@ from tl_core.evaluate.run import (
     CHAMPION_SPLITS,
     ChampionScores,
     ChampionUnreadable,
-    load_examples,
     split_frames,
 )
 from tl_core.runs import RunContext
@@ -35,7 +34,7 @@ def score_champion(ctx: RunContext) -> ChampionScores | None:
     try:
         from tl_core.export.predict import score_registered
 
-        frames = split_frames(load_examples(ctx), CHAMPION_SPLITS)
+        frames = split_frames(ctx.read_examples(), CHAMPION_SPLITS)
         logits = {s: np.asarray(score_registered(ctx.spec, pointer.version, df)) for s, df in frames.items()}
     except Exception as exc:  # noqa: BLE001 - an unusable champion is evidence for the gate, not a crash
         raise ChampionUnreadable(f"champion {pointer.version} could not be scored: {type(exc).__name__}: {exc}",

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from tl_core.config import ModelSpec
 from tl_core.errors import ResumeError
-from tl_core.evaluate.metrics import confusion, scores_from_confusion
 from tl_core.models.adapters import apply_lora, merge_lora
 from tl_core.models.backbones import Backbone, Classifier
 from tl_core.models.preprocessing import Encoded
@@ -51,11 +50,6 @@ class TrainResult:
     wall_s: float = 0.0
     resumed_from_epoch: int = 0
     trainable_parameters: int = 0
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-F1 as the evaluation defines it (tl_core.evaluate.metrics); kept for bench/quality.py."""
-    return float(scores_from_confusion(confusion(y_true, y_pred, num_classes))["macro_f1"])
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:

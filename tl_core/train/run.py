@@ -26,10 +26,6 @@ logger = logging.getLogger(__name__)
 EVAL_SPLITS = ("validation", "calibration", "test")
 
 
-def load_examples(ctx: RunContext) -> pd.DataFrame:
-    return ctx.read_examples()
-
-
 def _splits(ctx: RunContext, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     parts = {name: df[df["split"] == name].reset_index(drop=True) for name in SPLITS}
     for name in ("train", "validation"):
@@ -72,7 +68,7 @@ class _Trained:
 def _prepare(ctx: RunContext, strategy: str) -> _Prepared:
     spec = ctx.spec
     torch.manual_seed(spec.train.seed)
-    parts = _splits(ctx, load_examples(ctx))
+    parts = _splits(ctx, ctx.read_examples())
     backbone = load_backbone(spec, pretrained=strategy != "scratch")
     model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(spec.labels))
     encoded = {
