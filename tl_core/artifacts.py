@@ -103,6 +103,8 @@ class GateReason(_Artifact):
     slice: str | None = None
     interval: list[float] | None = None
     threshold: float | None = None
+    outcome: Literal["harm", "non-inferior", "inconclusive"] | None = None
+    detectable: float | None = None
 
 
 class GateDecision(_Artifact):

@@ -11,7 +11,7 @@ import yaml
 
 from tl_core.demo import local_airflow
 from tl_core.demo.local_airflow import LocalAirflow
-from tl_core.demo.run import PACKAGED_SPEC, check_story, demo_spec, main, packaged_spec_text
+from tl_core.demo.run import PACKAGED_SPEC, check_backfill, check_story, demo_spec, main, packaged_spec_text
 from tl_core.errors import DemoSetupError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +45,35 @@ def test_a_second_run_without_champion_rows_is_named() -> None:
         "run 2 (r) wrote no gate decision")
 
 
+def _backfill(shadow: tuple[bool, ...] = (True, True), after: str = "v0001", states: tuple[str, ...] = (
+        "success", "success")) -> dict[str, Any]:
+    runs = {f"backfill__2026-11-0{i + 2}": s for i, s in enumerate(states)}
+    ledger = [{"action": "register", "shadow": sh, "run_id": r, "version": f"v000{i + 2}"}
+              for i, (r, sh) in enumerate(zip(runs, shadow, strict=False))]
+    return {"runs": runs, "tasks": {r: {"approval": "skipped", "shadow_recorded": "success"} for r in runs},
+            "ledger": ledger, "champion_before": "v0001", "champion_after": after}
+
+
+def test_the_backfill_story_holds() -> None:
+    assert check_backfill(_backfill()) == []
+
+
+def test_a_backfill_that_registered_no_shadow_versions_or_moved_the_champion_is_named() -> None:
+    rejected = _backfill(shadow=(True,))
+    rejected["ledger"].append({"action": "reject", "run_id": "backfill__2026-11-03", "reason": "gate FAIL: x"})
+    assert check_backfill(rejected) == ["expected 2 shadow versions registered, got 1 (rejected: ['gate FAIL: x'])"]
+    assert check_backfill(_backfill(shadow=(False, True))) == ["expected 2 shadow versions registered, got 1"]
+    moved = check_backfill(_backfill(after="v0003"))
+    assert moved == ["the backfill changed the champion: v0001 -> v0003 (0 promote records)"]
+    failed = check_backfill(_backfill(states=("success", "failed"), shadow=(True,)))
+    assert failed[0] == "backfill runs did not succeed: {'backfill__2026-11-03': 'failed'}"
+    one = _backfill(states=("success",), shadow=(True,))
+    assert "expected 2 backfill runs, found ['backfill__2026-11-02']" in check_backfill(one)
+    approved = _backfill()
+    approved["tasks"]["backfill__2026-11-02"]["approval"] = "success"
+    assert check_backfill(approved) == ["backfill run backfill__2026-11-02 reached the approval (success)"]
+
+
 def test_the_packaged_demo_spec_is_the_example_in_configs() -> None:
     """The demo ships its spec as package data (it must run from an installed package); configs/ stays the copy
     users read. The two must not drift apart, and pyproject.toml must ship the packaged one."""
@@ -59,9 +88,10 @@ def test_the_demo_spec_is_the_packaged_one_on_the_demo_store(tmp_path: Path, mon
     raw = yaml.safe_load(demo_spec(tmp_path).read_text())
     example = yaml.safe_load(packaged_spec_text())
     assert raw["data"]["root"] == (tmp_path / "data").as_uri() and raw["store"] == (tmp_path / "store").as_uri()
-    assert raw["schedule"] is None and raw["train"]["epochs"] == 2
-    assert {k: v for k, v in raw.items() if k not in ("data", "store", "schedule", "train")} == {
-        k: v for k, v in example.items() if k not in ("data", "store", "schedule", "train")}
+    # the periodic schedule is kept: Airflow refuses backfills of a DAG without one
+    assert raw["schedule"] == example["schedule"] == "@daily" and raw["train"]["epochs"] == 2
+    assert {k: v for k, v in raw.items() if k not in ("data", "store", "train")} == {
+        k: v for k, v in example.items() if k not in ("data", "store", "train")}
 
 
 def test_airflow_folders_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,3 +127,16 @@ def test_the_demo_fails_naming_a_missing_dags_folder_before_generating_data(
     assert "make demo: FAILED: no Airflow dags folder: TL_DAGS_DIR=" in capsys.readouterr().err
     assert (tmp_path / "demo" / "demo-configs" / "support-tickets.yaml").is_file()
     assert not (tmp_path / "demo" / "data").exists()
+
+
+def test_demo_knobs_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TL_DEMO_STRATEGIES", "frozen")
+    assert yaml.safe_load(demo_spec(tmp_path).read_text())["train"]["strategies"] == ["frozen"]
+    monkeypatch.setenv("TL_DEMO_STRATEGIES", "frozen,full")
+    with pytest.raises(DemoSetupError, match=r"TL_DEMO_STRATEGIES names strategies the spec does not train: "
+                                             r"\['full'\] \(spec: \['frozen', 'lora'\]\)"):
+        demo_spec(tmp_path)
+    monkeypatch.delenv("TL_DEMO_STRATEGIES")
+    monkeypatch.setenv("TL_DEMO_EPOCHS", "0")
+    with pytest.raises(DemoSetupError, match=r"TL_DEMO_EPOCHS must be a whole number >= 1, got '0'"):
+        demo_spec(tmp_path)

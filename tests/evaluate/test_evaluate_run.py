@@ -96,8 +96,12 @@ def test_champion_comparison_and_pointer_check(tmp_path: Path) -> None:
     decision = ctx.read_json("gate/decision.json")
     slice_reasons = [r for r in decision["reasons"] if r["check"] == "slice"]
     assert sorted(r["slice"] for r in slice_reasons) == sorted(report["slices"])
-    assert all(re.search(r"candidate - champion in \[.*\] \(95%\), margin -0.05, holm p=", r["text"])
+    assert all(re.search(r"candidate - champion in \[.*\] \(95%\), margin -0.05, holm p\(non-inferior\)=.* "
+                         r"p\(harm\)=.*, detects drops >= 0\.\d{3} \(80% power\)", r["text"]) for r in slice_reasons)
+    assert all(r["outcome"] in ("harm", "non-inferior", "inconclusive") and r["detectable"] > 0.05
                for r in slice_reasons)
+    html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    assert "Comparisons: outcome and power" in html and "detects drops ≥" in html
     overall = [r for r in decision["reasons"] if r["check"] == "non-inferiority"]
     assert {r["metric"] for r in overall} == {"macro_f1", "accuracy"} and all(r["status"] == "PASS" for r in overall)
     assert any(r["text"] == "required slice region=eu present with 300 test examples: PASS"

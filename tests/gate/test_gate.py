@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from tl_core.config import GateSpec
-from tl_core.evaluate.metrics import all_metrics
-from tl_core.evaluate.run import QUANTILE_LEVELS, compare_models
+from tl_core.evaluate.run import QUANTILE_LEVELS, report_from_probs
 from tl_core.gate import Reason, decide, evidence_hash, p_below, summary_markdown
 
 POLICY = GateSpec(margins={"macro_f1": 0.0}, slice_metrics=["macro_f1"], min_slice_size=30, absolute_minimums={},
@@ -31,16 +30,7 @@ def sim_report(y: np.ndarray, cand: np.ndarray, champ: np.ndarray | None, masks:
         probs["champion"] = champ
     if frozen is not None:
         probs["frozen"] = frozen
-    groups = {"overall": np.ones(len(y), bool), **masks}
-    comparisons, intervals = compare_models(y, probs, groups, "cand", n_boot, seed, 0.95, ("ece",))
-    labels = [str(i) for i in range(cand.shape[1])]
-    models = {name: {"strategy": strategy if name == "cand" else name, "overall": all_metrics(p, y, labels),
-                     "intervals": intervals[name]} for name, p in probs.items()}
-    return {"schema_version": 2, "test_size": len(y), "candidate": "cand", "primary_metric": "macro_f1",
-            "champion": ({"status": "ok", "version": "v0001", "etag": "e1"} if champ is not None else
-                         {"status": "none", "version": None, "etag": None}),
-            "slices": {k: int(v.sum()) for k, v in masks.items()}, "models": models, "comparisons": comparisons,
-            "bootstrap": {"confidence": 0.95, "quantile_levels": [float(q) for q in QUANTILE_LEVELS]}}
+    return report_from_probs(y, probs, masks, "cand", strategy, n_boot, seed)
 
 
 def simulate(rng: np.random.Generator, n_slices: int = 4, per_slice: int = 500, c: int = 3,
@@ -186,8 +176,8 @@ def test_baseline_ladder() -> None:
     # A fine-tuned candidate much worse than the run's frozen baseline fails the ladder, naming both.
     d = decide(sim_report(y, weak, None, masks, 200, 0, strategy="full", frozen=good), policy)
     texts = [r.text for r in d.failures]
-    assert any(t.startswith("macro_f1 overall: candidate (full) - frozen in [-") and "margin -0.02: FAIL" in t
-               for t in texts)
+    assert any(t.startswith("macro_f1 overall: candidate (full) - frozen in [-") and "margin -0.02, detects drops"
+               in t and t.endswith(": harm: FAIL") for t in texts)
     assert any(t.startswith("macro_f1 overall: candidate - majority-class in ") and "must be > 0: FAIL" in t
                for t in texts)
     # A frozen candidate is not compared with itself; a good one beats the majority class.
@@ -227,7 +217,8 @@ def test_reason_format_names_metric_slice_interval_threshold() -> None:
     d = decide(sim_report(y, cand, champ, masks, 200, 0), policy)
     text = next(r.text for r in d.failures if r.slice == "region=1")
     assert re.match(r"macro_f1 on region=1: candidate - champion in \[-\d\.\d{3}, -\d\.\d{3}\] \(95%\), "
-                    r"margin -0\.02, holm p=.*: FAIL$", text)
+                    r"margin -0\.02, holm p\(non-inferior\)=1 p\(harm\)=0 \(alpha 0\.025\), detects drops >= "
+                    r"0\.\d{3} \(80% power\): harm: FAIL$", text)
     md = summary_markdown(d, sim_report(y, cand, champ, masks, 200, 0))
     assert md.startswith("**Decision: FAIL**")
     assert "| champion | macro_f1 | region=1 | [-" in md and "ECE after temperature: " in md
@@ -266,3 +257,102 @@ def test_evidence_hash_is_canonical() -> None:
     a = evidence_hash({"x": 1, "y": {"b": 2, "a": 1}})
     assert a == evidence_hash({"y": {"a": 1, "b": 2}, "x": 1}) and len(a) == 64
     assert a != evidence_hash({"x": 1, "y": {"a": 1, "b": 3}})
+
+
+def retrain_pair(rng: np.random.Generator, n_slices: int = 4, per_slice: int = 500,
+                 c: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Labels and two independent, equally accurate models (not copies): every example has a difficulty both
+    models share (80% easy: right with p 0.97; 20% hard: p 0.4), and each model draws its own errors from it. They
+    disagree on about 14% of the examples; two frozen heads retrained on 80%-overlapping real data disagreed on 9%
+    (bench/gate_quality.py --shared 0.8)."""
+    n = n_slices * per_slice
+    y = rng.integers(0, c, n)
+    p_right = np.where(rng.random(n) < 0.8, 0.97, 0.4)
+
+    def model() -> np.ndarray:
+        pred = np.where(rng.random(n) < p_right, y, (y + rng.integers(1, c, n)) % c)
+        probs = np.full((n, c), 0.15 / (c - 1))  # calibrated: confidence 0.85 at about 0.86 accuracy
+        probs[np.arange(n), pred] = 0.85
+        return probs
+
+    masks = {f"region={i}": (np.arange(n) // per_slice) == i for i in range(n_slices)}
+    return y, model(), model(), masks
+
+
+def test_independent_equally_accurate_models_pass_under_the_default_policy() -> None:
+    rng = np.random.default_rng(11)
+    trials = 40
+    passed = 0
+    disagreement = []
+    for trial in range(trials):
+        y, champ, cand, masks = retrain_pair(rng)
+        disagreement.append((champ.argmax(1) != cand.argmax(1)).mean())
+        passed += decide(sim_report(y, cand, champ, masks, 300, trial), GateSpec()).passed
+    assert np.mean(disagreement) > 0.1  # independent errors, not copies
+    assert passed / trials >= 0.9
+
+
+def test_a_2x_margin_regression_on_a_500_row_slice_is_rejected_naming_it_under_the_default_policy() -> None:
+    rng = np.random.default_rng(12)
+    policy = GateSpec()
+    metric = policy.slice_metrics[0]
+    margin = policy.slice_margin(metric)
+    trials = 40
+    rejected = 0
+    for trial in range(trials):
+        y, champ, _, masks = retrain_pair(rng)
+        cand = champ.copy()
+        bad = np.flatnonzero(masks["region=2"])
+        correct = bad[champ[bad].argmax(1) == y[bad]]
+        flip = rng.choice(correct, size=round(len(bad) * 2 * margin), replace=False)  # right -> wrong
+        cand[flip] = np.roll(cand[flip], 1, axis=1)
+        decision = decide(sim_report(y, cand, champ, masks, 300, trial), policy)
+        harm = {r.slice for r in decision.failures if r.outcome == "harm" and r.metric == metric}
+        rejected += (not decision.passed) and "region=2" in harm and harm <= {"region=2", "overall"}
+    assert rejected / trials >= 0.95
+
+
+def test_three_outcomes_per_slice_and_overall() -> None:
+    rng = np.random.default_rng(13)
+    y, champ, _, masks = retrain_pair(rng, n_slices=2, per_slice=400)
+    cand = champ.copy()
+    sl = np.flatnonzero(masks["region=1"])
+    right = sl[champ[sl].argmax(1) == y[sl]]
+    flip = rng.choice(right, size=16, replace=False)  # a 4-point drop: neither shown harmless nor harmful at 0.04
+    cand[flip] = np.roll(cand[flip], 1, axis=1)
+    report = sim_report(y, cand, champ, masks, 1000, 0)
+    policy = with_policy(POLICY, **{"margins": {"accuracy": 0.04}, "slice_metrics": ["accuracy"]})
+    d = decide(report, policy)
+    by_slice = {r.slice: r for r in d.reasons if r.check == "slice"}
+    assert by_slice["region=0"].outcome == "non-inferior" and by_slice["region=0"].status == "PASS"
+    inconclusive = by_slice["region=1"]
+    assert inconclusive.outcome == "inconclusive" and inconclusive.status == "WARN"
+    assert inconclusive.text.endswith(": inconclusive: WARN") and d.passed
+    assert inconclusive.interval is not None and inconclusive.interval[0] < -0.04 < inconclusive.interval[1]
+    strict = decide(report, with_policy(policy, slice_inconclusive="fail"))
+    assert not strict.passed and [r.slice for r in strict.failures] == ["region=1"]
+    # Overall, an interval that straddles the margin fails by default (non-inferiority must be shown) ...
+    tight = with_policy(policy, margins={"accuracy": 0.02}, slice_margins={"accuracy": 0.04})
+    overall = next(r for r in decide(report, tight).reasons if r.check == "non-inferiority")
+    assert overall.outcome == "inconclusive" and overall.status == "FAIL"
+    # ... and warns where the policy says so.
+    lenient = decide(report, with_policy(tight, overall_inconclusive="warn"))
+    assert next(r for r in lenient.reasons if r.check == "non-inferiority").status == "WARN" and lenient.passed
+
+
+def test_a_tiny_slice_is_named_too_small_to_judge_at_the_margin() -> None:
+    rng = np.random.default_rng(14)
+    y, champ, cand, masks = retrain_pair(rng, n_slices=2, per_slice=1500)
+    masks["tiny=yes"] = np.arange(len(y)) < 40
+    policy = with_policy(POLICY, **{"margins": {"accuracy": 0.05}, "slice_metrics": ["accuracy"]})
+    d = decide(sim_report(y, cand, champ, masks, 1000, 0), policy)
+    tiny = next(r for r in d.reasons if r.slice == "tiny=yes")
+    match = re.search(r"detects drops >= (0\.\d{3}) \(80% power\); too small to judge at margin 0.05 \(about "
+                      r"([\d,]+) test rows needed\): inconclusive: WARN$", tiny.text)
+    assert match, tiny.text
+    assert float(match.group(1)) > 0.2 and tiny.detectable == pytest.approx(float(match.group(1)), abs=1e-3)
+    # The 1,500-row slices are judgeable at this margin, so the estimate lies between the two sizes (give or take
+    # the tiny slice's own noise).
+    assert 40 < int(match.group(2).replace(",", "")) < 3000
+    big = next(r for r in d.reasons if r.slice == "region=0")
+    assert "too small" not in big.text and big.detectable is not None and big.detectable < tiny.detectable

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -56,7 +57,9 @@ class LocalAirflow:
         self.env.update({
             "AIRFLOW_HOME": str(self.home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            # SQLite locks the whole file for a write: a CLI command (e.g. `airflow backfill create`) next to the
+            # running scheduler waits up to 60 s for the lock instead of failing after sqlite3's default 5 s.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=60",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -138,6 +141,34 @@ class LocalAirflow:
                 return "failed"
             time.sleep(3)
         raise AirflowAPIError(f"{dag_id} run {run_id} did not reach {until} within {timeout}s")
+
+    def write_env(self, extra: dict[str, str] | None = None) -> Path:
+        """``<home>/env.sh``: the settings of this Airflow for `airflow` and `tl` in another shell (KEEP=1), plus
+        ``extra``."""
+        keep = {k: v for k, v in self.env.items() if k.startswith(("AIRFLOW_", "AIRFLOW__", "TL_"))}
+        keep.update(extra or {})
+        path = self.home / "env.sh"
+        path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(keep.items())))
+        return path
+
+    def backfill(self, dag_id: str, from_date: str, to_date: str) -> dict[str, Any]:
+        """Create a backfill through the REST API (what the UI's Backfill dialog does); returns the backfill."""
+        body = {"dag_id": dag_id, "from_date": f"{from_date}T00:00:00Z", "to_date": f"{to_date}T00:00:00Z",
+                "max_active_runs": 1}
+        return dict(self.client().post("/api/v2/backfills", body))
+
+    def wait_backfill(self, dag_id: str, expected: int, timeout: float = 900) -> dict[str, str]:
+        """Poll until ``expected`` backfill runs of the DAG exist and all have ended; returns run id -> state."""
+        c = self.client()
+        deadline = time.monotonic() + timeout
+        runs: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            found = c.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+            runs = {r["dag_run_id"]: r["state"] for r in found if r["run_type"] == "backfill"}
+            if len(runs) >= expected and all(s in ("success", "failed") for s in runs.values()):
+                return runs
+            time.sleep(3)
+        raise AirflowAPIError(f"{dag_id}: {expected} backfill runs did not end within {timeout}s (now: {runs})")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.client().get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]

@@ -153,6 +153,19 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}t
 SUMMARY_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece", "mce"]
 
 
+def _comparisons_table(reasons: list[dict[str, Any]]) -> str:
+    """Every comparison against a margin: its interval, the outcome, and the smallest drop it can detect."""
+    rows = [[html.escape(r["check"]), html.escape(str(r.get("metric"))), html.escape(str(r.get("slice"))),
+             f"[{r['interval'][0]:+.3f}, {r['interval'][1]:+.3f}]", _num(r.get("threshold")),
+             html.escape(r["outcome"]), _num(r.get("detectable")),
+             "too small to judge" if "too small to judge" in r["text"] else "", html.escape(r["status"])]
+            for r in reasons if r.get("outcome") and r.get("interval")]
+    if not rows:
+        return ""
+    return ("<h3>Comparisons: outcome and power</h3>" + _table(
+        ["check", "metric", "slice", "interval", "margin", "outcome", "detects drops ≥", "size", "status"], rows))
+
+
 def _decision_section(decision: dict[str, Any] | None) -> str:
     if decision is None:
         return "<p>The gate has not run yet.</p>"
@@ -168,6 +181,7 @@ def _decision_section(decision: dict[str, Any] | None) -> str:
             f'{"PASS" if decision["passed"] else "FAIL"}'
             f'{" (bootstrap: first model, no champion)" if decision["bootstrap"] else ""}</h2>'
             + (f"<ul>{items(top)}</ul>" if top else "<p>Every check passed.</p>")
+            + _comparisons_table(reasons)
             + f"<details><summary>{len(rest)} passing checks</summary><ul>{items(rest)}</ul></details>"
             + f"<p>Evidence hash <code>{html.escape(decision['evidence_hash'])}</code></p></div>")
 

@@ -310,6 +310,24 @@ def compare_models(y: np.ndarray, probs: dict[str, np.ndarray], groups: dict[str
     return comparisons, intervals
 
 
+def report_from_probs(y: np.ndarray, probs: dict[str, np.ndarray], slices: dict[str, np.ndarray], candidate: str,
+                      strategy: str, n_boot: int, seed: int, confidence: float = 0.95) -> dict[str, Any]:
+    """The parts of an evaluation report that the gate reads, from test-set probabilities of named models
+    (``champion``, ``frozen`` and ``majority`` are the reference names): for simulations and bench/gate_quality.py,
+    where models are scored outside a run."""
+    groups = {"overall": np.ones(len(y), bool), **slices}
+    comparisons, intervals = compare_models(y, probs, groups, candidate, n_boot, seed, confidence, ("ece",))
+    labels = [str(i) for i in range(next(iter(probs.values())).shape[1])]
+    models = {name: {"strategy": strategy if name == candidate else name, "overall": all_metrics(p, y, labels),
+                     "intervals": intervals[name]} for name, p in probs.items()}
+    champion = ({"status": "ok", "version": "champion", "etag": None} if "champion" in probs else
+                {"status": "none", "version": None, "etag": None})
+    return {"schema_version": SCHEMA_VERSION, "test_size": len(y), "candidate": candidate, "primary_metric": "macro_f1",
+            "champion": champion, "slices": {k: int(v.sum()) for k, v in slices.items()}, "models": models,
+            "comparisons": comparisons,
+            "bootstrap": {"confidence": confidence, "quantile_levels": [float(q) for q in QUANTILE_LEVELS]}}
+
+
 def _rel(probs: np.ndarray, y: np.ndarray) -> dict[str, list[float | None]]:
     if len(y):
         b = ece_bins(probs, y)

@@ -15,7 +15,8 @@ import numpy as np
 
 from tl_core.config import LOWER_IS_BETTER, GateSpec
 from tl_core.evaluate.bootstrap import adjust
-from tl_core.gate.reasons import Reason, fail, finite, fmt_interval, verdict
+from tl_core.gate.power import describe, interval_outcome, p_outcome, power
+from tl_core.gate.reasons import Reason, fail, finite, fmt_interval, judged, verdict
 
 SUPPORTED_SCHEMAS = (1, 2)
 
@@ -32,6 +33,7 @@ class GateInput:
     comparisons: dict[str, Any]
     bootstrap: dict[str, Any]
     primary: Any
+    test_size: int
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> GateInput:
@@ -40,7 +42,7 @@ class GateInput:
                    candidate=report.get("candidate"), models=report.get("models") or {},
                    slice_sizes=report.get("slices") or {}, comparisons=report.get("comparisons") or {},
                    bootstrap=report.get("bootstrap") or {},
-                   primary=report.get("primary_metric") or "macro_f1")
+                   primary=report.get("primary_metric") or "macro_f1", test_size=int(report.get("test_size") or 0))
 
     @property
     def levels(self) -> list[float] | None:
@@ -180,39 +182,39 @@ def beats_majority(inp: GateInput, policy: GateSpec) -> list[Reason]:
                     f"({_conf(policy)}), must be > 0", metric=primary, interval=iv, threshold=0.0)]
 
 
+def _overall(inp: GateInput, policy: GateSpec, other: str, metric: str, margin: float, subject: str,
+             check: str) -> Reason:
+    """One overall comparison ``subject`` (candidate - ``other``): its outcome against ``-margin`` and its power."""
+    c = inp.compare(other, metric, "overall")
+    if c is None:
+        return fail(check, f"{metric} overall: no bootstrap interval vs {other} in the report", metric=metric,
+                    slice="overall")
+    iv = (c["lo"], c["hi"])
+    pw = power(c["lo"], c["hi"], inp.test_size, margin, policy.confidence, policy.power)
+    outcome = interval_outcome(c["lo"], c["hi"], margin)
+    text = (f"{metric} overall: {subject} in {fmt_interval(iv)} ({_conf(policy)}), margin -{margin}, "
+            f"{describe(pw, margin, policy.power, outcome)}")
+    return judged(outcome, policy.overall_inconclusive, check, text,
+                  metric=metric, slice="overall", interval=iv, threshold=-margin, detectable=pw.detectable)
+
+
 def matches_frozen(inp: GateInput, policy: GateSpec) -> list[Reason]:
-    """Baseline ladder, second rung: a fine-tuned candidate is not worse than the frozen baseline by the margin."""
+    """Baseline ladder, second rung: a fine-tuned candidate is not shown worse than the frozen baseline by the
+    margin (inconclusive does what ``overall_inconclusive`` says)."""
     strategy = inp.cand.get("strategy") or inp.candidate
     if not (policy.must_match_frozen and strategy != "frozen" and "frozen" in inp.models):
         return []
-    primary = inp.primary
-    c = inp.compare("frozen", primary, "overall")
-    margin = policy.margins.get(primary, 0.0)
-    if c is None:
-        return [fail("ladder", f"{primary} overall vs frozen baseline: no bootstrap interval in the report",
-                     metric=primary)]
-    iv = (c["lo"], c["hi"])
-    return [verdict(c["lo"] >= -margin, "ladder", f"{primary} overall: candidate ({strategy}) - frozen in "
-                    f"{fmt_interval(iv)} ({_conf(policy)}), margin -{margin}", metric=primary, interval=iv,
-                    threshold=-margin)]
+    margin = policy.margins.get(inp.primary, 0.0)
+    return [_overall(inp, policy, "frozen", inp.primary, margin, f"candidate ({strategy}) - frozen", "ladder")]
 
 
 def non_inferiority(inp: GateInput, policy: GateSpec) -> list[Reason]:
-    """With a champion: every margin metric's overall lower bound of candidate - champion is >= -margin."""
+    """With a champion: every margin metric overall: harm fails, non-inferiority passes, inconclusive does what
+    ``overall_inconclusive`` says."""
     if inp.status != "ok":
         return []
-    reasons = []
-    for metric, margin in policy.margins.items():
-        c = inp.compare("champion", metric, "overall")
-        if c is None:
-            reasons.append(fail("non-inferiority", f"{metric} overall: no bootstrap interval vs champion in the "
-                                f"report", metric=metric, slice="overall"))
-            continue
-        iv = (c["lo"], c["hi"])
-        reasons.append(verdict(c["lo"] >= -margin, "non-inferiority", f"{metric} overall: candidate - champion in "
-                               f"{fmt_interval(iv)} ({_conf(policy)}), margin -{margin}", metric=metric,
-                               slice="overall", interval=iv, threshold=-margin))
-    return reasons
+    return [_overall(inp, policy, "champion", metric, margin, "candidate - champion", "non-inferiority")
+            for metric, margin in policy.margins.items()]
 
 
 def min_slice_size(policy: GateSpec, metric: str, name: str, n: int) -> list[Reason]:
@@ -225,9 +227,10 @@ def min_slice_size(policy: GateSpec, metric: str, name: str, n: int) -> list[Rea
     return [Reason("slice", "WARN", text + ": WARN", metric=metric, slice=name)]
 
 
-def _slice_metric(inp: GateInput, policy: GateSpec, metric: str) -> list[Reason]:
-    """One slice metric: the size and interval checks in slice order, then the corrected tests of the rest."""
-    margin = policy.margins.get(metric, 0.0)  # type: ignore[call-overload]
+def _tested_slices(inp: GateInput, policy: GateSpec, metric: str) -> tuple[list[Reason],
+                                                                             list[tuple[str, dict[str, Any]]]]:
+    """Reasons for the slices that cannot be tested (too small, no interval), and the (name, comparison) of the
+    rest, in slice order."""
     reasons: list[Reason] = []
     tested: list[tuple[str, dict[str, Any]]] = []
     for name, n in sorted(inp.slice_sizes.items()):
@@ -240,20 +243,34 @@ def _slice_metric(inp: GateInput, policy: GateSpec, metric: str) -> list[Reason]
                                 metric=metric, slice=name))
         else:
             tested.append((name, c))
+    return reasons, tested
+
+
+def _slice_metric(inp: GateInput, policy: GateSpec, metric: str) -> list[Reason]:
+    """One slice metric: the corrected one-sided tests of non-inferiority and of harm on every testable slice."""
+    margin = policy.slice_margin(metric)
+    reasons, tested = _tested_slices(inp, policy, metric)
     alpha = (1.0 - policy.confidence) / 2.0
-    adjusted = adjust([p_below(c.get("quantiles") or [], -margin, inp.levels) for _, c in tested], policy.correction)
-    for (name, c), p_adj in zip(tested, adjusted, strict=True):
+    below = [p_below(c.get("quantiles") or [], -margin, inp.levels) for _, c in tested]
+    p_ni = adjust(below, policy.correction)  # H0 "difference < -margin": small means non-inferior
+    p_harm = adjust([1.0 - p for p in below], policy.correction)  # H0 "difference >= -margin": small means harm
+    for (name, c), ni, harm in zip(tested, p_ni, p_harm, strict=True):
         iv = (c["lo"], c["hi"])
+        pw = power(c["lo"], c["hi"], int(inp.slice_sizes[name]), margin, policy.confidence, policy.power,
+                   family=len(tested))
+        outcome = p_outcome(ni, harm, alpha)
         text = (f"{metric} on {name}: candidate - champion in {fmt_interval(iv)} ({_conf(policy)}), margin "
-                f"-{margin}, {policy.correction} p={p_adj:.3g} (alpha {alpha:.3g})")
-        reasons.append(verdict(p_adj <= alpha, "slice", text, metric=metric, slice=name, interval=iv,
-                               threshold=-margin))
+                f"-{margin}, {policy.correction} p(non-inferior)={ni:.3g} p(harm)={harm:.3g} (alpha {alpha:.3g}), "
+                f"{describe(pw, margin, policy.power, outcome)}")
+        reasons.append(judged(outcome, policy.slice_inconclusive, "slice", text, metric=metric,
+                              slice=name, interval=iv, threshold=-margin, detectable=pw.detectable))
     return reasons
 
 
 def slices(inp: GateInput, policy: GateSpec) -> list[Reason]:
-    """With a champion: per slice metric, the one-sided bootstrap p-values of H0 "difference < -margin",
-    corrected across slices (Holm by default), compared with (1 - confidence) / 2."""
+    """With a champion, per slice metric: the one-sided bootstrap p-values of H0 "difference < -margin"
+    (non-inferiority) and of H0 "difference >= -margin" (harm), each corrected across slices (Holm by default) and
+    compared with (1 - confidence) / 2. Harm fails; inconclusive does what ``slice_inconclusive`` says."""
     if inp.status != "ok":
         return []
     return [r for metric in policy.slice_metrics for r in _slice_metric(inp, policy, metric)]

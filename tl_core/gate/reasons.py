@@ -17,6 +17,8 @@ class Reason:
     slice: str | None = None
     interval: tuple[float, float] | None = None
     threshold: float | None = None
+    outcome: str | None = None  # harm | non-inferior | inconclusive (comparisons against a margin only)
+    detectable: float | None = None  # the smallest drop this comparison shows as harm with the policy's power
 
 
 @dataclass
@@ -45,6 +47,13 @@ def verdict(passed: bool, check: str, text: str, **kw: Any) -> Reason:
     """A PASS or FAIL reason; the status is appended to the text ("...: PASS")."""
     status = "PASS" if passed else "FAIL"
     return Reason(check, status, f"{text}: {status}", **kw)
+
+
+def judged(outcome: str, on_inconclusive: str, check: str, text: str, **kw: Any) -> Reason:
+    """A comparison's reason from its outcome: harm FAILs, non-inferior PASSes, inconclusive does what the policy
+    says (``fail`` or ``warn``); the text ends with the outcome and the status ("...: inconclusive: WARN")."""
+    status = {"harm": "FAIL", "non-inferior": "PASS"}.get(outcome, on_inconclusive.upper())
+    return Reason(check, status, f"{text}: {outcome}: {status}", outcome=outcome, **kw)
 
 
 def fail(check: str, text: str, **kw: Any) -> Reason:

@@ -21,7 +21,8 @@ def summary(report: dict[str, Any], reasons: list[Reason]) -> dict[str, Any]:
         "test_size": report.get("test_size"), "overall_vs_champion": overall,
         "worst_slice": None if worst is None or worst.interval is None else {
             "slice": worst.slice, "metric": worst.metric, "lo": worst.interval[0], "hi": worst.interval[1],
-            "threshold": worst.threshold, "status": worst.status},
+            "threshold": worst.threshold, "outcome": worst.outcome, "detectable": worst.detectable,
+            "status": worst.status},
         "ece": {"candidate": (cand.get("overall") or {}).get("ece"),
                 "champion": (champ.get("overall") or {}).get("ece")},
         "failures": sum(r.status == "FAIL" for r in reasons), "warnings": sum(r.status == "WARN" for r in reasons),
@@ -38,8 +39,10 @@ def _interval_rows(decision: Decision, limit: int) -> list[str]:
     for r in overall + slices[:limit]:
         ref = {"ladder": "majority-class" if "majority" in r.text else "frozen"}.get(r.check, "champion")
         threshold = f"{r.threshold:+.3f}" if r.threshold is not None else ""
+        detects = f"{r.detectable:.3f}" if r.detectable is not None else ""
         rows.append(f"| {ref} | {r.metric} | {r.slice or 'overall'} | "
-                    f"{fmt_interval(r.interval) if r.interval else ''} | {threshold} | {r.status} |")
+                    f"{fmt_interval(r.interval) if r.interval else ''} | {threshold} | {r.outcome or ''} | {detects} "
+                    f"| {r.status} |")
     return rows
 
 
@@ -54,8 +57,8 @@ def summary_markdown(decision: Decision, report: dict[str, Any], limit: int = 6)
         f"Candidate: `{report.get('candidate')}` | champion: `{champ.get('version') or 'none'}` "
         f"({champ.get('status', 'unknown')}) | test examples: {report.get('test_size')}",
         "",
-        f"| candidate minus | metric | slice | {conf:.0%} interval | threshold | status |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| candidate minus | metric | slice | {conf:.0%} interval | threshold | outcome | detects drops >= | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *_interval_rows(decision, limit),
     ]
     ece = decision.summary.get("ece") or {}
