@@ -31,17 +31,19 @@ from tl_core.data.dedup import (
     UNREADABLE,
     ZERO_SIZE,
     ImageHashes,
+    NearRule,
     cluster_ids,
     describe_row,
     group_keys,
     image_keys,
+    near_image_clusters,
+    text_near_keys,
 )
 from tl_core.data.partitions import (
     MAX_IMAGE_PIXELS,
     ImageReader,
     data_store,
     normalise_table,
-    normalised_text_hash,
     read_partition_bytes,
     read_table,
     text_exact_keys,
@@ -232,7 +234,7 @@ def _input_checks(a: _Audit) -> ImageHashes | None:
         a.add("empty_text", "warning", empty, col, f"{int(empty.sum())} rows have empty or whitespace-only text",
               quarantine=True)
         return None
-    exact, near, fine, status = image_keys(rows[col], a.images, describe_row(rows))
+    exact, hashes, status = image_keys(rows[col], a.images, describe_row(rows), NearRule.of(a.ctx.spec.data))
     a.add("zero_size_image", "warning", status == ZERO_SIZE, col,
           f"{int((status == ZERO_SIZE).sum())} rows have an empty or missing image", quarantine=True)
     a.add("undecodable_image", "warning", status == UNDECODABLE, col,
@@ -251,7 +253,7 @@ def _input_checks(a: _Audit) -> ImageHashes | None:
               f"read (relative paths, other schemes, buckets or folders, '..'), e.g. {uris[:5]}", quarantine=True,
               values=uris)
     a.image_exact = exact
-    return near, fine
+    return hashes
 
 
 def _duplicate_ids(a: _Audit) -> None:
@@ -266,29 +268,45 @@ def _duplicate_ids(a: _Audit) -> None:
           quarantine=True)
 
 
+def _cluster_sizes(rows: pd.DataFrame, cid: np.ndarray, members: np.ndarray) -> dict[str, Any]:
+    """Count, largest size and the largest's first example ids of the clusters with more than one row."""
+    sizes = pd.Series(cid[members]).value_counts()
+    if sizes.empty:
+        return {"clusters": 0, "largest_cluster": 0, "largest_cluster_ids": []}
+    ids = rows["example_id"].to_numpy()[members][cid[members] == sizes.index[0]]
+    return {"clusters": int(len(sizes)), "largest_cluster": int(sizes.iloc[0]),
+            "largest_cluster_ids": [str(x) for x in ids[:5]]}
+
+
+def _near_method(spec: Any) -> str:
+    d = spec.data
+    if d.input_column == "text":
+        return "normalised text (case, punctuation and whitespace ignored)"
+    return (f"perceptual hash as the model sees the image (transparency on the preprocessing background) within "
+            f"{d.near_duplicate_bits} bits, confirmed by a 256-bit hash within {d.near_duplicate_confirm_bits} bits "
+            f"and thumbnails within {d.near_duplicate_max_pixel_diff:g} grey levels; near-blank images only as "
+            "exact duplicates; clusters are all within reach of one leader image (no chaining)")
+
+
 def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str]) -> None:
     spec, rows = a.ctx.spec, a.rows
     col = spec.data.input_column
-    usable = ~a.quarantined
-    idx = np.flatnonzero(usable)
+    idx = np.flatnonzero(~a.quarantined)
     needed = [c for c in ("example_id", "label", "dt", col, "group_id") if c in rows]
-    sub = rows[needed] if usable.all() else rows[needed].iloc[idx]
-    sub_hashes: ImageHashes | None = None
+    sub = rows[needed] if len(idx) == len(rows) else rows[needed].iloc[idx]
     if col == "text":
-        exact = text_exact_keys(sub[col])
-        near = normalised_text_hash(sub[col])
+        exact, near = text_exact_keys(sub[col]), text_near_keys(sub[col])
     else:
         if a.image_exact is None or hashes is None:
             raise RuntimeError("image keys are computed by the input checks before the duplicate checks")
         exact = a.image_exact[idx]
-        near = hashes[0][idx]
-        sub_hashes = (near, hashes[1][idx])
+        near = near_image_clusters(hashes.take(idx), exact, NearRule.of(spec.data))
     n = len(sub)
     exact_cluster = cluster_ids(n, [exact])
-    near_cluster = cluster_ids(n, [exact, near] if col == "text" else [exact], sub_hashes,
-                               spec.data.near_duplicate_bits)
+    near_cluster = cluster_ids(n, [exact, near])
     in_exact = pd.Series(exact_cluster).duplicated(keep=False).to_numpy()
-    in_near = pd.Series(near_cluster).duplicated(keep=False).to_numpy() & ~in_exact
+    in_near_any = pd.Series(near_cluster).duplicated(keep=False).to_numpy()
+    in_near = in_near_any & ~in_exact
     conflicting = pd.DataFrame({"c": exact_cluster, "label": sub["label"].astype(str).to_numpy()}).groupby(
         "c")["label"].nunique()
     n_conflict = int((conflicting > 1).sum())
@@ -300,25 +318,31 @@ def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str
           conflicting_label_groups=n_conflict)
     mask = np.zeros(len(rows), dtype=bool)
     mask[idx[in_near]] = True
-    how = ("normalised text (case, punctuation and whitespace ignored)" if col == "text" else
-           f"perceptual hash within {spec.data.near_duplicate_bits} bits")
+    stats = _cluster_sizes(sub, near_cluster, in_near_any)
     a.add("near_duplicates", "info", mask, col,
-          f"{int(in_near.sum())} more rows are near-duplicates by {how}")
-    # Straddling: a cluster (group_id, exact or near duplicates) with members on the test days and before.
-    keys = [exact, near] if col == "text" else [exact]
+          f"{int(in_near.sum())} more rows are near-duplicates by {_near_method(spec)}; {stats['clusters']} clusters, "
+          f"the largest has {stats['largest_cluster']} rows (e.g. {stats['largest_cluster_ids'][:3]})", **stats)
+    _straddle_check(a, sub, idx, [exact, near], test_days)
+
+
+def _straddle_check(a: _Audit, sub: pd.DataFrame, idx: np.ndarray, keys: list[np.ndarray],
+                    test_days: list[str]) -> None:
+    """A split cluster (group_id, exact or near duplicates) with members on the test days and before."""
+    col = a.ctx.spec.data.input_column
     g = group_keys(sub)
-    if g is not None:
-        keys.append(g)
-    cid = cluster_ids(n, keys, sub_hashes, spec.data.near_duplicate_bits)
+    cid = cluster_ids(len(sub), keys + ([g] if g is not None else []))
     on_test = sub["dt"].astype(str).isin(test_days).to_numpy()
     span = pd.DataFrame({"c": cid, "t": on_test}).groupby("c")["t"].agg(["min", "max"])
     straddling = span.index[span["min"] != span["max"]]
-    mask = np.zeros(len(rows), dtype=bool)
-    mask[idx[np.isin(cid, straddling)]] = True
+    pulled = np.isin(cid, straddling)
+    mask = np.zeros(len(a.rows), dtype=bool)
+    mask[idx[pulled]] = True
+    stats = _cluster_sizes(sub, cid, pulled)
     a.add("duplicates_straddle_test", "warning", mask, col,
           f"{len(straddling)} duplicate/group clusters have members both on the test days {test_days} and on "
-          "earlier days; the split moves each such cluster wholly to test (its newest side)",
-          clusters=int(len(straddling)))
+          f"earlier days; the split moves each such cluster wholly to test (its newest side); the largest has "
+          f"{stats['largest_cluster']} rows (e.g. {stats['largest_cluster_ids'][:3]})",
+          **stats, pulled_rows=int((pulled & ~on_test).sum()))
 
 
 def _class_checks(a: _Audit) -> dict[str, int]:
