@@ -49,8 +49,9 @@ from tl_core.data.partitions import (
     text_exact_keys,
 )
 from tl_core.data.snapshot import MANIFEST, read_image_hashes, read_manifest
-from tl_core.errors import BlockingAuditFinding
+from tl_core.errors import BlockingAuditFinding, NoSuchKey, TLError
 from tl_core.runs import RunContext
+from tl_core.store import key_safe
 
 logger = logging.getLogger(__name__)
 
@@ -423,20 +424,93 @@ def label_shift(spec_labels: list[str], current: dict[str, int], previous: dict[
     return {"tvd": tvd, "p_value": float(res[1]), "chi2": float(res[0])}
 
 
-def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, int]) -> dict[str, Any] | None:
-    spec = a.ctx.spec
-    prev = previous_snapshot(a.ctx, manifest["logical_date"])
-    if prev is None:
-        a.add("label_shift", "info", None, "label", "no earlier snapshot of this model to compare with", count=0)
+def slice_label_counts(rows: pd.DataFrame, slice_columns: list[str]) -> dict[str, dict[str, int]]:
+    """{"col=value": {label: rows}} of the usable rows (what the label shift per slice compares)."""
+    out: dict[str, dict[str, int]] = {}
+    for col in slice_columns:
+        if col not in rows:
+            continue
+        counts = rows.groupby([rows[col].astype(str), rows["label"].astype(str)], observed=True).size()
+        for (value, label), k in counts.items():
+            out.setdefault(f"{col}={value}", {})[str(label)] = int(k)
+    return out
+
+
+def champion_reference(ctx: RunContext) -> dict[str, Any] | None:
+    """What the champion was trained on: {version, run_id, logical_date, class_counts, slice_label_counts (None
+    when its run's audit report is gone)}, or None without a (readable) champion. Reads the champion run's
+    audit report, else the snapshot manifest registered with the version."""
+    from tl_core.registry import Registry
+    from tl_core.store import join_key
+
+    try:
+        reg = Registry.for_spec(ctx.spec)
+        champion = reg.champion(repair=False)
+        if champion is None:
+            return None
+        info = reg.show(champion.version)
+    except (TLError, ValueError, KeyError) as exc:
+        logger.warning("label shift: the champion of %s cannot be read (%s); comparing with the previous snapshot",
+                       ctx.spec.name, exc)
         return None
-    run, m = prev
-    stats = label_shift(spec.labels, class_counts, m.get("rows_per_label", {}))
+    run_id = str(info.get("run_id", ""))
+    ref: dict[str, Any] = {"version": champion.version, "run_id": run_id, "slice_label_counts": None}
+    try:
+        rep = json.loads(ctx.store.get_bytes(f"runs/{ctx.spec.name}/{key_safe(run_id)}/{REPORT}"))
+        ref.update(logical_date=rep.get("logical_date"), class_counts=rep["class_counts"],
+                   slice_label_counts=rep.get("slice_label_counts"))
+        return ref
+    except (NoSuchKey, ValueError, KeyError):
+        pass
+    try:
+        m = json.loads(reg.store.get_bytes(join_key(reg.prefix, "versions", champion.version, MANIFEST)))
+    except (NoSuchKey, ValueError):
+        return None
+    ref.update(logical_date=m.get("logical_date"), class_counts=m.get("rows_per_label", {}))
+    return ref
+
+
+def _shift_per_slice(spec: Any, current: dict[str, dict[str, int]], previous: dict[str, dict[str, int]] | None
+                     ) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(current) & set(previous or {})):
+        stats = label_shift(spec.labels, current[name], (previous or {})[name])
+        flagged = stats["p_value"] < spec.data.label_shift_alpha and stats["tvd"] >= spec.data.label_shift_min_tvd
+        out[name] = {**stats, "flagged": flagged}
+    return out
+
+
+def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, int],
+                 slices: dict[str, dict[str, int]]) -> dict[str, Any] | None:
+    """Label distribution against the champion's training data (else the previous snapshot of this model),
+    overall and per slice value."""
+    spec = a.ctx.spec
+    ref = champion_reference(a.ctx)
+    if ref is not None:
+        against = f"the champion {ref['version']} (run {ref['run_id']}, {ref.get('logical_date')})"
+    else:
+        prev = previous_snapshot(a.ctx, manifest["logical_date"])
+        if prev is None:
+            a.add("label_shift", "info", None, "label", "no champion and no earlier snapshot of this model to "
+                  "compare with", count=0)
+            return None
+        ref = {"run_id": prev[0], "logical_date": prev[1]["logical_date"], "version": None,
+               "class_counts": prev[1].get("rows_per_label", {}), "slice_label_counts": None}
+        against = f"run {ref['run_id']} ({ref['logical_date']}; no champion)"
+    stats = label_shift(spec.labels, class_counts, ref["class_counts"])
     flagged = stats["p_value"] < spec.data.label_shift_alpha and stats["tvd"] >= spec.data.label_shift_min_tvd
-    result = {"previous_run": run, "previous_logical_date": m["logical_date"], **stats, "flagged": flagged}
-    a.add("label_shift", "warning" if flagged else "info", None, "label",
-          f"label distribution vs run {run} ({m['logical_date']}): TVD {stats['tvd']:.3f}, chi-square p "
-          f"{stats['p_value']:.3g} (flagged when p < {spec.data.label_shift_alpha} and TVD >= "
-          f"{spec.data.label_shift_min_tvd})", count=1 if flagged else 0, **result)
+    per_slice = _shift_per_slice(spec, slices, ref["slice_label_counts"])
+    shifted = sorted((k for k, v in per_slice.items() if v["flagged"]), key=lambda k: -per_slice[k]["tvd"])
+    result = {"previous_run": ref["run_id"], "previous_logical_date": ref["logical_date"],
+              "champion_version": ref["version"], **stats, "flagged": flagged, "per_slice": per_slice,
+              "flagged_slices": shifted}
+    slice_text = ("; per slice: " + (", ".join(f"{k} TVD {per_slice[k]['tvd']:.3f}" for k in shifted[:5])
+                                     if shifted else f"none of {len(per_slice)} flagged")
+                  if ref["slice_label_counts"] is not None else "; per slice: not recorded for the reference")
+    a.add("label_shift", "warning" if flagged or shifted else "info", None, "label",
+          f"label distribution vs {against}: TVD {stats['tvd']:.3f}, chi-square p {stats['p_value']:.3g} (flagged "
+          f"when p < {spec.data.label_shift_alpha} and TVD >= {spec.data.label_shift_min_tvd}){slice_text}",
+          count=int(flagged) + len(shifted), **result)
     return result
 
 
@@ -462,7 +536,8 @@ def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) ->
         _duplicate_checks(a, hashes, test_days)
     class_counts = _class_checks(a)
     slice_sizes = _slice_sizes(a, test_days)
-    shift = _label_shift(a, manifest, class_counts)
+    slices = slice_label_counts(rows[~a.quarantined], ctx.spec.data.slice_columns)
+    shift = _label_shift(a, manifest, class_counts, slices)
     q = a.quarantined
     reasons = pd.Series(a.reason[q]).str.split("; ").explode().value_counts().sort_index()
     present = [v for v in class_counts.values() if v > 0]
@@ -474,7 +549,7 @@ def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) ->
         "blocking": bool(a.blocking), "blocking_messages": a.blocking, "findings": a.findings,
         "class_counts": class_counts,
         "imbalance_ratio": max(present) / min(present) if present else None,
-        "slice_sizes": slice_sizes, "label_shift": shift, "test_days": test_days,
+        "slice_sizes": slice_sizes, "slice_label_counts": slices, "label_shift": shift, "test_days": test_days,
     }
     quarantine = rows[q].drop(columns=list(INTERNAL))
     quarantine["reason"] = a.reason[q].astype(str)

@@ -86,8 +86,22 @@ def plan_split(rows: pd.DataFrame, column: str, test_days: int, val_frac: float,
         mid = (start + meta["size"] / 2) / total
         meta["split"] = np.where(mid < val_frac, "validation", np.where(mid < val_frac + cal_frac, "calibration",
                                                                          "train"))
+        _every_label_everywhere(meta, (val_frac, cal_frac))
         split[~is_test] = rest["cid"].map(meta["split"]).to_numpy()
     return split, cid, np.isin(dt, test_set)
+
+
+def _every_label_everywhere(meta: pd.DataFrame, fractions: tuple[float, float]) -> None:
+    """With few, large clusters a label's midpoints can skip validation or calibration: then its first train
+    cluster (seeded order) moves there, as long as train keeps at least one cluster (in place)."""
+    for name, frac in zip(("validation", "calibration"), fractions, strict=True):
+        if frac <= 0:
+            continue
+        for _, g in meta.groupby("label", sort=False):
+            train = g.index[g["split"] == "train"]
+            if (g["split"] == name).any() or len(train) < 2:
+                continue
+            meta.loc[train[0], "split"] = name
 
 
 def _shares(split: np.ndarray) -> dict[str, dict[str, float]]:
