@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from data_fixtures import examples, finding, icon_spec, put_days, real_frame
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from data_fixtures import examples, finding, icon_spec, put_days, real_frame
 from tl_core.data.audit import run_audit
 from tl_core.data.dedup import (
     NearRule,
