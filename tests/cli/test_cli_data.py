@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from data_fixtures import icon_spec, put_days, real_frame
 
+from data_fixtures import icon_spec, put_days, real_frame
 from tl_core.cli import main
 
 

@@ -58,6 +58,8 @@ def audit_summary(rep: dict[str, Any], uri: str) -> list[str]:
 
 def label_issue_summary(f: dict[str, Any], uri: str) -> list[str]:
     """The label-issue finding at a glance: counts, the worst slices and classes, examples given -> suspected."""
+    if f.get("oof_accuracy") is None:
+        return [f"label issues {uri}: [{f['severity']}] {f['message']}"]
     worst = ", ".join(f"{s} {f['per_slice'][s]['rate']:.0%}" for s in f["worst_slices"]) or "no slices"
     classes = sorted(f["per_class"].items(), key=lambda kv: -kv[1]["rate"])[:3]
     lines = [f"label issues {uri}: [{f['severity']}] {f['count']} of {f['rows']} rows ({f['rate']:.1%}) look "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -514,9 +515,44 @@ def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, in
     return result
 
 
-def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests
-    and, for image_uri specs, the snapshot's image list and the images (verified against it)."""
+def _run_checks(a: _Audit, manifest: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Every check in order, timed (seconds per check group into ``timings``); the report's figures."""
+    spec, rows = a.ctx.spec, a.rows
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
+    _row_checks(a)
+    _label_checks(a)
+    lap("rows_and_labels")
+    hashes = _input_checks(a)
+    lap("inputs")
+    _duplicate_ids(a)
+    usable_dt = rows.loc[~a.quarantined, "dt"]
+    test_days = newest_days(usable_dt, spec.data.test_days) if len(usable_dt) else []
+    if len(rows):
+        _duplicate_checks(a, hashes, test_days)
+    lap("duplicates")
+    class_counts = _class_checks(a)
+    slice_sizes = _slice_sizes(a, test_days)
+    slices = slice_label_counts(rows[~a.quarantined], spec.data.slice_columns)
+    lap("classes_and_slices")
+    shift = _label_shift(a, manifest, class_counts, slices)
+    lap("label_shift")
+    return {"class_counts": class_counts, "slice_sizes": slice_sizes, "slice_label_counts": slices,
+            "label_shift": shift, "test_days": test_days}
+
+
+def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any],
+               timings: dict[str, float] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests,
+    the champion's reference counts and, for image_uri specs, the snapshot's image list and the images (verified
+    against it). ``timings`` (if given) receives the seconds each group of checks took (never in the report,
+    which must be the same bytes on a re-run)."""
     for c in INTERNAL:
         if c not in rows:
             rows = rows.assign(**{c: ""})
@@ -526,30 +562,17 @@ def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) ->
     a.add("empty_window", "blocking" if len(rows) == 0 else "info", None, col,
           f"the snapshot window {manifest['window']['start']} .. {manifest['window']['end']} has no rows"
           if len(rows) == 0 else f"{len(rows)} rows in the window", count=len(rows))
-    _row_checks(a)
-    _label_checks(a)
-    hashes = _input_checks(a)
-    _duplicate_ids(a)
-    usable_dt = rows.loc[~a.quarantined, "dt"]
-    test_days = newest_days(usable_dt, ctx.spec.data.test_days) if len(usable_dt) else []
-    if len(rows):
-        _duplicate_checks(a, hashes, test_days)
-    class_counts = _class_checks(a)
-    slice_sizes = _slice_sizes(a, test_days)
-    slices = slice_label_counts(rows[~a.quarantined], ctx.spec.data.slice_columns)
-    shift = _label_shift(a, manifest, class_counts, slices)
+    figures = _run_checks(a, manifest, timings if timings is not None else {})
     q = a.quarantined
     reasons = pd.Series(a.reason[q]).str.split("; ").explode().value_counts().sort_index()
-    present = [v for v in class_counts.values() if v > 0]
+    present = [v for v in figures["class_counts"].values() if v > 0]
     report = {
         "schema_version": 1, "run_id": ctx.run_id, "model": ctx.spec.name,
         "logical_date": manifest["logical_date"], "snapshot_hash": manifest["content_hash"],
         "total_rows": int(len(rows)), "usable_rows": int((~q).sum()), "quarantined_rows": int(q.sum()),
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
         "blocking": bool(a.blocking), "blocking_messages": a.blocking, "findings": a.findings,
-        "class_counts": class_counts,
-        "imbalance_ratio": max(present) / min(present) if present else None,
-        "slice_sizes": slice_sizes, "slice_label_counts": slices, "label_shift": shift, "test_days": test_days,
+        "imbalance_ratio": max(present) / min(present) if present else None, **figures,
     }
     quarantine = rows[q].drop(columns=list(INTERNAL))
     quarantine["reason"] = a.reason[q].astype(str)
@@ -571,14 +594,18 @@ def _parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def run_audit(ctx: RunContext) -> str:
+def run_audit(ctx: RunContext, timings: dict[str, float] | None = None) -> str:
     """Audit the run's snapshot; write the report and the quarantine; raise on blocking findings. Returns the
-    report's URI."""
+    report's URI. ``timings`` (if given) receives the seconds of loading the rows and of each group of checks."""
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
     manifest = read_manifest(ctx)
     rows = load_snapshot_rows(ctx, manifest)
-    report, quarantine = audit_rows(ctx, rows, manifest)
+    timings["load_rows"] = time.perf_counter() - t0
+    report, quarantine = audit_rows(ctx, rows, manifest, timings)
     ctx.store.put_bytes(ctx.key(QUARANTINE), _parquet(quarantine))
     ctx.store.put_bytes(ctx.key(REPORT), json_bytes(report))
+    logger.info("audit timings: %s", ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     if report["blocking"]:
         raise BlockingAuditFinding(f"run {ctx.run_id}: blocking data audit findings (report {ctx.uri(REPORT)}):\n  "
                                    + "\n  ".join(report["blocking_messages"]))
