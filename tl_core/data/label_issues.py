@@ -90,7 +90,7 @@ def find_label_issues(rows: pd.DataFrame, embeddings: np.ndarray, spec: ModelSpe
     d = spec.data
     present = [lab for lab in spec.labels if (rows["label"].astype(str) == lab).any()]
     if len(present) < 2 or len(rows) < 2 * len(present):
-        return _skipped(spec, rows, f"{len(rows)} rows in {len(present)} class(es): too few to cross-validate")
+        return skipped_finding(spec, rows, f"{len(rows)} rows in {len(present)} class(es): too few to cross-validate")
     index = {lab: i for i, lab in enumerate(present)}
     y = rows["label"].astype(str).map(index).to_numpy(dtype=np.int64)
     probs = out_of_fold_probabilities(embeddings.astype(np.float64), y, len(present), d.label_issues_folds,
@@ -143,7 +143,7 @@ def _finding(spec: ModelSpec, rows: pd.DataFrame, flagged: np.ndarray, per_class
             "quarantined_ids": quarantined, "message": message}
 
 
-def _skipped(spec: ModelSpec, rows: pd.DataFrame, why: str) -> dict[str, Any]:
+def skipped_finding(spec: ModelSpec, rows: pd.DataFrame, why: str) -> dict[str, Any]:
     return {"check": "label_issues", "severity": "info", "count": 0, "rows": len(rows), "rate": 0.0,
             "oof_accuracy": None, "over_limit": [], "per_class": {}, "per_slice": {}, "worst_slices": [],
             "top_examples": [], "policy": spec.data.label_issues, "quarantined_ids": [],

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_core.data.label_issues import LABEL_ISSUES, find_label_issues
-from tl_core.errors import BlockingAuditFinding, DataError, PreconditionFailed
+from tl_core.data.label_issues import LABEL_ISSUES, find_label_issues, skipped_finding
+from tl_core.errors import BlockingAuditFinding, PreconditionFailed
 from tl_core.runs import RunContext
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ def _sample(df: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     return rest
 
 
-def frozen_embeddings(ctx: RunContext, df: pd.DataFrame) -> np.ndarray:
-    """The pretrained backbone's features of ``df`` through the frozen baseline's embedding cache."""
+def frozen_embeddings(ctx: RunContext, df: pd.DataFrame, counts: dict[str, int] | None = None,
+                      device: str | None = None) -> np.ndarray:
+    """The pretrained backbone's features of ``df`` through the frozen baseline's embedding cache (on ``device``,
+    default the spec's train.device); ``counts`` (if given) receives the cache's hits and misses."""
     from tl_core.models.backbones import Classifier, load_backbone
     from tl_core.models.preprocessing import content_hashes, encode_split, image_transform
     from tl_core.train.finetune import choose_device
@@ -48,36 +50,41 @@ def frozen_embeddings(ctx: RunContext, df: pd.DataFrame) -> np.ndarray:
     cache = EmbeddingCache(ctx.store, cache_key(spec, backbone.preprocessing))
     stats = CacheStats()
     feats = embed_with_cache(model, backbone, spec, encoded, content_hashes(df, spec.data.input_column), cache,
-                             f"{ctx.run_id}.label-issues", transform, stats, choose_device(spec.train.device))
+                             f"{ctx.run_id}.label-issues", transform, stats,
+                             choose_device(device or spec.train.device))
     logger.info("label issues: %d embeddings (%d cached, %d computed in %.1fs)", len(df), stats.hits, stats.misses,
                 stats.embed_s)
+    if counts is not None:
+        counts.update(hits=stats.hits, misses=stats.misses)
     return feats
 
 
-def compute_label_issues(ctx: RunContext) -> dict[str, Any]:
-    """The finding for the run's split (no write)."""
+def compute_label_issues(ctx: RunContext, device: str | None = None) -> dict[str, Any]:
+    """The finding for the run's split (no write); too few non-test rows give an info finding saying so."""
     d = ctx.spec.data
     examples = ctx.read_examples()
     rows = _sample(examples, d.label_issues_max_rows, d.split_seed)
-    if rows.empty:
-        raise DataError(f"run {ctx.run_id}: no train/validation/calibration rows for the label-issue check")
+    if rows["label"].astype(str).nunique() < 2:
+        return skipped_finding(ctx.spec, rows, f"{len(rows)} non-test rows in fewer than 2 classes")
     t0 = time.perf_counter()
-    feats = frozen_embeddings(ctx, rows)
+    cache: dict[str, int] = {}
+    feats = frozen_embeddings(ctx, rows, cache, device)
     t1 = time.perf_counter()
     finding = find_label_issues(rows, feats, ctx.spec)
-    finding.update(embed_s=t1 - t0, fit_s=time.perf_counter() - t1,
+    finding.update(cache=cache, embed_s=t1 - t0, fit_s=time.perf_counter() - t1,
                    sampled=len(rows) < int((examples["split"] != "test").sum()))
     return finding
 
 
-def ensure_label_issues(ctx: RunContext) -> dict[str, Any]:
-    """The run's label-issue finding: read ``audit/label_issues.json`` or compute and write it (create-only);
-    raises BlockingAuditFinding when it is blocking."""
+def ensure_label_issues(ctx: RunContext, device: str | None = None) -> dict[str, Any]:
+    """The run's label-issue finding: read ``audit/label_issues.json`` or compute and write it (create-only;
+    embeddings on ``device``, default the spec's train.device); raises BlockingAuditFinding when it is
+    blocking."""
     key = ctx.key(LABEL_ISSUES)
     if ctx.store.exists(key):
         finding: dict[str, Any] = json.loads(ctx.store.get_bytes(key))
     else:
-        finding = compute_label_issues(ctx)
+        finding = compute_label_issues(ctx, device)
         data = json.dumps(finding, indent=2, sort_keys=True, allow_nan=False).encode()
         try:
             ctx.store.put_bytes(key, data, if_none_match="*")

@@ -154,9 +154,9 @@ def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
     if ctx.store.exists(ctx.model_key(strategy, "train_report.json")):
         logger.info("%s already trained for run %s; nothing to do", strategy, ctx.run_id)
         return ctx.uri("models", strategy)
-    label_issues = ensure_label_issues(ctx)  # before any fine-tuning (tl_core/train/label_check.py)
-    prep = _prepare(ctx, strategy, label_issues)
     dev = choose_device(device or spec.train.device)
+    label_issues = ensure_label_issues(ctx, dev.type)  # before any fine-tuning (tl_core/train/label_check.py)
+    prep = _prepare(ctx, strategy, label_issues)
     t0 = time.perf_counter()
     trained = _train_frozen(ctx, prep, dev) if strategy == "frozen" else _train_finetuned(ctx, strategy, prep, dev)
     wall = time.perf_counter() - t0
