@@ -6,7 +6,7 @@ tracemalloc peak); then the split (with its achieved-vs-requested report) and th
 
 Target (issues 3 and 14): snapshot + audit under 2 minutes and under 3 GB on a 2-core machine. The label-issue
 check runs in the first train task on the frozen embeddings of a seeded sample of at most
-data.label_issues_max_rows non-test rows (50,000 by default); the bench has no backbone, so it times the check
+data.label_issues_max_rows non-test rows (100,000 by default); the bench has no backbone, so it times the check
 on that sample with synthetic 384-d embeddings (class means + noise) standing in for the cached ones. Nothing
 here is asserted.
 """

@@ -268,7 +268,7 @@ class DataSpec(_Strict):
     )
     label_issues_folds: PositiveInt = Field(5, description="Cross-validation folds for out-of-fold probabilities.")
     label_issues_max_rows: PositiveInt = Field(
-        50_000, description="Label issues run on a seeded sample of at most this many non-test rows (~45 s at 384-d)."
+        100_000, description="Label issues run on a seeded sample of at most this many non-test rows (~15 s at 384-d)."
     )
     label_issues_min_slice: PositiveInt = Field(
         20, description="Slices / classes smaller than this are reported but never trip the policy."
