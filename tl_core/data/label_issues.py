@@ -40,7 +40,6 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fold
     class with fewer rows than folds lowers the number of folds, down to 2)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-
     from threadpoolctl import threadpool_limits
 
     counts = np.bincount(y, minlength=n_classes)
