@@ -239,6 +239,40 @@ class DataSpec(_Strict):
     validation_fraction: Fraction = Field(0.15, description="Share of the non-test rows used for validation.")
     calibration_fraction: Fraction = Field(0.15, description="Share of the non-test rows used for calibration.")
     near_duplicate_bits: NonNegativeInt = Field(4, description="Image perceptual-hash Hamming distance for near-dups.")
+    near_duplicate_confirm_bits: NonNegativeInt = Field(
+        24, description="A candidate image pair is confirmed only if its 256-bit dHashes differ in at most this."
+    )
+    near_duplicate_max_pixel_diff: NonNegativeFloat = Field(
+        16.0, description="...and its 16x16 grey thumbnails differ by at most this mean absolute grey level (0-255)."
+    )
+    near_blank_max_std: NonNegativeFloat = Field(
+        4.0, description="Images whose grey thumbnail varies less than this (std) are near-blank: exact dups only."
+    )
+    split_tolerance: Fraction = Field(
+        0.1, description="The split fails if clusters pulled into test raise its share by more than this."
+    )
+    split_required_classes: list[Literal["train", "validation", "calibration"]] = Field(
+        default=["train", "calibration"], description="Splits where every class must have rows, else the split fails."
+    )
+    label_issues: Literal["warn", "quarantine", "block"] = Field(
+        "block", description="Label issues over a limit: report, keep flagged rows out of train, or stop the run."
+    )
+    label_issues_max_slice_excess: Fraction = Field(
+        0.2, description="A slice whose flagged share beats the other rows' by more than this (and alpha) trips it."
+    )
+    label_issues_alpha: OpenFraction = Field(
+        0.001, description="...when a Fisher exact test of that slice against the other rows has p below this."
+    )
+    label_issues_max_fraction: Fraction = Field(
+        1.0, description="Overall flagged share that trips it (1.0: never; weak embeddings flag 60-80% of clean rows)."
+    )
+    label_issues_folds: PositiveInt = Field(5, description="Cross-validation folds for out-of-fold probabilities.")
+    label_issues_max_rows: PositiveInt = Field(
+        100_000, description="Label issues run on a seeded sample of at most this many non-test rows (~15 s at 384-d)."
+    )
+    label_issues_min_slice: PositiveInt = Field(
+        20, description="Slices / classes smaller than this are reported but never trip the policy."
+    )
     split_seed: NonNegativeInt = Field(0, description="Seed for the deterministic split.")
     label_shift_alpha: Fraction = Field(
         0.01, description="Label shift vs the previous snapshot is flagged when the chi-square p-value is below this."

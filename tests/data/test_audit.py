@@ -166,11 +166,36 @@ def test_label_shift_matches_scipy_and_picks_previous_run(tmp_path: Path) -> Non
     assert same["tvd"] == pytest.approx(0.0) and same["p_value"] == pytest.approx(1.0)
 
 
+def test_label_shift_is_against_the_champion_per_class_and_slice(tmp_path: Path) -> None:
+    from registry_fixtures import MODEL, fake_run
+    from tl_core.registry import Registry
+
+    spec = text_spec(tmp_path.as_uri()).model_copy(update={"name": MODEL})
+    base(spec)
+    champion_run = RunContext.open(spec, "champ-run")
+    run_snapshot(champion_run, D4)
+    run_audit(champion_run)  # its report keeps class and slice x label counts
+    reg = Registry.for_spec(spec)
+    version = reg.register(fake_run(spec.store, "champ-run"))
+    reg.promote(version, None, {"approver": "t"}, "t", "first model", "h1")
+    put(spec, D4, text_rows(D4, n=40, prefix="s-", label="billing", region="eu"), "part-1.parquet")  # same date
+    _, report = _audit(spec, run="now")
+    shift = report["label_shift"]
+    assert shift["champion_version"] == version and shift["previous_run"] == "champ-run"
+    assert shift["flagged"] and shift["flagged_slices"] == ["region=eu"]
+    assert shift["per_slice"]["region=eu"]["tvd"] > 0.3 and not shift["per_slice"]["region=us"]["flagged"]
+    message = finding(report, "label_shift")["message"]
+    assert message.startswith(f"label distribution vs the champion {version} (run champ-run, 2026-11-04): TVD")
+    assert "per slice: region=eu TVD" in message
+
+
 def test_no_previous_snapshot_is_info(tmp_path: Path) -> None:
     spec = text_spec(tmp_path.as_uri())
     base(spec)
     _, report = _audit(spec)
     assert report["label_shift"] is None and finding(report, "label_shift")["severity"] == "info"
+    assert finding(report, "label_shift")["message"] == ("no champion and no earlier snapshot of this model to "
+                                                         "compare with")
     assert finding(report, "slice_sizes")["sizes"] == {"region=eu": 24, "region=us": 24}
 
 

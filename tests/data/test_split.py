@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import date, datetime
 from pathlib import Path
 
@@ -12,12 +13,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_fixtures import base, distinct_image, examples, image_frame, image_spec, png, put, text_rows, text_spec
+from data_fixtures import (
+    base,
+    distinct_image,
+    examples,
+    icon_spec,
+    image_frame,
+    image_spec,
+    png,
+    put,
+    put_days,
+    real_frame,
+    text_rows,
+    text_spec,
+)
 from tl_core.config import ModelSpec
 from tl_core.data.audit import run_audit
 from tl_core.data.snapshot import run_snapshot
-from tl_core.data.split import assign_splits, run_split
-from tl_core.errors import DataError
+from tl_core.data.split import SPLIT_REPORT, assign_splits, run_split
+from tl_core.errors import BlockingAuditFinding, DataError
 from tl_core.runs import SPLITS, RunContext
 from tl_core.store import ObjectStore, open_store
 
@@ -176,3 +190,60 @@ def test_split_verifies_images_against_the_snapshot(store_uri: str) -> None:
     with pytest.raises(DataError, match=r"example '2-3' \(digits/dt=2026-11-02/part-0.parquet row 3\): image "
                                         r".*/images/2-3.png changed after the snapshot"):
         run_split(ctx)
+
+
+def _icons_with_one_swallowing_cluster(tmp_path: Path, **data: object) -> tuple[RunContext, list[str]]:
+    """The real icon fixture where one test-day icon's group_id is also given to a third of the earlier rows."""
+    df = real_frame("tango_icons")
+    test_icon = df.loc[df["dt"] == df["dt"].max(), "group_id"].iloc[0]
+    earlier = df.index[df["dt"] < sorted(df["dt"].unique())[-2]]
+    swallowed = earlier[::3]
+    df.loc[swallowed, "group_id"] = test_icon
+    spec = icon_spec(tmp_path.as_uri(), **data)
+    put_days(spec, df)
+    ctx = RunContext.open(spec, "swallow")
+    run_snapshot(ctx, date(2026, 11, 10))
+    run_audit(ctx)
+    return ctx, sorted(df.loc[df["group_id"] == test_icon, "example_id"].tolist())
+
+
+def test_a_cluster_pulled_into_test_refuses_the_split_naming_the_cluster(tmp_path: Path) -> None:
+    ctx, members = _icons_with_one_swallowing_cluster(tmp_path)
+    with pytest.raises(BlockingAuditFinding, match=rf"test_share: test holds \d+ of 333 rows \(\d+\.\d%\), the "
+                                                   rf"newest data.test_days 2 days hold 23\.4%: \d+ duplicate/group "
+                                                   rf"clusters .* the largest has {len(members)} rows, e.g. example "
+                                                   rf"ids \[{re.escape(repr(members[0]))}.*data.split_tolerance 10%"):
+        run_split(ctx)
+    rep = ctx.read_json(SPLIT_REPORT)
+    assert rep["pulled_into_test"]["largest_cluster"] == len(members) and rep["pulled_into_test"]["clusters"] >= 1
+    assert rep["pulled_into_test"]["largest_cluster_ids"] == members[:5]
+    assert not ctx.store.exists(ctx.key("split/examples.parquet"))  # fails closed: nothing for training to read
+
+
+def test_split_tolerance_is_the_specs(tmp_path: Path) -> None:
+    ctx, members = _icons_with_one_swallowing_cluster(tmp_path, split_tolerance=0.5)
+    run_split(ctx)
+    rep = ctx.read_json(SPLIT_REPORT)
+    assert not rep["blocking"] and rep["pulled_into_test"]["largest_cluster"] == len(members)
+    assert rep["achieved"]["test"]["share"] > rep["requested"]["test"] + 0.1
+    assert ctx.read_json("split/split.json")["achieved"] == rep["achieved"]
+
+
+def test_class_without_train_rows_and_missing_required_slice_refuse_the_split(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri())
+    spec = spec.model_copy(update={"gate": spec.gate.model_copy(update={"required_slices": ["region=apac"]})})
+    for d in (1, 2, 3):
+        put(spec, date(2026, 11, d), text_rows(date(2026, 11, d), 12, label=["billing", "login"] * 6))
+    put(spec, D4, text_rows(D4, 12))  # shipping only on the test day
+    ctx = RunContext.open(spec, "degenerate")
+    run_snapshot(ctx, D4)
+    run_audit(ctx)
+    with pytest.raises(BlockingAuditFinding) as err:
+        run_split(ctx)
+    assert re.search(r"class_missing: class 'shipping' has no train rows \(4 usable rows: \{'train': 0, "
+                     r"'validation': 0, 'calibration': 0, 'test': 4\}\)", str(err.value))
+    assert "class 'shipping' has no calibration rows" in str(err.value)
+    assert re.search(r"required_slice_missing: gate.required_slices names 'region=apac', which has no test rows "
+                     r"\(12 test rows\)", str(err.value))
+    per_class = ctx.read_json(SPLIT_REPORT)["per_class"]
+    assert per_class["shipping"] == {"train": 0, "validation": 0, "calibration": 0, "test": 4}

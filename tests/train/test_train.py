@@ -326,13 +326,16 @@ def test_embedding_cache_hits_unchanged_and_misses_changed(tmp_path: Path, bert_
     ctx1 = make_run(spec, df, "run-1")
     run_train(ctx1, "frozen")
     first = ctx1.read_json("models/frozen/train_report.json")["cache"]
-    assert first["hits"] == 0 and first["misses"] == len(df)
+    checked = ctx1.read_json("audit/label_issues.json")["cache"]  # the label check embeds the non-test rows first
+    assert checked["hits"] == 0 and checked["misses"] == int((df["split"] != "test").sum())
+    assert first["hits"] == checked["misses"] and first["misses"] + checked["misses"] == len(df)
     changed = df.copy()
     changed.loc[:9, "text"] = changed.loc[:9, "text"] + " refund please"
     ctx2 = make_run(spec, changed, "run-2")
     run_train(ctx2, "frozen")
     second = ctx2.read_json("models/frozen/train_report.json")["cache"]
-    assert second["misses"] == 10 and second["hits"] == len(df) - 10
+    checked = ctx2.read_json("audit/label_issues.json")["cache"]
+    assert second["misses"] + checked["misses"] == 10 and second["hits"] + second["misses"] == len(df)
     # Cached embeddings give the same logits as computing afresh.
     fresh_spec = parse_spec({**spec.model_dump(mode="json"), "store": (tmp_path / "fresh").as_uri()})
     ctx3 = make_run(fresh_spec, changed, "run-2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
+from typing import Any
 
 from tl_core.cli.util import add_spec_run, date_arg, emit, positive_int
 
@@ -29,15 +30,80 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+_ORDER = {"blocking": 0, "warning": 1, "info": 2}
+
+
+def audit_summary(rep: dict[str, Any], uri: str) -> list[str]:
+    """`tl audit` at a glance: counts, the duplicate clusters, label shift; then every finding, worst first."""
+    by = {f["check"]: f for f in rep["findings"]}
+    sev = [f["severity"] for f in rep["findings"]]
+    lines = [f"audit {uri}: {rep['usable_rows']} usable of {rep['total_rows']} rows, {rep['quarantined_rows']} "
+             f"quarantined; {sev.count('blocking')} blocking, {sev.count('warning')} warning(s)"]
+    near, straddle = by.get("near_duplicates"), by.get("duplicates_straddle_test")
+    if near is not None and straddle is not None:
+        lines.append(f"  clusters: {near.get('clusters', 0)} near-duplicate (largest {near.get('largest_cluster', 0)}"
+                     f", e.g. {near.get('largest_cluster_ids', [])[:3]}); {straddle.get('clusters', 0)} straddle the "
+                     f"test days (largest {straddle.get('largest_cluster', 0)}, {straddle.get('pulled_rows', 0)} "
+                     "earlier rows go to test)")
+    shift = rep.get("label_shift")
+    if shift:
+        against = f"champion {shift['champion_version']}" if shift.get("champion_version") else \
+            f"run {shift['previous_run']}"
+        lines.append(f"  label shift vs {against}: TVD {shift['tvd']:.3f}{' (flagged)' if shift['flagged'] else ''}; "
+                     f"slices flagged: {shift.get('flagged_slices') or 'none'}")
+    lines += [f"  [{f['severity']}] {f['check']}: {f['message']}"
+              for f in sorted(rep["findings"], key=lambda f: _ORDER.get(f["severity"], 3))]
+    return lines
+
+
+def label_issue_summary(f: dict[str, Any], uri: str) -> list[str]:
+    """The label-issue finding at a glance: counts, the worst slices and classes, examples given -> suspected."""
+    if f.get("oof_accuracy") is None:
+        return [f"label issues {uri}: [{f['severity']}] {f['message']}"]
+    worst = ", ".join(f"{s} {f['per_slice'][s]['rate']:.0%}" for s in f["worst_slices"]) or "no slices"
+    classes = sorted(f["per_class"].items(), key=lambda kv: -kv[1]["rate"])[:3]
+    lines = [f"label issues {uri}: [{f['severity']}] {f['count']} of {f['rows']} rows ({f['rate']:.1%}) look "
+             f"mislabelled (policy {f['policy']}); out-of-fold accuracy {f['oof_accuracy']:.1%}",
+             f"  worst slices: {worst}; worst classes: "
+             + ", ".join(f"{k} {v['rate']:.0%}" for k, v in classes)]
+    if f["over_limit"]:
+        lines.append(f"  over the limit: {'; '.join(f['over_limit'])}")
+    lines += [f"  {t['example_id']}: given {t['given']!r}, suspected {t['suspected']!r} "
+              f"(p(given) {t['given_probability']:.2f})" for t in f["top_examples"][:5]]
+    return lines
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
+    from tl_core.errors import BlockingAuditFinding
     from tl_core.pipeline import _ctx, step_audit
 
-    uri = step_audit(args.spec, args.run)
+    try:
+        uri = step_audit(args.spec, args.run)
+    except BlockingAuditFinding:  # the report is written before the run stops: show it, then the error
+        ctx = _ctx(args.spec, args.run)
+        if ctx.store.exists(ctx.key("audit/report.json")):
+            emit(args, ctx.read_json("audit/report.json"), "\n".join(audit_summary(
+                ctx.read_json("audit/report.json"), ctx.uri("audit/report.json"))))
+        raise
     rep = _ctx(args.spec, args.run).read_json("audit/report.json")
-    lines = [f"audit {uri}: {rep['usable_rows']} usable of {rep['total_rows']} rows, "
-             f"{rep['quarantined_rows']} quarantined"]
-    lines += [f"  [{f['severity']}] {f['check']}: {f['message']}" for f in rep["findings"]]
-    emit(args, rep, "\n".join(lines))
+    emit(args, rep, "\n".join(audit_summary(rep, uri)))
+    return 0
+
+
+def cmd_label_issues(args: argparse.Namespace) -> int:
+    from tl_core.data.label_issues import LABEL_ISSUES
+    from tl_core.errors import BlockingAuditFinding
+    from tl_core.pipeline import _ctx
+    from tl_core.train.label_check import ensure_label_issues
+
+    ctx = _ctx(args.spec, args.run, "train", "label-issues")
+    try:
+        finding = ensure_label_issues(ctx)
+    except BlockingAuditFinding:  # written before it raised: show it, then the error (exit 1)
+        emit(args, ctx.read_json(LABEL_ISSUES), "\n".join(label_issue_summary(ctx.read_json(LABEL_ISSUES),
+                                                                                ctx.uri(LABEL_ISSUES))))
+        raise
+    emit(args, finding, "\n".join(label_issue_summary(finding, ctx.uri(LABEL_ISSUES))))
     return 0
 
 
@@ -46,8 +112,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     uri = step_split(args.spec, args.run)
     s = _ctx(args.spec, args.run).read_json("split/split.json")
-    emit(args, {"split": uri, "counts": s["counts"], "split_hash": s["split_hash"]},
-         f"split {uri}: {s['counts']} (hash {s['split_hash'][:12]})")
+    shares = ", ".join(f"{k} {v['rows']} ({v['share']:.1%} vs {s['requested'][k]:.1%} asked)"
+                       for k, v in s["achieved"].items())
+    emit(args, {"split": uri, "counts": s["counts"], "split_hash": s["split_hash"], "achieved": s["achieved"]},
+         f"split {uri}: {shares} (hash {s['split_hash'][:12]})")
     return 0
 
 
@@ -74,3 +142,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("split", help="leakage-safe train/validation/calibration/test split")
     add_spec_run(p)
     p.set_defaults(handler=cmd_split)
+
+    p = sub.add_parser("label-issues", help="label issues on the frozen embeddings (what every train task runs "
+                                            "first); blocking findings exit 1")
+    add_spec_run(p)
+    p.set_defaults(handler=cmd_label_issues)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -31,24 +32,27 @@ from tl_core.data.dedup import (
     UNREADABLE,
     ZERO_SIZE,
     ImageHashes,
+    NearRule,
     cluster_ids,
     describe_row,
     group_keys,
     image_keys,
+    near_image_clusters,
+    text_near_keys,
 )
 from tl_core.data.partitions import (
     MAX_IMAGE_PIXELS,
     ImageReader,
     data_store,
     normalise_table,
-    normalised_text_hash,
     read_partition_bytes,
     read_table,
     text_exact_keys,
 )
 from tl_core.data.snapshot import MANIFEST, read_image_hashes, read_manifest
-from tl_core.errors import BlockingAuditFinding
+from tl_core.errors import BlockingAuditFinding, NoSuchKey, TLError
 from tl_core.runs import RunContext
+from tl_core.store import key_safe
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +236,7 @@ def _input_checks(a: _Audit) -> ImageHashes | None:
         a.add("empty_text", "warning", empty, col, f"{int(empty.sum())} rows have empty or whitespace-only text",
               quarantine=True)
         return None
-    exact, near, fine, status = image_keys(rows[col], a.images, describe_row(rows))
+    exact, hashes, status = image_keys(rows[col], a.images, describe_row(rows), NearRule.of(a.ctx.spec.data))
     a.add("zero_size_image", "warning", status == ZERO_SIZE, col,
           f"{int((status == ZERO_SIZE).sum())} rows have an empty or missing image", quarantine=True)
     a.add("undecodable_image", "warning", status == UNDECODABLE, col,
@@ -251,7 +255,7 @@ def _input_checks(a: _Audit) -> ImageHashes | None:
               f"read (relative paths, other schemes, buckets or folders, '..'), e.g. {uris[:5]}", quarantine=True,
               values=uris)
     a.image_exact = exact
-    return near, fine
+    return hashes
 
 
 def _duplicate_ids(a: _Audit) -> None:
@@ -266,29 +270,45 @@ def _duplicate_ids(a: _Audit) -> None:
           quarantine=True)
 
 
+def _cluster_sizes(rows: pd.DataFrame, cid: np.ndarray, members: np.ndarray) -> dict[str, Any]:
+    """Count, largest size and the largest's first example ids of the clusters with more than one row."""
+    sizes = pd.Series(cid[members]).value_counts()
+    if sizes.empty:
+        return {"clusters": 0, "largest_cluster": 0, "largest_cluster_ids": []}
+    ids = rows["example_id"].to_numpy()[members][cid[members] == sizes.index[0]]
+    return {"clusters": int(len(sizes)), "largest_cluster": int(sizes.iloc[0]),
+            "largest_cluster_ids": [str(x) for x in ids[:5]]}
+
+
+def _near_method(spec: Any) -> str:
+    d = spec.data
+    if d.input_column == "text":
+        return "normalised text (case, punctuation and whitespace ignored)"
+    return (f"perceptual hash as the model sees the image (transparency on the preprocessing background) within "
+            f"{d.near_duplicate_bits} bits, confirmed by a 256-bit hash within {d.near_duplicate_confirm_bits} bits "
+            f"and thumbnails within {d.near_duplicate_max_pixel_diff:g} grey levels; near-blank images only as "
+            "exact duplicates; clusters are all within reach of one leader image (no chaining)")
+
+
 def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str]) -> None:
     spec, rows = a.ctx.spec, a.rows
     col = spec.data.input_column
-    usable = ~a.quarantined
-    idx = np.flatnonzero(usable)
+    idx = np.flatnonzero(~a.quarantined)
     needed = [c for c in ("example_id", "label", "dt", col, "group_id") if c in rows]
-    sub = rows[needed] if usable.all() else rows[needed].iloc[idx]
-    sub_hashes: ImageHashes | None = None
+    sub = rows[needed] if len(idx) == len(rows) else rows[needed].iloc[idx]
     if col == "text":
-        exact = text_exact_keys(sub[col])
-        near = normalised_text_hash(sub[col])
+        exact, near = text_exact_keys(sub[col]), text_near_keys(sub[col])
     else:
         if a.image_exact is None or hashes is None:
             raise RuntimeError("image keys are computed by the input checks before the duplicate checks")
         exact = a.image_exact[idx]
-        near = hashes[0][idx]
-        sub_hashes = (near, hashes[1][idx])
+        near = near_image_clusters(hashes.take(idx), exact, NearRule.of(spec.data))
     n = len(sub)
     exact_cluster = cluster_ids(n, [exact])
-    near_cluster = cluster_ids(n, [exact, near] if col == "text" else [exact], sub_hashes,
-                               spec.data.near_duplicate_bits)
+    near_cluster = cluster_ids(n, [exact, near])
     in_exact = pd.Series(exact_cluster).duplicated(keep=False).to_numpy()
-    in_near = pd.Series(near_cluster).duplicated(keep=False).to_numpy() & ~in_exact
+    in_near_any = pd.Series(near_cluster).duplicated(keep=False).to_numpy()
+    in_near = in_near_any & ~in_exact
     conflicting = pd.DataFrame({"c": exact_cluster, "label": sub["label"].astype(str).to_numpy()}).groupby(
         "c")["label"].nunique()
     n_conflict = int((conflicting > 1).sum())
@@ -300,25 +320,31 @@ def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str
           conflicting_label_groups=n_conflict)
     mask = np.zeros(len(rows), dtype=bool)
     mask[idx[in_near]] = True
-    how = ("normalised text (case, punctuation and whitespace ignored)" if col == "text" else
-           f"perceptual hash within {spec.data.near_duplicate_bits} bits")
+    stats = _cluster_sizes(sub, near_cluster, in_near_any)
     a.add("near_duplicates", "info", mask, col,
-          f"{int(in_near.sum())} more rows are near-duplicates by {how}")
-    # Straddling: a cluster (group_id, exact or near duplicates) with members on the test days and before.
-    keys = [exact, near] if col == "text" else [exact]
+          f"{int(in_near.sum())} more rows are near-duplicates by {_near_method(spec)}; {stats['clusters']} clusters, "
+          f"the largest has {stats['largest_cluster']} rows (e.g. {stats['largest_cluster_ids'][:3]})", **stats)
+    _straddle_check(a, sub, idx, [exact, near], test_days)
+
+
+def _straddle_check(a: _Audit, sub: pd.DataFrame, idx: np.ndarray, keys: list[np.ndarray],
+                    test_days: list[str]) -> None:
+    """A split cluster (group_id, exact or near duplicates) with members on the test days and before."""
+    col = a.ctx.spec.data.input_column
     g = group_keys(sub)
-    if g is not None:
-        keys.append(g)
-    cid = cluster_ids(n, keys, sub_hashes, spec.data.near_duplicate_bits)
+    cid = cluster_ids(len(sub), keys + ([g] if g is not None else []))
     on_test = sub["dt"].astype(str).isin(test_days).to_numpy()
     span = pd.DataFrame({"c": cid, "t": on_test}).groupby("c")["t"].agg(["min", "max"])
     straddling = span.index[span["min"] != span["max"]]
-    mask = np.zeros(len(rows), dtype=bool)
-    mask[idx[np.isin(cid, straddling)]] = True
+    pulled = np.isin(cid, straddling)
+    mask = np.zeros(len(a.rows), dtype=bool)
+    mask[idx[pulled]] = True
+    stats = _cluster_sizes(sub, cid, pulled)
     a.add("duplicates_straddle_test", "warning", mask, col,
           f"{len(straddling)} duplicate/group clusters have members both on the test days {test_days} and on "
-          "earlier days; the split moves each such cluster wholly to test (its newest side)",
-          clusters=int(len(straddling)))
+          f"earlier days; the split moves each such cluster wholly to test (its newest side); the largest has "
+          f"{stats['largest_cluster']} rows (e.g. {stats['largest_cluster_ids'][:3]})",
+          **stats, pulled_rows=int((pulled & ~on_test).sum()))
 
 
 def _class_checks(a: _Audit) -> dict[str, int]:
@@ -399,26 +425,134 @@ def label_shift(spec_labels: list[str], current: dict[str, int], previous: dict[
     return {"tvd": tvd, "p_value": float(res[1]), "chi2": float(res[0])}
 
 
-def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, int]) -> dict[str, Any] | None:
-    spec = a.ctx.spec
-    prev = previous_snapshot(a.ctx, manifest["logical_date"])
-    if prev is None:
-        a.add("label_shift", "info", None, "label", "no earlier snapshot of this model to compare with", count=0)
+def slice_label_counts(rows: pd.DataFrame, slice_columns: list[str]) -> dict[str, dict[str, int]]:
+    """{"col=value": {label: rows}} of the usable rows (what the label shift per slice compares)."""
+    out: dict[str, dict[str, int]] = {}
+    for col in slice_columns:
+        if col not in rows:
+            continue
+        counts = rows.groupby([rows[col].astype(str), rows["label"].astype(str)], observed=True).size()
+        for (value, label), k in counts.items():
+            out.setdefault(f"{col}={value}", {})[str(label)] = int(k)
+    return out
+
+
+def champion_reference(ctx: RunContext) -> dict[str, Any] | None:
+    """What the champion was trained on: {version, run_id, logical_date, class_counts, slice_label_counts (None
+    when its run's audit report is gone)}, or None without a (readable) champion. Reads the champion run's
+    audit report, else the snapshot manifest registered with the version."""
+    from tl_core.registry import Registry
+    from tl_core.store import join_key
+
+    try:
+        reg = Registry.for_spec(ctx.spec)
+        champion = reg.champion(repair=False)
+        if champion is None:
+            return None
+        info = reg.show(champion.version)
+    except (TLError, ValueError, KeyError) as exc:
+        logger.warning("label shift: the champion of %s cannot be read (%s); comparing with the previous snapshot",
+                       ctx.spec.name, exc)
         return None
-    run, m = prev
-    stats = label_shift(spec.labels, class_counts, m.get("rows_per_label", {}))
+    run_id = str(info.get("run_id", ""))
+    ref: dict[str, Any] = {"version": champion.version, "run_id": run_id, "slice_label_counts": None}
+    try:
+        rep = json.loads(ctx.store.get_bytes(f"runs/{ctx.spec.name}/{key_safe(run_id)}/{REPORT}"))
+        ref.update(logical_date=rep.get("logical_date"), class_counts=rep["class_counts"],
+                   slice_label_counts=rep.get("slice_label_counts"))
+        return ref
+    except (NoSuchKey, ValueError, KeyError):
+        pass
+    try:
+        m = json.loads(reg.store.get_bytes(join_key(reg.prefix, "versions", champion.version, MANIFEST)))
+    except (NoSuchKey, ValueError):
+        return None
+    ref.update(logical_date=m.get("logical_date"), class_counts=m.get("rows_per_label", {}))
+    return ref
+
+
+def _shift_per_slice(spec: Any, current: dict[str, dict[str, int]], previous: dict[str, dict[str, int]] | None
+                     ) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(current) & set(previous or {})):
+        stats = label_shift(spec.labels, current[name], (previous or {})[name])
+        flagged = stats["p_value"] < spec.data.label_shift_alpha and stats["tvd"] >= spec.data.label_shift_min_tvd
+        out[name] = {**stats, "flagged": flagged}
+    return out
+
+
+def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, int],
+                 slices: dict[str, dict[str, int]]) -> dict[str, Any] | None:
+    """Label distribution against the champion's training data (else the previous snapshot of this model),
+    overall and per slice value."""
+    spec = a.ctx.spec
+    ref = champion_reference(a.ctx)
+    if ref is not None:
+        against = f"the champion {ref['version']} (run {ref['run_id']}, {ref.get('logical_date')})"
+    else:
+        prev = previous_snapshot(a.ctx, manifest["logical_date"])
+        if prev is None:
+            a.add("label_shift", "info", None, "label", "no champion and no earlier snapshot of this model to "
+                  "compare with", count=0)
+            return None
+        ref = {"run_id": prev[0], "logical_date": prev[1]["logical_date"], "version": None,
+               "class_counts": prev[1].get("rows_per_label", {}), "slice_label_counts": None}
+        against = f"run {ref['run_id']} ({ref['logical_date']}; no champion)"
+    stats = label_shift(spec.labels, class_counts, ref["class_counts"])
     flagged = stats["p_value"] < spec.data.label_shift_alpha and stats["tvd"] >= spec.data.label_shift_min_tvd
-    result = {"previous_run": run, "previous_logical_date": m["logical_date"], **stats, "flagged": flagged}
-    a.add("label_shift", "warning" if flagged else "info", None, "label",
-          f"label distribution vs run {run} ({m['logical_date']}): TVD {stats['tvd']:.3f}, chi-square p "
-          f"{stats['p_value']:.3g} (flagged when p < {spec.data.label_shift_alpha} and TVD >= "
-          f"{spec.data.label_shift_min_tvd})", count=1 if flagged else 0, **result)
+    per_slice = _shift_per_slice(spec, slices, ref["slice_label_counts"])
+    shifted = sorted((k for k, v in per_slice.items() if v["flagged"]), key=lambda k: -per_slice[k]["tvd"])
+    result = {"previous_run": ref["run_id"], "previous_logical_date": ref["logical_date"],
+              "champion_version": ref["version"], **stats, "flagged": flagged, "per_slice": per_slice,
+              "flagged_slices": shifted}
+    slice_text = ("; per slice: " + (", ".join(f"{k} TVD {per_slice[k]['tvd']:.3f}" for k in shifted[:5])
+                                     if shifted else f"none of {len(per_slice)} flagged")
+                  if ref["slice_label_counts"] is not None else "; per slice: not recorded for the reference")
+    a.add("label_shift", "warning" if flagged or shifted else "info", None, "label",
+          f"label distribution vs {against}: TVD {stats['tvd']:.3f}, chi-square p {stats['p_value']:.3g} (flagged "
+          f"when p < {spec.data.label_shift_alpha} and TVD >= {spec.data.label_shift_min_tvd}){slice_text}",
+          count=int(flagged) + len(shifted), **result)
     return result
 
 
-def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests
-    and, for image_uri specs, the snapshot's image list and the images (verified against it)."""
+def _run_checks(a: _Audit, manifest: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Every check in order, timed (seconds per check group into ``timings``); the report's figures."""
+    spec, rows = a.ctx.spec, a.rows
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
+    _row_checks(a)
+    _label_checks(a)
+    lap("rows_and_labels")
+    hashes = _input_checks(a)
+    lap("inputs")
+    _duplicate_ids(a)
+    usable_dt = rows.loc[~a.quarantined, "dt"]
+    test_days = newest_days(usable_dt, spec.data.test_days) if len(usable_dt) else []
+    if len(rows):
+        _duplicate_checks(a, hashes, test_days)
+    lap("duplicates")
+    class_counts = _class_checks(a)
+    slice_sizes = _slice_sizes(a, test_days)
+    slices = slice_label_counts(rows[~a.quarantined], spec.data.slice_columns)
+    lap("classes_and_slices")
+    shift = _label_shift(a, manifest, class_counts, slices)
+    lap("label_shift")
+    return {"class_counts": class_counts, "slice_sizes": slice_sizes, "slice_label_counts": slices,
+            "label_shift": shift, "test_days": test_days}
+
+
+def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any],
+               timings: dict[str, float] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests,
+    the champion's reference counts and, for image_uri specs, the snapshot's image list and the images (verified
+    against it). ``timings`` (if given) receives the seconds each group of checks took (never in the report,
+    which must be the same bytes on a re-run)."""
     for c in INTERNAL:
         if c not in rows:
             rows = rows.assign(**{c: ""})
@@ -428,29 +562,17 @@ def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any]) ->
     a.add("empty_window", "blocking" if len(rows) == 0 else "info", None, col,
           f"the snapshot window {manifest['window']['start']} .. {manifest['window']['end']} has no rows"
           if len(rows) == 0 else f"{len(rows)} rows in the window", count=len(rows))
-    _row_checks(a)
-    _label_checks(a)
-    hashes = _input_checks(a)
-    _duplicate_ids(a)
-    usable_dt = rows.loc[~a.quarantined, "dt"]
-    test_days = newest_days(usable_dt, ctx.spec.data.test_days) if len(usable_dt) else []
-    if len(rows):
-        _duplicate_checks(a, hashes, test_days)
-    class_counts = _class_checks(a)
-    slice_sizes = _slice_sizes(a, test_days)
-    shift = _label_shift(a, manifest, class_counts)
+    figures = _run_checks(a, manifest, timings if timings is not None else {})
     q = a.quarantined
     reasons = pd.Series(a.reason[q]).str.split("; ").explode().value_counts().sort_index()
-    present = [v for v in class_counts.values() if v > 0]
+    present = [v for v in figures["class_counts"].values() if v > 0]
     report = {
         "schema_version": 1, "run_id": ctx.run_id, "model": ctx.spec.name,
         "logical_date": manifest["logical_date"], "snapshot_hash": manifest["content_hash"],
         "total_rows": int(len(rows)), "usable_rows": int((~q).sum()), "quarantined_rows": int(q.sum()),
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
         "blocking": bool(a.blocking), "blocking_messages": a.blocking, "findings": a.findings,
-        "class_counts": class_counts,
-        "imbalance_ratio": max(present) / min(present) if present else None,
-        "slice_sizes": slice_sizes, "label_shift": shift, "test_days": test_days,
+        "imbalance_ratio": max(present) / min(present) if present else None, **figures,
     }
     quarantine = rows[q].drop(columns=list(INTERNAL))
     quarantine["reason"] = a.reason[q].astype(str)
@@ -472,14 +594,18 @@ def _parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def run_audit(ctx: RunContext) -> str:
+def run_audit(ctx: RunContext, timings: dict[str, float] | None = None) -> str:
     """Audit the run's snapshot; write the report and the quarantine; raise on blocking findings. Returns the
-    report's URI."""
+    report's URI. ``timings`` (if given) receives the seconds of loading the rows and of each group of checks."""
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
     manifest = read_manifest(ctx)
     rows = load_snapshot_rows(ctx, manifest)
-    report, quarantine = audit_rows(ctx, rows, manifest)
+    timings["load_rows"] = time.perf_counter() - t0
+    report, quarantine = audit_rows(ctx, rows, manifest, timings)
     ctx.store.put_bytes(ctx.key(QUARANTINE), _parquet(quarantine))
     ctx.store.put_bytes(ctx.key(REPORT), json_bytes(report))
+    logger.info("audit timings: %s", ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     if report["blocking"]:
         raise BlockingAuditFinding(f"run {ctx.run_id}: blocking data audit findings (report {ctx.uri(REPORT)}):\n  "
                                    + "\n  ".join(report["blocking_messages"]))

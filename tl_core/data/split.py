@@ -1,13 +1,19 @@
 """`tl split`: deterministic, group-aware, stratified train / validation / calibration / test.
 
-Test = the newest ``test_days`` labeling days (production-like). Rows sharing a group_id, an exact input
-or a near-duplicate key (normalised text; image dHash within ``near_duplicate_bits``) form one cluster
-(connected components, so chains join too), and a cluster never straddles splits: it goes wholly to the
-side of its newest member. The other clusters are stratified by their majority label and ordered by a
-seeded hash of their smallest example id; within each label, validation and calibration take their
-shares of rows (by each cluster's midpoint), the rest is train. Same snapshot, audit and seed = same split.
-For image_uri specs the images are read through the snapshot's image list (confined to the data root and
-verified), and ``examples.parquet`` carries each image's recorded ``image_sha256`` for the steps after.
+Test = the newest ``test_days`` labeling days (production-like). Rows sharing a group_id, an exact input or a near-
+duplicate cluster (tl_core.data.dedup: normalised text; images by a confirmed perceptual hash, leader clusters that
+never chain) form one split cluster (connected components over those keys), and a cluster never straddles splits: it
+goes wholly to the side of its newest member. The other clusters are stratified by their majority label and ordered
+by a seeded hash of their smallest example id; within each label, validation and calibration take their shares of
+rows (by each cluster's midpoint), the rest is train. Same snapshot, audit and seed = same split. For image_uri
+specs the images are read through the snapshot's image list (confined to the data root and verified), and
+``examples.parquet`` carries each image's recorded ``image_sha256`` for the steps after.
+
+``split/report.json`` says what the split achieved against what it was asked for (rows and share per split,
+per class) and fails closed: the split is refused (BlockingAuditFinding, after the report is written, before
+any example file) when clusters pulled into test raise the test share by more than ``data.split_tolerance``
+(naming how many clusters, the largest's size and example ids), when a class has no rows in a split of
+``data.split_required_classes``, or when a slice of ``gate.required_slices`` has no test rows.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import numpy as np
 import pandas as pd
 
 from tl_core.data.audit import QUARANTINE, REPORT, json_bytes, load_snapshot_rows, newest_days
-from tl_core.data.dedup import row_clusters
+from tl_core.data.dedup import NearRule, row_clusters
 from tl_core.data.partitions import ImageReader
 from tl_core.data.snapshot import read_image_hashes, read_manifest
 from tl_core.errors import BlockingAuditFinding, DataError, NoSuchKey
 from tl_core.runs import SPLITS, RunContext
+
+SPLIT_REPORT = "split/report.json"
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +49,20 @@ def _seeded_unit(values: pd.Series, seed: int) -> np.ndarray:
 
 
 def assign_splits(rows: pd.DataFrame, column: str, test_days: int, val_frac: float, cal_frac: float,
-                  seed: int, near_bits: int, images: ImageReader | None = None) -> np.ndarray:
+                  seed: int, near: NearRule | int, images: ImageReader | None = None) -> np.ndarray:
     """Split name per row (object array, row order). Needs example_id, label, dt, the input column and
-    optionally group_id; image_uri inputs are read through ``images`` (confined, verified)."""
+    optionally group_id; image_uri inputs are read through ``images`` (confined, verified). ``near``: the
+    near-duplicate rule (an int is the 64-bit hash distance with the other thresholds at their defaults)."""
+    return plan_split(rows, column, test_days, val_frac, cal_frac, seed, near, images)[0]
+
+
+def plan_split(rows: pd.DataFrame, column: str, test_days: int, val_frac: float, cal_frac: float, seed: int,
+               near: NearRule | int, images: ImageReader | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(split per row, split cluster id per row, whether the row is on the newest ``test_days`` days)."""
     if len(rows) == 0:
-        return np.zeros(0, dtype=object)
-    cid, _, _ = row_clusters(rows, column, near_bits, images)
+        return np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    rule = near if isinstance(near, NearRule) else NearRule(bits=near)
+    cid, _, _ = row_clusters(rows, column, rule, images)
     dt = rows["dt"].astype(str).to_numpy()
     test_set = newest_days(rows["dt"], test_days)
     frame = pd.DataFrame({"cid": cid, "dt": dt, "label": rows["label"].astype(str).to_numpy(),
@@ -70,8 +86,89 @@ def assign_splits(rows: pd.DataFrame, column: str, test_days: int, val_frac: flo
         mid = (start + meta["size"] / 2) / total
         meta["split"] = np.where(mid < val_frac, "validation", np.where(mid < val_frac + cal_frac, "calibration",
                                                                          "train"))
+        _every_label_everywhere(meta, (val_frac, cal_frac))
         split[~is_test] = rest["cid"].map(meta["split"]).to_numpy()
-    return split
+    return split, cid, np.isin(dt, test_set)
+
+
+def _every_label_everywhere(meta: pd.DataFrame, fractions: tuple[float, float]) -> None:
+    """With few, large clusters a label's midpoints can skip validation or calibration: then its first train
+    cluster (seeded order) moves there, as long as train keeps at least one cluster (in place)."""
+    for name, frac in zip(("validation", "calibration"), fractions, strict=True):
+        if frac <= 0:
+            continue
+        for _, g in meta.groupby("label", sort=False):
+            train = g.index[g["split"] == "train"]
+            if (g["split"] == name).any() or len(train) < 2:
+                continue
+            meta.loc[train[0], "split"] = name
+
+
+def _shares(split: np.ndarray) -> dict[str, dict[str, float]]:
+    n = max(len(split), 1)
+    return {s: {"rows": int((split == s).sum()), "share": float((split == s).sum()) / n} for s in SPLITS}
+
+
+def _pulled_into_test(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on_test_days: np.ndarray
+                      ) -> dict[str, Any]:
+    """The clusters that test took from earlier days: how many, their rows, the largest and its example ids."""
+    pulled = (split == "test") & ~on_test_days
+    clusters = pd.Series(cid[pulled]).unique()
+    if not len(clusters):
+        return {"clusters": 0, "rows": 0, "largest_cluster": 0, "largest_cluster_ids": []}
+    sizes = pd.Series(cid[np.isin(cid, clusters)]).value_counts()
+    ids = sorted(rows["example_id"].astype(str).to_numpy()[cid == sizes.index[0]].tolist())
+    return {"clusters": int(len(clusters)), "rows": int(pulled.sum()), "largest_cluster": int(sizes.iloc[0]),
+            "largest_cluster_ids": ids[:5]}
+
+
+def split_report(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on_test_days: np.ndarray,
+                 spec: Any) -> dict[str, Any]:
+    """Achieved against requested (rows and share per split, per class) and the findings; ``blocking`` lists
+    the messages that refuse the split."""
+    d = spec.data
+    requested_test = float(on_test_days.mean()) if len(rows) else 0.0
+    rest = 1.0 - requested_test
+    requested = {"test": requested_test, "validation": rest * d.validation_fraction,
+                 "calibration": rest * d.calibration_fraction,
+                 "train": rest * (1.0 - d.validation_fraction - d.calibration_fraction)}
+    labels = rows["label"].astype(str).to_numpy()
+    per_class = {lab: {s: int(((labels == lab) & (split == s)).sum()) for s in SPLITS} for lab in spec.labels}
+    achieved = _shares(split)
+    pulled = _pulled_into_test(rows, split, cid, on_test_days)
+    blocking: list[str] = []
+    excess = achieved["test"]["share"] - requested_test
+    if excess > d.split_tolerance:
+        blocking.append(
+            f"test_share: test holds {achieved['test']['rows']} of {len(rows)} rows ({achieved['test']['share']:.1%}), "
+            f"the newest data.test_days {d.test_days} days hold {requested_test:.1%}: {pulled['clusters']} duplicate/"
+            f"group clusters with rows on earlier days were pulled in ({pulled['rows']} rows), the largest has "
+            f"{pulled['largest_cluster']} rows, e.g. example ids {pulled['largest_cluster_ids']}; that is "
+            f"{excess:.1%} more than requested, above data.split_tolerance {d.split_tolerance:.0%} (look at the "
+            "audit's near_duplicates / group_id, or raise the tolerance)")
+    blocking += _class_and_slice_findings(rows, split, per_class, spec)
+    return {"schema_version": 1, "requested": requested, "achieved": achieved, "per_class": per_class,
+            "pulled_into_test": pulled, "blocking": blocking}
+
+
+def _class_and_slice_findings(rows: pd.DataFrame, split: np.ndarray, per_class: dict[str, dict[str, int]],
+                              spec: Any) -> list[str]:
+    out = []
+    for lab, counts in per_class.items():
+        total = sum(counts.values())
+        for s in spec.data.split_required_classes:
+            if total and counts[s] == 0:
+                out.append(f"class_missing: class {lab!r} has no {s} rows ({total} usable rows: {counts}); "
+                           f"data.split_required_classes {list(spec.data.split_required_classes)} needs it in {s} "
+                           "(more days in data.window_days, fewer data.test_days, or more rows of this class)")
+    test = rows[split == "test"]
+    for name in spec.gate.required_slices:
+        col, _, value = name.partition("=")
+        present = col in test and bool((test[col].astype(str) == value).any())
+        if not present:
+            out.append(f"required_slice_missing: gate.required_slices names {name!r}, which has no test rows "
+                       f"({len(test)} test rows); the gate would fail on it")
+    return out
 
 
 def split_hash(ids: dict[str, list[str]]) -> str:
@@ -111,8 +208,9 @@ def run_split(ctx: RunContext) -> str:
         raise DataError(f"run {ctx.run_id}: no usable rows left after the audit")
     hashes = read_image_hashes(ctx, manifest)
     reader = ImageReader(d.root, hashes) if hashes is not None else None
-    usable["split"] = assign_splits(usable, d.input_column, d.test_days, d.validation_fraction,
-                                    d.calibration_fraction, d.split_seed, d.near_duplicate_bits, reader)
+    split, cid, on_test_days = plan_split(usable, d.input_column, d.test_days, d.validation_fraction,
+                                          d.calibration_fraction, d.split_seed, NearRule.of(d), reader)
+    usable["split"] = split
     if hashes is not None:  # what training must find when it reads each image
         usable[IMAGE_SHA256] = [hashes.get(str(u).strip()) for u in usable[d.input_column].tolist()]
     counts = usable["split"].value_counts()
@@ -123,6 +221,11 @@ def run_split(ctx: RunContext) -> str:
             f"of {len(usable)} usable rows over {usable['dt'].nunique()} days; data.test_days {d.test_days}, "
             f"validation_fraction {d.validation_fraction}, calibration_fraction {d.calibration_fraction}): "
             "widen data.window_days or lower data.test_days")
+    report = split_report(usable, split, cid, on_test_days, ctx.spec)
+    ctx.store.put_bytes(ctx.key(SPLIT_REPORT), json_bytes(report))
+    if report["blocking"]:
+        raise BlockingAuditFinding(f"run {ctx.run_id}: the split degenerates, refusing it (report "
+                                   f"{ctx.uri(SPLIT_REPORT)}):\n  " + "\n  ".join(report["blocking"]))
     keep = ["example_id", "label", "labeled_at", "dt", "split", d.input_column,
             *([IMAGE_SHA256] if IMAGE_SHA256 in usable else []),
             *(["group_id"] if "group_id" in usable else []), *d.slice_columns]
@@ -139,6 +242,7 @@ def run_split(ctx: RunContext) -> str:
         "schema_version": 1, "split_hash": split_hash(ids), "snapshot_hash": manifest["content_hash"],
         "seed": d.split_seed, "test_days": newest_days(usable["dt"], d.test_days),
         "counts": {s: len(v) for s, v in ids.items()}, "label_counts": per_label, "example_ids": ids,
+        "achieved": report["achieved"], "requested": report["requested"],
     }
     ctx.store.put_bytes(ctx.key("split/split.json"), json_bytes(payload))
     uri = ctx.uri("split/split.json")

@@ -74,13 +74,31 @@ def load_image_bytes(value: Any, example_id: str = "?") -> bytes:
     raise DataError(f"example {example_id}: image must be bytes or an s3:// / file:// URI, got {type(value).__name__}")
 
 
+ALPHA_BACKGROUND = (255, 255, 255)
+"""The background every image with transparency is composited on before the model (and the near-duplicate
+hash) sees it: plain ``convert("RGB")`` would drop alpha and show whatever colour the transparent pixels
+happen to store."""
+
+
+def model_rgb(img: Any) -> Any:
+    """The RGB image the model sees: alpha (RGBA, LA, palette or colour-key transparency) composited on
+    :data:`ALPHA_BACKGROUND`, anything else converted to RGB."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def decode_images(values: Sequence[Any], ids: Sequence[str], transform: Any) -> torch.Tensor:
     from PIL import Image
 
     tensors = []
     for value, ex_id in zip(values, ids, strict=True):
         try:
-            img = Image.open(io.BytesIO(load_image_bytes(value, ex_id))).convert("RGB")
+            img = model_rgb(Image.open(io.BytesIO(load_image_bytes(value, ex_id))))
         except OSError as exc:
             raise DataError(f"example {ex_id}: image cannot be decoded ({exc})") from None
         tensors.append(transform(img))

@@ -23,7 +23,7 @@ import torch
 from tl_core.config import ModelSpec
 from tl_core.errors import SpecError
 from tl_core.models.backbones import Backbone, Classifier
-from tl_core.models.preprocessing import Encoded
+from tl_core.models.preprocessing import ALPHA_BACKGROUND, Encoded
 from tl_core.models.weights import weights_fingerprint
 from tl_core.store import ObjectStore, join_key
 from tl_core.train.data import iterate
@@ -33,11 +33,13 @@ logger = logging.getLogger(__name__)
 
 
 def cache_key(spec: ModelSpec, preprocessing: dict[str, Any]) -> str:
-    ident = {
+    ident: dict[str, Any] = {
         "library": spec.backbone.library, "name": spec.backbone.name, "revision": spec.backbone.revision,
         "weights": spec.backbone.weights, "path": spec.backbone.path, "model_kwargs": spec.backbone.model_kwargs,
         "weights_fingerprint": weights_fingerprint(spec.backbone), "preprocessing": preprocessing,
     }
+    if spec.backbone.library == "timm":  # images: how transparency is flattened is part of what the model sees
+        ident["alpha_background"] = list(ALPHA_BACKGROUND)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -19,6 +19,7 @@ from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, 
 from tl_core.runs import SPLITS, RunContext
 from tl_core.train.finetune import choose_device, finetune, predict_logits
 from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
+from tl_core.train.label_check import drop_quarantined, ensure_label_issues
 from tl_core.train.objective import rank_key
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,11 @@ logger = logging.getLogger(__name__)
 EVAL_SPLITS = ("validation", "calibration", "test")
 
 
-def _splits(ctx: RunContext, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _splits(ctx: RunContext, df: pd.DataFrame, label_issues: dict[str, Any] | None = None
+            ) -> dict[str, pd.DataFrame]:
     parts = {name: df[df["split"] == name].reset_index(drop=True) for name in SPLITS}
+    if label_issues is not None:
+        parts["train"] = drop_quarantined(parts["train"], label_issues)
     for name in ("train", "validation"):
         if parts[name].empty:
             raise DataError(f"run {ctx.run_id}: the {name} split is empty; cannot train")
@@ -65,10 +69,10 @@ class _Trained:
     samples: int
 
 
-def _prepare(ctx: RunContext, strategy: str) -> _Prepared:
+def _prepare(ctx: RunContext, strategy: str, label_issues: dict[str, Any] | None = None) -> _Prepared:
     spec = ctx.spec
     torch.manual_seed(spec.train.seed)
-    parts = _splits(ctx, ctx.read_examples())
+    parts = _splits(ctx, ctx.read_examples(), label_issues)
     backbone = load_backbone(spec, pretrained=strategy != "scratch")
     model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(spec.labels))
     encoded = {
@@ -150,8 +154,9 @@ def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
     if ctx.store.exists(ctx.model_key(strategy, "train_report.json")):
         logger.info("%s already trained for run %s; nothing to do", strategy, ctx.run_id)
         return ctx.uri("models", strategy)
-    prep = _prepare(ctx, strategy)
     dev = choose_device(device or spec.train.device)
+    label_issues = ensure_label_issues(ctx, dev.type)  # before any fine-tuning (tl_core/train/label_check.py)
+    prep = _prepare(ctx, strategy, label_issues)
     t0 = time.perf_counter()
     trained = _train_frozen(ctx, prep, dev) if strategy == "frozen" else _train_finetuned(ctx, strategy, prep, dev)
     wall = time.perf_counter() - t0
