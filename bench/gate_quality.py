@@ -20,6 +20,8 @@ same second half with a defect:
 * ``class <label> -75%``: three quarters of one class's training rows get a random other label (its recall drops).
 
 Every pair is bootstrapped once (``--n-boot`` paired replicates) and decided under every policy of ``POLICIES``.
+``--finetuned K`` adds K random splits with LoRA fine-tuned pairs (the spec's recipe, different seeds): an equal
+pair and a 25%-relabelled one (a fine-tuned model learns label noise that a frozen head averages away).
 Printed per policy: the false-rejection rate of equal retrains, and per plant the detection rate (FAIL, naming the
 planted slice for slice plants), with the mean observed drop on the planted slice. Every pair's report is appended to
 ``<workdir>/trials-shared<S>.jsonl.gz``; ``--table`` decides them again under the current ``POLICIES`` in seconds.
@@ -135,11 +137,10 @@ def test_probs(spec: ModelSpec, x: np.ndarray, y: np.ndarray, parts: dict[str, n
     return softmax(x[parts["test"]] @ weight.T + bias, temperature)
 
 
-def one_trial(trial: int, spec: ModelSpec, df: pd.DataFrame, x: np.ndarray, n_boot: int, plant_class: int,
-              shared: float) -> list[dict[str, Any]]:
-    """One random split: the equal pair and every planted pair, decided under every policy."""
-    rng = np.random.default_rng(1000 + trial)
-    y = df["label"].map({k: i for i, k in enumerate(spec.labels)}).to_numpy()
+def _split(rng: np.random.Generator, df: pd.DataFrame, shared: float) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                                np.ndarray, dict[str, np.ndarray]]:
+    """A random split (train 50%, validation 10%, calibration 10%, test 30%), the two models' training rows and
+    the test slices."""
     order = rng.permutation(len(df))
     cuts = np.cumsum([int(0.5 * len(df)), int(0.1 * len(df)), int(0.1 * len(df))])
     parts = dict(zip(("train", "validation", "calibration", "test"), np.split(order, cuts), strict=True))
@@ -150,27 +151,37 @@ def one_trial(trial: int, spec: ModelSpec, df: pd.DataFrame, x: np.ndarray, n_bo
     test = df.iloc[parts["test"]].reset_index(drop=True)
     slices = {f"{col}={v}": (test[col] == v).to_numpy() for col in ("arch", "multiarch", "length")
               for v in sorted(test[col].unique())}
+    return parts, half_a, half_b, slices
+
+
+def _row(trial: int, plant: str, y_test: np.ndarray, cand: np.ndarray, champion: np.ndarray,
+         slices: dict[str, np.ndarray], n_boot: int) -> dict[str, Any]:
+    """One pair: its bootstrap report and the observed differences."""
+    report = report_from_probs(y_test, {"cand": cand, "champion": champion}, slices, "cand", "frozen", n_boot, trial)
+    acc = report["comparisons"]["champion"]["accuracy"]
+    return {"trial": trial, "plant": plant, "test_rows": len(y_test), "slice_rows": int(slices[PLANT_SLICE].sum()),
+            "disagreement": float((cand.argmax(1) != champion.argmax(1)).mean()),
+            "overall_accuracy_diff": acc["overall"]["diff"], "slice_accuracy_diff": acc[PLANT_SLICE]["diff"],
+            "report": _slim(report)}
+
+
+def one_trial(trial: int, spec: ModelSpec, df: pd.DataFrame, x: np.ndarray, n_boot: int, plant_class: int,
+              shared: float) -> list[dict[str, Any]]:
+    """One random split: the equal pair and every planted pair of frozen heads."""
+    rng = np.random.default_rng(1000 + trial)
+    y = df["label"].map({k: i for i, k in enumerate(spec.labels)}).to_numpy()
+    parts, half_a, half_b, slices = _split(rng, df, shared)
     champion = test_probs(spec, x, y, parts, half_a, y[half_a])
-    in_slice = half_b[(df.iloc[half_b][PLANT_SLICE.split("=")[0]] == PLANT_SLICE.split("=")[1]).to_numpy()]
-    of_class = half_b[y[half_b] == plant_class]
+    column, value = PLANT_SLICE.split("=")
+    in_slice = _positions(half_b, half_b[(df.iloc[half_b][column] == value).to_numpy()])
+    of_class = _positions(half_b, half_b[y[half_b] == plant_class])
     c = len(spec.labels)
     plants: dict[str, np.ndarray] = {"equal": y[half_b]}
     for share in RELABEL:
-        plants[f"relabel {share:.0%}"] = relabel(y[half_b], _positions(half_b, in_slice), share,
-                                                                  c, rng)
-    plants[f"class {spec.labels[plant_class]} -75%"] = relabel(y[half_b], _positions(half_b, of_class), 0.75, c, rng)
-    rows = []
-    for plant, y_b in plants.items():
-        cand = test_probs(spec, x, y, parts, half_b, y_b)
-        report = report_from_probs(y[parts["test"]], {"cand": cand, "champion": champion}, slices, "cand", "frozen",
-                                   n_boot, trial)
-        drop = report["comparisons"]["champion"]["accuracy"]
-        rows.append({"trial": trial, "plant": plant, "test_rows": len(test),
-                     "slice_rows": int(slices[PLANT_SLICE].sum()),
-                     "disagreement": float((cand.argmax(1) != champion.argmax(1)).mean()),
-                     "overall_accuracy_diff": drop["overall"]["diff"],
-                     "slice_accuracy_diff": drop[PLANT_SLICE]["diff"], "report": _slim(report)})
-    return rows
+        plants[f"relabel {share:.0%}"] = relabel(y[half_b], in_slice, share, c, rng)
+    plants[f"class {spec.labels[plant_class]} -75%"] = relabel(y[half_b], of_class, 0.75, c, rng)
+    return [_row(trial, plant, y[parts["test"]], test_probs(spec, x, y, parts, half_b, y_b), champion, slices, n_boot)
+            for plant, y_b in plants.items()]
 
 
 def _slim(report: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +197,48 @@ def decided(row: dict[str, Any], policy: GateSpec) -> dict[str, Any]:
             "inconclusive": sum(r.outcome == "inconclusive" for r in d.reasons)}
 
 
+def lora_probs(spec: ModelSpec, df: pd.DataFrame, y: np.ndarray, parts: dict[str, np.ndarray], train_rows: np.ndarray,
+               y_train: np.ndarray, seed: int) -> np.ndarray:
+    """Fine-tune LoRA (the spec's recipe, ``seed``) on ``train_rows`` with labels ``y_train``; test probabilities
+    after temperature scaling on the calibration split."""
+    from tl_core.train.finetune import finetune, predict_logits
+
+    torch.manual_seed(seed)
+    run_spec = ModelSpec.model_validate({**spec.model_dump(), "train": {**spec.train.model_dump(), "seed": seed}})
+    backbone = load_backbone(run_spec)
+    model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(spec.labels))
+
+    def encoded(rows: np.ndarray, labels: np.ndarray) -> Any:
+        part = df.iloc[rows].assign(label=[spec.labels[i] for i in labels])
+        return encode_split(part, "text", spec.labels, backbone.preprocessing, backbone.tokenizer)
+
+    result = finetune(model, backbone, "lora", run_spec, encoded(train_rows, y_train),
+                      encoded(parts["validation"], y[parts["validation"]]), (None, None), lambda: None,
+                      lambda _: None, torch.device("cpu"))
+    pad = int(backbone.tokenizer.pad_token_id or 0)
+    logits = {k: predict_logits(result.model, encoded(parts[k], y[parts[k]]), 64, torch.device("cpu"), pad, None)
+              for k in ("calibration", "test")}
+    return softmax(logits["test"], fit_temperature(logits["calibration"], y[parts["calibration"]]))
+
+
+def lora_trial(trial: int, spec: ModelSpec, df: pd.DataFrame, n_boot: int, shared: float) -> list[dict[str, Any]]:
+    """One random split with fine-tuned models: LoRA champion and candidate on the two training sets (different
+    seeds), and a LoRA candidate with 25% of the planted slice's training rows relabelled."""
+    rng = np.random.default_rng(5000 + trial)
+    y = df["label"].map({k: i for i, k in enumerate(spec.labels)}).to_numpy()
+    parts, half_a, half_b, slices = _split(rng, df, shared)
+    champion = lora_probs(spec, df, y, parts, half_a, y[half_a], seed=2 * trial)
+    column, value = PLANT_SLICE.split("=")
+    in_slice = _positions(half_b, half_b[(df.iloc[half_b][column] == value).to_numpy()])
+    plants = {"equal (LoRA)": y[half_b], "relabel 25% (LoRA)": relabel(y[half_b], in_slice, 0.25, len(spec.labels),
+                                                                         rng)}
+    rows = []
+    for plant, y_b in plants.items():
+        cand = lora_probs(spec, df, y, parts, half_b, y_b, seed=2 * trial + 1)
+        rows.append(_row(trial, plant, y[parts["test"]], cand, champion, slices, n_boot))
+    return rows
+
+
 def _positions(within: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions in ``within`` of the example indices ``rows``."""
     return np.flatnonzero(np.isin(within, rows))
@@ -198,7 +251,7 @@ def policies() -> dict[str, GateSpec]:
 def caught(row: dict[str, Any], policy: GateSpec) -> bool:
     """The plant is caught: the gate FAILs, and for a slice plant names that slice."""
     p = decided(row, policy)
-    return (not p["passed"]) and (not row["plant"].startswith("relabel") or PLANT_SLICE in p["failing"])
+    return (not p["passed"]) and ("relabel" not in row["plant"] or PLANT_SLICE in p["failing"])
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -212,15 +265,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{np.mean([r['slice_rows'] for r in rs]):>11.0f}{np.mean([r['disagreement'] for r in rs]):>10.3f}"
               f"{np.mean([r['overall_accuracy_diff'] for r in rs]):>+18.3f}"
               f"{np.mean([r['slice_accuracy_diff'] for r in rs]):>+16.3f}")
-    header = "".join(f"{p:>16}" for p in plants)
+    header = "".join(f"{p:>20}" for p in plants)
     print(f"\nfalse rejections (equal) and detections (plants, FAIL naming {PLANT_SLICE} for relabels) per policy")
     print(f"{'policy':<38}{header}")
     for name, policy in policies().items():
         cells = []
         for p, rs in by_plant.items():
-            rate = (np.mean([not decided(r, policy)["passed"] for r in rs]) if p == "equal"
+            rate = (np.mean([not decided(r, policy)["passed"] for r in rs]) if p.startswith("equal")
                     else np.mean([caught(r, policy) for r in rs]))
-            cells.append(f"{rate:>16.0%}")
+            cells.append(f"{rate:>20.0%}")
         print(f"{name:<38}{''.join(cells)}")
 
 
@@ -230,7 +283,7 @@ def print_power(rows: list[dict[str, Any]]) -> None:
     policy = GateSpec.model_validate(FIXED)
     metric = policy.slice_metrics[0]
     margin = policy.slice_margin(metric)
-    equal = [r for r in rows if r["plant"] == "equal"]
+    equal = [r for r in rows if r["plant"] == "equal"]  # frozen pairs: the resolution of the slice
     reasons = [next(x for x in decide(r["report"], policy).reasons if x.slice == PLANT_SLICE and x.metric == metric)
                for r in equal]
     family = sum(1 for k in equal[0]["report"]["slices"])
@@ -241,7 +294,7 @@ def print_power(rows: list[dict[str, Any]]) -> None:
     print(f"\n{PLANT_SLICE} ({n} test rows), default policy ({metric} margin {margin}): detects drops >= "
           f"{np.mean([x.detectable for x in reasons if x.detectable]):.3f} at {policy.power:.0%} power "
           f"(mean over equal pairs; se of the difference {se:.4f})")
-    for plant in dict.fromkeys(r["plant"] for r in rows if r["plant"].startswith("relabel")):
+    for plant in dict.fromkeys(r["plant"] for r in rows if r["plant"].startswith("relabel")):  # (LoRA ones too)
         drop = -float(np.mean([r["slice_accuracy_diff"] for r in rows if r["plant"] == plant]))
         for m in sorted({margin, 0.0}, reverse=True):
             need = ("never: the drop is within the margin" if drop <= m else
@@ -259,13 +312,15 @@ def main() -> None:
     parser.add_argument("--shared", type=float, default=0.0,
                         help="share of the training split both models train on (0: disjoint halves)")
     parser.add_argument("--workdir", type=Path, default=Path(".tl/bench/gate_quality"))
-    parser.add_argument("--table", action="store_true", help="print the table from <workdir>/trials.jsonl")
+    parser.add_argument("--finetuned", type=int, default=0,
+                        help="also this many random splits with LoRA fine-tuned pairs (minutes each on CPU)")
+    parser.add_argument("--table", action="store_true", help="print the table from the log of --shared")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    log = args.workdir / f"trials-shared{args.shared:g}.jsonl.gz"
+    logs = {"frozen": args.workdir / f"trials-shared{args.shared:g}.jsonl.gz",
+            "lora": args.workdir / f"lora-shared{args.shared:g}.jsonl.gz"}
     if args.table:
-        with gzip.open(log, "rt") as f:
-            rows = [json.loads(line) for line in f]
+        rows = [json.loads(line) for path in logs.values() if path.exists() for line in gzip.open(path, "rt")]
         print_table(rows)
         print_power(rows)
         return
@@ -278,15 +333,20 @@ def main() -> None:
           f"{(df['arch'] == 'all').sum()} arch=all; {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"pairs: each model trains on {args.shared:.0%} shared training rows plus its own half of the rest")
-    log.unlink(missing_ok=True)
-    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for trial in range(args.trials):
-        new = one_trial(trial, spec, df, x, args.n_boot, plant_class, args.shared)
-        with gzip.open(log, "at") as f:
-            f.writelines(json.dumps(r) + "\n" for r in new)
-        rows += new
-        print(f"trial {trial + 1}/{args.trials} done, {time.perf_counter() - t0:.0f} s", flush=True)
+    jobs = {"frozen": [lambda t=t: one_trial(t, spec, df, x, args.n_boot, plant_class, args.shared)
+                       for t in range(args.trials)],
+            "lora": [lambda t=t: lora_trial(t, spec, df, args.n_boot, args.shared) for t in range(args.finetuned)]}
+    rows: list[dict[str, Any]] = []
+    for kind, trials in jobs.items():
+        if trials:
+            logs[kind].unlink(missing_ok=True)  # a new run of this kind replaces its log
+        for i, job in enumerate(trials):
+            new = job()
+            with gzip.open(logs[kind], "at") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+            rows += new
+            print(f"{kind} trial {i + 1}/{len(trials)} done, {time.perf_counter() - t0:.0f} s", flush=True)
     print_table(rows)
     print_power(rows)
 

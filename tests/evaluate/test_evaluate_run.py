@@ -184,9 +184,14 @@ def test_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
     index = {k: i for i, k in enumerate(LABELS)}
     y = {s: df[df["split"] == s]["label"].map(index).to_numpy().astype(int) for s in ("calibration", "test")}
     champion = ChampionScores("v0001", "etag-1", {s: logits_for(y[s], rng, 0.8, 1.0) for s in y})
+    ctx.write_json("audit/label_issues.json", {
+        "check": "label_issues", "severity": "warning", "count": 7, "message": "7 of 300 rows look mislabelled",
+        "top_examples": [{"example_id": "train-3", "given": "login", "suspected": "billing", "score": 0.1}]})
     run_evaluate(ctx, champion)
     run_gate(ctx)
     html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    assert "7 of 300 rows look mislabelled" in html and "Suspected label issues" in html
+    assert "<td>train-3</td><td>login</td><td>billing</td>" in html
     assert re.findall(r'(?:src|href)\s*=\s*(?!["\']?data:)', html) == []
     assert "http://" not in html and "https://" not in html and "<link" not in html
     # decision on top, models table, slice charts, reliability x2, confusion x2, learning curves, audit

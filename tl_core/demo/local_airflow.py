@@ -157,18 +157,21 @@ class LocalAirflow:
                 "max_active_runs": 1}
         return dict(self.client().post("/api/v2/backfills", body))
 
-    def wait_backfill(self, dag_id: str, expected: int, timeout: float = 900) -> dict[str, str]:
-        """Poll until ``expected`` backfill runs of the DAG exist and all have ended; returns run id -> state."""
+    def wait_backfill(self, dag_id: str, backfill_id: int, expected: int, timeout: float = 900) -> dict[str, str]:
+        """Poll until ``expected`` backfill runs of the DAG have ended and Airflow marked the backfill completed (a
+        DAG takes one backfill at a time: the next one is refused until then); returns run id -> state."""
         c = self.client()
         deadline = time.monotonic() + timeout
         runs: dict[str, str] = {}
         while time.monotonic() < deadline:
             found = c.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
             runs = {r["dag_run_id"]: r["state"] for r in found if r["run_type"] == "backfill"}
-            if len(runs) >= expected and all(s in ("success", "failed") for s in runs.values()):
+            ended = len(runs) >= expected and all(s in ("success", "failed") for s in runs.values())
+            if ended and c.get(f"/api/v2/backfills/{backfill_id}").get("completed_at"):
                 return runs
             time.sleep(3)
-        raise AirflowAPIError(f"{dag_id}: {expected} backfill runs did not end within {timeout}s (now: {runs})")
+        raise AirflowAPIError(f"{dag_id}: backfill {backfill_id} with {expected} runs did not complete within "
+                              f"{timeout}s (runs now: {runs})")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.client().get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]

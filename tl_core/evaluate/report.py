@@ -229,11 +229,16 @@ def _calibration_section(report: dict[str, Any]) -> list[str]:
 def _audit_section(audit: dict[str, Any] | None) -> str:
     if not audit:
         return "<h2>Data audit</h2><p>No audit report in this run.</p>"
-    facts = [[html.escape(k), html.escape(str(v))] for k, v in audit.items() if k != "findings"]
+    facts = [[html.escape(k), html.escape(str(v))] for k, v in audit.items()
+             if k not in ("findings", "label_issue_examples")]
     findings = [[html.escape(str(f.get("check"))), html.escape(str(f.get("severity"))), f.get("count"),
                  html.escape(str(f.get("message")))] for f in audit.get("findings", [])]
+    examples = [[html.escape(str(t.get(k))) for k in ("example_id", "given", "suspected")]
+                for t in audit.get("label_issue_examples", [])]
     return ("<h2>Data audit</h2>" + _table(["fact", "value"], facts)
-            + _table(["check", "severity", "count", "message"], findings))
+            + _table(["check", "severity", "count", "message"], findings)
+            + ("<h3>Suspected label issues (top examples)</h3>"
+               + _table(["example id", "given label", "suspected label"], examples) if examples else ""))
 
 
 def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:

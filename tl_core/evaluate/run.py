@@ -257,7 +257,8 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
         "primary_metric": spec.train.primary_metric, "test_size": int(len(y)),
         "unlabelled_test_rows": int((~keep_t).sum()), "candidate": selected,
         "slices": {s: int(m.sum()) for s, m in masks.items()}, "champion": champion_info, "models": models,
-        "comparisons": comparisons, "curves": _curves(ctx, strategies), "audit": _audit_summary(audit),
+        "comparisons": comparisons, "curves": _curves(ctx, strategies),
+        "audit": _audit_summary(audit, _label_issues(ctx)),
         "gate_policy": spec.gate.model_dump(mode="json"), "bootstrap": bootstrap,
     }
 
@@ -337,13 +338,26 @@ def _rel(probs: np.ndarray, y: np.ndarray) -> dict[str, list[float | None]]:
     return {k: [None if not np.isfinite(v) else float(v) for v in b[k]] for k in ("count", "confidence", "accuracy")}
 
 
-def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
+def _label_issues(ctx: RunContext) -> dict[str, Any] | None:
+    """The run's label-issue finding (written by the first train task), when there is one."""
+    key = ctx.key("audit/label_issues.json")
+    return ctx.read_json("audit/label_issues.json") if ctx.store.exists(key) else None
+
+
+def _audit_summary(audit: dict[str, Any] | None, label_issues: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The audit's facts and findings for the evidence report, with the label-issue finding and its top examples
+    (given and suspected labels) when the run has one."""
     if not audit:
         return None
     keep = ("total_rows", "usable_rows", "quarantined_rows", "blocking", "class_counts", "imbalance_ratio")
     summary = {k: audit[k] for k in keep if k in audit}
-    summary["findings"] = [{k: f.get(k) for k in ("check", "severity", "count", "message")}
-                           for f in audit.get("findings", [])][:20]
+    findings = list(audit.get("findings", []))
+    finding = label_issues
+    if finding and finding.get("check") == "label_issues":
+        findings.insert(0, finding)
+        summary["label_issue_examples"] = [{k: t.get(k) for k in ("example_id", "given", "suspected")}
+                                           for t in finding.get("top_examples", [])][:10]
+    summary["findings"] = [{k: f.get(k) for k in ("check", "severity", "count", "message")} for f in findings][:20]
     return summary
 
 
