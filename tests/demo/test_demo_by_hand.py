@@ -96,7 +96,7 @@ def _settings(path: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_readme_by_hand_commands_work_against_the_demo_airflow(tmp_path: Path) -> None:
-    source, backfill, history, trigger, rollback = readme_commands()
+    source, backfill, history, unpause, trigger, rollback = readme_commands()
     assert source == "source .tl/airflow/env.sh" and backfill.startswith("airflow backfill create")
     proc, env = _start_demo(tmp_path)
     pid = re.search(r"kill -TERM -(\d+)", proc.stdout)
@@ -130,6 +130,7 @@ def test_the_readme_by_hand_commands_work_against_the_demo_airflow(tmp_path: Pat
         assert "promote" in table and shadow in table and "register" in table
 
         # 3. the manual promotion of the shadow version, approved in the UI
+        _sh(tmp_path, env, source, unpause)
         _sh(tmp_path, env, source, trigger)
         run_id = _wait_run(client, PROMOTE, lambda runs: runs[0] if runs else None, ("awaiting_input",))
         _approve_in_the_ui(login.group(1), client.token(), run_id)

@@ -265,19 +265,19 @@ def main() -> int:
     # SIGTERM (e.g. from a CI timeout) must still stop the Airflow processes this demo started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     af.start()
+    keep = os.environ.get("KEEP") == "1"
     try:
         by_hand = tell_story(af, spec_path, started)
-        if os.environ.get("KEEP") == "1":
-            say(f"\nAirflow stays up: {af.url}  login admin / {af.password()}  (stop: kill -TERM -{af.proc.pid})"
-                if af.proc else "")
+        if keep:
             say(f"its settings for `airflow` and `tl` in another shell (README: Try it by hand): "
                 f"source {af.write_env(by_hand)}")
-            return 0
     except (DemoFailed, TLError) as exc:
         sys.stderr.write(f"make demo: FAILED: {exc}\n")
         return 1
     finally:
-        if os.environ.get("KEEP") != "1":
+        if keep and af.proc:  # also after a failure: left up to look at, and said how to stop it
+            say(f"\nAirflow stays up: {af.url}  login admin / {af.password()}  (stop: kill -TERM -{af.proc.pid})")
+        else:
             af.stop()
             say("stopped airflow standalone")
     return 0
