@@ -294,6 +294,14 @@ def print_power(rows: list[dict[str, Any]]) -> None:
     print(f"\n{PLANT_SLICE} ({n} test rows), default policy ({metric} margin {margin}): detects drops >= "
           f"{np.mean([x.detectable for x in reasons if x.detectable]):.3f} at {policy.power:.0%} power "
           f"(mean over equal pairs; se of the difference {se:.4f})")
+    overall_z = float(norm.ppf(1 - (1 - policy.confidence) / 2))
+    for metric_o, m_o in policy.margins.items():
+        ivs = [r["report"]["comparisons"]["champion"][metric_o]["overall"] for r in equal]
+        se_o = float(np.mean([(c["hi"] - c["lo"]) / (2 * overall_z) for c in ivs]))
+        shown = float(np.mean([c["lo"] >= -m_o for c in ivs]))
+        need = equal[0]["test_rows"] * ((overall_z + float(norm.ppf(0.9))) * se_o / m_o) ** 2
+        print(f"overall {metric_o} (margin {m_o}): equal pairs showed non-inferiority in {shown:.0%}; se "
+              f"{se_o:.4f}; about {need:,.0f} test rows for 90% of equal pairs to show it")
     for plant in dict.fromkeys(r["plant"] for r in rows if r["plant"].startswith("relabel")):  # (LoRA ones too)
         drop = -float(np.mean([r["slice_accuracy_diff"] for r in rows if r["plant"] == plant]))
         for m in sorted({margin, 0.0}, reverse=True):
