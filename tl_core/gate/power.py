@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
-from scipy.stats import norm
+# The standard normal's quantiles from the standard library: scipy.stats is heavy to import, and the gate runs on
+# CPU workers where importing it must not touch torch (tests/deploy/test_cpu_worker_imports.py).
+_Z = NormalDist()
 
 HARM = "harm"
 NON_INFERIOR = "non-inferior"
@@ -63,8 +66,8 @@ def power(lo: float, hi: float, n: int, margin: float, confidence: float, power_
     error shrinks as ``1 / sqrt(n)``, ``rows_needed = n * ((z_alpha + z_power) * se / margin) ** 2``.
     """
     alpha = (1.0 - confidence) / 2.0
-    se = max(hi - lo, 0.0) / (2.0 * float(norm.ppf(1.0 - alpha)))
-    z_sum = float(norm.ppf(1.0 - alpha / max(family, 1))) + float(norm.ppf(power_level))
+    se = max(hi - lo, 0.0) / (2.0 * _Z.inv_cdf(1.0 - alpha))
+    z_sum = _Z.inv_cdf(1.0 - alpha / max(family, 1)) + _Z.inv_cdf(power_level)
     reach = z_sum * se
     too_small = reach > margin
     if not too_small:
