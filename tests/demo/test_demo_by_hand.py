@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from browser import ARTIFACTS, ROOT, Chromium
-from tl_core.airflow_api import AirflowClient
+from tl_core.airflow_api import SETTLE_S, AirflowClient
 from tl_core.config import parse_spec
 from tl_core.registry import Registry
 
@@ -69,6 +69,9 @@ def _approve_in_the_ui(url: str, token: str, run_id: str) -> None:
         text = browser.open(page, ("Promote support-tickets", "Approve", "Reject"), timeout=90)
         assert "(manual)" in text
         browser.screenshot(ARTIFACTS / "by-hand-approval.png")
+        # A reviewer reads the summary first: Airflow 3.3.2 loses answers given in the request's first seconds
+        # (docs/reliability.md), so the click waits as long as `tl approve` does.
+        time.sleep(SETTLE_S)
         clicked = browser.send("Runtime.evaluate", returnByValue=True, expression=(
             "(() => { const b = [...document.querySelectorAll('button')].find(x => x.textContent.trim() === "
             "'Approve'); if (!b) return false; b.click(); return true; })()"))["result"]["value"]
