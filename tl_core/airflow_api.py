@@ -36,12 +36,17 @@ class AirflowAPIError(TLError):
         self.status = status
 
 
+class AirflowTimeout(AirflowAPIError):
+    """The API server did not answer in time (the request may or may not have been applied)."""
+
+
 class AirflowClient:
     def __init__(self, base_url: str | None = None, user: str | None = None, password: str | None = None) -> None:
         self.base = (base_url or os.environ.get("TL_AIRFLOW_URL", "http://127.0.0.1:8080")).rstrip("/")
         self.user = user or os.environ.get("TL_AIRFLOW_USER", "admin")
         self.password = password or os.environ.get("TL_AIRFLOW_PASSWORD") or self._generated_password()
         self._token: str | None = None
+        self.timeout_s = 30.0  # per HTTP request
 
     def _generated_password(self) -> str | None:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
@@ -57,13 +62,16 @@ class AirflowClient:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - URL from our own config
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - URL from our own config
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
             raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}", exc.code) from None
         except urllib.error.URLError as exc:
             raise AirflowAPIError(f"cannot reach Airflow at {self.base} ({exc.reason}); set TL_AIRFLOW_URL") from None
+        except TimeoutError:
+            raise AirflowTimeout(f"{method} {path}: Airflow at {self.base} did not answer within "
+                                 f"{self.timeout_s:g} s") from None
         return json.loads(raw) if raw else None
 
     def token(self) -> str:
@@ -75,7 +83,15 @@ class AirflowClient:
         return self._token
 
     def get(self, path: str) -> Any:
-        return self._request("GET", path)
+        """GET is idempotent: a read that timed out (a busy API server, e.g. SQLite under load) is tried twice more."""
+        for attempt in range(3):
+            try:
+                return self._request("GET", path)
+            except AirflowTimeout:
+                if attempt == 2:
+                    raise
+                time.sleep(2)
+        return None  # unreachable: the loop returns or raises
 
     def post(self, path: str, body: Any) -> Any:
         return self._request("POST", path, body)

@@ -253,3 +253,41 @@ def test_status_names_a_missing_configs_folder(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("TL_CONFIGS_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(SpecError, match=r"no configs folder at .*nowhere to look up model 'm1' in: set TL_CONFIGS_DIR"):
         spec_by_name("m1")
+
+
+def test_a_read_that_times_out_is_retried_and_then_named() -> None:
+    """A busy API server (SQLite under load) may not answer a GET in time: it is tried twice more, then named."""
+    calls: list[str] = []
+    slow_for = {"n": 2}
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            calls.append(self.path)
+            if len(calls) <= slow_for["n"]:
+                threading.Event().wait(1.0)  # longer than the client's timeout
+            body = b'{"ok": true}'
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = AirflowClient(f"http://127.0.0.1:{httpd.server_port}", "admin", "pw")
+        client._token, client.timeout_s = "t", 0.3
+        assert client.get("/api/v2/x") == {"ok": True} and len(calls) == 3
+        calls.clear()
+        slow_for["n"] = 10
+        with pytest.raises(AirflowAPIError, match=r"GET /api/v2/x: Airflow at http://127\.0\.0\.1:\d+ did not "
+                                                  r"answer within 0\.3 s"):
+            client.get("/api/v2/x")
+        assert len(calls) == 3
+    finally:
+        httpd.shutdown()
