@@ -104,12 +104,13 @@ def _package_metadata(package: str) -> tuple[str | None, str | None, str | None]
     if not dists:
         return None, None, None
     meta = md.metadata(dists[0])
-    licence = meta.get("License-Expression") or meta.get("License")
+    field = {k: meta[k] for k in ("License-Expression", "License", "Version") if k in meta}
+    licence = field.get("License-Expression") or field.get("License")
     if not licence or licence.strip().upper() in ("UNKNOWN", ""):
         classifiers = [c.rsplit("::", 1)[-1].strip() for c in meta.get_all("Classifier") or []
                        if c.startswith("License ::") and "OSI Approved ::" in c]
         licence = classifiers[0] if classifiers else _licence_file(dists[0])
-    return dists[0], meta.get("Version"), _spdx(licence) if licence else None
+    return dists[0], field.get("Version"), _spdx(licence) if licence else None
 
 
 def _licence_file(dist: str) -> str | None:
@@ -135,6 +136,17 @@ def _spdx(licence: str) -> str:
     return _SPDX.get(text.lower(), text.lower())
 
 
+def _timm_default_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained config of model ``name`` (its default tag), {} for a name timm does not know."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):
+        return {}
+    return cfg.to_dict() if cfg is not None else {}
+
+
 def source_provenance(backbone: BackboneSpec, pretrained_cfg: dict[str, Any] | None = None) -> dict[str, str | None]:
     """Where the backbone's weights came from and under which licence: id, revision, weights (hub, local, store,
     package, none), path, package and its version, licence and where the licence was read (spec, package
@@ -147,8 +159,10 @@ def source_provenance(backbone: BackboneSpec, pretrained_cfg: dict[str, Any] | N
         licence, licence_source = "none", "random init (no source checkpoint)"
     elif pkg_licence:
         licence, licence_source = pkg_licence, f"package metadata ({dist})"
-    elif backbone.weights == "hub" and (pretrained_cfg or {}).get("license"):
-        licence, licence_source = _spdx(str((pretrained_cfg or {})["license"])), "timm pretrained config"
+    elif backbone.weights == "hub" and backbone.library == "timm":
+        cfg = pretrained_cfg if pretrained_cfg is not None else _timm_default_cfg(backbone.name)
+        if cfg.get("license"):
+            licence, licence_source = _spdx(str(cfg["license"])), "timm pretrained config"
     return {"id": backbone.name, "revision": backbone.revision, "library": backbone.library,
             "weights": backbone.weights, "path": backbone.path, "package": dist or backbone.package,
             "package_version": version, "key_map": backbone.key_map if backbone.weights == "package" else None,

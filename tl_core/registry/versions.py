@@ -57,6 +57,13 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
     return strategy, candidate, rels
 
 
+# What the manifest records of the source checkpoint beside its id, revision and library (from the evaluation
+# report's provenance section): where the weights came from, the licence and where it was read, the weights
+# fingerprint, and the spec's recorded licence override.
+SOURCE_FIELDS = ("weights", "path", "package", "package_version", "key_map", "licence", "licence_source",
+                 "fingerprint", "licence_override")
+
+
 def build_manifest(run: RunContext, model: str, version: str, strategy: str, files: dict[str, Any],
                    shadow: bool, candidate: dict[str, Any]) -> dict[str, Any]:
     """The version's manifest: where it came from (run, snapshot, backbone, seeds), its metrics and files."""
@@ -70,14 +77,17 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
     spec = optional("spec.json")
     backbone = config.get("backbone") or spec.get("backbone") or {}
     train = config.get("train") or spec.get("train") or {}
-    evaluated = optional("evaluation/report.json").get("models", {}).get(strategy, {})
+    report = optional("evaluation/report.json")
+    evaluated = report.get("models", {}).get(strategy, {})
+    source = report.get("provenance") or {}
     gate = optional("gate/decision.json")
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "model": model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": now(),
         "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
         "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
-                     "library": backbone.get("library")},
+                     "library": backbone.get("library"),
+                     **{k: None if source.get(k) is None else str(source[k]) for k in SOURCE_FIELDS}},
         "strategy": strategy,
         "strategy_config": {**train, **({"lora": train.get("lora")} if strategy == "lora" else {})},
         "seeds": {"train": config.get("seed", train.get("seed")),
