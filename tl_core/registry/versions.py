@@ -58,8 +58,8 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
 
 
 # What the manifest records of the source checkpoint beside its id, revision and library (from the evaluation
-# report's provenance section): where the weights came from, the licence and where it was read, the weights
-# fingerprint, and the spec's recorded licence override.
+# report's provenance section; reports written before it have none): where the weights came from, the licence
+# and where it was read, the weights fingerprint, and the spec's recorded licence override.
 SOURCE_FIELDS = ("weights", "path", "package", "package_version", "key_map", "licence", "licence_source",
                  "fingerprint", "licence_override")
 
@@ -87,7 +87,8 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
         "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
         "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
                      "library": backbone.get("library"),
-                     **{k: None if source.get(k) is None else str(source[k]) for k in SOURCE_FIELDS}},
+                     **({k: None if source.get(k) is None else str(source[k]) for k in SOURCE_FIELDS}
+                        if source else {})},
         "strategy": strategy,
         "strategy_config": {**train, **({"lora": train.get("lora")} if strategy == "lora" else {})},
         "seeds": {"train": config.get("seed", train.get("seed")),
@@ -136,7 +137,9 @@ class Versions:
             self.layout.store.delete(self.layout.run_key(run.run_id))  # an interrupted gc collected it: anew
             version = None
         if version is not None and self.layout.store.exists(self.layout.version_key(version, "manifest.json")):
-            self._log_register(version, run.run_id, self.show(version).get("shadow", shadow), actor)
+            shown = self.show(version)
+            self._log_register(version, run.run_id, shown.get("shadow", shadow), actor,
+                               (shown.get("backbone") or {}).get("licence_override"))
             return version
         strategy, candidate, rels = run_files(run)
         if version is None:
@@ -148,12 +151,18 @@ class Versions:
                                         json.dumps(manifest, indent=2, sort_keys=True).encode(), if_none_match="*")
         except PreconditionFailed:
             pass  # a concurrent registration of the same run finished first; the version is complete
-        self._log_register(version, run.run_id, shadow, actor)
+        self._log_register(version, run.run_id, shadow, actor, manifest["backbone"].get("licence_override"))
         return version
 
-    def _log_register(self, version: str, run_id: str, shadow: bool, actor: str) -> None:
-        self.ledger.append({"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
-                            "actor": actor, "reason": "registered from run"}, record_id=f"register-{version}")
+    def _log_register(self, version: str, run_id: str, shadow: bool, actor: str,
+                      licence_override: str | None = None) -> None:
+        """The ledger's register record; a spec's licence override (the gate let an unknown or disallowed source
+        licence through) is recorded in it."""
+        record: dict[str, Any] = {"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
+                                  "actor": actor, "reason": "registered from run"}
+        if licence_override:
+            record["licence_override"] = licence_override
+        self.ledger.append(record, record_id=f"register-{version}")
 
     def _claim_for_run(self, run_id: str) -> str:
         """A version number linked to ``run_id`` by its by-run file (a concurrent registration's, if it won)."""
