@@ -1,9 +1,9 @@
 """Transfer vs scratch: test macro-F1 per strategy at 50, 200 and all training examples per class.
 
-For the text demo (real all-MiniLM-L6-v2) and the image demo (ImageNet EfficientNet-Lite0 from its package, or the `tl pretrain-source` option),
-trains every strategy on subsets of the demo split, 3 seeds each, and prints mean +- spread of test
-macro-F1. Transfer should beat scratch at the small sizes. CPU: expect tens of minutes per size;
-use --modality, --sizes and --strategies to run part of it.
+For the text demo (real all-MiniLM-L6-v2) and the image demo (ImageNet EfficientNet-Lite0 from its package,
+or the glyph backbone of the `tl pretrain-source` option), trains every strategy on subsets of the demo split,
+3 seeds each, and prints mean +- spread of test macro-F1. Transfer should beat scratch at the small sizes.
+CPU: expect tens of minutes per size; use --modality, --sizes and --strategies to run part of it.
 
 Every finished cell (modality, size, seed, strategy) is appended to ``<workdir>/<modality>/results.jsonl``
 as soon as it is measured, and the run's store lives under the work dir too, so an interrupted run

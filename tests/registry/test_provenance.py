@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry_fixtures import MODEL, fake_run
-
 from tl_core.artifacts import EvaluationReport
 from tl_core.config import ModelSpec, parse_spec
 from tl_core.evaluate.run import provenance
