@@ -12,6 +12,7 @@ from typing import Any
 
 from tl_core.artifacts import MANIFEST_SCHEMA_VERSION, VersionManifest, check_artifact
 from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
+from tl_core.registry.card import CARD, render_card
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
@@ -145,6 +146,8 @@ class Versions:
         if version is None:
             version = self._claim_for_run(run.run_id)
         files = self._copy(run, version, rels)
+        card = self._card(run, version, strategy, candidate)
+        files[CARD] = self._put_once(run, version, CARD, card.encode())
         manifest = build_manifest(run, self.model, version, strategy, files, shadow, candidate)
         try:
             self.layout.store.put_bytes(self.layout.version_key(version, "manifest.json"),
@@ -177,18 +180,29 @@ class Versions:
 
     def _copy(self, run: RunContext, version: str, rels: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Copy each source create-only into the version; the manifest's 'files' (sha256 and size of each)."""
-        files: dict[str, dict[str, Any]] = {}
-        for src, rel in rels.items():
-            data = run.store.get_bytes(src)
-            dest = self.layout.version_key(version, rel)
-            try:
-                self.layout.store.put_bytes(dest, data, if_none_match="*")
-            except PreconditionFailed:
-                if sha256(self.layout.store.get_bytes(dest)) != sha256(data):
-                    raise IntegrityError(f"{self.model} {version}: {rel} already exists with different content "
-                                         f"(run {run.run_id} changed since its registration started)") from None
-            files[rel] = {"sha256": sha256(data), "size": len(data)}
-        return files
+        return {rel: self._put_once(run, version, rel, run.store.get_bytes(src)) for src, rel in rels.items()}
+
+    def _put_once(self, run: RunContext, version: str, rel: str, data: bytes) -> dict[str, Any]:
+        """Write ``data`` create-only as the version's ``rel`` (the same bytes again are fine); its sha256 and size."""
+        dest = self.layout.version_key(version, rel)
+        try:
+            self.layout.store.put_bytes(dest, data, if_none_match="*")
+        except PreconditionFailed:
+            if sha256(self.layout.store.get_bytes(dest)) != sha256(data):
+                raise IntegrityError(f"{self.model} {version}: {rel} already exists with different content "
+                                     f"(run {run.run_id} changed since its registration started)") from None
+        return {"sha256": sha256(data), "size": len(data)}
+
+    def _card(self, run: RunContext, version: str, strategy: str, candidate: dict[str, Any]) -> str:
+        """MODEL_CARD.md from the run's reports (tl_core.registry.card)."""
+        def optional(rel: str) -> dict[str, Any]:
+            value = run.read_json(rel) if run.store.exists(run.key(rel)) else {}
+            return value if isinstance(value, dict) else {}
+
+        files = {"report": "evaluation/report.json", "snapshot": "snapshot/manifest.json", "spec": "spec.json",
+                 "gate": "gate/decision.json"}
+        parsed = {name: optional(rel) for name, rel in files.items()}
+        return render_card(self.model, version, strategy, {**parsed, "candidate": candidate})
 
     def _claim_version(self, run_id: str) -> str:
         """A new version number for ``run_id``, or the one it claimed before crashing (never a collected one)."""
