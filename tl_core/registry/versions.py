@@ -146,8 +146,11 @@ class Versions:
         if version is None:
             version = self._claim_for_run(run.run_id)
         files = self._copy(run, version, rels)
-        card = self._card(run, version, strategy, candidate)
-        files[CARD] = self._put_once(run, version, CARD, card.encode())
+        # The card goes into the run too (deterministic: the same bytes on a resumed registration), so that every
+        # file of a version is one of its run's.
+        card = self._card(run, version, strategy, candidate).encode()
+        run.store.put_bytes(run.key(CARD), card)
+        files[CARD] = self._put_once(run, version, CARD, card)
         manifest = build_manifest(run, self.model, version, strategy, files, shadow, candidate)
         try:
             self.layout.store.put_bytes(self.layout.version_key(version, "manifest.json"),
