@@ -298,6 +298,22 @@ def champion_unchanged(champion: dict[str, Any], evidence: dict[str, Any]) -> li
                    f"re-run the evaluation: FAIL")]
 
 
+def _licence_verdict(prov: dict[str, Any] | None, policy: GateSpec) -> tuple[bool, str]:
+    """(passes, text) of the licence in ``prov`` (None: a report without a provenance section) under ``policy``."""
+    allowed = sorted({a.lower() for a in policy.allowed_licences})
+    if prov is None:
+        return False, ("the evaluation report has no provenance section (written before it existed), so the source "
+                       "checkpoint's licence is unknown and gate.require_licence is true")
+    package = f", package {prov['package']}" if prov.get("package") else ""
+    checkpoint = f"source checkpoint {prov.get('id')!r} (weights {prov.get('weights')}{package})"
+    licence = prov.get("licence")
+    if licence is None:
+        return False, f"{checkpoint}: licence unknown (declare backbone.licence), allowed {allowed}"
+    ok = str(licence).lower() in allowed
+    return ok, (f"{checkpoint}: licence {licence} (from {prov.get('licence_source')}) "
+                f"{'in' if ok else 'not in'} allowed {allowed}")
+
+
 def source_licence(inp: GateInput, policy: GateSpec) -> list[Reason]:
     """The source checkpoint's licence is known and in ``allowed_licences``. An unknown licence (or a report without
     a provenance section) fails only when the policy has ``require_licence``, else it is a WARN. A failure becomes
@@ -305,24 +321,14 @@ def source_licence(inp: GateInput, policy: GateSpec) -> list[Reason]:
     prov = inp.provenance
     if prov is None and not policy.require_licence:
         return []
-    prov = prov or {}
-    licence = prov.get("licence")
-    if licence == "none":
+    if prov is not None and prov.get("licence") == "none":
         return [Reason("licence", "PASS", "no source checkpoint (random init): no licence to check: PASS")]
-    package = f", package {prov['package']}" if prov.get("package") else ""
-    checkpoint = f"source checkpoint {prov.get('id')!r} (weights {prov.get('weights')}{package})"
-    allowed = sorted({a.lower() for a in policy.allowed_licences})
-    if licence is None:
-        ok, text = False, f"{checkpoint}: licence unknown (declare backbone.licence), allowed {allowed}"
-        if not policy.require_licence:
-            return [Reason("licence", "WARN", f"{text} (gate.require_licence is false): WARN")]
-    else:
-        ok = str(licence).lower() in allowed
-        text = (f"{checkpoint}: licence {licence} (from {prov.get('licence_source')}) "
-                f"{'in' if ok else 'not in'} allowed {allowed}")
+    ok, text = _licence_verdict(prov, policy)
     if not ok and policy.licence_override:
         return [Reason("licence", "WARN", f"{text}; overridden by gate.licence_override "
                                           f"{policy.licence_override!r}: WARN")]
+    if not ok and prov is not None and prov.get("licence") is None and not policy.require_licence:
+        return [Reason("licence", "WARN", f"{text} (gate.require_licence is false): WARN")]
     return [verdict(ok, "licence", text)]
 
 
