@@ -1,9 +1,9 @@
 """Transfer vs scratch: test macro-F1 per strategy at 50, 200 and all training examples per class.
 
-For the text demo (real all-MiniLM-L6-v2) and the image demo (backbone from `tl pretrain-source`),
-trains every strategy on subsets of the demo split, 3 seeds each, and prints mean +- spread of test
-macro-F1. Transfer should beat scratch at the small sizes. CPU: expect tens of minutes per size;
-use --modality, --sizes and --strategies to run part of it.
+For the text demo (real all-MiniLM-L6-v2) and the image demo (ImageNet EfficientNet-Lite0 from its package,
+or the glyph backbone of the `tl pretrain-source` option), trains every strategy on subsets of the demo split,
+3 seeds each, and prints mean +- spread of test macro-F1. Transfer should beat scratch at the small sizes.
+CPU: expect tens of minutes per size; use --modality, --sizes and --strategies to run part of it.
 
 Every finished cell (modality, size, seed, strategy) is appended to ``<workdir>/<modality>/results.jsonl``
 as soon as it is measured, and the run's store lives under the work dir too, so an interrupted run
@@ -60,7 +60,8 @@ def prepare(modality: str, workdir: Path, rows_per_day: int) -> tuple[ModelSpec,
     raw["data"]["root"] = uri + "/data"
     raw["store"] = uri + "/store"
     raw["train"]["strategies"] = STRATEGIES
-    if modality == "image":
+    glyphs = modality == "image" and raw["backbone"].get("weights") == "store"  # the `tl pretrain-source` option
+    if glyphs:
         raw["backbone"]["path"] = uri + "/store/pretrained/glyphs/model.safetensors"
     spec = parse_spec(raw)
     spec_path = workdir / "spec.yaml"
@@ -68,7 +69,7 @@ def prepare(modality: str, workdir: Path, rows_per_day: int) -> tuple[ModelSpec,
     if not base.store.exists(base.key("split/examples.parquet")):
         workdir.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-        if modality == "image":
+        if glyphs:
             from tl_core.demo.pretrain_source import pretrain_source
 
             pretrain_source(spec)

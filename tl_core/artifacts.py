@@ -93,6 +93,8 @@ class EvaluationReport(_Artifact):
     gate_policy: dict[str, Any]
     curves: dict[str, list[dict[str, Any]]]
     audit: dict[str, Any] | None
+    # The source checkpoint (tl_core.evaluate.run.provenance); absent in reports written before it existed.
+    provenance: dict[str, Any] | None = None
 
 
 class GateReason(_Artifact):

@@ -160,12 +160,24 @@ class BackboneSpec(_Strict):
     library: Literal["timm", "transformers"] = Field("timm", description="timm for images, transformers for text.")
     name: str = Field("resnet18", description="timm model name or Hugging Face id (or directory).")
     revision: str = Field("main", description="Hub revision (commit, tag, branch); part of the cache key.")
-    weights: Literal["hub", "local", "store", "none"] = Field(
-        "hub", description="hub: download; local: a path on disk; store: a store URI; none: random init."
+    weights: Literal["hub", "local", "store", "package", "none"] = Field(
+        "hub", description="hub: download; local: a path on disk; store: a store URI; package: a state-dict file "
+        "inside an installed package, converted by key_map; none: random init.",
     )
     path: str | None = Field(None, description="Directory/file (local) or URI (store) holding the weights.")
     package: str | None = Field(
         None, description="Python package that ships the weights as a directory (used when path is unset)."
+    )
+    key_map: Literal["identity", "by_position", "lukemelas_efficientnet"] = Field(
+        "identity", description="package weights: how the file's tensor names map onto the model's (every shape "
+        "is checked on load; tl_core.models.convert).",
+    )
+    input_size: PositiveInt | None = Field(
+        None, description="Images: square input size overriding the pretrained config's (e.g. 128 on CPU)."
+    )
+    licence: str | None = Field(
+        None, description="The source checkpoint's licence (SPDX id, e.g. apache-2.0); None: read it from the "
+        "package metadata or timm's pretrained config where present.",
     )
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra create_model kwargs.")
     max_length: PositiveInt = Field(128, description="Text: maximum tokens per example.")
@@ -174,6 +186,12 @@ class BackboneSpec(_Strict):
     def _path_required(self) -> BackboneSpec:
         if self.weights in ("local", "store") and not (self.path or self.package):
             raise ValueError(f"weights={self.weights!r} needs 'path' (or 'package'); set backbone.path")
+        if self.weights == "package" and not (self.package and self.path):
+            raise ValueError(f"weights='package' needs backbone.package and backbone.path (the state-dict file "
+                             f"inside it), got package={self.package!r}, path={self.path!r}")
+        if self.weights == "package" and self.library != "timm":
+            raise ValueError(f"weights='package' is for timm models (transformers: weights='local' with "
+                             f"backbone.package), got library={self.library!r}")
         if self.weights == "store" and self.path:
             problem = _weights_uri_problem(self.path)
             if problem:
@@ -202,7 +220,7 @@ def backbone_problems(backbone: BackboneSpec) -> list[str]:
     ``tl validate-spec`` reports these; store weights are checked for the URI form only (the object may
     be written later, e.g. by ``tl pretrain-source``), hub weights not at all.
     """
-    if backbone.weights != "local":
+    if backbone.weights not in ("local", "package"):
         return []
     base = Path()
     if backbone.package:
@@ -217,7 +235,7 @@ def backbone_problems(backbone: BackboneSpec) -> list[str]:
     path = base / backbone.path if backbone.path else base
     if not path.exists():
         where = f" inside package {backbone.package!r}" if backbone.package else ""
-        return [f"backbone.path: {str(path)!r}{where} does not exist (weights='local'); point it at the "
+        return [f"backbone.path: {str(path)!r}{where} does not exist (weights={backbone.weights!r}); point it at the "
                 "weights file or folder"]
     return []
 
@@ -384,6 +402,17 @@ class GateSpec(_Strict):
     )
     must_beat_majority: bool = Field(True, description="Candidate must beat the majority-class predictor.")
     must_match_frozen: bool = Field(True, description="A fine-tuned candidate must not be worse than frozen.")
+    require_licence: bool = Field(
+        False, description="Fail a candidate whose source checkpoint's licence is unknown (a known licence must "
+        "always be in allowed_licences).",
+    )
+    allowed_licences: list[str] = Field(
+        default=["apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc-by-4.0"],
+        description="Source-checkpoint licences (SPDX ids, any case) a promoted model may build on.",
+    )
+    licence_override: str | None = Field(
+        None, description="A recorded reason to promote despite an unknown or disallowed licence (WARN, not FAIL)."
+    )
 
     @model_validator(mode="after")
     def _slice_margins_name_slice_metrics(self) -> GateSpec:

@@ -34,6 +34,11 @@ def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     assert report["schema_version"] == 2 and report["champion"]["status"] == "none"
     assert set(report["models"]) == {"frozen", "full", "majority"} and report["candidate"] == "full"
     assert report["test_size"] == 600
+    # the source checkpoint the gate's licence check and the registry read (random init: nothing to license)
+    assert report["provenance"] == {"id": "tiny", "revision": "main", "library": "transformers", "weights": "none",
+                                    "path": None, "package": None, "package_version": None, "key_map": None,
+                                    "licence": "none", "licence_source": "random init (no source checkpoint)",
+                                    "fingerprint": None, "licence_override": None}
     assert report["slices"]["region=eu"] == 300 and report["slices"]["channel=web"] == 200
     assert report["slices"]["region=eu&channel=web"] == 100 and len(report["slices"]) == 2 + 3 + 6
     full = report["models"]["full"]

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from tl_core.artifacts import EvaluationReport, check_artifact
-from tl_core.config import LOWER_IS_BETTER, GateSpec
+from tl_core.config import LOWER_IS_BETTER, GateSpec, ModelSpec
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
@@ -260,7 +260,16 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
         "comparisons": comparisons, "curves": _curves(ctx, strategies),
         "audit": _audit_summary(audit, _label_issues(ctx)),
         "gate_policy": spec.gate.model_dump(mode="json"), "bootstrap": bootstrap,
+        "provenance": provenance(spec),
     }
+
+
+def provenance(spec: ModelSpec) -> dict[str, Any]:
+    """The source checkpoint the candidate was trained from (id, revision, where its weights came from, licence
+    and where it was read, weights fingerprint) and the spec's licence override, for the gate and the registry."""
+    from tl_core.models.weights import source_provenance
+
+    return {**source_provenance(spec.backbone), "licence_override": spec.gate.licence_override}
 
 
 def compare_models(y: np.ndarray, probs: dict[str, np.ndarray], groups: dict[str, np.ndarray], selected: str,

@@ -34,6 +34,7 @@ class GateInput:
     bootstrap: dict[str, Any]
     primary: Any
     test_size: int
+    provenance: dict[str, Any] | None = None  # the report's source checkpoint (None in reports without one)
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> GateInput:
@@ -42,7 +43,8 @@ class GateInput:
                    candidate=report.get("candidate"), models=report.get("models") or {},
                    slice_sizes=report.get("slices") or {}, comparisons=report.get("comparisons") or {},
                    bootstrap=report.get("bootstrap") or {},
-                   primary=report.get("primary_metric") or "macro_f1", test_size=int(report.get("test_size") or 0))
+                   primary=report.get("primary_metric") or "macro_f1", test_size=int(report.get("test_size") or 0),
+                   provenance=report.get("provenance"))
 
     @property
     def levels(self) -> list[float] | None:
@@ -296,6 +298,40 @@ def champion_unchanged(champion: dict[str, Any], evidence: dict[str, Any]) -> li
                    f"re-run the evaluation: FAIL")]
 
 
+def _licence_verdict(prov: dict[str, Any] | None, policy: GateSpec) -> tuple[bool, str]:
+    """(passes, text) of the licence in ``prov`` (None: a report without a provenance section) under ``policy``."""
+    allowed = sorted({a.lower() for a in policy.allowed_licences})
+    if prov is None:
+        return False, ("the evaluation report has no provenance section (written before it existed), so the source "
+                       "checkpoint's licence is unknown and gate.require_licence is true")
+    package = f", package {prov['package']}" if prov.get("package") else ""
+    checkpoint = f"source checkpoint {prov.get('id')!r} (weights {prov.get('weights')}{package})"
+    licence = prov.get("licence")
+    if licence is None:
+        return False, f"{checkpoint}: licence unknown (declare backbone.licence), allowed {allowed}"
+    ok = str(licence).lower() in allowed
+    return ok, (f"{checkpoint}: licence {licence} (from {prov.get('licence_source')}) "
+                f"{'in' if ok else 'not in'} allowed {allowed}")
+
+
+def source_licence(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """The source checkpoint's licence is known and in ``allowed_licences``. An unknown licence (or a report without
+    a provenance section) fails only when the policy has ``require_licence``, else it is a WARN. A failure becomes
+    a WARN when the spec records ``licence_override`` (its reason is in the text)."""
+    prov = inp.provenance
+    if prov is None and not policy.require_licence:
+        return []
+    if prov is not None and prov.get("licence") == "none":
+        return [Reason("licence", "PASS", "no source checkpoint (random init): no licence to check: PASS")]
+    ok, text = _licence_verdict(prov, policy)
+    if not ok and policy.licence_override:
+        return [Reason("licence", "WARN", f"{text}; overridden by gate.licence_override "
+                                          f"{policy.licence_override!r}: WARN")]
+    if not ok and prov is not None and prov.get("licence") is None and not policy.require_licence:
+        return [Reason("licence", "WARN", f"{text} (gate.require_licence is false): WARN")]
+    return [verdict(ok, "licence", text)]
+
+
 # The order of the reasons in a decision (the ledger and the approval show them in this order).
 CHECKS: tuple[Check, ...] = (required_slices, champion_status, absolute_minimums, calibration, beats_majority,
-                             matches_frozen, non_inferiority, slices, first_model)
+                             matches_frozen, non_inferiority, slices, first_model, source_licence)

@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Reason:
-    check: str  # evidence | champion | minimum | calibration | ladder | non-inferiority | slice | bootstrap
+    check: str  # evidence | champion | minimum | calibration | ladder | non-inferiority | slice | bootstrap | licence
     status: str  # PASS | FAIL | WARN
     text: str
     metric: str | None = None

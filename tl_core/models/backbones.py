@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tl_core.config import ModelSpec
+from tl_core.models.convert import load_converted
 from tl_core.models.weights import resolve_weights_path
 from tl_core.models.weights import sibling_key as sibling_key  # re-exported: tl_core.train.pretrain_source uses it
 
@@ -86,13 +87,16 @@ def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
     path = resolve_weights_path(spec.backbone)
     # Spec-level overrides of the pretrained config (e.g. input_size) come first, the weights file after.
     overlay: dict[str, Any] = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    if path:
+    package = spec.backbone.weights == "package"
+    if path and not package:
         cfg_file = Path(path).parent / "pretrained_cfg.json"
         if cfg_file.exists():
             overlay.update(_timm_cfg_overlay(cfg_file))
         if pretrained:
             overlay["file"] = path
-    use_pretrained = pretrained and (bool(path) or spec.backbone.weights == "hub")
+    if spec.backbone.input_size:
+        overlay["input_size"] = (3, spec.backbone.input_size, spec.backbone.input_size)
+    use_pretrained = pretrained and not package and (bool(path) or spec.backbone.weights == "hub")
     module: Any = timm.create_model(
         spec.backbone.name,
         pretrained=use_pretrained,
@@ -102,6 +106,11 @@ def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
     )
     if overlay:
         module.pretrained_cfg.update({k: v for k, v in overlay.items() if k != "file"})
+    if pretrained and package and path:
+        # timm's pretrained config (mean/std, interpolation, crop) stays the preprocessing source; the package's
+        # state dict is loaded through the declared key map, every shape checked.
+        n = load_converted(module, path, spec.backbone.key_map)
+        logger.info("loaded %d tensors from %s through key map %s", n, path, spec.backbone.key_map)
     data_config = timm.data.resolve_data_config({}, model=module)
     prep = {
         "kind": "image",

@@ -14,7 +14,7 @@ SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 RECORD_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # a pointer move's record id (uuid4 hex)
 # The only file types a version may hold, and the only ones ever read back: no pickles, no code.
 # (.model: sentencepiece tokenizers; .txt: vocab/merges; .html: the evidence report, never parsed.)
-SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".npz", ".txt", ".model", ".html")
+SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".npz", ".txt", ".model", ".html", ".md")
 
 
 def check_model_name(name: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tl_core.artifacts import MANIFEST_SCHEMA_VERSION, VersionManifest, check_artifact
 from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
+from tl_core.registry.card import CARD, render_card
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
@@ -57,6 +58,13 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
     return strategy, candidate, rels
 
 
+# What the manifest records of the source checkpoint beside its id, revision and library (from the evaluation
+# report's provenance section; reports written before it have none): where the weights came from, the licence
+# and where it was read, the weights fingerprint, and the spec's recorded licence override.
+SOURCE_FIELDS = ("weights", "path", "package", "package_version", "key_map", "licence", "licence_source",
+                 "fingerprint", "licence_override")
+
+
 def build_manifest(run: RunContext, model: str, version: str, strategy: str, files: dict[str, Any],
                    shadow: bool, candidate: dict[str, Any]) -> dict[str, Any]:
     """The version's manifest: where it came from (run, snapshot, backbone, seeds), its metrics and files."""
@@ -70,14 +78,18 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
     spec = optional("spec.json")
     backbone = config.get("backbone") or spec.get("backbone") or {}
     train = config.get("train") or spec.get("train") or {}
-    evaluated = optional("evaluation/report.json").get("models", {}).get(strategy, {})
+    report = optional("evaluation/report.json")
+    evaluated = report.get("models", {}).get(strategy, {})
+    source = report.get("provenance") or {}
     gate = optional("gate/decision.json")
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "model": model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": now(),
         "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
         "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
-                     "library": backbone.get("library")},
+                     "library": backbone.get("library"),
+                     **({k: None if source.get(k) is None else str(source[k]) for k in SOURCE_FIELDS}
+                        if source else {})},
         "strategy": strategy,
         "strategy_config": {**train, **({"lora": train.get("lora")} if strategy == "lora" else {})},
         "seeds": {"train": config.get("seed", train.get("seed")),
@@ -126,24 +138,37 @@ class Versions:
             self.layout.store.delete(self.layout.run_key(run.run_id))  # an interrupted gc collected it: anew
             version = None
         if version is not None and self.layout.store.exists(self.layout.version_key(version, "manifest.json")):
-            self._log_register(version, run.run_id, self.show(version).get("shadow", shadow), actor)
+            shown = self.show(version)
+            self._log_register(version, run.run_id, shown.get("shadow", shadow), actor,
+                               (shown.get("backbone") or {}).get("licence_override"))
             return version
         strategy, candidate, rels = run_files(run)
         if version is None:
             version = self._claim_for_run(run.run_id)
         files = self._copy(run, version, rels)
+        # The card goes into the run too (deterministic: the same bytes on a resumed registration), so that every
+        # file of a version is one of its run's.
+        card = self._card(run, version, strategy, candidate).encode()
+        run.store.put_bytes(run.key(CARD), card)
+        files[CARD] = self._put_once(run, version, CARD, card)
         manifest = build_manifest(run, self.model, version, strategy, files, shadow, candidate)
         try:
             self.layout.store.put_bytes(self.layout.version_key(version, "manifest.json"),
                                         json.dumps(manifest, indent=2, sort_keys=True).encode(), if_none_match="*")
         except PreconditionFailed:
             pass  # a concurrent registration of the same run finished first; the version is complete
-        self._log_register(version, run.run_id, shadow, actor)
+        self._log_register(version, run.run_id, shadow, actor, manifest["backbone"].get("licence_override"))
         return version
 
-    def _log_register(self, version: str, run_id: str, shadow: bool, actor: str) -> None:
-        self.ledger.append({"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
-                            "actor": actor, "reason": "registered from run"}, record_id=f"register-{version}")
+    def _log_register(self, version: str, run_id: str, shadow: bool, actor: str,
+                      licence_override: str | None = None) -> None:
+        """The ledger's register record; a spec's licence override (the gate let an unknown or disallowed source
+        licence through) is recorded in it."""
+        record: dict[str, Any] = {"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
+                                  "actor": actor, "reason": "registered from run"}
+        if licence_override:
+            record["licence_override"] = licence_override
+        self.ledger.append(record, record_id=f"register-{version}")
 
     def _claim_for_run(self, run_id: str) -> str:
         """A version number linked to ``run_id`` by its by-run file (a concurrent registration's, if it won)."""
@@ -158,18 +183,29 @@ class Versions:
 
     def _copy(self, run: RunContext, version: str, rels: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Copy each source create-only into the version; the manifest's 'files' (sha256 and size of each)."""
-        files: dict[str, dict[str, Any]] = {}
-        for src, rel in rels.items():
-            data = run.store.get_bytes(src)
-            dest = self.layout.version_key(version, rel)
-            try:
-                self.layout.store.put_bytes(dest, data, if_none_match="*")
-            except PreconditionFailed:
-                if sha256(self.layout.store.get_bytes(dest)) != sha256(data):
-                    raise IntegrityError(f"{self.model} {version}: {rel} already exists with different content "
-                                         f"(run {run.run_id} changed since its registration started)") from None
-            files[rel] = {"sha256": sha256(data), "size": len(data)}
-        return files
+        return {rel: self._put_once(run, version, rel, run.store.get_bytes(src)) for src, rel in rels.items()}
+
+    def _put_once(self, run: RunContext, version: str, rel: str, data: bytes) -> dict[str, Any]:
+        """Write ``data`` create-only as the version's ``rel`` (the same bytes again are fine); its sha256 and size."""
+        dest = self.layout.version_key(version, rel)
+        try:
+            self.layout.store.put_bytes(dest, data, if_none_match="*")
+        except PreconditionFailed:
+            if sha256(self.layout.store.get_bytes(dest)) != sha256(data):
+                raise IntegrityError(f"{self.model} {version}: {rel} already exists with different content "
+                                     f"(run {run.run_id} changed since its registration started)") from None
+        return {"sha256": sha256(data), "size": len(data)}
+
+    def _card(self, run: RunContext, version: str, strategy: str, candidate: dict[str, Any]) -> str:
+        """MODEL_CARD.md from the run's reports (tl_core.registry.card)."""
+        def optional(rel: str) -> dict[str, Any]:
+            value = run.read_json(rel) if run.store.exists(run.key(rel)) else {}
+            return value if isinstance(value, dict) else {}
+
+        files = {"report": "evaluation/report.json", "snapshot": "snapshot/manifest.json", "spec": "spec.json",
+                 "gate": "gate/decision.json"}
+        parsed = {name: optional(rel) for name, rel in files.items()}
+        return render_card(self.model, version, strategy, {**parsed, "candidate": candidate})
 
     def _claim_version(self, run_id: str) -> str:
         """A new version number for ``run_id``, or the one it claimed before crashing (never a collected one)."""

@@ -38,6 +38,8 @@ def cache_key(spec: ModelSpec, preprocessing: dict[str, Any]) -> str:
         "weights": spec.backbone.weights, "path": spec.backbone.path, "model_kwargs": spec.backbone.model_kwargs,
         "weights_fingerprint": weights_fingerprint(spec.backbone), "preprocessing": preprocessing,
     }
+    if spec.backbone.weights == "package":  # the same file through another key map is other weights
+        ident["key_map"] = spec.backbone.key_map
     if spec.backbone.library == "timm":  # images: how transparency is flattened is part of what the model sees
         ident["alpha_background"] = list(ALPHA_BACKGROUND)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]

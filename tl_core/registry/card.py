@@ -1,0 +1,99 @@
+"""MODEL_CARD.md of a registered version, in the Hugging Face model-card layout (YAML front matter, then intended
+use, source checkpoint and licence, training data, strategies compared, metrics overall and per slice with their
+intervals, calibration, known limits from the audit, the gate's decision), generated from the run's reports only.
+
+Deterministic (no clock, no host): a registration resumed after a crash writes the same bytes, create-only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+CARD = "MODEL_CARD.md"
+CARD_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "log_loss", "ece")
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "n/a"
+
+
+def _interval(intervals: dict[str, Any], metric: str, group: str) -> str:
+    iv = (intervals.get(metric) or {}).get(group)
+    return f"[{_num(iv[0])}, {_num(iv[1])}]" if isinstance(iv, list) and len(iv) == 2 else "n/a"
+
+
+def _front_matter(model: str, version: str, source: dict[str, Any], evaluated: dict[str, Any]) -> list[str]:
+    overall = evaluated.get("overall") or {}
+    meta = {"license": source.get("licence") or "unknown", "library_name": "tl-retrain",
+            "base_model": source.get("id"), "tags": ["transfer-learning", model, version],
+            "metrics": [m for m in CARD_METRICS if m in overall]}
+    return ["---", *(f"{k}: {json.dumps(v)}" for k, v in meta.items()), "---", ""]
+
+
+def _metrics(evaluated: dict[str, Any], slices: dict[str, int]) -> list[str]:
+    overall, per_slice = evaluated.get("overall") or {}, evaluated.get("slices") or {}
+    intervals = evaluated.get("intervals") or {}
+    lines = ["## Evaluation", "", "Test set of the run (the newest labeling days); 95% paired-bootstrap intervals.",
+             "", "| group | n | " + " | ".join(CARD_METRICS) + " |", "|---" * (len(CARD_METRICS) + 2) + "|"]
+    for group, n, values in [("overall", overall.get("n"), overall),
+                             *((s, slices.get(s), per_slice.get(s) or {}) for s in sorted(per_slice))]:
+        cells = [f"{_num(values.get(m))} {_interval(intervals, m, group)}" for m in CARD_METRICS]
+        lines.append(f"| {group} | {n if n is not None else 'n/a'} | " + " | ".join(cells) + " |")
+    before = evaluated.get("before_temperature") or {}
+    return [*lines, "", "## Calibration", "",
+            f"Temperature {_num(evaluated.get('temperature'))} (fitted on the calibration split): ECE "
+            f"{_num(before.get('ece'))} before, {_num(overall.get('ece'))} after; log loss "
+            f"{_num(before.get('log_loss'))} before, {_num(overall.get('log_loss'))} after.", ""]
+
+
+def _source(source: dict[str, Any], snapshot: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    data = spec.get("data") or {}
+    return ["## Source checkpoint", "",
+            f"- id: `{source.get('id')}`, revision `{source.get('revision')}` ({source.get('library')})",
+            f"- weights: {source.get('weights')}" + (f", package `{source.get('package')}` "
+                                                     f"{source.get('package_version')}" if source.get("package")
+                                                     else "") + (f", path `{source.get('path')}`"
+                                                                 if source.get("path") else ""),
+            f"- licence: {source.get('licence') or 'unknown'} (from {source.get('licence_source') or 'nowhere'})"
+            + (f"; override recorded: {source['licence_override']}" if source.get("licence_override") else ""),
+            f"- weights fingerprint: `{source.get('fingerprint') or 'n/a'}`", "",
+            "## Training data", "",
+            f"- dataset `{data.get('dataset')}`, window {data.get('window_days')} days up to the run's logical date, "
+            f"test = newest {data.get('test_days')} labeling days",
+            f"- snapshot content hash `{snapshot.get('content_hash')}`, "
+            f"{len(snapshot.get('partitions') or [])} partitions", ""]
+
+
+def _limits(audit: dict[str, Any] | None, gate: dict[str, Any]) -> list[str]:
+    findings = (audit or {}).get("findings") or []
+    lines = ["## Known limits", ""]
+    lines += [f"- audit {f.get('severity')}: {f.get('check')}: {f.get('message')}" for f in findings] or [
+        "- the audit recorded no findings" if audit else "- no audit summary in the evaluation report"]
+    reasons = [r for r in gate.get("reasons") or [] if r.get("status") in ("FAIL", "WARN")]
+    lines += ["", "## Gate", "", f"Decision: {gate.get('decision', 'n/a')}"]
+    lines += [f"- {r.get('status')}: {r.get('text')}" for r in reasons]
+    return [*lines, ""]
+
+
+def render_card(model: str, version: str, strategy: str, run: dict[str, Any]) -> str:
+    """The card of ``version``; ``run`` holds the run's parsed files: report, candidate, snapshot, spec, gate."""
+    report, spec = run.get("report") or {}, run.get("spec") or {}
+    source = report.get("provenance") or {"id": (spec.get("backbone") or {}).get("name")}
+    evaluated = (report.get("models") or {}).get(strategy) or {}
+    strategies = (run.get("candidate") or {}).get("strategies") or {}
+    lines = [*_front_matter(model, version, source, evaluated), f"# {model} {version}", "",
+             "## Intended use", "", spec.get("description") or "(the spec has no description)", "",
+             f"Labels: {', '.join(spec.get('labels') or report.get('labels') or [])}. Trained by run "
+             f"`{report.get('run_id')}`; transfer strategy `{strategy}`.", "",
+             *_source(source, run.get("snapshot") or {}, spec),
+             "## Strategies compared", "", "| strategy | validation metric | test " +
+             str(report.get("primary_metric")) + " |", "|---|---|---|"]
+    for name in sorted(strategies):
+        test = ((report.get("models") or {}).get(name) or {}).get("overall") or {}
+        lines.append(f"| {name}{' (selected)' if name == strategy else ''} | "
+                     f"{_num((strategies[name] or {}).get('val_metric'))} | "
+                     f"{_num(test.get(report.get('primary_metric') or 'macro_f1'))} |")
+    lines += ["", *_metrics(evaluated, report.get("slices") or {}),
+              *_limits(report.get("audit"), run.get("gate") or {})]
+    return "\n".join(lines)
