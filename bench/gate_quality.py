@@ -20,8 +20,6 @@ same second half with a defect:
 * ``class <label> -75%``: three quarters of one class's training rows get a random other label (its recall drops).
 
 Every pair is bootstrapped once (``--n-boot`` paired replicates) and decided under every policy of ``POLICIES``.
-``--finetuned K`` adds K random splits with LoRA fine-tuned pairs (the spec's recipe, different seeds): an equal
-pair and a 25%-relabelled one (a fine-tuned model learns label noise that a frozen head averages away).
 Printed per policy: the false-rejection rate of equal retrains, and per plant the detection rate (FAIL, naming the
 planted slice for slice plants), with the mean observed drop on the planted slice. Every pair's report is appended to
 ``<workdir>/trials-shared<S>.jsonl.gz``; ``--table`` decides them again under the current ``POLICIES`` in seconds.
@@ -197,48 +195,6 @@ def decided(row: dict[str, Any], policy: GateSpec) -> dict[str, Any]:
             "inconclusive": sum(r.outcome == "inconclusive" for r in d.reasons)}
 
 
-def lora_probs(spec: ModelSpec, df: pd.DataFrame, y: np.ndarray, parts: dict[str, np.ndarray], train_rows: np.ndarray,
-               y_train: np.ndarray, seed: int) -> np.ndarray:
-    """Fine-tune LoRA (the spec's recipe, ``seed``) on ``train_rows`` with labels ``y_train``; test probabilities
-    after temperature scaling on the calibration split."""
-    from tl_core.train.finetune import finetune, predict_logits
-
-    torch.manual_seed(seed)
-    run_spec = ModelSpec.model_validate({**spec.model_dump(), "train": {**spec.train.model_dump(), "seed": seed}})
-    backbone = load_backbone(run_spec)
-    model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(spec.labels))
-
-    def encoded(rows: np.ndarray, labels: np.ndarray) -> Any:
-        part = df.iloc[rows].assign(label=[spec.labels[i] for i in labels])
-        return encode_split(part, "text", spec.labels, backbone.preprocessing, backbone.tokenizer)
-
-    result = finetune(model, backbone, "lora", run_spec, encoded(train_rows, y_train),
-                      encoded(parts["validation"], y[parts["validation"]]), (None, None), lambda: None,
-                      lambda _: None, torch.device("cpu"))
-    pad = int(backbone.tokenizer.pad_token_id or 0)
-    logits = {k: predict_logits(result.model, encoded(parts[k], y[parts[k]]), 64, torch.device("cpu"), pad, None)
-              for k in ("calibration", "test")}
-    return softmax(logits["test"], fit_temperature(logits["calibration"], y[parts["calibration"]]))
-
-
-def lora_trial(trial: int, spec: ModelSpec, df: pd.DataFrame, n_boot: int, shared: float) -> list[dict[str, Any]]:
-    """One random split with fine-tuned models: LoRA champion and candidate on the two training sets (different
-    seeds), and a LoRA candidate with 25% of the planted slice's training rows relabelled."""
-    rng = np.random.default_rng(5000 + trial)
-    y = df["label"].map({k: i for i, k in enumerate(spec.labels)}).to_numpy()
-    parts, half_a, half_b, slices = _split(rng, df, shared)
-    champion = lora_probs(spec, df, y, parts, half_a, y[half_a], seed=2 * trial)
-    column, value = PLANT_SLICE.split("=")
-    in_slice = _positions(half_b, half_b[(df.iloc[half_b][column] == value).to_numpy()])
-    plants = {"equal (LoRA)": y[half_b], "relabel 25% (LoRA)": relabel(y[half_b], in_slice, 0.25, len(spec.labels),
-                                                                         rng)}
-    rows = []
-    for plant, y_b in plants.items():
-        cand = lora_probs(spec, df, y, parts, half_b, y_b, seed=2 * trial + 1)
-        rows.append(_row(trial, plant, y[parts["test"]], cand, champion, slices, n_boot))
-    return rows
-
-
 def _positions(within: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions in ``within`` of the example indices ``rows``."""
     return np.flatnonzero(np.isin(within, rows))
@@ -302,7 +258,7 @@ def print_power(rows: list[dict[str, Any]]) -> None:
         need = equal[0]["test_rows"] * ((overall_z + float(norm.ppf(0.9))) * se_o / m_o) ** 2
         print(f"overall {metric_o} (margin {m_o}): equal pairs showed non-inferiority in {shown:.0%}; se "
               f"{se_o:.4f}; about {need:,.0f} test rows for 90% of equal pairs to show it")
-    for plant in dict.fromkeys(r["plant"] for r in rows if r["plant"].startswith("relabel")):  # (LoRA ones too)
+    for plant in dict.fromkeys(r["plant"] for r in rows if r["plant"].startswith("relabel")):
         drop = -float(np.mean([r["slice_accuracy_diff"] for r in rows if r["plant"] == plant]))
         for m in sorted({margin, 0.0}, reverse=True):
             need = ("never: the drop is within the margin" if drop <= m else
@@ -320,13 +276,10 @@ def main() -> None:
     parser.add_argument("--shared", type=float, default=0.0,
                         help="share of the training split both models train on (0: disjoint halves)")
     parser.add_argument("--workdir", type=Path, default=Path(".tl/bench/gate_quality"))
-    parser.add_argument("--finetuned", type=int, default=0,
-                        help="also this many random splits with LoRA fine-tuned pairs (minutes each on CPU)")
     parser.add_argument("--table", action="store_true", help="print the table from the log of --shared")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    logs = {"frozen": args.workdir / f"trials-shared{args.shared:g}.jsonl.gz",
-            "lora": args.workdir / f"lora-shared{args.shared:g}.jsonl.gz"}
+    logs = {"frozen": args.workdir / f"trials-shared{args.shared:g}.jsonl.gz"}
     if args.table:
         rows = [json.loads(line) for path in logs.values() if path.exists() for line in gzip.open(path, "rt")]
         print_table(rows)
@@ -343,8 +296,7 @@ def main() -> None:
     print(f"pairs: each model trains on {args.shared:.0%} shared training rows plus its own half of the rest")
     t0 = time.perf_counter()
     jobs = {"frozen": [lambda t=t: one_trial(t, spec, df, x, args.n_boot, plant_class, args.shared)
-                       for t in range(args.trials)],
-            "lora": [lambda t=t: lora_trial(t, spec, df, args.n_boot, args.shared) for t in range(args.finetuned)]}
+                       for t in range(args.trials)]}
     rows: list[dict[str, Any]] = []
     for kind, trials in jobs.items():
         if trials:
