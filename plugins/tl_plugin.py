@@ -4,7 +4,8 @@ A FastAPI app mounted on the Airflow API server at ``/tl`` and two external view
 
   /tl/report/{dag_id}/{run_id}    the run's ``evaluation/report.html`` (tab "Evidence report" on a DAG run)
   /tl/registry/{dag_id}           champion and registry ledger of the model (tab "Model registry" on a DAG),
-                                  ``?run_id=`` highlights the records of one run
+                                  ``?run_id=`` highlights the records of one run; versions link to their card
+  /tl/card/{dag_id}/{version}     the version's MODEL_CARD.md (Hugging Face model-card layout) as a page
 
 Files come ONLY from the store configured in the model's spec (``$TL_CONFIGS_DIR/*.yaml``): the DAG id names
 the model (``retrain_<model>``, ``promote_<model>``, ``rollback_<model>``), the run id is made key-safe by
@@ -109,16 +110,19 @@ def shown(run_id: str) -> str:
 
 
 def render_history(model: str, champion: Any, records: list[dict[str, Any]], run_id: str | None,
-                   champion_error: str | None = None) -> str:
+                   champion_error: str | None = None, dag_id: str | None = None) -> str:
     """The registry page: champion and every ledger record, newest first (records of ``run_id`` marked)."""
     esc = html.escape
+    dag_id = dag_id or f"retrain_{model}"
     rows = []
     for r in reversed(records):
         mark = ' class="run"' if run_id and r.get("run_id") == run_id else ""
-        cells = [r.get("seq"), r.get("at"), r.get("action"), r.get("version"), r.get("previous"), r.get("run_id"),
-                 r.get("actor"), r.get("reason")]
-        rows.append(f"<tr{mark}>" + "".join(f"<td>{esc(str(c if c is not None else ''))}</td>" for c in cells)
-                    + "</tr>")
+        cells = [esc(str(c if c is not None else "")) for c in (
+            r.get("seq"), r.get("at"), r.get("action"), r.get("version"), r.get("previous"), r.get("run_id"),
+            r.get("actor"), r.get("reason"))]
+        if r.get("action") == "register" and r.get("version"):  # the version's model card
+            cells[3] = f"<a class='card' href='../card/{esc(dag_id)}/{cells[3]}'>{cells[3]}</a>"
+        rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("seq", "at", "action", "version", "previous", "run", "actor", "reason"))
     champ = (f"champion <b>{esc(champion.version)}</b> (since {esc(str(champion.record.get('at', '?')))}, "
              f"by {esc(str(champion.record.get('actor', '?')))})" if champion else "no champion yet")
@@ -159,7 +163,29 @@ def registry(run_id: str | None = None, dag_id: str = Depends(readable_dag)) -> 
         raise store_failure(spec.name, exc) from None
     marked = [r for r in records if safe_run and r.get("run_id") in (run_id, safe_run)]
     return HTMLResponse(render_history(spec.name, champion, records, marked[0]["run_id"] if marked else None,
-                                       problem))
+                                       problem, dag_id))
+
+
+@app.get("/card/{dag_id}/{version}", response_class=HTMLResponse)
+def model_card(version: str, dag_id: str = Depends(readable_dag)) -> HTMLResponse:
+    from tl_core.errors import StoreError
+    from tl_core.registry import Registry, RegistryError
+    from tl_core.registry.card import card_html
+    from tl_core.registry.names import check_version
+
+    spec = spec_for(dag_id)
+    try:
+        check_version(version)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    try:
+        card = Registry.for_spec(spec).model_card(version)
+    except RegistryError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except StoreError as exc:
+        raise store_failure(spec.name, exc) from None
+    return HTMLResponse(card_html(spec.name, version, card), headers={"Content-Security-Policy": "default-src "
+                        "'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"})
 
 
 class TLRetrainPlugin(AirflowPlugin):

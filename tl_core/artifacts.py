@@ -22,6 +22,18 @@ DECISION_SCHEMA_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
 Number = float | int | None  # metrics may be NaN (e.g. AUROC of a one-class slice) or missing
 
+# A model folder's weights: a merged state dict, or (LoRA with a reloadable base) the adapters, head and buffers
+# with model_config.json naming the base by fingerprint (tl_core.models.artifacts writes and reads both).
+MERGED_FILE = "model.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def weights_file(strategy: str, config: Any) -> str:
+    """The weights file of a model folder, from its strategy and model_config.json."""
+    if strategy == "lora" and isinstance(config, dict) and config.get("storage") == "adapter":
+        return ADAPTER_FILE
+    return MERGED_FILE
+
 
 class ArtifactError(TLError):
     """An artifact between steps does not match its schema; the message names the file and the fields."""

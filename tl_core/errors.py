@@ -46,6 +46,10 @@ class ResumeError(TLError):
     """A training resume checkpoint does not fit the model and strategy being trained."""
 
 
+class BaseMismatchError(TLError):
+    """A LoRA version's base checkpoint, loaded from its source, is not the one its adapters were trained on."""
+
+
 class PredictError(TLError, ValueError):
     """A `tl predict` request was refused before anything was written: the model reference, the batch size,
     the input file or the output location is unusable; the message names the value and what was expected."""

@@ -154,3 +154,48 @@ def test_registry_page_shows_a_hand_edited_pointer_refused_and_writes_nothing(pl
             f"{pointer['record_id']}) is not in the ledger") in resp.text
     assert "gate FAIL" in resp.text and "mallory" not in resp.text.split("</p>", 1)[1]
     assert [r["action"] for r in registry.ledger()] == ["reject"]  # no promotion "repaired" in by the page
+
+
+def _register_with_card(spec_path: Path, tmp_path: Path) -> tuple[Registry, str]:
+    """A registered version of m1 whose card quotes raw HTML from the audit (it must be shown, not run)."""
+    from registry_fixtures import fake_run
+
+    registry = Registry.for_spec(load_spec(spec_path))
+    run = fake_run((tmp_path / "runs").as_uri(), "run-1")
+    report = run.read_json("evaluation/report.json")
+    run.write_json("evaluation/report.json", {
+        **report, "run_id": "run-1", "primary_metric": "macro_f1",
+        "audit": {"findings": [{"check": "label_shift", "severity": "warning",
+                                "message": "label <img src=x onerror=alert(1)> share 8% -> 30%"}]}})
+    return registry, registry.register(run)
+
+
+def test_registry_versions_link_to_their_model_card(plugin: tuple[Any, Path], tmp_path: Path) -> None:
+    tl_plugin, spec_path = plugin
+    registry, version = _register_with_card(spec_path, tmp_path)
+    client = TestClient(tl_plugin.app)
+    page = client.get("/registry/retrain_m1").text
+    assert f"<a class='card' href='../card/retrain_m1/{version}'>{version}</a>" in page
+    resp = client.get(f"/card/retrain_m1/{version}")
+    assert resp.status_code == 200
+    assert "img-src data:" in resp.headers["content-security-policy"]
+    text = resp.text
+    assert "<h2>Source checkpoint</h2>" in text and "<h2>Evaluation</h2>" in text
+    assert "<th>license</th>" in text  # the front matter as a table
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img" not in text
+
+
+def test_model_card_errors_name_the_version(plugin: tuple[Any, Path], tmp_path: Path) -> None:
+    tl_plugin, spec_path = plugin
+    registry, version = _register_with_card(spec_path, tmp_path)
+    client = TestClient(tl_plugin.app)
+    resp = client.get("/card/retrain_m1/v9999")
+    assert resp.status_code == 404
+    assert resp.json()["detail"] == "m1: version v9999 does not exist or is incomplete (no manifest.json)"
+    resp = client.get("/card/retrain_m1/latest")
+    assert resp.status_code == 400 and "expected 'v' followed by 4-9 digits" in resp.json()["detail"]
+    key = f"registry/m1/versions/{version}/MODEL_CARD.md"
+    registry.store.put_bytes(key, registry.store.get_bytes(key) + b"\nedited by hand\n")
+    resp = client.get(f"/card/retrain_m1/{version}")
+    assert resp.status_code == 404
+    assert resp.json()["detail"] == f"m1 {version}: MODEL_CARD.md does not match its manifest checksum"

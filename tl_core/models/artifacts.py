@@ -1,6 +1,10 @@
 """Model files: ``model.safetensors`` + ``model_config.json`` + ``preprocessing/`` (tokenizer files and the
 backbone's config for text; ``data_config.json`` for images). Only safetensors and JSON are ever read
-back - never a pickle."""
+back - never a pickle.
+
+A LoRA model whose base can be loaded again stores ``adapter.safetensors`` (adapters, head, buffers) instead
+of a merged copy; its ``model_config.json`` names the base by the fingerprint of its tensors and holds the
+LoRA settings. Loading rebuilds the base from its source, refuses another base by name, and merges."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tl_core.artifacts import ADAPTER_FILE, MERGED_FILE
 from tl_core.config import BackboneSpec, ModelSpec
+from tl_core.errors import BaseMismatchError
 from tl_core.models.backbones import Backbone, Classifier
 from tl_core.store import ObjectStore, join_key
 
@@ -39,10 +45,28 @@ def model_config(spec: ModelSpec, backbone: Backbone, strategy: str) -> dict[str
 
 def save_model(store: ObjectStore, prefix: str, model: Classifier, backbone: Backbone, config: dict[str, Any]) -> None:
     """Write the model files under ``prefix`` (a key prefix in ``store``)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_files(store, prefix, MERGED_FILE, state, backbone, {**config, "storage": "merged"})
+
+
+def save_adapter(store: ObjectStore, prefix: str, adapter: dict[str, Any], backbone: Backbone,
+                 config: dict[str, Any]) -> None:
+    """Write a LoRA model as its adapters + head + buffers and a reference to the base (``adapter`` holds
+    ``tensors``, ``lora`` settings and ``base_fingerprint``, as tl_core.train.run builds it)."""
+    from tl_core.models.weights import weights_fingerprint
+
+    bb = BackboneSpec.model_validate(config["backbone"])
+    base = {"fingerprint": adapter["base_fingerprint"], "weights_fingerprint": weights_fingerprint(bb) or None,
+            "name": bb.name, "revision": bb.revision, "weights": bb.weights}
+    full = {**config, "storage": "adapter", "base": base, "lora": adapter["lora"]}
+    _write_files(store, prefix, ADAPTER_FILE, adapter["tensors"], backbone, full)
+
+
+def _write_files(store: ObjectStore, prefix: str, weights_name: str, state: dict[str, Any], backbone: Backbone,
+                 config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="tl-save-") as tmp:
         root = Path(tmp)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(root / "model.safetensors"), metadata={"format": FORMAT})
+        save_file(state, str(root / weights_name), metadata={"format": FORMAT})
         (root / "model_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         prep = root / "preprocessing"
         prep.mkdir()
@@ -67,7 +91,8 @@ class LoadedModel:
 
 
 def load_model_dir(directory: str | Path) -> LoadedModel:
-    """Rebuild a classifier from its files (no network: the architecture comes from the saved configs)."""
+    """Rebuild a classifier from its files (the architecture comes from the saved configs; a LoRA model stored
+    as adapters also loads its base from the recorded source, as training did)."""
     root = Path(directory)
     config = json.loads((root / "model_config.json").read_text())
     if config.get("format") != FORMAT:
@@ -75,11 +100,16 @@ def load_model_dir(directory: str | Path) -> LoadedModel:
     prep_dir = root / "preprocessing"
     preprocessing = json.loads((prep_dir / "data_config.json").read_text())
     tokenizer = None
-    module: nn.Module
     if config["kind"] == "transformers":
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(prep_dir))
+    if config.get("storage") == "adapter":
+        return LoadedModel(_adapted_model(root, config).eval(), config, preprocessing, tokenizer)
+    module: nn.Module
+    if config["kind"] == "transformers":
+        from transformers import AutoConfig, AutoModel
+
         module = AutoModel.from_config(AutoConfig.from_pretrained(str(prep_dir)), add_pooling_layer=False)
     else:
         import timm
@@ -89,11 +119,40 @@ def load_model_dir(directory: str | Path) -> LoadedModel:
         kwargs.pop("pretrained_cfg_overlay", None)
         module = timm.create_model(bb.name, pretrained=False, num_classes=0, **kwargs)
     model = Classifier(module, config["kind"], int(config["num_features"]), len(config["labels"]))
-    state = load_file(str(root / "model.safetensors"))
+    state = load_file(str(root / MERGED_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{root / 'model.safetensors'} does not match the architecture in model_config.json: "
+            f"{root / MERGED_FILE} does not match the architecture in model_config.json: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return LoadedModel(model.eval(), config, preprocessing, tokenizer)
+
+
+def _adapted_model(root: Path, config: dict[str, Any]) -> Classifier:
+    """Base from its source (checked by fingerprint) + the stored adapters, head and buffers, merged."""
+    from tl_core.models.adapters import apply_lora_settings, base_fingerprint, merge_lora
+    from tl_core.models.backbones import load_backbone
+
+    bb = BackboneSpec.model_validate(config["backbone"])
+    spec = ModelSpec.model_validate({
+        "name": config["model"], "modality": "text" if bb.library == "transformers" else "image",
+        "labels": config["labels"], "backbone": config["backbone"],
+        "data": {"input_column": config.get("input_column") or "text"}})
+    backbone = load_backbone(spec, pretrained=True)
+    expected, got = str(config["base"]["fingerprint"]), base_fingerprint(backbone.module)
+    if got != expected:
+        source = bb.path or bb.name
+        raise BaseMismatchError(
+            f"{root / 'model_config.json'}: the LoRA adapters were trained on base {bb.name!r} with tensor "
+            f"fingerprint {expected[:16]}..., but the base loaded from {bb.weights} source {source!r} has "
+            f"fingerprint {got[:16]}...; restore that checkpoint (or register a merged model)")
+    model = Classifier(backbone.module, config["kind"], int(config["num_features"]), len(config["labels"]))
+    apply_lora_settings(model, config["lora"])
+    state = load_file(str(root / ADAPTER_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if ".lora_" in k or k.startswith("head.")]
+    if missing or unexpected:
+        raise ValueError(f"{root / ADAPTER_FILE} does not match the LoRA settings in model_config.json: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return merge_lora(model)

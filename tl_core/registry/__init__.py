@@ -101,6 +101,10 @@ class Registry:
     def show(self, version: str) -> dict[str, Any]:
         return self._versions.show(version)
 
+    def model_card(self, version: str) -> str:
+        """The version's MODEL_CARD.md (Hugging Face model-card layout), checked against its manifest."""
+        return self._versions.model_card(version)
+
     def version_of_run(self, run_id: str) -> str | None:
         """The version a run registered as (run ids are made key-safe the way RunContext does)."""
         return self._layout.version_of_run(run_id)

@@ -97,3 +97,34 @@ def render_card(model: str, version: str, strategy: str, run: dict[str, Any]) ->
     lines += ["", *_metrics(evaluated, report.get("slices") or {}),
               *_limits(report.get("audit"), run.get("gate") or {})]
     return "\n".join(lines)
+
+
+def card_html(model: str, version: str, card: str) -> str:
+    """A model card as a standalone HTML page: the YAML front matter as a table, the body as Markdown.
+
+    Raw HTML in the card is escaped, never rendered (the card quotes data: label names, audit findings).
+    """
+    import html
+
+    from markdown_it import MarkdownIt
+
+    meta, body = split_front_matter(card)
+    esc = html.escape
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in meta)
+    rendered = MarkdownIt("commonmark", {"html": False}).enable("table").render(body)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(model)} {esc(version)} model card"
+            "</title><style>body{font-family:sans-serif;margin:1.5em;max-width:70em}table{border-collapse:collapse;"
+            "margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}"
+            "code{background:#f4f4f4}</style></head><body>"
+            f"<p><a href='../../registry/retrain_{esc(model)}'>registry of {esc(model)}</a></p>"
+            f"<table id='card-meta'>{rows}</table><div id='card'>{rendered}</div></body></html>")
+
+
+def split_front_matter(card: str) -> tuple[list[tuple[str, str]], str]:
+    """(the ``key: value`` lines of a leading ``---`` block, the rest); no front matter gives ([], card)."""
+    lines = card.splitlines()
+    if not lines or lines[0].strip() != "---" or "---" not in (line.strip() for line in lines[1:]):
+        return [], card
+    end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
+    meta = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:end]) if k.strip()]
+    return meta, "\n".join(lines[end + 1:])

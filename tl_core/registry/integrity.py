@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_core.artifacts import weights_file
 from tl_core.errors import IntegrityError, MetadataError, NoSuchKey
 from tl_core.registry.layout import Layout, sha256
 from tl_core.registry.names import check_relpath, is_strategy
@@ -37,15 +38,16 @@ def check_model_files(where: str, model_dir: Path, strategy: str) -> None:
     from safetensors.numpy import load as load_safetensors
 
     try:
-        json.loads((model_dir / "model_config.json").read_text())
+        config = json.loads((model_dir / "model_config.json").read_text())
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{where}: models/{strategy}/model_config.json does not load: {exc}") from None
+    name = weights_file(strategy, config)  # a LoRA model may be stored as adapters naming its base
     try:
-        tensors = load_safetensors((model_dir / "model.safetensors").read_bytes())
+        tensors = load_safetensors((model_dir / name).read_bytes())
     except (OSError, ValueError, SafetensorError) as exc:
-        raise IntegrityError(f"{where}: models/{strategy}/model.safetensors does not load: {exc}") from None
+        raise IntegrityError(f"{where}: models/{strategy}/{name} does not load: {exc}") from None
     if not tensors:
-        raise IntegrityError(f"{where}: models/{strategy}/model.safetensors holds no tensors")
+        raise IntegrityError(f"{where}: models/{strategy}/{name} holds no tensors")
 
 
 def check_golden(where: str, onnx_path: Path, golden_path: Path) -> None:

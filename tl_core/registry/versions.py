@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any
 
-from tl_core.artifacts import MANIFEST_SCHEMA_VERSION, VersionManifest, check_artifact
+from tl_core.artifacts import MANIFEST_SCHEMA_VERSION, VersionManifest, check_artifact, weights_file
 from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
 from tl_core.registry.card import CARD, render_card
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
@@ -49,7 +49,9 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
     # The candidate's files are the ones the gate's evidence hash covers (one definition), plus its evidence.
     sources = run.candidate_files()
     sources += [run.key(rel) for rel in OPTIONAL_RUN_FILES if run.store.exists(run.key(rel))]
-    required = {run.model_key(strategy, "model.safetensors"), run.model_key(strategy, "model_config.json")}
+    config_key = run.model_key(strategy, "model_config.json")
+    config = run.read_json(f"models/{strategy}/model_config.json") if run.store.exists(config_key) else None
+    required = {run.model_key(strategy, weights_file(strategy, config)), config_key}
     if not required <= set(sources):
         raise RegistryError(f"run {run.run_id}: missing {sorted(required - set(sources))}; cannot register")
     rels = {src: src[len(run.prefix) + 1:] for src in sorted(set(sources))}
@@ -130,6 +132,19 @@ class Versions:
         if self.layout.collected(version):
             raise RegistryError(f"{self.model}: version {version} was garbage-collected")
         return manifest
+
+    def model_card(self, version: str) -> str:
+        """The version's MODEL_CARD.md, checked against the manifest's sha256 when the manifest lists it."""
+        manifest = self.show(version)
+        try:
+            data = self.layout.store.get_bytes(self.layout.version_key(version, CARD))
+        except NoSuchKey:
+            raise RegistryError(f"{self.model}: version {version} has no {CARD} (registered before model cards "
+                                "were written)") from None
+        recorded = (manifest.get("files") or {}).get(CARD) or {}
+        if recorded.get("sha256") and recorded["sha256"] != sha256(data):
+            raise IntegrityError(f"{self.model} {version}: {CARD} does not match its manifest checksum")
+        return data.decode("utf-8", errors="replace")
 
     def register(self, run: RunContext, shadow: bool = False, actor: str = "tl") -> str:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""

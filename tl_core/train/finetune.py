@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from tl_core.config import ModelSpec
 from tl_core.errors import ResumeError
-from tl_core.models.adapters import apply_lora, merge_lora
+from tl_core.models.adapters import adapter_state, apply_lora, merge_lora
 from tl_core.models.backbones import Backbone, Classifier
 from tl_core.models.preprocessing import Encoded
 from tl_core.train.data import iterate
@@ -50,6 +50,9 @@ class TrainResult:
     wall_s: float = 0.0
     resumed_from_epoch: int = 0
     trainable_parameters: int = 0
+    # lora: the adapters, head and buffers of the best epoch (before merging) and the LoRA settings used
+    adapter: dict[str, torch.Tensor] | None = None
+    lora_settings: dict[str, Any] | None = None
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -303,8 +306,7 @@ def _setup(model: Classifier, backbone: Backbone, strategy: str, spec: ModelSpec
     torch.manual_seed(t.seed)
     random.seed(t.seed)  # timm's image augmentation (RandomResizedCropAndInterpolation) draws from `random`
     generator = torch.Generator().manual_seed(t.seed)
-    if strategy == "lora":
-        apply_lora(model, backbone, spec)
+    lora_settings = apply_lora(model, backbone, spec) if strategy == "lora" else None
     model.to(device)
     if device.type == "cuda" and backbone.kind == "timm":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -315,7 +317,7 @@ def _setup(model: Classifier, backbone: Backbone, strategy: str, spec: ModelSpec
     weights = class_weights(train.labels, len(spec.labels), t.class_weighting)
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     compiled: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
-    result = TrainResult(model=model)
+    result = TrainResult(model=model, lora_settings=lora_settings)
     keys, result.trainable_parameters = _changing_keys(model, blocks, strategy, spec, total_epochs)
     return _Loop(model=model, compiled=compiled, strategy=strategy, spec=spec, device=device,
                  pad_id=int(getattr(backbone.tokenizer, "pad_token_id", 0) or 0), generator=generator, blocks=blocks,
@@ -395,5 +397,7 @@ def finetune(
     result = loop.result
     result.wall_s = time.perf_counter() - t0
     result.samples_per_s = seen_samples / result.wall_s if result.wall_s > 0 else 0.0
+    if strategy == "lora":
+        result.adapter = adapter_state(model)
     result.model = merge_lora(model).cpu().eval()
     return result

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from tl_core.errors import DataError
-from tl_core.models.artifacts import model_config, save_model
+from tl_core.models.adapters import adapter_storable, base_fingerprint
+from tl_core.models.artifacts import model_config, save_adapter, save_model
 from tl_core.models.backbones import Backbone, Classifier, load_backbone
 from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, image_transform
 from tl_core.runs import SPLITS, RunContext
@@ -67,6 +68,7 @@ class _Trained:
     report: dict[str, Any]
     trainable: int
     samples: int
+    adapter: dict[str, Any] | None = None  # lora with a reloadable base: what the version stores instead
 
 
 def _prepare(ctx: RunContext, strategy: str, label_issues: dict[str, Any] | None = None) -> _Prepared:
@@ -127,6 +129,9 @@ def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: to
     def save_resume(blob: bytes) -> None:
         ctx.store.put_bytes(resume_key, blob)
 
+    # A LoRA model is stored as adapters naming its base by the fingerprint of the untouched base tensors.
+    base = (base_fingerprint(prep.model.backbone) if strategy == "lora" and adapter_storable(spec.backbone)
+            else None)
     result = finetune(prep.model, prep.backbone, strategy, spec, encoded["train"], encoded["validation"],
                       prep.transforms, load_resume, save_resume, device)
     model = result.model
@@ -139,8 +144,11 @@ def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: to
     model.cpu()
     report = {"val_metric": result.best_score, "best_epoch": result.best_epoch, "curves": result.curves,
               "resumed_from_epoch": result.resumed_from_epoch, "train_samples_per_s": result.samples_per_s}
+    adapter = None
+    if base is not None and result.adapter is not None:
+        adapter = {"tensors": result.adapter, "lora": result.lora_settings, "base_fingerprint": base}
     return _Trained(model, logits, report, result.trainable_parameters,
-                    len(encoded["train"]) * max(1, len(result.curves)))
+                    len(encoded["train"]) * max(1, len(result.curves)), adapter)
 
 
 def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
@@ -166,7 +174,10 @@ def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
                   device=str(dev), trainable_parameters=trained.trainable,
                   total_parameters=sum(p.numel() for p in trained.model.parameters()))
     config = model_config(spec, prep.backbone, strategy)
-    save_model(ctx.store, ctx.model_key(strategy), trained.model, prep.backbone, config)
+    if trained.adapter is not None:
+        save_adapter(ctx.store, ctx.model_key(strategy), trained.adapter, prep.backbone, config)
+    else:
+        save_model(ctx.store, ctx.model_key(strategy), trained.model, prep.backbone, config)
     for name in EVAL_SPLITS:
         ctx.write_npz(f"models/{strategy}/logits/{name}.npz", example_id=np.array(prep.encoded[name].ids, dtype=str),
                       logits=trained.logits[name].astype(np.float32))
