@@ -1,6 +1,7 @@
 """tl-retrain DAGs: for every model spec in the configs folder, three DAGs.
 
-  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> train (one task per strategy,
+  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> train (one task per strategy and
+                    candidate backbone, frozen baselines first when candidates are listed,
                     queue "gpu", pool "gpu") -> select -> export + parity -> evaluate (champion re-scored)
                     -> gate -> PASS: register -> approval -> evidence re-check -> promote
                                FAIL: the rejection and its reasons go to the ledger
@@ -43,6 +44,9 @@ def is_shadow(run_type: str, allow_promotion: bool) -> bool:
 def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
     name = spec["name"]
     strategies = spec.get("train", {}).get("strategies", ["frozen", "lora"])
+    # Candidate backbones train '<strategy>-<candidate>' models; every frozen baseline ranks its backbone first.
+    models = [*strategies, *(f"{s}-{c['name']}" for c in spec.get("candidates") or []
+                             for s in c.get("strategies", ["frozen"]))]
     approval = spec.get("approval", {})
     with DAG(
         dag_id=dag_id("retrain", name),
@@ -184,7 +188,12 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
         snap = snapshot()
         splits = split(audit(snap))
-        trained = [make_train(s)(splits) for s in strategies]
+        frozen = [make_train(m)(splits) for m in models if m.partition("-")[0] == "frozen"]
+        tuned = [make_train(m)(splits) for m in models if m.partition("-")[0] != "frozen"]
+        if spec.get("candidates"):
+            for task_out in tuned:
+                frozen >> task_out  # fine-tuning runs only for the shortlist that the frozen baselines rank
+        trained = frozen + tuned
         decision = gate(evaluate(export(select(trained))))
         branch = route(decision)
         version = register()

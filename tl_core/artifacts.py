@@ -29,8 +29,8 @@ ADAPTER_FILE = "adapter.safetensors"
 
 
 def weights_file(strategy: str, config: Any) -> str:
-    """The weights file of a model folder, from its strategy and model_config.json."""
-    if strategy == "lora" and isinstance(config, dict) and config.get("storage") == "adapter":
+    """The weights file of a model folder (``strategy``: its folder name), from its model_config.json."""
+    if isinstance(config, dict) and config.get("storage") == "adapter":
         return ADAPTER_FILE
     return MERGED_FILE
 
@@ -107,6 +107,10 @@ class EvaluationReport(_Artifact):
     audit: dict[str, Any] | None
     # The source checkpoint (tl_core.evaluate.run.provenance); absent in reports written before it existed.
     provenance: dict[str, Any] | None = None
+    # The frozen baseline of the ladder: the best frozen model by validation of any backbone (absent: 'frozen').
+    baseline: str | None = None
+    # Runs with candidate backbones: per backbone its measured cost, budget verdict, licence and test metric.
+    backbones: dict[str, dict[str, Any]] | None = None
 
 
 class GateReason(_Artifact):

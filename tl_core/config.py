@@ -427,6 +427,40 @@ class GateSpec(_Strict):
         return float(self.slice_margins.get(metric, self.margins.get(metric, 0.0)))  # type: ignore[call-overload]
 
 
+StrategyName = Literal["frozen", "lora", "partial", "full", "scratch"]
+
+
+class CandidateSpec(_Strict):
+    """Another pretrained backbone trained and compared in the same run (model folders '<strategy>-<name>')."""
+
+    name: ModelName = Field("alt", description="Short name of the candidate (lowercase, digits, '-', '_').")
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="The candidate's pretrained backbone.")
+    strategies: list[StrategyName] = Field(
+        default=["frozen"], description="Its strategies; 'frozen' (the cheap, cached baseline that ranks it) first."
+    )
+
+    @model_validator(mode="after")
+    def _frozen_first(self) -> CandidateSpec:
+        if not self.strategies or self.strategies[0] != "frozen" or len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies must start with 'frozen' (it ranks the backbone) and name each strategy "
+                             f"once, got {self.strategies}")
+        return self
+
+
+class SelectionSpec(_Strict):
+    """How a run with several backbones picks one: cost is measured, budgets exclude, then the best metric."""
+
+    finetune_top_k: PositiveInt = Field(
+        1, description="Backbones (the spec's own included) fine-tuned: the top k by frozen validation metric."
+    )
+    max_latency_ms: PositiveFloat | None = Field(
+        None, description="Budget: onnxruntime latency at batch 1 (median, ms) on the worker that trained it."
+    )
+    max_model_mb: PositiveFloat | None = Field(None, description="Budget: size of the model's ONNX file (MB).")
+    serving_batch: PositiveInt = Field(32, description="The serving batch size whose latency is measured too.")
+    latency_runs: PositiveInt = Field(20, description="Timed onnxruntime runs per batch size (the median counts).")
+
+
 class ApprovalSpec(_Strict):
     """Human approval in Airflow."""
 
@@ -458,6 +492,9 @@ class ModelSpec(_Strict):
     description: str = Field("", description="Free text shown in the UI.")
     labels: list[Label] = Field(default_factory=list, description="The label set, in output order.")
     backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="Pretrained backbone.")
+    candidates: list[CandidateSpec] = Field(
+        default_factory=list, description="More backbones compared in the same run (selection picks one).")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec, description="Backbone selection and budgets.")
     data: DataSpec = Field(default_factory=DataSpec, description="Data location, window and split.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training recipe.")
     gate: GateSpec = Field(default_factory=GateSpec, description="Promotion policy.")
@@ -494,7 +531,40 @@ class ModelSpec(_Strict):
                 )
         if not self.train.strategies:
             raise ValueError("train.strategies must name at least one strategy")
+        self._check_candidates(expected)
         return self
+
+    def _check_candidates(self, library: str) -> None:
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidates: names must be unique, got {names}")
+        for i, cand in enumerate(self.candidates):
+            if cand.backbone.library != library:
+                raise ValueError(f"candidates.{i}.backbone.library must be {library!r} for modality "
+                                 f"{self.modality!r}, got {cand.backbone.library!r}")
+        if self.candidates and "frozen" not in self.train.strategies:
+            raise ValueError("train.strategies must include 'frozen' when candidates are listed (every backbone's "
+                             "frozen baseline ranks it)")
+
+    def model_ids(self) -> list[str]:
+        """Every model a run trains: the spec's strategies, then '<strategy>-<candidate>' per candidate."""
+        return [*self.train.strategies, *(f"{s}-{c.name}" for c in self.candidates for s in c.strategies)]
+
+    def training_order(self) -> list[str]:
+        """model_ids with every frozen baseline first (they rank the backbones before any fine-tuning)."""
+        return sorted(self.model_ids(), key=lambda m: not m.startswith("frozen"))
+
+    def for_model(self, model_id: str) -> tuple[ModelSpec, str, str | None]:
+        """(the spec that trains ``model_id``: its backbone and strategies, the strategy, the candidate name)."""
+        strategy, _, candidate = model_id.partition("-")
+        if model_id not in self.model_ids():
+            raise ValueError(f"model {model_id!r} is not trained by spec {self.name!r}: expected one of "
+                             f"{self.model_ids()}")
+        if not candidate:
+            return self, strategy, None
+        cand = next(c for c in self.candidates if c.name == candidate)
+        train = self.train.model_copy(update={"strategies": list(cand.strategies)})
+        return self.model_copy(update={"backbone": cand.backbone, "train": train}), strategy, candidate
 
     @property
     def registry_root(self) -> str:

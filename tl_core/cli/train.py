@@ -12,11 +12,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tl_core.pipeline import step_select, step_train
     from tl_core.store import new_run_id
 
-    unknown = [s for s in args.strategy or [] if s not in STRATEGIES]
+    spec = load_spec(args.spec)
+    unknown = [s for s in args.strategy or [] if s not in spec.model_ids()]
     if unknown:
-        raise ValueError(f"--strategy {unknown[0]!r} is not a transfer strategy: expected one of {STRATEGIES}")
+        extra = f"; with the spec's candidates: {spec.model_ids()}" if spec.candidates else ""
+        raise ValueError(f"--strategy {unknown[0]!r} is not a transfer strategy: expected one of {STRATEGIES}{extra}")
     run_id = args.run or new_run_id()
-    strategies = args.strategy or load_spec(args.spec).train.strategies
+    strategies = args.strategy or spec.training_order()
     uris = {s: step_train(args.spec, run_id, s, device=args.device) for s in strategies}
     candidate = step_select(args.spec, run_id) if not args.strategy else None
     emit(args, {"run": run_id, "models": uris, "candidate": candidate},

@@ -241,10 +241,52 @@ def _audit_section(audit: dict[str, Any] | None) -> str:
                + _table(["example id", "given label", "suspected label"], examples) if examples else ""))
 
 
+def _backbones_section(report: dict[str, Any]) -> list[str]:
+    """Runs with candidate backbones: the candidates table and the metric-vs-latency plot."""
+    backbones = report.get("backbones")
+    if not backbones:
+        return []
+    metric = report["primary_metric"]
+    rows = []
+    for name, b in backbones.items():
+        latency = b.get("latency_ms") or {}
+        iv = b.get("test_interval")
+        test = f"{_num(b.get('test_metric'))} [{_num(iv[0])}, {_num(iv[1])}]" if iv else _num(b.get("test_metric"))
+        verdict = ("<b>selected</b>" if b.get("selected") else
+                   f"over budget: {html.escape(b['over_budget'])}" if b.get("over_budget") else "")
+        rows.append([html.escape(name), html.escape(str(b.get("name"))), html.escape(str(b.get("best"))),
+                     _num(b.get("val_metric")),
+                     test,
+                     *(f"{latency[k]:.2f}" if k in latency else "n/a" for k in sorted(latency, key=int)),
+                     _num(b.get("onnx_mb")), f"{(b.get('parameters') or 0) / 1e6:.2f}M",
+                     html.escape(str(b.get("licence"))), verdict])
+    sizes = sorted({k for b in backbones.values() for k in (b.get("latency_ms") or {})}, key=int)
+    headers = ["backbone", "checkpoint", "best model", f"val {metric}", f"test {metric} [interval]",
+               *(f"latency ms @ batch {k}" for k in sizes), "ONNX MB", "parameters", "licence", ""]
+    return ["<h2>Backbone candidates</h2><p>Cost measured with onnxruntime on the worker that trained each backbone; "
+            "budgets from the spec's <code>selection</code>.</p>" + _table(headers, rows), _metric_vs_latency(report)]
+
+
+def _metric_vs_latency(report: dict[str, Any]) -> str:
+    fig, ax = _figure(6, 3.5)
+    for name, b in report["backbones"].items():
+        latency, iv = (b.get("latency_ms") or {}).get("1"), b.get("test_interval")
+        if latency is None or b.get("test_metric") is None:
+            continue
+        err = [[b["test_metric"] - iv[0]], [iv[1] - b["test_metric"]]] if iv else None
+        ax.errorbar([latency], [b["test_metric"]], yerr=err, fmt="o" if not b.get("selected") else "*", ms=9,
+                    capsize=3, label=f"{name}{' (selected)' if b.get('selected') else ''}")
+    ax.set_xlabel("onnxruntime latency at batch 1 (ms)")
+    ax.set_ylabel(f"test {report['primary_metric']}")
+    ax.legend(fontsize=7)
+    return _png(fig, f"test {report['primary_metric']} against latency per backbone")
+
+
 def render_html(report: dict[str, Any], decision: dict[str, Any] | None) -> str:
     """The self-contained evidence report: decision, models, slices, calibration, curves, audit."""
     parts = [f"<h1>Evaluation: {html.escape(report['model'])} run {html.escape(report['run_id'])}</h1>",
-             _decision_section(decision), *_models_section(report), *_calibration_section(report),
+             _decision_section(decision), *_models_section(report), *_backbones_section(report),
+             *_calibration_section(report),
              "<h2>Learning curves</h2>" + _curves(report.get("curves", {})), _audit_section(report.get("audit"))]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['model'])} evaluation"
             f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")

@@ -46,6 +46,7 @@ from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interv
 from tl_core.evaluate.calibration import fit_temperature
 from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, softmax
 from tl_core.runs import RunContext
+from tl_core.train.objective import rank_key
 
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
@@ -260,8 +261,39 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
         "comparisons": comparisons, "curves": _curves(ctx, strategies),
         "audit": _audit_summary(audit, _label_issues(ctx)),
         "gate_policy": spec.gate.model_dump(mode="json"), "bootstrap": bootstrap,
-        "provenance": provenance(spec),
+        "provenance": provenance(spec.for_model(selected)[0]),
+        "baseline": _baseline(ctx.read_json("candidate.json"), spec.train.primary_metric),
+        "backbones": _backbones(ctx, models) if spec.candidates else None,
     }
+
+
+def _baseline(candidate: dict[str, Any], metric: str) -> str | None:
+    """The ladder's frozen baseline: the best frozen model of any backbone by validation (ties: listed first)."""
+    frozen = [m for m, v in (candidate.get("strategies") or {}).items() if m.partition("-")[0] == "frozen"]
+    if not frozen:
+        return None
+    values = candidate["strategies"]
+    return min(frozen, key=lambda m: (round(rank_key(metric, float(values[m]["val_metric"])), 6), frozen.index(m)))
+
+
+def _backbones(ctx: RunContext, models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per backbone: measured cost and budget verdict (candidate.json), licence, and its best trained model by
+    validation with that model's test metric and interval."""
+    candidate = ctx.read_json("candidate.json")
+    spec, metric = ctx.spec, ctx.spec.train.primary_metric
+    scores = candidate.get("strategies") or {}
+    out = {}
+    for name, info in (candidate.get("backbones") or {}).items():
+        own = [m for m, v in scores.items() if v.get("backbone") == name]
+        best = min(own, key=lambda m: rank_key(metric, float(scores[m]["val_metric"]))) if own else None
+        entry = models.get(best or "") or {}
+        source = spec.backbone if name == "default" else next(c.backbone for c in spec.candidates if c.name == name)
+        out[name] = {**info, "licence": provenance(spec.model_copy(update={"backbone": source}))["licence"],
+                     "models": own, "best": best, "val_metric": scores[best]["val_metric"] if best else None,
+                     "test_metric": (entry.get("overall") or {}).get(metric),
+                     "test_interval": ((entry.get("intervals") or {}).get(metric) or {}).get("overall"),
+                     "selected": candidate.get("selected") in own}
+    return out
 
 
 def provenance(spec: ModelSpec) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class GateInput:
     primary: Any
     test_size: int
     provenance: dict[str, Any] | None = None  # the report's source checkpoint (None in reports without one)
+    baseline: str = "frozen"  # the ladder's frozen baseline: the best frozen model of any backbone
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> GateInput:
@@ -44,7 +45,7 @@ class GateInput:
                    slice_sizes=report.get("slices") or {}, comparisons=report.get("comparisons") or {},
                    bootstrap=report.get("bootstrap") or {},
                    primary=report.get("primary_metric") or "macro_f1", test_size=int(report.get("test_size") or 0),
-                   provenance=report.get("provenance"))
+                   provenance=report.get("provenance"), baseline=report.get("baseline") or "frozen")
 
     @property
     def levels(self) -> list[float] | None:
@@ -201,13 +202,15 @@ def _overall(inp: GateInput, policy: GateSpec, other: str, metric: str, margin: 
 
 
 def matches_frozen(inp: GateInput, policy: GateSpec) -> list[Reason]:
-    """Baseline ladder, second rung: a fine-tuned candidate is not shown worse than the frozen baseline by the
-    margin (inconclusive does what ``overall_inconclusive`` says)."""
+    """Baseline ladder, second rung: the candidate is not shown worse than the frozen baseline (with several
+    backbones: the best frozen model of any of them, by validation) by the margin (inconclusive does what
+    ``overall_inconclusive`` says)."""
     strategy = inp.cand.get("strategy") or inp.candidate
-    if not (policy.must_match_frozen and strategy != "frozen" and "frozen" in inp.models):
+    base = inp.baseline
+    if not (policy.must_match_frozen and strategy != base and base in inp.models):
         return []
     margin = policy.margins.get(inp.primary, 0.0)
-    return [_overall(inp, policy, "frozen", inp.primary, margin, f"candidate ({strategy}) - frozen", "ladder")]
+    return [_overall(inp, policy, base, inp.primary, margin, f"candidate ({strategy}) - {base}", "ladder")]
 
 
 def non_inferiority(inp: GateInput, policy: GateSpec) -> list[Reason]:

@@ -29,7 +29,7 @@ def summary(report: dict[str, Any], reasons: list[Reason]) -> dict[str, Any]:
     }
 
 
-def _interval_rows(decision: Decision, limit: int) -> list[str]:
+def _interval_rows(decision: Decision, limit: int, baseline: str = "frozen") -> list[str]:
     """Table rows: every overall interval, then the ``limit`` worst slices (failures first)."""
     with_iv = [r for r in decision.reasons if r.interval is not None]
     overall = [r for r in with_iv if r.slice in (None, "overall")]
@@ -37,7 +37,7 @@ def _interval_rows(decision: Decision, limit: int) -> list[str]:
                     key=lambda r: (r.status != "FAIL", r.interval[0] if r.interval else 0.0))
     rows = []
     for r in overall + slices[:limit]:
-        ref = {"ladder": "majority-class" if "majority" in r.text else "frozen"}.get(r.check, "champion")
+        ref = {"ladder": "majority-class" if "majority" in r.text else baseline}.get(r.check, "champion")
         threshold = f"{r.threshold:+.3f}" if r.threshold is not None else ""
         detects = f"{r.detectable:.3f}" if r.detectable is not None else ""
         rows.append(f"| {ref} | {r.metric} | {r.slice or 'overall'} | "
@@ -59,7 +59,7 @@ def summary_markdown(decision: Decision, report: dict[str, Any], limit: int = 6)
         "",
         f"| candidate minus | metric | slice | {conf:.0%} interval | threshold | outcome | detects drops >= | status |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *_interval_rows(decision, limit),
+        *_interval_rows(decision, limit, report.get("baseline") or "frozen"),
     ]
     ece = decision.summary.get("ece") or {}
     cand_ece, champ_ece = ece.get("candidate"), ece.get("champion")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -18,6 +19,7 @@ from tl_core.models.artifacts import model_config, save_adapter, save_model
 from tl_core.models.backbones import Backbone, Classifier, load_backbone
 from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, image_transform
 from tl_core.runs import SPLITS, RunContext
+from tl_core.train.candidates import measure_cost, shortlist_reason
 from tl_core.train.finetune import choose_device, finetune, predict_logits
 from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
 from tl_core.train.label_check import drop_quarantined, ensure_label_issues
@@ -118,10 +120,11 @@ def _train_frozen(ctx: RunContext, prep: _Prepared, device: torch.device) -> _Tr
     return _Trained(model, logits, report, trainable, sum(len(e) for e in encoded.values()))
 
 
-def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: torch.device) -> _Trained:
+def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: torch.device,
+                     model_id: str | None = None) -> _Trained:
     """Fine-tune (partial, full, lora, scratch) with resume checkpoints in the run, then score every split."""
     spec, encoded = ctx.spec, prep.encoded
-    resume_key = ctx.model_key(strategy, "resume", "state.pt")
+    resume_key = ctx.model_key(model_id or strategy, "resume", "state.pt")
 
     def load_resume() -> bytes | None:
         return ctx.store.get_bytes(resume_key) if ctx.store.exists(resume_key) else None
@@ -151,39 +154,55 @@ def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: to
                     len(encoded["train"]) * max(1, len(result.curves)), adapter)
 
 
-def run_train(ctx: RunContext, strategy: str, device: str | None = None) -> str:
-    """Train one strategy of the spec on the run's split; write model files, logits and a report.
-
-    ``device`` ('auto', 'cuda' or 'cpu') overrides the spec's train.device.
+def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
+    """Train one model of the spec (a strategy, or '<strategy>-<candidate>' for a candidate backbone) on the
+    run's split; write model files, logits and a report. ``device`` ('auto', 'cuda' or 'cpu') overrides the
+    spec's train.device. With candidates, a fine-tuned model of a backbone outside the shortlist (the top
+    ``selection.finetune_top_k`` by frozen validation metric) is not trained: its report says why.
     """
     spec = ctx.spec
-    if strategy not in spec.train.strategies:
-        raise ValueError(f"strategy {strategy!r} is not in train.strategies {spec.train.strategies}")
-    if ctx.store.exists(ctx.model_key(strategy, "train_report.json")):
-        logger.info("%s already trained for run %s; nothing to do", strategy, ctx.run_id)
-        return ctx.uri("models", strategy)
+    if model_id not in spec.model_ids():
+        raise ValueError(f"strategy {model_id!r} is not in train.strategies {spec.train.strategies}"
+                         + (f" or the candidates' models {spec.model_ids()[len(spec.train.strategies):]}"
+                            if spec.candidates else ""))
+    report_key = f"models/{model_id}/train_report.json"
+    if ctx.store.exists(ctx.key(report_key)):
+        logger.info("%s already trained for run %s; nothing to do", model_id, ctx.run_id)
+        return ctx.uri("models", model_id)
+    model_spec, strategy, candidate = spec.for_model(model_id)
+    if strategy != "frozen" and spec.candidates:
+        reason = shortlist_reason(ctx, candidate)
+        if reason:
+            ctx.write_json(report_key, {"strategy": strategy, "backbone": candidate, "skipped": reason})
+            logger.info("%s: not trained: %s", model_id, reason)
+            return ctx.uri("models", model_id)
     dev = choose_device(device or spec.train.device)
     label_issues = ensure_label_issues(ctx, dev.type)  # before any fine-tuning (tl_core/train/label_check.py)
-    prep = _prepare(ctx, strategy, label_issues)
+    mctx = dataclasses.replace(ctx, spec=model_spec)  # the model's backbone; keys stay the run's
+    prep = _prepare(mctx, strategy, label_issues)
     t0 = time.perf_counter()
-    trained = _train_frozen(ctx, prep, dev) if strategy == "frozen" else _train_finetuned(ctx, strategy, prep, dev)
+    trained = (_train_frozen(mctx, prep, dev) if strategy == "frozen"
+               else _train_finetuned(mctx, strategy, prep, dev, model_id))
     wall = time.perf_counter() - t0
-    report: dict[str, Any] = {"strategy": strategy, "train_examples": len(prep.encoded["train"]), **trained.report}
+    report: dict[str, Any] = {"strategy": strategy, "backbone": candidate,
+                              "train_examples": len(prep.encoded["train"]), **trained.report}
     report.update(primary_metric=spec.train.primary_metric, wall_s=wall,
                   samples_per_s=trained.samples / wall if wall else 0.0, peak_memory_mb=_peak_memory_mb(dev),
                   device=str(dev), trainable_parameters=trained.trainable,
                   total_parameters=sum(p.numel() for p in trained.model.parameters()))
-    config = model_config(spec, prep.backbone, strategy)
+    config = model_config(model_spec, prep.backbone, strategy)
     if trained.adapter is not None:
-        save_adapter(ctx.store, ctx.model_key(strategy), trained.adapter, prep.backbone, config)
+        save_adapter(ctx.store, ctx.model_key(model_id), trained.adapter, prep.backbone, config)
     else:
-        save_model(ctx.store, ctx.model_key(strategy), trained.model, prep.backbone, config)
+        save_model(ctx.store, ctx.model_key(model_id), trained.model, prep.backbone, config)
     for name in EVAL_SPLITS:
-        ctx.write_npz(f"models/{strategy}/logits/{name}.npz", example_id=np.array(prep.encoded[name].ids, dtype=str),
+        ctx.write_npz(f"models/{model_id}/logits/{name}.npz", example_id=np.array(prep.encoded[name].ids, dtype=str),
                       logits=trained.logits[name].astype(np.float32))
-    # The report is written last: its presence marks the strategy as complete.
-    ctx.write_json(f"models/{strategy}/train_report.json", report)
-    if ctx.store.exists(ctx.model_key(strategy, "resume", "state.pt")):
-        ctx.store.delete(ctx.model_key(strategy, "resume", "state.pt"))
-    logger.info("%s: validation %s %.4f in %.1fs", strategy, spec.train.primary_metric, report["val_metric"], wall)
-    return ctx.uri("models", strategy)
+    if strategy == "frozen" and spec.candidates:  # what the backbone costs to serve, measured on this worker
+        ctx.write_json(f"models/{model_id}/cost.json", measure_cost(trained.model, prep, config, spec.selection))
+    # The report is written last: its presence marks the model as complete.
+    ctx.write_json(report_key, report)
+    if ctx.store.exists(ctx.model_key(model_id, "resume", "state.pt")):
+        ctx.store.delete(ctx.model_key(model_id, "resume", "state.pt"))
+    logger.info("%s: validation %s %.4f in %.1fs", model_id, spec.train.primary_metric, report["val_metric"], wall)
+    return ctx.uri("models", model_id)
