@@ -122,6 +122,21 @@ def _name(value: str) -> str:
     return value
 
 
+def _marker_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or "/" in value or "\\" in value or value in (".", "..") or value.endswith(".parquet"):
+        raise ValueError("must be a plain file name inside the dt=YYYY-MM-DD folder (no '/', not '.' or '..', not "
+                         f"a .parquet name, which would be read as data), e.g. '_SUCCESS'; got {value!r}")
+    return value
+
+
+def _webhook_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
 def _store_uri(value: str) -> str:
     if not (value.startswith("s3://") or value.startswith("file://")):
         raise ValueError(f"must be a store URI starting with s3:// or file://, got {value!r}")
@@ -147,6 +162,8 @@ WindowDays = Annotated[PositiveInt, AfterValidator(_window_days)]
 Label = Annotated[str, AfterValidator(_label)]
 ModelName = Annotated[str, AfterValidator(_name)]
 StoreUri = Annotated[str, AfterValidator(_store_uri)]
+MarkerName = Annotated[str | None, AfterValidator(_marker_name)]
+WebhookUrl = Annotated[str | None, AfterValidator(_webhook_url)]
 Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece"]
 
 
@@ -246,6 +263,15 @@ class DataSpec(_Strict):
     root: StoreUri = Field("file://.tl/data", description="Store URI holding <dataset>/dt=YYYY-MM-DD/*.parquet.")
     dataset: str = Field("default", description="Dataset folder under the data root.")
     window_days: WindowDays = Field(14, description="A run for date D reads partitions in [D - window_days, D].")
+    completion_marker: MarkerName = Field(
+        "_SUCCESS", description="File a partition's writer puts in its dt= folder last; null: markers not used."
+    )
+    arrival_timeout_minutes: PositiveFloat = Field(
+        720.0, description="retrain_<name> waits this long for the logical date's marker, then fails naming it."
+    )
+    arrival_poke_seconds: PositiveFloat = Field(
+        300.0, description="How often the (deferred) wait for the marker looks for it."
+    )
     input_column: str = Field("text", description="Input column: text, image or image_uri.")
     slice_columns: list[str] = Field(default_factory=list, description="Columns whose values define slices.")
     slice_crosses: list[list[str]] = Field(default_factory=list, description="Pairs of slice columns to cross.")
@@ -298,6 +324,12 @@ class DataSpec(_Strict):
     label_shift_min_tvd: Fraction = Field(
         0.05, description="Label shift is flagged only when the label distributions differ by at least this TVD."
     )
+
+    def marker_uri(self, day: str) -> str | None:
+        """URI of the completion marker of the partition ``day`` (YYYY-MM-DD), or None when markers are not used."""
+        if self.completion_marker is None:
+            return None
+        return f"{self.root.rstrip('/')}/{self.dataset}/dt={day}/{self.completion_marker}"
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> DataSpec:
@@ -434,6 +466,37 @@ class ApprovalSpec(_Strict):
     response_timeout_hours: PositiveFloat = Field(24.0, description="No answer within this means no promotion.")
 
 
+NOTIFY_EVENTS = ("failure", "gate_fail", "pending_approval", "promotion", "drift")
+NotifyEvent = Literal["failure", "gate_fail", "pending_approval", "promotion", "drift"]
+
+
+class WebhookSpec(_Strict):
+    """One webhook channel: JSON POSTs ({"text": ..., "event": ..., ...}; Slack incoming webhooks accept them)."""
+
+    url: WebhookUrl = Field(None, description="http(s) URL to POST to (or give url_env to keep it out of the spec).")
+    url_env: str | None = Field(None, description="Environment variable holding the URL (secrets stay out of git).")
+    events: list[NotifyEvent] = Field(default=list(NOTIFY_EVENTS), description="Events this channel receives.")
+    timeout_seconds: PositiveFloat = Field(10.0, description="Per-POST timeout; a failed POST is logged, never raised.")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookSpec:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"give exactly one of url and url_env, got url={self.url!r}, url_env={self.url_env!r}")
+        return self
+
+
+class NotifySpec(_Strict):
+    """Who hears about failures, gate FAILs, pending approvals, promotions/rollbacks and drift."""
+
+    webhooks: list[WebhookSpec] = Field(default_factory=list, description="Webhook channels (none: no messages).")
+
+    def channels(self, event: str) -> list[WebhookSpec]:
+        """The channels subscribed to ``event`` (one of NOTIFY_EVENTS)."""
+        if event not in NOTIFY_EVENTS:
+            raise ValueError(f"notification event {event!r} is not one of {NOTIFY_EVENTS}")
+        return [w for w in self.webhooks if event in w.events]
+
+
 class ExportSpec(_Strict):
     """ONNX export and parity."""
 
@@ -466,6 +529,7 @@ class ModelSpec(_Strict):
     store: StoreUri = Field("file://.tl/store", description="Store URI for runs/ and (by default) registry/.")
     registry: StoreUri | None = Field(None, description="Registry root; defaults to the store.")
     schedule: str | None = Field("@daily", description="Airflow schedule of retrain_<name>; null for manual.")
+    notify: NotifySpec = Field(default_factory=NotifySpec, description="Notification channels and their events.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -42,6 +42,11 @@ class BlockingAuditFinding(DataError):
     """The data audit found a blocking problem; the run must stop."""
 
 
+class IncompletePartition(DataError):
+    """A partition in the run's window has data files but not its completion marker (the writer has not said it
+    is done); the message names the partition and the marker expected."""
+
+
 class ResumeError(TLError):
     """A training resume checkpoint does not fit the model and strategy being trained."""
 
