@@ -466,8 +466,8 @@ class ApprovalSpec(_Strict):
     response_timeout_hours: PositiveFloat = Field(24.0, description="No answer within this means no promotion.")
 
 
-NOTIFY_EVENTS = ("failure", "gate_fail", "pending_approval", "promotion", "drift")
 NotifyEvent = Literal["failure", "gate_fail", "pending_approval", "promotion", "drift"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failure", "gate_fail", "pending_approval", "promotion", "drift")
 
 
 class WebhookSpec(_Strict):
