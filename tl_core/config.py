@@ -34,7 +34,7 @@ CACHE_DIR = Path(os.environ.get("TL_CACHE_DIR", Path.home() / ".cache" / "tl-ret
 
 
 # The DAGs each model spec gets (dags/tl_dags.py): "<kind>_<model name>".
-DAG_KINDS = ("retrain", "promote", "rollback")
+DAG_KINDS = ("retrain", "promote", "rollback", "score")
 
 
 def dag_id(kind: str, model: str) -> str:
