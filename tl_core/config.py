@@ -513,6 +513,37 @@ class ExportSpec(_Strict):
         return self
 
 
+class MonitorSpec(_Strict):
+    """The production loop: batch scoring of unlabeled partitions, drift and the label-free accuracy estimate."""
+
+    scoring_root: StoreUri = Field(
+        "file://.tl/scoring", description="Store URI holding unlabeled partitions <dataset>/dt=YYYY-MM-DD/*.parquet."
+    )
+    chunk_rows: PositiveInt = Field(8192, description="Rows read from Parquet and scored per chunk (bounds memory).")
+    batch_size: PositiveInt = Field(256, description="Rows per onnxruntime call inside a chunk.")
+    shadow: bool = Field(True, description="Also score the newest registered non-champion version (challenger).")
+    embedding_alpha: OpenFraction = Field(
+        0.01, description="Input drift: alert when the embedding MMD permutation test's p-value is below this."
+    )
+    chi2_alpha: OpenFraction = Field(
+        0.01, description="Prediction shift: alert when the predicted-class chi-square test's p-value is below this."
+    )
+    psi_threshold: PositiveFloat = Field(
+        0.2, description="Prediction shift: alert when the PSI of predicted-class shares exceeds this."
+    )
+    accuracy_drop: Fraction = Field(
+        0.05, description="Alert when the label-free accuracy estimate is this far below the champion's test accuracy."
+    )
+    min_slice_rows: PositiveInt = Field(
+        30, description="Slices with fewer scored rows are reported but never alert."
+    )
+    permutations: PositiveInt = Field(200, description="Permutations of the embedding two-sample test.")
+    seed: NonNegativeInt = Field(0, description="Seed of the row sampling and the permutations.")
+    embedding_max_rows: PositiveInt = Field(
+        1000, description="Rows sampled from each side (training snapshot, partition) for the embedding test."
+    )
+
+
 class ModelSpec(_Strict):
     """One model/project: everything a retrain run needs."""
 
@@ -526,6 +557,7 @@ class ModelSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec, description="Promotion policy.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="ONNX export and parity.")
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec, description="Human approval.")
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Batch scoring, drift, label-free accuracy.")
     store: StoreUri = Field("file://.tl/store", description="Store URI for runs/ and (by default) registry/.")
     registry: StoreUri | None = Field(None, description="Registry root; defaults to the store.")
     schedule: str | None = Field("@daily", description="Airflow schedule of retrain_<name>; null for manual.")

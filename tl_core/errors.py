@@ -93,3 +93,8 @@ class MetadataError(RegistryError):
 
 class UnexplainedPointer(RegistryError):
     """The champion pointer holds a change that the ledger and the intents cannot explain (e.g. a hand edit)."""
+
+
+class MonitorError(TLError):
+    """Batch scoring or drift cannot run: no champion, a missing or unreadable scoring partition, input columns
+    that do not fit the model, or a champion whose reference data is gone; the message names what and where."""
