@@ -264,7 +264,8 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
     name = spec["name"]
     approval = spec.get("approval", {})
     with DAG(dag_id=dag_id("promote", name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
-             tags=["tl-retrain", name], default_args={"on_failure_callback": TLWebhookNotifier(spec_path, "failure")}, description=f"Manually promote a registered version of {name} (approval-gated)",
+             tags=["tl-retrain", name], default_args={"on_failure_callback": TLWebhookNotifier(spec_path, "failure")},
+             description=f"Manually promote a registered version of {name} (approval-gated)",
              params={"version": Param(type="string", pattern=r"^v[0-9]{4,9}$", description="version to promote"),
                      "expect_champion": Param("none", type="string", description="current champion or 'none'"),
                      "reason": Param(type="string", minLength=3, description="why"),
@@ -303,8 +304,9 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
             from tl_core.pipeline import step_promote_manual
 
             p = context["params"]
+            answer = context["ti"].xcom_pull(task_ids="approval", key="answer")
             result = step_promote_manual(spec_path, context["run_id"], p["version"], p["expect_champion"],
-                                         p["reason"], checked, context["ti"].xcom_pull(task_ids="approval", key="answer"))
+                                         p["reason"], checked, answer)
             record_champion_event(context, name, result)
             return result
 
@@ -333,7 +335,8 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
 def build_rollback(spec_path: str, spec: dict[str, Any]) -> DAG:
     name = spec["name"]
     with DAG(dag_id=dag_id("rollback", name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
-             tags=["tl-retrain", name], default_args={"on_failure_callback": TLWebhookNotifier(spec_path, "failure")}, description=f"Roll the champion of {name} back",
+             tags=["tl-retrain", name], default_args={"on_failure_callback": TLWebhookNotifier(spec_path, "failure")},
+             description=f"Roll the champion of {name} back",
              params={"target": Param(None, type=["null", "string"], description="version; default: previous"),
                      "reason": Param(type="string", minLength=3, description="why (recorded in the ledger)")}) as dag:
 
