@@ -13,6 +13,7 @@ from airflow_fixtures import ROOT, airflow_env
 
 PROBE = r"""
 import json, sys, time
+as_list = lambda x: x if isinstance(x, list) else ([] if x is None else [x])
 t0 = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
@@ -29,13 +30,13 @@ for dag_id, dag in bag.dags.items():
         "schedule": str(dag.schedule) if hasattr(dag, "schedule") else None,
         "timetable": type(dag.timetable).__name__,
         "schedule_assets": sorted(a.uri for _, a in dag.timetable.asset_condition.iter_assets())
-        if hasattr(dag.timetable, "asset_condition") else [],
+        if getattr(dag.timetable, "asset_condition", None) is not None else [],
         "catchup": dag.catchup,
         "outlets": {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets},
         "sensor": next((type(t).__name__ for t in dag.tasks if t.task_id == "wait_for_data"), None),
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
         "callbacks": {t.task_id: [n.event for n in [*(getattr(t, "notifiers", None) or []),
-                                                     *(t.on_success_callback or [])] if hasattr(n, "event")]
+                                                     *as_list(t.on_success_callback)] if hasattr(n, "event")]
                       for t in dag.tasks},
     }
 print(json.dumps(out))
