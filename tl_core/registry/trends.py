@@ -80,12 +80,12 @@ def render_trends_png(trends: dict[str, Any], title: str) -> bytes | None:
     champ = [(i, r["champion_value"]) for i, r in enumerate(runs) if r["champion_value"] is not None]
     if champ:
         ax.plot([i for i, _ in champ], [v for _, v in champ], "-o", color="#1f4e9c", label="champion (re-scored)")
-    for passed, style, label in ((True, {"marker": "o", "color": "#2e8b57"}, "candidate, gate PASS"),
-                                 (False, {"marker": "x", "color": "#c0392b"}, "candidate, gate FAIL")):
+    for passed, marker, colour, label in ((True, "o", "#2e8b57", "candidate, gate PASS"),
+                                          (False, "x", "#c0392b", "candidate, gate FAIL")):
         pts = [(i, r["candidate_value"]) for i, r in enumerate(runs) if r["passed"] is passed
                and r["candidate_value"] is not None]
         if pts:
-            ax.scatter([i for i, _ in pts], [v for _, v in pts], s=40, label=label, **style)
+            ax.scatter([i for i, _ in pts], [v for _, v in pts], s=40, label=label, marker=marker, color=colour)
     ax.set_xticks(x, [r["logical_date"] or r["run_id"][:16] for r in runs], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(trends["metric"])
     ax.set_title(title, fontsize=10)
