@@ -5,6 +5,7 @@ failure reaches the spec's webhook (a local HTTP server). The tasks after the sn
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -127,3 +128,65 @@ def test_retrain_waits_for_the_marker_then_times_out_naming_the_partition(tmp_pa
         assert failure["links"]["task"].startswith("/dags/retrain_arrive/runs/")
     finally:
         hook.close()
+
+
+ROLLBACK = r"""
+import json, sys
+from datetime import datetime, timezone
+from airflow.dag_processing.dagbag import DagBag
+from sqlalchemy import select
+from airflow.models.asset import AssetEvent, AssetModel
+from airflow.utils.session import create_session
+
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+run = bag.dags["rollback_reg-test"].test(logical_date=datetime(2026, 11, 5, tzinfo=timezone.utc),
+                                         run_conf={"reason": "test: back to v0001"})
+print("STATE", run.state)
+with create_session() as s:
+    events = s.execute(select(AssetModel.uri, AssetEvent.extra, AssetEvent.source_dag_id, AssetEvent.source_task_id)
+                       .join(AssetModel, AssetModel.id == AssetEvent.asset_id)).all()
+print("EVENTS", json.dumps([list(e) for e in events]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rollback_emits_the_champion_asset_and_notifies(tmp_path: Path) -> None:
+    """The rollback DAG moves the champion, emits tl://<model>/champion (extra: the new champion) for the score DAG
+    to react to, and tells the spec's webhook."""
+    from registry_fixtures import fake_run, make_spec
+    from tl_core.registry import Registry
+
+    hook = WebhookRecorder()
+    try:
+        store = (tmp_path / "store").as_uri()
+        raw = make_spec(store).model_dump(mode="json")
+        raw["notify"] = {"webhooks": [{"url": hook.url, "events": ["promotion", "failure"]}]}
+        raw["data"]["completion_marker"] = None
+        configs = tmp_path / "configs"
+        configs.mkdir()
+        (configs / "reg.yaml").write_text(yaml.safe_dump(raw))
+        reg = Registry.for_spec(parse_spec(raw))
+        v1, v2 = reg.register(fake_run(store, "r1")), reg.register(fake_run(store, "r2", seed=1))
+        reg.promote(v1, None, {"approver": "alice"}, "alice", "first", "f" * 64)
+        reg.promote(v2, v1, {"approver": "alice"}, "alice", "second", "f" * 64)
+        env = airflow_env(tmp_path / "airflow")
+        env["TL_CONFIGS_DIR"] = str(configs)
+        (tmp_path / "airflow").mkdir()
+        subprocess.run(["timeout", "-k", "10", "240", sys.executable, "-m", "airflow", "db", "migrate"], env=env,
+                       check=True, capture_output=True)
+        proc = subprocess.run(["timeout", "-k", "10", "240", sys.executable, "-c", ROLLBACK, str(ROOT / "dags")],
+                              env=env, capture_output=True, text=True)
+    finally:
+        hook.close()
+    assert proc.returncode == 0 and "STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert reg.champion().version == v1  # type: ignore[union-attr]
+    events = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("EVENTS "))[len("EVENTS "):])
+    assert events == [["tl://reg-test/champion", {"version": v1, "previous": v2, "action": "rollback",
+                                                  "actor": "dag_test"}, "rollback_reg-test", "rollback"]]
+    (message,) = hook.received
+    assert message["event"] == "promotion" and message["title"] == (
+        f"reg-test: rolled back to {v1} (champion before: {v2})")
+    assert message["lines"] == ["by dag_test", "reason: test: back to v0001"]
+    assert message["links"]["registry"].startswith("/tl/registry/rollback_reg-test?run_id=")
