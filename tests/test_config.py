@@ -175,5 +175,6 @@ def test_dag_ids_are_built_and_read_in_one_place() -> None:
     assert dag_id("retrain", "support-tickets") == "retrain_support-tickets"
     assert [model_of_dag(d) for d in ("promote_m1", "rollback_m-2", "retrain_", "other_m1")] == ["m1", "m-2", None,
                                                                                                    None]
-    with pytest.raises(ValueError, match=r"DAG kind 'score' is not one of \('retrain', 'promote', 'rollback'\)"):
-        dag_id("score", "m1")
+    assert dag_id("score", "m1") == "score_m1" and model_of_dag("score_m1") == "m1"
+    with pytest.raises(ValueError, match=r"DAG kind 'train' is not one of \('retrain', .*'score'\)"):
+        dag_id("train", "m1")
