@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tl_core.config import parse_spec
-from tl_core.data.partitions import partition_key
+from tl_core.data.partitions import partition_key, write_marker
 from tl_core.runs import RunContext
 from tl_core.store import open_store
 
@@ -92,6 +92,7 @@ def main() -> int:
             make_day(day, n, rng, 0).to_parquet(buf, index=False)
             size += buf.tell()
             store.put_bytes(partition_key(spec.data.dataset, day, "part-000.parquet"), buf.getvalue())
+            write_marker(store, spec.data.dataset, day, spec.data.completion_marker)
         print(f"generated {args.rows:,} rows in {args.days} partitions, {size / 1e6:.0f} MB parquet "
               f"({time.perf_counter() - t0:.1f}s, not timed below)")
         ctx = RunContext.open(spec, "bench")

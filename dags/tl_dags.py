@@ -9,6 +9,15 @@
                     params.allow_promotion is true.
   promote_<model>   manual: promote a registered version (params: version, expect_champion, reason)
   rollback_<model>  manual: roll the champion back (params: optional target version, required reason)
+  score_<model>     on every new champion (asset tl://<model>/champion) and daily: wait for the day's unlabeled
+                    partition -> score (champion + challenger in shadow) -> drift -> alerts: drift asset
+                    tl://<model>/drift + notification
+
+Data arrival: retrain_<model> (and score_<model>) first wait, deferred, for the run day's completion marker
+(<root>/<dataset>/dt=YYYY-MM-DD/_SUCCESS; tl_sensors) and fail naming the partition after data.arrival_timeout_minutes.
+Promotion and rollback emit the champion asset. Notifications (tl_notify.TLWebhookNotifier, channels from the
+spec's notify section): every task's final failure, gate FAIL, pending approval (with links), promotion/rollback,
+drift.
 
 This file only orchestrates: each task is a lazy import of tl_core.pipeline and one call; tasks pass URIs.
 At parse time it reads the small YAML specs (to know the DAG ids) and nothing else: no torch, no store.
@@ -16,15 +25,21 @@ At parse time it reads the small YAML specs (to know the DAG ids) and nothing el
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
-from airflow.sdk import DAG, Param, task
-from tl_operators import RecordedApproval, approval_retry_args  # plugins/: on sys.path in Airflow
+from airflow.sdk import DAG, Asset, Param, task
+from tl_notify import TLWebhookNotifier  # plugins/: on sys.path in Airflow
+from tl_operators import RecordedApproval, approval_retry_args
+from tl_sensors import marker_sensor
 
-from tl_core.config import configs_dir, dag_id  # light: pydantic + yaml, no torch, no store
+from tl_core.config import configs_dir, dag_id, load_spec  # light: pydantic + yaml, no torch, no store
+from tl_core.errors import SpecError
+
+log = logging.getLogger(__name__)
 
 CONFIGS = configs_dir()
 # The plugin's views (plugins/tl_plugin.py), served by the Airflow API server; TL_AIRFLOW_PUBLIC_URL makes the
@@ -34,6 +49,45 @@ REPORT_VIEW = PUBLIC_URL + "/tl/report/{dag_id}/{run_id}"
 REGISTRY_VIEW = PUBLIC_URL + "/tl/registry/{dag_id}?run_id={run_id}"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
                 "max_retry_delay": timedelta(minutes=10)}
+# The run's day, as the snapshot computes it: the logical date, or for runs without one the day they ran.
+RUN_DAY = "{{ (dag_run.logical_date or dag_run.run_after).strftime('%Y-%m-%d') }}"
+
+
+def champion_asset(model: str) -> Asset:
+    """Emitted by every promotion and rollback of ``model`` (extra: version, previous, action)."""
+    return Asset(name=f"tl_champion_{model}", uri=f"tl://{model}/champion", group="tl-retrain")
+
+
+def drift_asset(model: str) -> Asset:
+    """Emitted by score_<model> when drift goes beyond the spec's thresholds (extra: alerts, report_uri, dt)."""
+    return Asset(name=f"tl_drift_{model}", uri=f"tl://{model}/drift", group="tl-retrain")
+
+
+def default_args(spec_path: str) -> dict[str, Any]:
+    """DEFAULT_ARGS plus the failure notification (a task that fails for good tells the spec's channels)."""
+    return {**DEFAULT_ARGS, "on_failure_callback": TLWebhookNotifier(spec_path, "failure")}
+
+
+def wait_for_marker(spec_path: str, scoring: bool = False) -> Any:
+    """The deferrable sensor for the run day's completion marker (of the labeled data, or with ``scoring`` of the
+    unlabeled partition under monitor.scoring_root), or None when the spec uses no markers (or does not validate:
+    the first task then fails with the spec's error)."""
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        log.warning("%s: no data-arrival sensor: %s", spec_path, exc)
+        return None
+    data = spec.data.model_copy(update={"root": spec.monitor.scoring_root}) if scoring else spec.data
+    uri = data.marker_uri(RUN_DAY)
+    if uri is None:
+        return None
+    return marker_sensor("wait_for_data", uri, spec.data.arrival_timeout_minutes * 60, spec.data.arrival_poke_seconds)
+
+
+def record_champion_event(context: dict[str, Any], model: str, result: dict[str, Any]) -> None:
+    """Attach the new champion to the asset event this task emits."""
+    context["outlet_events"][champion_asset(model)].extra = {
+        k: result.get(k) for k in ("version", "previous", "action", "actor")}
 
 
 def is_shadow(run_type: str, allow_promotion: bool) -> bool:
@@ -55,7 +109,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,
-        default_args=DEFAULT_ARGS,
+        default_args=default_args(spec_path),
         tags=["tl-retrain", name],
         params={
             "allow_promotion": Param(False, type="boolean",
@@ -123,7 +177,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         def route(decision: dict[str, Any]) -> str:
             return "register" if decision["passed"] else "reject_candidate"
 
-        @task
+        @task(on_success_callback=TLWebhookNotifier(spec_path, "gate_fail", source_task="gate"))
         def reject_candidate(decision: dict[str, Any], **context: Any) -> int:
             from tl_core.pipeline import step_reject
 
@@ -158,6 +212,7 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
+            notifiers=[TLWebhookNotifier(spec_path, "pending_approval")],
             **approval_retry_args(),
         )
 
@@ -167,12 +222,14 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
             return step_check_evidence(spec_path, context["run_id"], decision["evidence_hash"])
 
-        @task
+        @task(outlets=[champion_asset(name)], on_success_callback=TLWebhookNotifier(spec_path, "promotion"))
         def promote(version: str, decision: dict[str, Any], _: str, **context: Any) -> dict[str, Any]:
             from tl_core.pipeline import step_promote_approved
 
-            return step_promote_approved(spec_path, context["run_id"], version, decision,
-                                         context["ti"].xcom_pull(task_ids="approval", key="answer"))
+            result = step_promote_approved(spec_path, context["run_id"], version, decision,
+                                           context["ti"].xcom_pull(task_ids="approval", key="answer"))
+            record_champion_event(context, name, result)
+            return result
 
         @task(trigger_rule="all_done")
         def record_no_promotion(**context: Any) -> str:
@@ -187,6 +244,9 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
                 is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion"))))
 
         snap = snapshot()
+        arrival = wait_for_marker(spec_path)
+        if arrival is not None:
+            arrival >> snap
         splits = split(audit(snap))
         frozen = [make_train(m)(splits) for m in models if m.partition("-")[0] == "frozen"]
         tuned = [make_train(m)(splits) for m in models if m.partition("-")[0] != "frozen"]
@@ -213,7 +273,8 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
     name = spec["name"]
     approval = spec.get("approval", {})
     with DAG(dag_id=dag_id("promote", name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
-             tags=["tl-retrain", name], description=f"Manually promote a registered version of {name} (approval-gated)",
+             tags=["tl-retrain", name], default_args={"on_failure_callback": TLWebhookNotifier(spec_path, "failure")},
+             description=f"Manually promote a registered version of {name} (approval-gated)",
              params={"version": Param(type="string", pattern=r"^v[0-9]{4,9}$", description="version to promote"),
                      "expect_champion": Param("none", type="string", description="current champion or 'none'"),
                      "reason": Param(type="string", minLength=3, description="why"),
@@ -243,16 +304,20 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
             assigned_users=[{"id": u, "name": u} for u in approval.get("assigned_users", ["admin"])],
             response_timeout=timedelta(hours=float(approval.get("response_timeout_hours", 24))),
             params={"comment": Param(None, type=["null", "string"], description="recorded in the registry ledger")},
+            notifiers=[TLWebhookNotifier(spec_path, "pending_approval")],
             **approval_retry_args(),
         )
 
-        @task
+        @task(outlets=[champion_asset(name)], on_success_callback=TLWebhookNotifier(spec_path, "promotion"))
         def promote(checked: dict[str, Any], **context: Any) -> dict[str, Any]:
             from tl_core.pipeline import step_promote_manual
 
             p = context["params"]
-            return step_promote_manual(spec_path, context["run_id"], p["version"], p["expect_champion"], p["reason"],
-                                       checked, context["ti"].xcom_pull(task_ids="approval", key="answer"))
+            answer = context["ti"].xcom_pull(task_ids="approval", key="answer")
+            result = step_promote_manual(spec_path, context["run_id"], p["version"], p["expect_champion"],
+                                         p["reason"], checked, answer)
+            record_champion_event(context, name, result)
+            return result
 
         @task(trigger_rule="all_done")
         def record_no_promotion(**context: Any) -> str:
@@ -279,24 +344,81 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
 def build_rollback(spec_path: str, spec: dict[str, Any]) -> DAG:
     name = spec["name"]
     with DAG(dag_id=dag_id("rollback", name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
-             tags=["tl-retrain", name], description=f"Roll the champion of {name} back",
+             tags=["tl-retrain", name], default_args={"on_failure_callback": TLWebhookNotifier(spec_path, "failure")},
+             description=f"Roll the champion of {name} back",
              params={"target": Param(None, type=["null", "string"], description="version; default: previous"),
                      "reason": Param(type="string", minLength=3, description="why (recorded in the ledger)")}) as dag:
 
-        @task
+        @task(outlets=[champion_asset(name)], on_success_callback=TLWebhookNotifier(spec_path, "promotion"))
         def rollback(**context: Any) -> dict[str, Any]:
             from tl_core.pipeline import step_rollback
 
             p = context["params"]
             actor = getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
-            return step_rollback(spec_path, p["target"] or None, p["reason"], actor)
+            result = step_rollback(spec_path, p["target"] or None, p["reason"], actor)
+            record_champion_event(context, name, result)
+            return result
 
         rollback()
     return dag
 
 
+def build_score(spec_path: str, spec: dict[str, Any]) -> DAG:
+    """Batch scoring and drift: on every new champion (the champion asset) and daily (the spec's schedule) for the
+    day's unlabeled partition (waits for its completion marker like the retrain does)."""
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    name = spec["name"]
+    cron = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}.get(
+        spec.get("schedule") or "@daily", spec.get("schedule") or "0 0 * * *")
+    with DAG(dag_id=dag_id("score", name), description=f"Score {name}'s unlabeled partitions, watch drift",
+             schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
+                                          assets=champion_asset(name)),
+             start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, default_args=default_args(spec_path),
+             tags=["tl-retrain", name],
+             params={"dt": Param(None, type=["null", "string"], format="date",
+                                 description="The partition to score (default: the run's day)")}) as dag:
+
+        def day(context: dict[str, Any]) -> str:
+            run = context["dag_run"]
+            return str(context["params"].get("dt") or (run.logical_date or run.run_after).date().isoformat())
+
+        @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=6))
+        def score(**context: Any) -> str:
+            from tl_core.pipeline import step_score
+
+            return step_score(spec_path, context["run_id"], day(context))
+
+        @task(execution_timeout=timedelta(hours=2))
+        def drift(_: str, **context: Any) -> dict[str, Any]:
+            from tl_core.pipeline import step_drift
+
+            return step_drift(spec_path, context["run_id"], day(context))
+
+        @task.short_circuit
+        def drifted(result: dict[str, Any]) -> bool:
+            return bool(result.get("alerts"))
+
+        @task(outlets=[drift_asset(name)],
+              on_success_callback=TLWebhookNotifier(spec_path, "drift", source_task="drift"))
+        def drift_alert(result: dict[str, Any], **context: Any) -> list[str]:
+            context["outlet_events"][drift_asset(name)].extra = {
+                "dt": day(context), "alerts": list(result["alerts"]), "report_uri": result.get("report_uri"),
+                "champion_version": result.get("champion_version")}
+            return list(result["alerts"])
+
+        scored = score()
+        arrival = wait_for_marker(spec_path, scoring=True)
+        if arrival is not None:
+            arrival >> scored
+        result = drift(scored)
+        drifted(result) >> drift_alert(result)
+    return dag
+
+
 for _path in sorted(CONFIGS.glob("*.yaml")):
     _spec = yaml.safe_load(_path.read_text())
-    for _build in (build_retrain, build_promote, build_rollback):
+    for _build in (build_retrain, build_promote, build_rollback, build_score):
         _dag = _build(str(_path), _spec)
         globals()[_dag.dag_id] = _dag

@@ -3,8 +3,10 @@
 A FastAPI app mounted on the Airflow API server at ``/tl`` and two external views that put it in the UI:
 
   /tl/report/{dag_id}/{run_id}    the run's ``evaluation/report.html`` (tab "Evidence report" on a DAG run)
-  /tl/registry/{dag_id}           champion and registry ledger of the model (tab "Model registry" on a DAG),
-                                  ``?run_id=`` highlights the records of one run; versions link to their card
+  /tl/registry/{dag_id}           champion, trends (the champion's metric on every run's test data and every
+                                  candidate's gate outcome over time: plot + table) and registry ledger of the
+                                  model (tab "Model registry" on a DAG), ``?run_id=`` highlights one run's records;
+                                  registered versions link to their model card
   /tl/card/{dag_id}/{version}     the version's MODEL_CARD.md (Hugging Face model-card layout) as a page
 
 Files come ONLY from the store configured in the model's spec (``$TL_CONFIGS_DIR/*.yaml``): the DAG id names
@@ -109,8 +111,36 @@ def shown(run_id: str) -> str:
     return repr(run_id if len(run_id) <= 80 else run_id[:80] + "...")
 
 
+def render_trends(model: str, trends: dict[str, Any]) -> str:
+    """The trends section: the plot (inline PNG) and one row per gated run, newest first."""
+    import base64
+
+    from tl_core.registry.trends import render_trends_png
+
+    esc = html.escape
+    metric = esc(str(trends["metric"]))
+    png = render_trends_png(trends, f"{model}: {trends['metric']} per run (champion re-scored on each run's test data)")
+    if png is None:
+        return "<h2>Trends</h2><p id='trends'>no gated runs yet</p>"
+
+    def num(v: Any) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    rows = "".join(
+        f"<tr class='{'pass' if r['passed'] else 'fail'}'><td>{esc(r['logical_date'])}</td><td>{esc(r['run_id'])}</td>"
+        f"<td>{esc(str(r['candidate'] or ''))}</td><td>{num(r['candidate_value'])}</td>"
+        f"<td>{'PASS' if r['passed'] else 'FAIL'}</td><td>{esc(str(r['champion_version'] or 'none'))}</td>"
+        f"<td>{num(r['champion_value'])}</td></tr>" for r in reversed(trends["runs"]))
+    skipped = f"<p>{trends['skipped']} run(s) with an unreadable gate decision not shown</p>" if trends["skipped"] \
+        else ""
+    return (f"<h2>Trends</h2><img id='trends-plot' alt='{metric} per run' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'>{skipped}<table id='trends'><thead><tr><th>logical date</th><th>run"
+            f"</th><th>candidate</th><th>candidate {metric}</th><th>gate</th><th>champion</th><th>champion {metric}"
+            f"</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
 def render_history(model: str, champion: Any, records: list[dict[str, Any]], run_id: str | None,
-                   champion_error: str | None = None, dag_id: str | None = None) -> str:
+                   champion_error: str | None = None, trends_html: str = "", dag_id: str | None = None) -> str:
     """The registry page: champion and every ledger record, newest first (records of ``run_id`` marked)."""
     esc = html.escape
     dag_id = dag_id or f"retrain_{model}"
@@ -130,8 +160,9 @@ def render_history(model: str, champion: Any, records: list[dict[str, Any]], run
         champ = f"champion refused: {esc(champion_error)}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(model)} registry</title><style>"
             "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:.25em .5em;text-align:left;vertical-align:top}tr.run{background:#fff3c4}</style></head><body>"
-            f"<h1>Model registry: {esc(model)}</h1><p id='champion'>{champ}</p>"
+            "padding:.25em .5em;text-align:left;vertical-align:top}tr.run{background:#fff3c4}tr.fail td:nth-child(5)"
+            "{color:#c0392b}</style></head><body>"
+            f"<h1>Model registry: {esc(model)}</h1><p id='champion'>{champ}</p>{trends_html}<h2>Ledger</h2>"
             f"<table id='ledger'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></body></html>")
 
 
@@ -162,8 +193,14 @@ def registry(run_id: str | None = None, dag_id: str = Depends(readable_dag)) -> 
     except StoreError as exc:
         raise store_failure(spec.name, exc) from None
     marked = [r for r in records if safe_run and r.get("run_id") in (run_id, safe_run)]
+    try:
+        from tl_core.registry.trends import collect_trends
+
+        trends_html = render_trends(spec.name, collect_trends(spec))
+    except StoreError as exc:
+        raise store_failure(spec.name, exc) from None
     return HTMLResponse(render_history(spec.name, champion, records, marked[0]["run_id"] if marked else None,
-                                       problem, dag_id))
+                                       problem, trends_html, dag_id))
 
 
 @app.get("/card/{dag_id}/{version}", response_class=HTMLResponse)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tl_core.config import ModelSpec, parse_spec
-from tl_core.data.partitions import partition_key
+from tl_core.data.partitions import partition_key, write_marker
 from tl_core.runs import RunContext
 from tl_core.store import open_store
 
@@ -58,12 +58,15 @@ def text_rows(day: date, n: int = 12, prefix: str = "", **over: Any) -> pd.DataF
     return df
 
 
-def put(spec: ModelSpec, day: date, df: pd.DataFrame, name: str = "part-0.parquet") -> str:
+def put(spec: ModelSpec, day: date, df: pd.DataFrame, name: str = "part-0.parquet", complete: bool = True) -> str:
+    """Write a partition file; then (``complete``) the day's completion marker, as a real writer does last."""
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     key = partition_key(spec.data.dataset, day, name)
     store = open_store(spec.data.root)
     store.put_bytes(key, buf.getvalue())
+    if complete:
+        write_marker(store, spec.data.dataset, day, spec.data.completion_marker)
     return key
 
 
@@ -117,7 +120,9 @@ def put_table(spec: ModelSpec, day: date, table: Any, name: str = "part-0.parque
     buf = io.BytesIO()
     pq.write_table(table, buf)
     key = partition_key(spec.data.dataset, day, name)
-    open_store(spec.data.root).put_bytes(key, buf.getvalue())
+    store = open_store(spec.data.root)
+    store.put_bytes(key, buf.getvalue())
+    write_marker(store, spec.data.dataset, day, spec.data.completion_marker)
     return key
 
 

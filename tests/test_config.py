@@ -79,6 +79,19 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
          r"weights='store' needs backbone\.path to be s3://bucket/key"),
         (lambda r: r["backbone"].update(weights="store", path="file:///tmp/weights/", package=None),
          r"weights='store' needs backbone\.path to be file:///abs/path/to/weights\.safetensors \(a file"),
+        # issue 17: completion markers and notification channels
+        (lambda r: r["data"].update(completion_marker="done/_SUCCESS"),
+         r"data\.completion_marker: must be a plain file name .*got 'done/_SUCCESS'"),
+        (lambda r: r["data"].update(completion_marker="ready.parquet"),
+         r"data\.completion_marker: must be a plain file name .*not a \.parquet name.*got 'ready\.parquet'"),
+        (lambda r: r["data"].update(completion_marker=""), r"data\.completion_marker: must be a plain file name"),
+        (lambda r: r["data"].update(arrival_timeout_minutes=0), r"data\.arrival_timeout_minutes: must be greater"),
+        (lambda r: r.update(notify={"webhooks": [{"url": "ftp://x"}]}),
+         r"notify\.webhooks\.0\.url: must be an http:// or https:// URL, got 'ftp://x'"),
+        (lambda r: r.update(notify={"webhooks": [{"url": "https://x", "url_env": "HOOK"}]}),
+         r"notify\.webhooks\.0: give exactly one of url and url_env"),
+        (lambda r: r.update(notify={"webhooks": [{"url": "https://x", "events": ["gate_pass"]}]}),
+         r"notify\.webhooks\.0\.events\.0: input should be 'failure', 'gate_fail'"),
     ],
 )
 def test_bad_spec_names_field(mutate: Any, message: str) -> None:
@@ -162,5 +175,6 @@ def test_dag_ids_are_built_and_read_in_one_place() -> None:
     assert dag_id("retrain", "support-tickets") == "retrain_support-tickets"
     assert [model_of_dag(d) for d in ("promote_m1", "rollback_m-2", "retrain_", "other_m1")] == ["m1", "m-2", None,
                                                                                                    None]
-    with pytest.raises(ValueError, match=r"DAG kind 'score' is not one of \('retrain', 'promote', 'rollback'\)"):
-        dag_id("score", "m1")
+    assert dag_id("score", "m1") == "score_m1" and model_of_dag("score_m1") == "m1"
+    with pytest.raises(ValueError, match=r"DAG kind 'train' is not one of \('retrain', .*'score'\)"):
+        dag_id("train", "m1")

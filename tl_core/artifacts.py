@@ -20,6 +20,7 @@ from tl_core.runs import RunContext
 REPORT_SCHEMA_VERSION = 2
 DECISION_SCHEMA_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
+DRIFT_SCHEMA_VERSION = 1
 Number = float | int | None  # metrics may be NaN (e.g. AUROC of a one-class slice) or missing
 
 # A model folder's weights: a merged state dict, or (LoRA with a reloadable base) the adapters, head and buffers
@@ -162,6 +163,78 @@ class VersionManifest(_Artifact):
     temperature: float | None
     gate: dict[str, Any]
     files: dict[str, dict[str, Any]]
+
+
+class EmbeddingDrift(_Artifact):
+    """Input drift: MMD two-sample test of frozen-backbone embeddings, training snapshot vs the partition."""
+
+    status: Literal["ok", "unavailable"]
+    reason: str = ""
+    statistic: float | None = None
+    p_value: float | None = None
+    bandwidth: float | None = None
+    permutations: int | None = None
+    null_quantiles: dict[str, float] = {}
+    reference_rows: int = 0
+    current_rows: int = 0
+    reference: str = ""
+
+
+class PredictionShift(_Artifact):
+    """Predicted-class distribution of the partition vs the champion's predictions on its test split."""
+
+    psi: float
+    chi2: float
+    chi2_p_value: float
+    dof: int
+    reference_counts: dict[str, int]
+    current_counts: dict[str, int]
+
+
+class SliceEstimate(_Artifact):
+    rows: int
+    expected_accuracy: Number
+    reference_accuracy: Number
+
+
+class AccuracyEstimate(_Artifact):
+    """Label-free accuracy (CBPE: mean top calibrated probability), overall and per slice, vs the test accuracy."""
+
+    method: Literal["cbpe"]
+    expected_accuracy: Number
+    reference_accuracy: Number
+    reference_expected_accuracy: Number
+    slices: dict[str, SliceEstimate]
+
+
+class DriftAlert(_Artifact):
+    """One threshold crossed (or one test that could not be measured): what moved, by how much, against what."""
+
+    metric: str
+    slice: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    text: str
+
+
+class DriftReport(_Artifact):
+    """scores/<model>/dt=<day>/drift/report.json (written by tl_core.monitor.drift)."""
+
+    schema_version: Literal[1]
+    model: str
+    dt: str
+    run_id: str
+    champion_version: str
+    challenger_version: str | None
+    rows: int
+    scores_uri: str
+    embedding: EmbeddingDrift
+    predictions: PredictionShift
+    accuracy: AccuracyEstimate
+    disagreement: dict[str, Any] | None
+    thresholds: dict[str, float]
+    alerts: list[DriftAlert]
+    created_at: str
 
 
 def check_artifact(model: type[_Artifact], payload: Any, where: str) -> None:

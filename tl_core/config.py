@@ -34,7 +34,7 @@ CACHE_DIR = Path(os.environ.get("TL_CACHE_DIR", Path.home() / ".cache" / "tl-ret
 
 
 # The DAGs each model spec gets (dags/tl_dags.py): "<kind>_<model name>".
-DAG_KINDS = ("retrain", "promote", "rollback")
+DAG_KINDS = ("retrain", "promote", "rollback", "score")
 
 
 def dag_id(kind: str, model: str) -> str:
@@ -122,6 +122,21 @@ def _name(value: str) -> str:
     return value
 
 
+def _marker_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or "/" in value or "\\" in value or value in (".", "..") or value.endswith(".parquet"):
+        raise ValueError("must be a plain file name inside the dt=YYYY-MM-DD folder (no '/', not '.' or '..', not "
+                         f"a .parquet name, which would be read as data), e.g. '_SUCCESS'; got {value!r}")
+    return value
+
+
+def _webhook_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
 def _store_uri(value: str) -> str:
     if not (value.startswith("s3://") or value.startswith("file://")):
         raise ValueError(f"must be a store URI starting with s3:// or file://, got {value!r}")
@@ -147,6 +162,8 @@ WindowDays = Annotated[PositiveInt, AfterValidator(_window_days)]
 Label = Annotated[str, AfterValidator(_label)]
 ModelName = Annotated[str, AfterValidator(_name)]
 StoreUri = Annotated[str, AfterValidator(_store_uri)]
+MarkerName = Annotated[str | None, AfterValidator(_marker_name)]
+WebhookUrl = Annotated[str | None, AfterValidator(_webhook_url)]
 Metric = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss", "brier", "ece"]
 
 
@@ -246,6 +263,16 @@ class DataSpec(_Strict):
     root: StoreUri = Field("file://.tl/data", description="Store URI holding <dataset>/dt=YYYY-MM-DD/*.parquet.")
     dataset: str = Field("default", description="Dataset folder under the data root.")
     window_days: WindowDays = Field(14, description="A run for date D reads partitions in [D - window_days, D].")
+    completion_marker: MarkerName = Field(
+        "_SUCCESS", description="File a partition's writer puts in its dt= folder last; null: markers not used."
+    )
+    arrival_timeout_minutes: PositiveFloat = Field(
+        1560.0, description="retrain_<name> waits this long for the logical date's marker, then fails naming it "
+        "(26 h: a @daily run starts at 00:00 on day D, whose labels complete about a day later).",
+    )
+    arrival_poke_seconds: PositiveFloat = Field(
+        300.0, description="How often the (deferred) wait for the marker looks for it."
+    )
     input_column: str = Field("text", description="Input column: text, image or image_uri.")
     slice_columns: list[str] = Field(default_factory=list, description="Columns whose values define slices.")
     slice_crosses: list[list[str]] = Field(default_factory=list, description="Pairs of slice columns to cross.")
@@ -298,6 +325,12 @@ class DataSpec(_Strict):
     label_shift_min_tvd: Fraction = Field(
         0.05, description="Label shift is flagged only when the label distributions differ by at least this TVD."
     )
+
+    def marker_uri(self, day: str) -> str | None:
+        """URI of the completion marker of the partition ``day`` (YYYY-MM-DD), or None when markers are not used."""
+        if self.completion_marker is None:
+            return None
+        return f"{self.root.rstrip('/')}/{self.dataset}/dt={day}/{self.completion_marker}"
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> DataSpec:
@@ -468,6 +501,37 @@ class ApprovalSpec(_Strict):
     response_timeout_hours: PositiveFloat = Field(24.0, description="No answer within this means no promotion.")
 
 
+NotifyEvent = Literal["failure", "gate_fail", "pending_approval", "promotion", "drift"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failure", "gate_fail", "pending_approval", "promotion", "drift")
+
+
+class WebhookSpec(_Strict):
+    """One webhook channel: JSON POSTs ({"text": ..., "event": ..., ...}; Slack incoming webhooks accept them)."""
+
+    url: WebhookUrl = Field(None, description="http(s) URL to POST to (or give url_env to keep it out of the spec).")
+    url_env: str | None = Field(None, description="Environment variable holding the URL (secrets stay out of git).")
+    events: list[NotifyEvent] = Field(default=list(NOTIFY_EVENTS), description="Events this channel receives.")
+    timeout_seconds: PositiveFloat = Field(10.0, description="Per-POST timeout; a failed POST is logged, never raised.")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookSpec:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"give exactly one of url and url_env, got url={self.url!r}, url_env={self.url_env!r}")
+        return self
+
+
+class NotifySpec(_Strict):
+    """Who hears about failures, gate FAILs, pending approvals, promotions/rollbacks and drift."""
+
+    webhooks: list[WebhookSpec] = Field(default_factory=list, description="Webhook channels (none: no messages).")
+
+    def channels(self, event: str) -> list[WebhookSpec]:
+        """The channels subscribed to ``event`` (one of NOTIFY_EVENTS)."""
+        if event not in NOTIFY_EVENTS:
+            raise ValueError(f"notification event {event!r} is not one of {NOTIFY_EVENTS}")
+        return [w for w in self.webhooks if event in w.events]
+
+
 class ExportSpec(_Strict):
     """ONNX export and parity."""
 
@@ -482,6 +546,37 @@ class ExportSpec(_Strict):
         if self.opset < 17:
             raise ValueError(f"opset must be 17 or newer, got {self.opset}")
         return self
+
+
+class MonitorSpec(_Strict):
+    """The production loop: batch scoring of unlabeled partitions, drift and the label-free accuracy estimate."""
+
+    scoring_root: StoreUri = Field(
+        "file://.tl/scoring", description="Store URI holding unlabeled partitions <dataset>/dt=YYYY-MM-DD/*.parquet."
+    )
+    chunk_rows: PositiveInt = Field(8192, description="Rows read from Parquet and scored per chunk (bounds memory).")
+    batch_size: PositiveInt = Field(256, description="Rows per onnxruntime call inside a chunk.")
+    shadow: bool = Field(True, description="Also score the newest registered non-champion version (challenger).")
+    embedding_alpha: OpenFraction = Field(
+        0.01, description="Input drift: alert when the embedding MMD permutation test's p-value is below this."
+    )
+    chi2_alpha: OpenFraction = Field(
+        0.01, description="Prediction shift: alert when the predicted-class chi-square test's p-value is below this."
+    )
+    psi_threshold: PositiveFloat = Field(
+        0.2, description="Prediction shift: alert when the PSI of predicted-class shares exceeds this."
+    )
+    accuracy_drop: Fraction = Field(
+        0.05, description="Alert when the label-free accuracy estimate is this far below the champion's test accuracy."
+    )
+    min_slice_rows: PositiveInt = Field(
+        30, description="Slices with fewer scored rows are reported but never alert."
+    )
+    permutations: PositiveInt = Field(200, description="Permutations of the embedding two-sample test.")
+    seed: NonNegativeInt = Field(0, description="Seed of the row sampling and the permutations.")
+    embedding_max_rows: PositiveInt = Field(
+        1000, description="Rows sampled from each side (training snapshot, partition) for the embedding test."
+    )
 
 
 class ModelSpec(_Strict):
@@ -500,9 +595,11 @@ class ModelSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec, description="Promotion policy.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="ONNX export and parity.")
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec, description="Human approval.")
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Batch scoring, drift, label-free accuracy.")
     store: StoreUri = Field("file://.tl/store", description="Store URI for runs/ and (by default) registry/.")
     registry: StoreUri | None = Field(None, description="Registry root; defaults to the store.")
     schedule: str | None = Field("@daily", description="Airflow schedule of retrain_<name>; null for manual.")
+    notify: NotifySpec = Field(default_factory=NotifySpec, description="Notification channels and their events.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -42,6 +42,11 @@ class BlockingAuditFinding(DataError):
     """The data audit found a blocking problem; the run must stop."""
 
 
+class IncompletePartition(DataError):
+    """A partition in the run's window has data files but not its completion marker (the writer has not said it
+    is done); the message names the partition and the marker expected."""
+
+
 class ResumeError(TLError):
     """A training resume checkpoint does not fit the model and strategy being trained."""
 
@@ -92,3 +97,8 @@ class MetadataError(RegistryError):
 
 class UnexplainedPointer(RegistryError):
     """The champion pointer holds a change that the ledger and the intents cannot explain (e.g. a hand edit)."""
+
+
+class MonitorError(TLError):
+    """Batch scoring or drift cannot run: no champion, a missing or unreadable scoring partition, input columns
+    that do not fit the model, or a champion whose reference data is gone; the message names what and where."""

@@ -136,6 +136,33 @@ def step_rollback(spec_path: str, to: str | None, reason: str, actor: str) -> di
     return Registry.for_spec(load_spec(spec_path)).rollback(to, reason, actor)
 
 
+def _scoring_day(dt: str) -> date:
+    try:
+        day = date.fromisoformat(dt)
+    except (TypeError, ValueError):
+        day = None
+    if day is None or len(dt) != 10:
+        raise DataError(f"scoring date {dt!r} is not a calendar date YYYY-MM-DD (the partition dt=...)")
+    return day
+
+
+def step_score(spec_path: str, run_id: str, dt: str) -> str:
+    """Score the unlabeled partition ``dt`` with the champion (and the challenger in shadow); returns the URI of
+    ``<store>/scores/<model>/dt=<dt>/``. Idempotent: the same inputs and versions are not scored twice."""
+    from tl_core.monitor.score import score_partition
+    from tl_core.runs import check_run_id
+
+    return score_partition(load_spec(spec_path), _scoring_day(dt), check_run_id(run_id))
+
+
+def step_drift(spec_path: str, run_id: str, dt: str) -> dict[str, Any]:
+    """Drift and label-free accuracy of the scored partition ``dt``: {report_uri, alerts, champion_version}."""
+    from tl_core.monitor.drift import run_drift
+    from tl_core.runs import check_run_id
+
+    return run_drift(load_spec(spec_path), _scoring_day(dt), check_run_id(run_id))
+
+
 def no_promotion_reasons(states: dict[str, str], answer: dict[str, Any] | None, decision: dict[str, Any] | None,
                          shadow: bool) -> tuple[str, list[str]] | None:
     """Why a retrain run ended without a promotion, read from its task states and the approval answer.

@@ -503,3 +503,56 @@ def key_safe(run_id: str) -> str:
         raise ValueError(f"run id {shown!r} is too long: {len(run_id)} characters ({len(safe.encode())} bytes "
                          f"key-safe); at most {MAX_RUN_ID_BYTES} bytes are allowed (it names a store folder)")
     return safe
+
+
+@contextlib.contextmanager
+def local_file(store: ObjectStore, key: str) -> Iterator[Path]:
+    """A path to read one object from: the file itself on the file backend (nothing copied), else a temporary
+    download (S3: streamed to disk by boto3, never held in memory whole)."""
+    if isinstance(store, FileStore):
+        path = store._path(key)
+        if not path.is_file():
+            raise NoSuchKey(f"no such key {key!r} in {store.uri}")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="tl-get-") as tmp:
+        dest = Path(tmp) / key.rsplit("/", 1)[-1]
+        if isinstance(store, S3Store):
+            try:
+                store.client.download_file(store.bucket, store._key(key), str(dest))
+            except (ClientError, BotoCoreError) as exc:
+                raise store._translate(exc, key, "get") from None
+        else:
+            dest.write_bytes(store.get_bytes(key))
+        yield dest
+
+
+def put_file(store: ObjectStore, key: str, path: Path) -> str:
+    """Write a local file to ``key`` without reading it into memory; the object appears whole or not at all
+    (file backend: streamed into a temporary file beside it, then renamed; S3: boto3's managed upload)."""
+    if isinstance(store, FileStore):
+        dest = store._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                while block := src.read(1 << 20):
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return store.etag(key)
+    if isinstance(store, S3Store):
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            store.client.upload_file(str(path), store.bucket, store._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise store._translate(exc, key, "put") from None
+        except S3UploadFailedError as exc:
+            raise StoreError(f"put {key!r} in {store.uri} failed: {exc}") from None
+        return store.etag(key)
+    return store.put_bytes(key, path.read_bytes())

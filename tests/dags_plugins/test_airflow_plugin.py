@@ -199,3 +199,59 @@ def test_model_card_errors_name_the_version(plugin: tuple[Any, Path], tmp_path: 
     resp = client.get(f"/card/retrain_m1/{version}")
     assert resp.status_code == 404
     assert resp.json()["detail"] == f"m1 {version}: MODEL_CARD.md does not match its manifest checksum"
+
+
+def _gated_run(spec: Any, run_id: str, day: str, passed: bool, candidate: str, cand: float,
+               champion: float | None) -> None:
+    """What a gated run leaves behind, as far as the trends read it."""
+    ctx = RunContext.open(spec, run_id)
+    models = {candidate: {"overall": {"macro_f1": cand}}}
+    if champion is not None:
+        models["champion"] = {"overall": {"macro_f1": champion}}
+    ctx.write_json("evaluation/report.json", {"run_id": run_id, "candidate": candidate, "models": models})
+    ctx.write_json("snapshot/manifest.json", {"logical_date": day})
+    ctx.write_json("gate/decision.json", {"passed": passed, "candidate": candidate,
+                                          "champion_version": "v0001" if champion is not None else None})
+
+
+def test_registry_page_shows_trends_rendered_in_a_browser(plugin: tuple[Any, Path], tmp_path: Path) -> None:
+    """Per model: the champion's metric on every run's test data and each candidate's gate outcome over time
+    (plot + table, newest first); the plot is a real PNG that a headless Chromium renders."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from browser import Chromium
+
+    tl_plugin, spec_path = plugin
+    spec = load_spec(spec_path)
+    client = TestClient(tl_plugin.app)
+    assert "no gated runs yet" in client.get("/registry/retrain_m1").text
+    _gated_run(spec, "scheduled__2026-11-01", "2026-11-01", True, "lora", 0.81, None)
+    _gated_run(spec, "scheduled__2026-11-03", "2026-11-03", False, "frozen", 0.70, 0.80)
+    _gated_run(spec, "scheduled__2026-11-02", "2026-11-02", True, "full", 0.84, 0.79)
+    RunContext.open(spec, "broken").store.put_bytes(RunContext.open(spec, "broken").key("gate/decision.json"), b"{x")
+    resp = client.get("/registry/retrain_m1")
+    assert resp.status_code == 200
+    table = resp.text.split("<table id='trends'>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr class='(pass|fail)'><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>"
+                      r"<td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", table)
+    assert rows == [  # newest first
+        ("fail", "2026-11-03", "scheduled__2026-11-03", "frozen", "0.7000", "FAIL", "v0001", "0.8000"),
+        ("pass", "2026-11-02", "scheduled__2026-11-02", "full", "0.8400", "PASS", "v0001", "0.7900"),
+        ("pass", "2026-11-01", "scheduled__2026-11-01", "lora", "0.8100", "PASS", "none", ""),
+    ]
+    assert "1 run(s) with an unreadable gate decision not shown" in resp.text
+    png = base64.b64decode(re.search(r"src='data:image/png;base64,([^']+)'", resp.text).group(1))  # type: ignore[union-attr]
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.size == (900, 320)
+    page = tmp_path / "registry.html"
+    page.write_text(resp.text)
+    with Chromium() as browser:
+        text = browser.open(page.as_uri(), ("Trends", "scheduled__2026-11-03"))
+        assert "champion v0001" not in text  # no champion pointer in this registry: the page says so
+        width = browser.send("Runtime.evaluate", returnByValue=True,
+                             expression="document.getElementById('trends-plot').naturalWidth")["result"]["value"]
+        assert width == 900  # the browser decoded the inline PNG
+        browser.screenshot(ROOT / "test-artifacts" / "registry-trends.png")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_fixtures import ROOT, airflow_env
+from airflow_fixtures import ROOT, WebhookRecorder, airflow_env
 from model_fixtures import tiny_bert_dir
 from tl_core.config import parse_spec
 from tl_core.demo.data import write_demo_data
@@ -86,7 +86,8 @@ while True:
 """
 
 
-def _spec(tmp: Path, strategies: tuple[str, ...] = ("frozen", "full"), **gate: object) -> tuple[Path, object]:
+def _spec(tmp: Path, strategies: tuple[str, ...] = ("frozen", "full"), hook: str | None = None,
+          **gate: object) -> tuple[Path, object]:
     uri = tmp.as_uri()
     raw = {
         "name": "tiny-tickets", "modality": "text", "labels": ["billing", "login", "shipping", "bug", "cancel"],
@@ -99,6 +100,8 @@ def _spec(tmp: Path, strategies: tuple[str, ...] = ("frozen", "full"), **gate: o
                  "calibration": {"ece_max": 0.5}, **gate},
         "store": uri + "/store",
     }
+    if hook:
+        raw["notify"] = {"webhooks": [{"url": hook}]}
     configs = tmp / "configs"
     configs.mkdir(exist_ok=True)
     path = configs / "tiny.yaml"
@@ -242,9 +245,21 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
-    path, spec = _spec(tmp_path, ("frozen",), absolute_minimums={"macro_f1": 0.999})
-    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00")
+    hook = WebhookRecorder()
+    try:
+        path, spec = _spec(tmp_path, ("frozen",), hook.url, absolute_minimums={"macro_f1": 0.999})
+        out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00")
+    finally:
+        hook.close()
     assert "STATE success" in out and "ANSWERED" not in out
+    # the gate FAIL reached the spec's webhook, with its reasons and the link to the evidence report
+    run_q = urllib.parse.quote(_line(out, "RUN").split(" ", 1)[1], safe="/")
+    assert [m["event"] for m in hook.received] == ["gate_fail"]
+    (fail,) = hook.received
+    assert fail["title"].startswith("tiny-tickets: gate FAIL for candidate frozen against champion none (run ")
+    assert any("macro_f1 overall" in line and "minimum 0.999" in line for line in fail["lines"]), fail
+    assert fail["links"] == {"report": f"/tl/report/retrain_tiny-tickets/{run_q}"}
+    assert fail["text"].startswith("[tl-retrain] tiny-tickets: gate FAIL") and "report: /tl/report/" in fail["text"]
     registry = Registry.for_spec(spec)  # type: ignore[arg-type]
     assert registry.champion() is None and registry.list_versions() == []
     history = registry.history()
@@ -255,9 +270,27 @@ def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_retrain_dag_refuses_promotion_when_the_evidence_changed(tmp_path: Path) -> None:
-    path, spec = _spec(tmp_path, ("frozen",))
-    out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "TAMPER_THEN_APPROVE")
+    hook = WebhookRecorder()
+    try:
+        path, spec = _spec(tmp_path, ("frozen",), hook.url)
+        out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "TAMPER_THEN_APPROVE")
+    finally:
+        hook.close()
     assert "ANSWERED Approve" in out
+    # the approval request was announced with the links to answer it and to the evidence; the refused promotion
+    # (check_evidence fails for good) went out as a failure; nothing was promoted, so no promotion message
+    run_id = _line(out, "RUN").split(" ", 1)[1]
+    run_q = urllib.parse.quote(run_id, safe="/")
+    (pending,) = hook.events("pending_approval")
+    assert pending["title"] == f"tiny-tickets: approval needed (run {run_id})"
+    assert pending["lines"][0].startswith("Promote tiny-tickets: candidate v0001 (strategy frozen) over champion none")
+    assert pending["links"]["report"] == f"/tl/report/retrain_tiny-tickets/{run_q}"
+    assert re.search(r"/dags/retrain_tiny-tickets/runs/.+/tasks/approval/required_actions\?map_index=-1$",
+                     pending["links"]["approval"]), pending["links"]
+    assert f"approval: {pending['links']['approval']}" in pending["text"]
+    assert [m["title"] for m in hook.events("failure")] == [
+        "tiny-tickets: task check_evidence of retrain_tiny-tickets failed"]
+    assert hook.events("promotion") == [] and hook.events("gate_fail") == []
     registry = Registry.for_spec(spec)  # type: ignore[arg-type]
     assert registry.champion() is None and registry.list_versions() == ["v0001"]
     history = registry.history()

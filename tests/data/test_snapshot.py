@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 
 from data_fixtures import base, distinct_image, image_frame, image_spec, png, put, text_rows, text_spec
 from tl_core.data.audit import run_audit
+from tl_core.data.partitions import mark_complete
 from tl_core.data.snapshot import run_snapshot
-from tl_core.errors import BlockingAuditFinding, DataError
+from tl_core.errors import BlockingAuditFinding, DataError, IncompletePartition
 from tl_core.runs import RunContext
 from tl_core.store import open_store
 
@@ -94,6 +96,7 @@ def test_unreadable_parquet_and_bad_dt_folder(tmp_path: Path) -> None:
     spec = text_spec(tmp_path.as_uri())
     store = open_store(spec.data.root)
     store.put_bytes("t/dt=2026-12-01/part-0.parquet", b"not parquet")
+    store.put_bytes("t/dt=2026-12-01/_SUCCESS", b"")
     with pytest.raises(DataError, match=r"t/dt=2026-12-01/part-0.parquet: not a readable parquet file"):
         run_snapshot(RunContext.open(spec, "g"), date(2026, 12, 1))
     store.put_bytes("t/dt=2026-13-45/part-0.parquet", b"x")
@@ -129,7 +132,7 @@ def test_keys_that_are_not_partition_files_are_listed_as_ignored(tmp_path: Path,
     store = open_store(spec.data.root)
     part = open_store(spec.data.root).get_bytes("t/dt=2026-11-01/part-0.parquet")
     for key in ("t/dt=2026-11-5/part-0.parquet", "t/dt=2026-11-03T00/part-0.parquet",
-                "t/dt=2026-11-02/nested/part-0.parquet", "t/dt=2026-11-02/_SUCCESS", "t/dt=2026-11-02/notes.txt",
+                "t/dt=2026-11-02/nested/part-0.parquet", "t/dt=2026-11-02/_started", "t/dt=2026-11-02/notes.txt",
                 "t/readme.md", "t/dt=2026-10-01/sub/old.parquet"):
         store.put_bytes(key, part)
     ctx = RunContext.open(spec, "i")
@@ -138,7 +141,7 @@ def test_keys_that_are_not_partition_files_are_listed_as_ignored(tmp_path: Path,
     m = ctx.read_json("snapshot/manifest.json")
     assert m["total_rows"] == 48 and m["ignored_count"] == 6
     assert m["ignored"] == [  # listing order; the dt=2026-10-01 folder is outside the window
-        {"key": "t/dt=2026-11-02/_SUCCESS", "dt": "2026-11-02",
+        {"key": "t/dt=2026-11-02/_started", "dt": "2026-11-02",
          "reason": "hidden or temporary file (name starts with '.' or '_')"},
         {"key": "t/dt=2026-11-02/nested/part-0.parquet", "dt": "2026-11-02",
          "reason": "nested below the dt= folder (only <dataset>/dt=YYYY-MM-DD/*.parquet is read)"},
@@ -150,6 +153,51 @@ def test_keys_that_are_not_partition_files_are_listed_as_ignored(tmp_path: Path,
     ]
     (record,) = [r for r in caplog.records if "ignored 6 key(s)" in r.getMessage()]
     assert record.levelname == "WARNING" and "t/dt=2026-11-5/part-0.parquet (folder name" in record.getMessage()
+
+
+def test_partition_without_its_completion_marker_is_refused(store_uri: str) -> None:
+    """A partition in the window with data but no marker is refused, naming the partition and the marker; once
+    the writer marks it complete the same snapshot goes through (the marker is not data: not listed as ignored)."""
+    spec = text_spec(store_uri)
+    base(spec)
+    put(spec, date(2026, 11, 5), text_rows(date(2026, 11, 5)), complete=False)  # still being written
+    folder = re.escape(f"{spec.data.root}/t/dt=2026-11-05")
+    with pytest.raises(IncompletePartition, match=rf"^partition {folder} has 1 data file\(s\) but no completion "
+                       rf"marker '_SUCCESS' \(expected {folder}/_SUCCESS, written last by the partition's writer\): "
+                       r".*set data.completion_marker: null if this dataset's writers do not write markers$"):
+        run_snapshot(RunContext.open(spec, "early"), date(2026, 11, 5))
+    # an older day of the window without its marker is refused too, and every unmarked day is counted
+    open_store(spec.data.root).delete("t/dt=2026-11-03/_SUCCESS")
+    with pytest.raises(IncompletePartition, match=r"dt=2026-11-03 has 1 data file\(s\) .*\(and 1 more partition\(s\) "
+                       r"of the window: 2026-11-05\)"):
+        run_snapshot(RunContext.open(spec, "early"), date(2026, 11, 5))
+    assert mark_complete(spec, date(2026, 11, 3)) == f"{spec.data.root}/t/dt=2026-11-03/_SUCCESS"
+    mark_complete(spec, date(2026, 11, 5))
+    ctx = RunContext.open(spec, "early")
+    run_snapshot(ctx, date(2026, 11, 5))
+    m = ctx.read_json("snapshot/manifest.json")
+    assert [p["dt"] for p in m["partitions"]] == ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
+    assert m["completion_marker"] == "_SUCCESS" and m["ignored"] == [] and m["ignored_count"] == 0
+
+
+def test_markers_not_used_and_a_custom_marker_name(tmp_path: Path) -> None:
+    spec = text_spec(tmp_path.as_uri(), completion_marker=None)  # this dataset's writers write no markers
+    put(spec, date(2026, 11, 1), text_rows(date(2026, 11, 1)))
+    assert mark_complete(spec, date(2026, 11, 1)) is None
+    assert not open_store(spec.data.root).exists("t/dt=2026-11-01/_SUCCESS")
+    ctx = RunContext.open(spec, "n")
+    run_snapshot(ctx, date(2026, 11, 1))
+    assert ctx.read_json("snapshot/manifest.json")["completion_marker"] is None
+    done = text_spec(tmp_path.as_uri(), completion_marker="_DONE", dataset="d")
+    put(done, date(2026, 11, 1), text_rows(date(2026, 11, 1)))
+    open_store(done.data.root).put_bytes("d/dt=2026-11-02/part-0.parquet",
+                                         open_store(done.data.root).get_bytes("d/dt=2026-11-01/part-0.parquet"))
+    open_store(done.data.root).put_bytes("d/dt=2026-11-02/_SUCCESS", b"")  # not this dataset's marker
+    with pytest.raises(IncompletePartition,
+                       match=r"dt=2026-11-02 has 1 data file\(s\) but no completion marker '_DONE'"):
+        run_snapshot(RunContext.open(done, "d"), date(2026, 11, 2))
+    assert done.data.marker_uri("2026-11-02") == f"{done.data.root}/d/dt=2026-11-02/_DONE"
+    assert spec.data.marker_uri("2026-11-02") is None
 
 
 def test_empty_window_names_the_ignored_folders(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "tl_core.cli.run",
     "tl_core.cli.registry",
     "tl_core.cli.ops",
+    "tl_core.cli.monitor",
 )
 
 

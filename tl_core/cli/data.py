@@ -20,6 +20,18 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mark_complete(args: argparse.Namespace) -> int:
+    from tl_core.config import load_spec
+    from tl_core.data.partitions import mark_complete
+
+    spec = load_spec(args.spec)
+    uri = mark_complete(spec, date.fromisoformat(args.date))
+    text = f"marked {spec.data.dataset}/dt={args.date} complete: {uri}" if uri else \
+        f"{args.spec}: data.completion_marker is null (markers not used); nothing written"
+    emit(args, {"marker": uri}, text)
+    return 0
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from tl_core.pipeline import _ctx, step_snapshot
 
@@ -129,6 +141,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--drift-from", type=date_arg, help="first day with drift, YYYY-MM-DD")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_demo_data)
+
+    p = sub.add_parser("mark-complete", help="write a partition's completion marker (after its last data file)")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--date", required=True, type=date_arg, help="the partition's day, YYYY-MM-DD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_mark_complete)
 
     p = sub.add_parser("snapshot", help="freeze the partitions of [date - window_days, date] into a manifest")
     add_spec_run(p)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import numpy as np
@@ -38,13 +38,24 @@ def partition_key(dataset: str, day: date, name: str) -> str:
     return join_key(dataset, f"dt={day.isoformat()}", name)
 
 
-def scan_partitions(store: ObjectStore, dataset: str) -> tuple[dict[date, list[str]], list[dict[str, str]]]:
-    """(dt -> sorted parquet keys, ignored keys): every ``<dataset>/dt=YYYY-MM-DD/*.parquet`` file, and every
-    other key under the dataset with the reason it is not read (``{"key", "dt", "reason"}``; ``dt`` is the
-    folder's date when it parses, else ""). A folder named like ``dt=YYYY-MM-DD`` with an impossible date
-    raises DataError naming it."""
+class PartitionScan(NamedTuple):
+    """What lies under a dataset: the partition files, the keys that are not read, and the completed days."""
+
+    files: dict[date, list[str]]
+    """dt -> sorted parquet keys of every ``<dataset>/dt=YYYY-MM-DD/*.parquet`` file"""
+    ignored: list[dict[str, str]]
+    """every other key with the reason it is not read (``{"key", "dt", "reason"}``; ``dt`` "" when unparseable)"""
+    marked: set[date]
+    """the days whose folder holds the completion marker (empty when no marker name is given)"""
+
+
+def scan_partitions(store: ObjectStore, dataset: str, marker: str | None = None) -> PartitionScan:
+    """Every key under ``<dataset>/``: partition files, completion markers named ``marker`` directly inside a
+    dt= folder, and the rest (ignored, with the reason). A folder named like ``dt=YYYY-MM-DD`` with an
+    impossible date raises DataError naming it."""
     out: dict[date, list[str]] = {}
     ignored: list[dict[str, str]] = []
+    marked: set[date] = set()
     for key in store.list(dataset + "/"):
         parts = key[len(dataset) + 1 :].split("/")
         if len(parts) == 1:
@@ -59,12 +70,32 @@ def scan_partitions(store: ObjectStore, dataset: str) -> tuple[dict[date, list[s
         except ValueError:
             raise DataError(f"partition folder {dataset}/{parts[0]}: {m.group(1)!r} is not a valid date "
                             "(expected dt=YYYY-MM-DD)") from None
+        if marker is not None and parts[1:] == [marker]:
+            marked.add(day)
+            continue
         reason = _file_ignored_reason(parts[1:])
         if reason:
             ignored.append({"key": key, "dt": day.isoformat(), "reason": reason})
             continue
         out.setdefault(day, []).append(key)
-    return {d: sorted(v) for d, v in sorted(out.items())}, ignored
+    return PartitionScan({d: sorted(v) for d, v in sorted(out.items())}, ignored, marked)
+
+
+def write_marker(store: ObjectStore, dataset: str, day: date, marker: str | None) -> str | None:
+    """Write the completion marker of ``<dataset>/dt=day/`` (empty object; None: markers not used, nothing
+    written). A partition's writer calls it LAST, after every data file of the day is in place. Returns the key."""
+    if marker is None:
+        return None
+    key = partition_key(dataset, day, marker)
+    store.put_bytes(key, b"")
+    return key
+
+
+def mark_complete(spec: ModelSpec, day: date) -> str | None:
+    """Write the completion marker of the spec's partition for ``day`` (see :func:`write_marker`); its URI as the
+    DAG's sensor waits for it (:meth:`DataSpec.marker_uri`), or None when markers are not used."""
+    write_marker(data_store(spec), spec.data.dataset, day, spec.data.completion_marker)
+    return spec.data.marker_uri(day.isoformat())
 
 
 def _file_ignored_reason(rest: list[str]) -> str:
@@ -81,7 +112,7 @@ def _file_ignored_reason(rest: list[str]) -> str:
 def partition_dates(store: ObjectStore, dataset: str) -> dict[date, list[str]]:
     """dt -> sorted parquet keys, for every ``dt=YYYY-MM-DD`` folder of the dataset (see :func:`scan_partitions`
     for the keys that are not read)."""
-    return scan_partitions(store, dataset)[0]
+    return scan_partitions(store, dataset).files
 
 
 def read_partition_bytes(store: ObjectStore, key: str, expected_sha256: str | None = None) -> tuple[bytes, str]:

@@ -7,6 +7,12 @@ Manifest (``snapshot/manifest.json``, schema_version 1)::
     total_rows, rows_per_label, content_hash
     ignored: [{key, dt, reason}] (keys under the dataset that are not read: bad folder names, nested or
              non-parquet files; listed up to MAX_IGNORED_LISTED), ignored_count
+    completion_marker (the spec's marker name, or null when markers are not used)
+
+Completion markers: unless the spec sets ``data.completion_marker: null``, every partition in the window that has
+data files must also hold the marker (``dt=YYYY-MM-DD/_SUCCESS`` by default, written last by its writer);
+otherwise the snapshot raises IncompletePartition naming the partition and the marker. The marker is not part of
+the content hash (it carries no data).
     images: {key, sha256, count, unreadable}   (image_uri specs only)
 
 For ``image_uri`` specs the snapshot reads every referenced image under the data root once and writes
@@ -33,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tl_core.config import ModelSpec
 from tl_core.data.partitions import (
     data_store,
     fetch_image,
@@ -43,7 +50,14 @@ from tl_core.data.partitions import (
     scan_partitions,
     validate_schema,
 )
-from tl_core.errors import BlockingAuditFinding, DataError, NoSuchKey, PreconditionFailed, UnsafeImageUri
+from tl_core.errors import (
+    BlockingAuditFinding,
+    DataError,
+    IncompletePartition,
+    NoSuchKey,
+    PreconditionFailed,
+    UnsafeImageUri,
+)
 from tl_core.runs import RunContext
 from tl_core.store import ObjectStore
 
@@ -150,13 +164,32 @@ def _ignored(ignored: list[dict[str, str]], start: date, end: date, where: str) 
     return relevant
 
 
+def _require_markers(spec: ModelSpec, window: dict[date, list[str]], marked: set[date]) -> None:
+    """Refuse the window when a partition in it has files but no completion marker (unless markers are not used)."""
+    marker = spec.data.completion_marker
+    unmarked = [d for d in window if marker is not None and d not in marked]
+    if not unmarked:
+        return
+    day = unmarked[0]
+    folder = f"{spec.data.root.rstrip('/')}/{spec.data.dataset}/dt={day.isoformat()}"
+    more = f" (and {len(unmarked) - 1} more partition(s) of the window: {', '.join(map(str, unmarked[1:4]))}" \
+        f"{' ...' if len(unmarked) > 4 else ''})" if len(unmarked) > 1 else ""
+    raise IncompletePartition(
+        f"partition {folder} has {len(window[day])} data file(s) but no completion marker {marker!r} "
+        f"(expected {folder}/{marker}, written last by the partition's writer){more}: the partition may still be "
+        "written; wait for the marker (`tl mark-complete` writes it), or set data.completion_marker: null if this "
+        "dataset's writers do not write markers")
+
+
 def _build(ctx: RunContext, logical_date: date) -> tuple[dict[str, Any], bytes | None]:
     """(manifest, image list bytes or None) of the window ending at ``logical_date``."""
     spec = ctx.spec
     start = logical_date - timedelta(days=spec.data.window_days)
-    all_dates, ignored_all = scan_partitions(data_store(spec), spec.data.dataset)
+    all_dates, ignored_all, marked = scan_partitions(data_store(spec), spec.data.dataset,
+                                                     spec.data.completion_marker)
     ignored = _ignored(ignored_all, start, logical_date, f"{spec.data.root}/{spec.data.dataset}")
     window = {d: keys for d, keys in all_dates.items() if start <= d <= logical_date}
+    _require_markers(spec, window, marked)
     if not window:
         span = f", {min(all_dates)} .. {max(all_dates)}" if all_dates else ""
         skipped = f"; {len(ignored)} key(s) ignored, e.g. {ignored[0]['key']} ({ignored[0]['reason']})" \
@@ -186,6 +219,7 @@ def _build(ctx: RunContext, logical_date: date) -> tuple[dict[str, Any], bytes |
         "content_hash": content_hash(spec.data.dataset, partitions, images_sha),
         "ignored": ignored[:MAX_IGNORED_LISTED],
         "ignored_count": len(ignored),
+        "completion_marker": spec.data.completion_marker,
     }
     if hashes is not None and images_sha is not None:
         manifest["images"] = {"key": f"snapshot/images/{images_sha}.json", "sha256": images_sha,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tl_core.config import ModelSpec
-from tl_core.data.partitions import data_store, partition_key
+from tl_core.data.partitions import data_store, partition_key, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def write_demo_data(spec: ModelSpec, end_date: date, days: int = 14, rows_per_da
         df.to_parquet(buf, index=False)
         key = partition_key(spec.data.dataset, day, "part-000.parquet")
         store.put_bytes(key, buf.getvalue())
+        write_marker(store, spec.data.dataset, day, spec.data.completion_marker)  # last: the day is complete
         uris.append(store.url(key))
     logger.info("wrote %d demo partitions (%d rows each) to %s", days, n, spec.data.root)
     return uris

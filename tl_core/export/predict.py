@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tl_core.config import NAME_PATTERN, ModelSpec
 from tl_core.errors import DataError, PredictError, StoreError
-from tl_core.models.preprocessing import collate, encode_split, image_transform
+from tl_core.models.preprocessing import Encoded, collate, encode_split, image_transform
 from tl_core.registry import VERSION_PATTERN, Registry
 
 logger = logging.getLogger(__name__)
@@ -121,8 +121,11 @@ def check_inputs(df: pd.DataFrame, column: str, kind: str) -> None:
                         f"{_rows(df, bad)}; expected {expected}")
 
 
-def score(model: ServedModel, df: pd.DataFrame, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, calibrated probabilities) for every row of ``df``, in row order (0 rows: two empty arrays)."""
+def score(model: ServedModel, df: pd.DataFrame, batch_size: int = 64, bar: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, calibrated probabilities) for every row of ``df``, in row order (0 rows: two empty arrays).
+
+    The one scoring loop of `tl predict` and `tl score`: ``bar`` is a tqdm bar to advance (``tl score`` passes
+    one for the whole partition; without it a bar for this call is shown)."""
     batch_size = check_batch_size(batch_size)
     column = model.config["input_column"]
     if column not in df.columns:
@@ -135,17 +138,26 @@ def score(model: ServedModel, df: pd.DataFrame, batch_size: int = 64) -> tuple[n
     if "example_id" not in df.columns:
         df = df.assign(example_id=[str(i) for i in range(len(df))])
     enc = encode_split(df, column, model.labels, model.preprocessing, model.tokenizer)
+    if bar is not None:
+        run_batches(model, enc, batch_size, logits, probs, bar)
+        return logits, probs
+    with tqdm(total=len(enc), desc="scoring", unit="ex", leave=False, disable=None) as own:
+        run_batches(model, enc, batch_size, logits, probs, own)
+    return logits, probs
+
+
+def run_batches(model: ServedModel, enc: Encoded, batch_size: int, logits: np.ndarray, probs: np.ndarray,
+                bar: Any) -> None:
+    """Collate ``enc`` in batches of ``batch_size`` and run the session, filling ``logits`` and ``probs``."""
     transform = image_transform(model.preprocessing, False) if model.config["kind"] == "timm" else None
     pad_id = int(getattr(model.tokenizer, "pad_token_id", 0) or 0)
     names = [i.name for i in model.session.get_inputs()]
-    with tqdm(total=len(enc), desc="scoring", unit="ex", leave=False, disable=None) as bar:
-        for start in range(0, len(enc), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(enc)))
-            feeds = {n: t.numpy() for n, t in zip(names, collate(enc, idx, pad_id, transform), strict=True)}
-            out_logits, out_probs = model.session.run(["logits", "probabilities"], feeds)
-            logits[idx], probs[idx] = out_logits, out_probs
-            bar.update(len(idx))
-    return logits, probs
+    for start in range(0, len(enc), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(enc)))
+        feeds = {n: t.numpy() for n, t in zip(names, collate(enc, idx, pad_id, transform), strict=True)}
+        out_logits, out_probs = model.session.run(["logits", "probabilities"], feeds)
+        logits[idx], probs[idx] = out_logits, out_probs
+        bar.update(len(idx))
 
 
 def predictions_frame(model: ServedModel, df: pd.DataFrame, logits: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

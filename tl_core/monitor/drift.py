@@ -1,0 +1,291 @@
+"""Drift and label-free performance of one scored partition, against the champion's training snapshot.
+
+Measured (``measure``), then decided (``decide_alerts``, a pure function of the report and the spec's thresholds):
+
+* input drift: MMD permutation test on the frozen backbone's embeddings (the run's backbone, through the embedding
+  cache of tl_core.train.frozen) of up to ``monitor.embedding_max_rows`` rows of the champion run's train split
+  vs as many rows sampled from the partition;
+* prediction shift: PSI and a chi-square test of the partition's predicted-class counts vs the champion's
+  predictions on its own test split (the version's ``models/<strategy>/logits/test.npz``);
+* label-free accuracy: CBPE (mean top calibrated probability; the served model is temperature-scaled), overall and
+  per slice, vs the champion's test accuracy (per slice where its evaluation report has the slice).
+
+Where the champion comes from: the registry pointer gives the version; the version's manifest names its run
+(``run_id``) and strategy; the version's ``spec.json`` is the spec the run was trained with (its backbone); the
+run's ``split/examples.parquet`` under ``<store>/runs/<model>/<run_id>/`` is the training snapshot.
+Output: ``scores/<model>/dt=<day>/drift/report.json`` (tl_core.artifacts.DriftReport) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from tl_core.artifacts import DRIFT_SCHEMA_VERSION, DriftReport, check_artifact
+from tl_core.config import ModelSpec, MonitorSpec, parse_spec
+from tl_core.errors import DataError, MonitorError, NoSuchKey, SpecError
+from tl_core.monitor import stats
+from tl_core.monitor.score import PREDICTIONS, partition_files, read_record, scores_prefix
+from tl_core.registry import Registry
+from tl_core.runs import RunContext
+from tl_core.store import ObjectStore, join_key, local_file, open_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChampionReference:
+    """What the drift tests compare a partition with, all read from the champion's registered version."""
+
+    version: str
+    run_id: str
+    labels: list[str]
+    test_accuracy: float | None
+    slice_accuracy: dict[str, float]
+    test_counts: np.ndarray
+    test_expected_accuracy: float | None
+    run_spec: ModelSpec
+
+
+def _json(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text()) if path.is_file() else {}
+    return value if isinstance(value, dict) else {}
+
+
+def load_reference(spec: ModelSpec, registry: Registry, version: str) -> ChampionReference:
+    """The champion's test predictions, test accuracy (overall, per slice) and training spec."""
+    manifest = registry.show(version)
+    root = registry.load_version(version)
+    strategy = manifest["strategy"]
+    logits_file = root / "models" / strategy / "logits" / "test.npz"
+    if not logits_file.is_file():
+        raise MonitorError(f"champion {version}: models/{strategy}/logits/test.npz is missing from the version, so "
+                           "there are no reference predictions to compare the partition's with")
+    with np.load(logits_file, allow_pickle=False) as z:
+        logits = z["logits"].astype(np.float64)
+    config = _json(root / "models" / strategy / "model_config.json")
+    labels = list(config.get("labels") or spec.labels)
+    temperature = float(manifest.get("temperature") or _json(root / "export" / "parity.json").get("temperature")
+                        or 1.0)
+    z_t = logits / temperature
+    probs = np.exp(z_t - z_t.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    evaluated = _json(root / "evaluation" / "report.json").get("models", {}).get(strategy, {})
+    slice_acc = {s: float(m["accuracy"]) for s, m in (evaluated.get("slices") or {}).items()
+                 if isinstance(m, dict) and isinstance(m.get("accuracy"), int | float)}
+    bound = _json(root / "spec.json")
+    bound.pop("fingerprint", None)
+    try:
+        run_spec = parse_spec(bound, f"champion {version} spec.json") if bound else spec
+    except SpecError as exc:
+        logger.warning("champion %s: its spec.json does not validate (%s); using the current spec", version, exc)
+        run_spec = spec
+    accuracy = (manifest.get("metrics") or {}).get("accuracy")
+    return ChampionReference(
+        version=version, run_id=str(manifest["run_id"]), labels=labels,
+        test_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None, slice_accuracy=slice_acc,
+        test_counts=np.bincount(probs.argmax(1), minlength=len(labels)) if len(probs) else np.zeros(len(labels)),
+        test_expected_accuracy=stats.expected_accuracy(probs) if len(probs) else None, run_spec=run_spec)
+
+
+@dataclass
+class PredictionTally:
+    """Streaming sums over predictions.parquet: class counts, top-probability sums, overall and per slice."""
+
+    counts: np.ndarray
+    rows: int = 0
+    top_sum: float = 0.0
+    slices: dict[str, list[float]] | None = None  # "col=value" -> [rows, top-probability sum]
+
+
+def tally_predictions(store: ObjectStore, key: str, labels: list[str], slice_columns: list[str],
+                      chunk_rows: int) -> PredictionTally:
+    """Read the predictions in chunks (bounded memory) and sum what the prediction tests need."""
+    index = {name: i for i, name in enumerate(labels)}
+    tally = PredictionTally(np.zeros(len(labels), np.int64), slices={})
+    with local_file(store, key) as path:
+        for batch in pq.ParquetFile(path).iter_batches(chunk_rows, columns=["prediction", "confidence",
+                                                                            *slice_columns]):
+            df = batch.to_pandas()
+            tally.counts += np.bincount(df["prediction"].map(index).to_numpy(dtype=np.int64),
+                                        minlength=len(labels))
+            top = df["confidence"].to_numpy(np.float64)
+            tally.rows += len(df)
+            tally.top_sum += float(top.sum())
+            for col in slice_columns:
+                for value, part in pd.Series(top).groupby(df[col].astype(str).to_numpy()):
+                    entry = tally.slices.setdefault(f"{col}={value}", [0, 0.0])  # type: ignore[union-attr]
+                    entry[0] += len(part)
+                    entry[1] += float(part.sum())
+    return tally
+
+
+def sample_rows(store: ObjectStore, keys: list[str], columns: list[str], k: int, seed: int,
+                chunk_rows: int) -> pd.DataFrame:
+    """A uniform sample of ``k`` rows over Parquet objects, in one chunked pass (keep the k smallest random keys)."""
+    rng = np.random.default_rng(seed)
+    kept: pd.DataFrame | None = None
+    for key in keys:
+        with local_file(store, key) as path:
+            for batch in pq.ParquetFile(path).iter_batches(chunk_rows, columns=columns):
+                df = batch.to_pandas().assign(_draw=rng.random(batch.num_rows))
+                kept = df if kept is None else pd.concat([kept, df], ignore_index=True)
+                kept = kept.nsmallest(k, "_draw")
+    return (kept if kept is not None else pd.DataFrame(columns=columns)).drop(columns="_draw", errors="ignore")
+
+
+def embed_rows(run_spec: ModelSpec, store: ObjectStore, df: pd.DataFrame, shard: str) -> np.ndarray:
+    """Frozen-backbone embeddings of ``df`` through the run's embedding cache (tl_core.train.frozen)."""
+    from tl_core.models.backbones import Classifier, load_backbone
+    from tl_core.models.preprocessing import content_hashes, encode_split, image_transform
+    from tl_core.train.finetune import choose_device
+    from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache
+
+    backbone = load_backbone(run_spec, pretrained=True)
+    model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(run_spec.labels))
+    column = run_spec.data.input_column
+    enc = encode_split(df, column, run_spec.labels, backbone.preprocessing, backbone.tokenizer)
+    transform = image_transform(backbone.preprocessing, False) if backbone.kind == "timm" else None
+    cache = EmbeddingCache(store, cache_key(run_spec, backbone.preprocessing))
+    found = CacheStats()
+    out = embed_with_cache(model, backbone, run_spec, enc, content_hashes(df, column), cache, shard, transform,
+                           found, choose_device(run_spec.train.device))
+    logger.info("embedded %d rows for drift (%d cached, %d new)", len(df), found.hits, found.misses)
+    return out
+
+
+def measure_embedding(spec: ModelSpec, ref: ChampionReference, day: date) -> dict[str, Any]:
+    """The input-drift section: 'unavailable' (with the reason) when the training snapshot cannot be read."""
+    monitor = spec.monitor
+    run = RunContext(spec=spec, store=open_store(spec.store), run_id=ref.run_id)
+    where = f"run {ref.run_id} train split ({run.uri('split', 'examples.parquet')})"
+    try:
+        examples = run.read_examples()
+    except (DataError, NoSuchKey) as exc:
+        return {"status": "unavailable", "reason": f"the champion's training snapshot cannot be read: {exc}",
+                "reference": where}
+    column = ref.run_spec.data.input_column
+    train = examples[examples["split"] == "train"]
+    train = train.sample(n=min(len(train), monitor.embedding_max_rows), random_state=monitor.seed)
+    in_store, keys = partition_files(spec, day)
+    current = sample_rows(in_store, keys, ["example_id", column], monitor.embedding_max_rows, monitor.seed,
+                          monitor.chunk_rows)
+    if len(train) < 2 or len(current) < 2:
+        return {"status": "unavailable", "reference": where, "reason": f"too few rows for the test: {len(train)} "
+                f"training rows, {len(current)} partition rows (at least 2 each)"}
+    x = embed_rows(ref.run_spec, run.store, train.reset_index(drop=True), f"{ref.run_id}-train")
+    y = embed_rows(ref.run_spec, run.store, current.reset_index(drop=True), f"monitor-dt={day.isoformat()}")
+    result = stats.mmd_permutation_test(x, y, monitor.permutations, monitor.seed)
+    return {"status": "ok", **result, "reference_rows": len(x), "current_rows": len(y), "reference": where}
+
+
+def prediction_sections(ref: ChampionReference, tally: PredictionTally) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(prediction shift, accuracy estimate) from the champion reference and the partition's tallies."""
+    chi = stats.chi_square(ref.test_counts, tally.counts)
+    shift = {"psi": stats.psi(ref.test_counts, tally.counts), "chi2": chi["statistic"],
+             "chi2_p_value": chi["p_value"], "dof": chi["dof"],
+             "reference_counts": {name: int(c) for name, c in zip(ref.labels, ref.test_counts, strict=True)},
+             "current_counts": {name: int(c) for name, c in zip(ref.labels, tally.counts, strict=True)}}
+    slices = {name: {"rows": int(n), "expected_accuracy": s / n if n else None,
+                     "reference_accuracy": ref.slice_accuracy.get(name, ref.test_accuracy)}
+              for name, (n, s) in sorted((tally.slices or {}).items())}
+    accuracy = {"method": "cbpe", "expected_accuracy": tally.top_sum / tally.rows if tally.rows else None,
+                "reference_accuracy": ref.test_accuracy, "reference_expected_accuracy": ref.test_expected_accuracy,
+                "slices": slices}
+    return shift, accuracy
+
+
+def measure(spec: ModelSpec, day: date, run_id: str = "manual") -> dict[str, Any]:
+    """Every drift measurement of the scored partition ``dt=day`` (the report without its alerts)."""
+    record = read_record(spec, day)
+    registry = Registry.for_spec(spec)
+    ref = load_reference(spec, registry, record["champion_version"])
+    out = open_store(spec.store)
+    prefix = scores_prefix(spec, day)
+    slice_columns = list(record.get("slice_columns") or [])
+    tally = tally_predictions(out, join_key(prefix, PREDICTIONS), ref.labels, slice_columns, spec.monitor.chunk_rows)
+    shift, accuracy = prediction_sections(ref, tally)
+    monitor = spec.monitor
+    return {"schema_version": DRIFT_SCHEMA_VERSION, "model": spec.name, "dt": day.isoformat(), "run_id": run_id,
+            "champion_version": ref.version, "challenger_version": record.get("challenger_version"),
+            "rows": tally.rows, "scores_uri": out.url(prefix), "embedding": measure_embedding(spec, ref, day),
+            "predictions": shift, "accuracy": accuracy, "disagreement": record.get("disagreement"),
+            "thresholds": {"embedding_alpha": monitor.embedding_alpha, "chi2_alpha": monitor.chi2_alpha,
+                           "psi_threshold": monitor.psi_threshold, "accuracy_drop": monitor.accuracy_drop,
+                           "min_slice_rows": float(monitor.min_slice_rows)},
+            "created_at": datetime.now(UTC).isoformat()}
+
+
+def _accuracy_alerts(accuracy: dict[str, Any], monitor: MonitorSpec) -> list[dict[str, Any]]:
+    groups = [("overall", None, accuracy.get("rows"), accuracy["expected_accuracy"], accuracy["reference_accuracy"])]
+    groups += [(name, name, s["rows"], s["expected_accuracy"], s["reference_accuracy"])
+               for name, s in accuracy["slices"].items()]
+    alerts = []
+    for name, slice_name, rows, estimate, reference in groups:
+        if estimate is None or reference is None or (slice_name and rows < monitor.min_slice_rows):
+            continue
+        drop = reference - estimate
+        if drop > monitor.accuracy_drop:
+            alerts.append({"metric": "expected_accuracy_drop", "slice": slice_name, "value": drop,
+                           "threshold": monitor.accuracy_drop,
+                           "text": f"label-free accuracy ({name}): estimated {estimate:.3f} vs the champion's test "
+                                   f"accuracy {reference:.3f}, a drop of {drop:.3f} > {monitor.accuracy_drop}"})
+    return alerts
+
+
+def decide_alerts(report: dict[str, Any], monitor: MonitorSpec) -> list[dict[str, Any]]:
+    """The alerts a measured report raises under the spec's thresholds (pure: no I/O)."""
+    alerts: list[dict[str, Any]] = []
+    emb = report["embedding"]
+    if emb["status"] != "ok":
+        alerts.append({"metric": "embedding_drift_unmeasured", "text": f"input drift not measured: {emb['reason']}"})
+    elif emb["p_value"] < monitor.embedding_alpha:
+        alerts.append({"metric": "embedding_mmd_p_value", "value": emb["p_value"], "threshold": monitor.embedding_alpha,
+                       "text": f"input drift: frozen-backbone embeddings differ from the training snapshot (MMD^2 "
+                               f"{emb['statistic']:.4g}, permutation p = {emb['p_value']:.4f} < "
+                               f"{monitor.embedding_alpha})"})
+    pred = report["predictions"]
+    moved = sorted(pred["current_counts"], key=lambda c: -abs(_share(pred["current_counts"], c)
+                                                                - _share(pred["reference_counts"], c)))[:3]
+    detail = ", ".join(f"{c} {_share(pred['reference_counts'], c):.1%} -> {_share(pred['current_counts'], c):.1%}"
+                       for c in moved)
+    if pred["psi"] > monitor.psi_threshold:
+        alerts.append({"metric": "prediction_psi", "value": pred["psi"], "threshold": monitor.psi_threshold,
+                       "text": f"prediction shift: PSI {pred['psi']:.3f} > {monitor.psi_threshold} ({detail})"})
+    if pred["chi2_p_value"] < monitor.chi2_alpha:
+        alerts.append({"metric": "prediction_chi2_p_value", "value": pred["chi2_p_value"],
+                       "threshold": monitor.chi2_alpha,
+                       "text": f"prediction shift: chi-square {pred['chi2']:.1f} (dof {pred['dof']}), p = "
+                               f"{pred['chi2_p_value']:.2g} < {monitor.chi2_alpha} ({detail})"})
+    alerts += _accuracy_alerts({**report["accuracy"], "rows": report["rows"]}, monitor)
+    return alerts
+
+
+def _share(counts: dict[str, int], name: str) -> float:
+    total = sum(counts.values())
+    return counts.get(name, 0) / total if total else 0.0
+
+
+def run_drift(spec: ModelSpec, day: date, run_id: str = "manual") -> dict[str, Any]:
+    """Measure, decide, write drift/report.json and report.html; returns report_uri, alerts, champion_version."""
+    from tl_core.monitor.html import drift_page
+
+    report = measure(spec, day, run_id)
+    report["alerts"] = decide_alerts(report, spec.monitor)
+    check_artifact(DriftReport, report, f"{spec.name} dt={day.isoformat()} drift report")
+    out = open_store(spec.store)
+    prefix = join_key(scores_prefix(spec, day), "drift")
+    out.put_bytes(join_key(prefix, "report.html"), drift_page(report).encode())
+    out.put_bytes(join_key(prefix, "report.json"), json.dumps(report, indent=2, sort_keys=True).encode())
+    for alert in report["alerts"]:
+        logger.warning("%s dt=%s: %s", spec.name, day, alert["text"])
+    return {"report_uri": out.url(join_key(prefix, "report.json")),
+            "alerts": [a["text"] for a in report["alerts"]], "champion_version": report["champion_version"]}

@@ -1,0 +1,98 @@
+"""Trends for the registry view: per run, the champion's metric on that run's fresh test data and the candidate's
+gate outcome, so a reviewer sees slow decay (the plugin's /tl/registry page shows the plot and the table).
+
+Read-only, from what each run already wrote: ``gate/decision.json`` (outcome, candidate, champion version),
+``evaluation/report.json`` (every model's overall metrics on the same test rows; the champion is re-scored in every
+run) and ``snapshot/manifest.json`` (the logical date). A run whose files cannot be read is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+from tl_core.config import ModelSpec
+from tl_core.errors import StoreError
+from tl_core.store import ObjectStore, join_key, open_store
+
+logger = logging.getLogger(__name__)
+DECISION = "gate/decision.json"
+MAX_RUNS = 120
+
+
+def _read(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(store.get_bytes(key))
+    except (StoreError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _metric(report: dict[str, Any] | None, model: str | None, metric: str) -> float | None:
+    value = (((report or {}).get("models") or {}).get(model or "") or {}).get("overall", {}).get(metric)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def collect_trends(spec: ModelSpec, limit: int = MAX_RUNS) -> dict[str, Any]:
+    """{"metric", "runs": [{run_id, logical_date, passed, candidate, champion_version, candidate_value,
+    champion_value}] oldest first (the newest ``limit`` gated runs), "skipped": runs whose decision is unreadable}."""
+    store = open_store(spec.store)
+    prefix = join_key("runs", spec.name) + "/"
+    metric = spec.train.primary_metric
+    rows, skipped = [], 0
+    for key in store.list(prefix):
+        if not key.endswith("/" + DECISION):
+            continue
+        run_key = key[: -len(DECISION) - 1]
+        decision = _read(store, key)
+        if decision is None:
+            skipped += 1
+            continue
+        report = _read(store, join_key(run_key, "evaluation/report.json"))
+        manifest = _read(store, join_key(run_key, "snapshot/manifest.json")) or {}
+        rows.append({"run_id": (report or {}).get("run_id") or run_key[len(prefix):],
+                     "logical_date": str(manifest.get("logical_date") or ""),
+                     "passed": bool(decision.get("passed")), "candidate": decision.get("candidate"),
+                     "champion_version": decision.get("champion_version"),
+                     "candidate_value": _metric(report, decision.get("candidate"), metric),
+                     "champion_value": _metric(report, "champion", metric)})
+    if skipped:
+        logger.warning("trends of %s: %d run(s) with an unreadable %s skipped", spec.name, skipped, DECISION)
+    rows.sort(key=lambda r: (r["logical_date"], r["run_id"]))
+    return {"metric": metric, "runs": rows[-limit:], "skipped": skipped}
+
+
+def render_trends_png(trends: dict[str, Any], title: str) -> bytes | None:
+    """A PNG: the champion's and each candidate's metric per run (by logical date), candidates marked by gate
+    outcome (PASS filled green, FAIL red cross). None when no run has been gated yet."""
+    runs = trends["runs"]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = list(range(len(runs)))
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    champ = [(i, r["champion_value"]) for i, r in enumerate(runs) if r["champion_value"] is not None]
+    if champ:
+        ax.plot([i for i, _ in champ], [v for _, v in champ], "-o", color="#1f4e9c", label="champion (re-scored)")
+    for passed, marker, colour, label in ((True, "o", "#2e8b57", "candidate, gate PASS"),
+                                          (False, "x", "#c0392b", "candidate, gate FAIL")):
+        pts = [(i, r["candidate_value"]) for i, r in enumerate(runs) if r["passed"] is passed
+               and r["candidate_value"] is not None]
+        if pts:
+            ax.scatter([i for i, _ in pts], [v for _, v in pts], s=40, label=label, marker=marker, color=colour)
+    ax.set_xticks(x, [r["logical_date"] or r["run_id"][:16] for r in runs], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(trends["metric"])
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
