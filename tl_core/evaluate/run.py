@@ -273,7 +273,12 @@ def _baseline(candidate: dict[str, Any], metric: str) -> str | None:
     if not frozen:
         return None
     values = candidate["strategies"]
-    return min(frozen, key=lambda m: (round(rank_key(metric, float(values[m]["val_metric"])), 6), frozen.index(m)))
+
+    def rank(m: str) -> float:  # a model without a validation score ranks last
+        value = (values[m] or {}).get("val_metric") if isinstance(values[m], dict) else None
+        return round(rank_key(metric, float(value)), 6) if isinstance(value, int | float) else float("inf")
+
+    return min(frozen, key=lambda m: (rank(m), frozen.index(m)))
 
 
 def _backbones(ctx: RunContext, models: dict[str, Any]) -> dict[str, dict[str, Any]]:
