@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -461,7 +461,8 @@ def split_uri(uri: str) -> tuple[ObjectStore, str]:
         parsed = urlparse(uri)
         return S3Store(parsed.netloc), parsed.path.lstrip("/")
     if uri.startswith("file://"):
-        path = Path(uri[len("file://") :]).resolve()
+        # FileStore.url writes file URIs percent-encoded (Path.as_uri: 'dt=...' becomes 'dt%3D...'): decode them.
+        path = Path(unquote(uri[len("file://") :])).resolve()
         return FileStore(path.parent, create=False), path.name
     raise ValueError(f"unsupported object URI {uri!r}: expected s3://bucket/key or file:///path")
 

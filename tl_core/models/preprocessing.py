@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,11 +146,9 @@ def collate(encoded: Encoded, idx: np.ndarray, pad_id: int = 0, transform: Any =
     """Model inputs for one batch: (input_ids, attention_mask) padded to the batch max, or (pixels,)."""
     if encoded.kind == "text":
         seqs = [encoded.values[i] for i in idx]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[row, : len(s)] = 1
-        return input_ids, mask
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        filled = np.arange(int(lengths.max())) < lengths[:, None]  # row-major: each row's tokens, left-aligned
+        input_ids = np.full(filled.shape, pad_id, dtype=np.int64)
+        input_ids[filled] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+        return torch.from_numpy(input_ids), torch.from_numpy(filled.astype(np.int64))
     return (decode_images([encoded.values[i] for i in idx], [encoded.ids[i] for i in idx], transform),)

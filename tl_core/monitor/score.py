@@ -61,7 +61,7 @@ def partition_files(spec: ModelSpec, day: date) -> tuple[ObjectStore, list[str]]
     keys = [k for k in store.list(prefix + "/") if k.endswith(".parquet")
             and not k.rsplit("/", 1)[-1].startswith(("_", "."))]
     if not keys:
-        raise MonitorError(f"scoring partition {store.url(prefix)}/ has no Parquet files (missing partition for "
+        raise MonitorError(f"scoring partition {store.uri}/{prefix}/ has no Parquet files (missing partition for "
                            f"{day.isoformat()}): expected <scoring_root>/{spec.data.dataset}/dt=YYYY-MM-DD/*.parquet")
     return store, keys
 
@@ -199,8 +199,8 @@ def score_partition(spec: ModelSpec, day: date, run_id: str = "manual") -> str:
         for name in (PREDICTIONS, SHADOW)[: len(models)]:
             if (Path(tmp) / name).is_file():
                 files[name] = put_file(out, join_key(prefix, name), Path(tmp) / name)
-    record: dict[str, Any] = {**expected, "model": spec.name, "dt": day.isoformat(), "run_id": run_id,
-              "rows": tally.rows,
+    record: dict[str, Any] = {
+              **expected, "model": spec.name, "dt": day.isoformat(), "run_id": run_id, "rows": tally.rows,
               "chunks": tally.chunks, "max_chunk_rows": tally.max_chunk_rows, "files": files,
               "slice_columns": list(spec.data.slice_columns), "labels": models[0].labels,
               "disagreement": tally.disagreement() if challenger else None,
