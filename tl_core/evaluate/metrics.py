@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from tl_core.config import LOWER_IS_BETTER
+
 ECE_BINS = 15
 
 
@@ -142,3 +144,8 @@ def metric_value(metric: str, probs: np.ndarray, y: np.ndarray) -> float:
         f"unknown metric {metric!r}; expected one of accuracy, balanced_accuracy, macro_f1, auroc, log_loss, "
         "brier, ece"
     )
+
+
+def rank_key(metric: str, value: float) -> float:
+    """Sort key where smaller ranks first (the best value of ``metric`` first)."""
+    return value if metric in LOWER_IS_BETTER else -value

@@ -44,9 +44,8 @@ from tl_core.config import LOWER_IS_BETTER, GateSpec, ModelSpec
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
-from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, softmax
+from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, rank_key, softmax
 from tl_core.runs import RunContext
-from tl_core.train.objective import rank_key
 
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2

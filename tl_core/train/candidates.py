@@ -23,8 +23,8 @@ import numpy as np
 
 from tl_core.config import SelectionSpec
 from tl_core.errors import DataError, NoSuchKey
+from tl_core.evaluate.metrics import rank_key
 from tl_core.runs import RunContext
-from tl_core.train.objective import rank_key
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,3 @@ def improves(metric: str, new: float, best: float | None) -> bool:
     return new < best if metric in LOWER_IS_BETTER else new > best
 
 
-def rank_key(metric: str, value: float) -> float:
-    """Sort key where smaller ranks first (the best value of ``metric`` first)."""
-    return value if metric in LOWER_IS_BETTER else -value

@@ -14,9 +14,9 @@ from typing import Any
 
 from tl_core.config import STRATEGY_COST_ORDER, SelectionSpec
 from tl_core.errors import DataError, NoSuchKey
+from tl_core.evaluate.metrics import rank_key
 from tl_core.runs import RunContext
 from tl_core.train.candidates import DEFAULT_BACKBONE
-from tl_core.train.objective import rank_key
 
 
 def _report(ctx: RunContext, model_id: str, metric: str) -> dict[str, Any]:
