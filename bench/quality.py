@@ -56,6 +56,7 @@ def subset(df: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
 def prepare(modality: str, workdir: Path, rows_per_day: int) -> tuple[ModelSpec, pd.DataFrame]:
     """Demo data, snapshot, audit and split once per work dir; returns the spec and the split rows."""
     raw = yaml.safe_load(Path(SPECS[modality]).read_text())
+    raw.pop("candidates", None)  # one backbone here: the spec's own (candidates are compared by `tl run`)
     uri = workdir.resolve().as_uri()
     raw["data"]["root"] = uri + "/data"
     raw["store"] = uri + "/store"

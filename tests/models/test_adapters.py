@@ -108,3 +108,26 @@ def test_an_image_lora_keeps_its_buffers_and_a_random_init_base_stays_merged(tmp
     assert ctx2.read_json("models/lora/model_config.json")["storage"] == "merged"
     assert ctx2.store.exists(ctx2.model_key("lora", MERGED_FILE))
     shutil.rmtree(weights.parent)
+
+
+def test_lora_targets_skip_grouped_convolutions() -> None:
+    """EfficientNet's depthwise convs (groups = channels) cannot take a rank-8 LoRA; the defaults leave them out,
+    and the chosen ones train through peft."""
+    import timm
+    from torch import nn
+
+    from tl_core.models.adapters import apply_lora, default_lora_targets
+    from tl_core.models.backbones import Backbone, Classifier
+
+    module = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    backbone = Backbone(module=module, kind="timm", num_features=int(module.num_features), preprocessing={})
+    targets = default_lora_targets(backbone)
+    assert "conv_dw" not in targets and {"conv_pw", "conv_pwl", "conv_stem", "conv_head"} <= set(targets)
+    grouped = {n.split(".")[-1] for n, m in module.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    assert grouped == {"conv_dw"}
+    spec = parse_spec({"name": "icons", "modality": "image", "labels": ["a", "b"], "data": {"input_column": "image"},
+                       "backbone": {"library": "timm", "name": "efficientnet_lite0", "weights": "none"}})
+    model = Classifier(module, "timm", backbone.num_features, 2)
+    apply_lora(model, backbone, spec)
+    assert any(".lora_A." in n for n, _ in model.named_parameters())
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)

@@ -46,11 +46,13 @@ def adapter_state(model: Classifier) -> dict[str, torch.Tensor]:
 
 def default_lora_targets(backbone: Backbone) -> list[str]:
     """LoRA target modules chosen per architecture (overridable in the spec)."""
-    # A suffix qualifies only if every module carrying it is a Linear or Conv2d (peft matches by suffix).
+    # A suffix qualifies only if every module carrying it is a Linear or an ungrouped Conv2d (peft matches by
+    # suffix, and refuses a grouped conv, e.g. EfficientNet's depthwise conv_dw, unless the rank divides groups).
     kinds: dict[str, set[bool]] = {}
     for n, m in backbone.module.named_modules():
         if n:
-            kinds.setdefault(n.split(".")[-1], set()).add(isinstance(m, nn.Linear | nn.Conv2d))
+            ok = isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+            kinds.setdefault(n.split(".")[-1], set()).add(ok)
     names = {suffix for suffix, ok in kinds.items() if ok == {True}}
     for candidates in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj"], ["qkv"], ["q_lin", "v_lin"]):
         if set(candidates) <= names:
