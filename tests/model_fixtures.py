@@ -24,21 +24,21 @@ WORDS = {
 FILLER = ["please", "help", "my", "the", "order", "today", "again", "urgent", "thanks", "issue"]
 
 
-def tiny_bert_dir(root: Path) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's real tokenizer, random init, saved as a HF directory."""
+def tiny_bert_dir(root: Path, name: str = "tiny-bert", hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A small BERT (default 2 layers, 32 wide) with MiniLM's real tokenizer, random init, saved as a HF directory."""
     from transformers import BertConfig, BertModel
 
-    out = root / "tiny-bert"
+    out = root / name
     if out.exists():
         return out
     out.mkdir(parents=True)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(MINILM_DIR / name, out / name)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    for file in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(MINILM_DIR / file, out / file)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=128)
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(out)
     return out
 

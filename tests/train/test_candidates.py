@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from browser import ARTIFACTS, Chromium
-from model_fixtures import MINILM_DIR, make_run, text_examples, text_spec, tiny_bert_dir
+from model_fixtures import make_run, text_examples, text_spec, tiny_bert_dir
 from tl_core.config import parse_spec
 from tl_core.errors import DataError
 from tl_core.evaluate.run import run_evaluate
@@ -23,26 +22,11 @@ from tl_core.train.run import run_train
 from tl_core.train.select import run_select
 
 
-def wide_bert_dir(root: Path) -> Path:
-    """A bigger random BERT (4 layers, 128 wide) with MiniLM's tokenizer: slower and larger than tiny-bert."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    out = root / "wide-bert"
-    out.mkdir(parents=True)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(MINILM_DIR / name, out / name)
-    torch.manual_seed(1)
-    config = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=256, max_position_embeddings=128)
-    BertModel(config, add_pooling_layer=False).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
     root = tmp_path_factory.mktemp("candidates")
-    tiny, wide = tiny_bert_dir(root / "models"), wide_bert_dir(root / "models")
+    tiny = tiny_bert_dir(root / "models")
+    wide = tiny_bert_dir(root / "models", "wide-bert", hidden=128, layers=4, seed=1)  # slower, larger
     raw = text_spec((root / "store").as_uri(), tiny, strategies=["frozen", "lora"], epochs=1).model_dump(mode="json")
     raw["candidates"] = [{"name": "wide", "strategies": ["frozen", "lora"],
                           "backbone": {**raw["backbone"], "name": "wide-bert", "path": str(wide)}}]
