@@ -440,8 +440,19 @@ class ExportSpec(_Strict):
     opset: PositiveInt = Field(18, description="ONNX opset (17 or newer).")
     max_abs_logit_diff: PositiveFloat = Field(1e-4, description="Parity: torch vs onnxruntime logit tolerance.")
     max_ece_diff: PositiveFloat = Field(1e-3, description="Parity: ECE difference tolerance.")
-    quantize_int8: bool = Field(False, description="Also produce an int8 dynamically quantized artifact.")
-    int8_tolerance: Fraction = Field(0.01, description="int8 accuracy/ECE may differ from fp32 by at most this.")
+    quantize_int8: bool = Field(
+        False, description="Also make a dynamically quantized int8 ONNX artifact, gated on its own against fp32."
+    )
+    int8_margin: NonNegativeFloat = Field(
+        0.01, description="int8 gate: the lower bound of int8 - fp32 (train.primary_metric, test split, paired "
+        "bootstrap at gate.confidence) must be >= -this.",
+    )
+    int8_min_agreement: Fraction = Field(
+        0.98, description="int8 gate: share of test examples whose int8 top-1 equals fp32's, at least this."
+    )
+    int8_ece_tolerance: NonNegativeFloat = Field(
+        0.01, description="int8 gate: the upper bound of ECE(int8) - ECE(fp32) (paired bootstrap) must be <= this."
+    )
 
     @model_validator(mode="after")
     def _opset(self) -> ExportSpec:

@@ -23,9 +23,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tl_core.export.predict import predict_file
 
     spec = load_spec(args.spec)
-    result = predict_file(spec, args.model, args.input, args.output, batch_size=args.batch_size)
-    emit(args, result, f"scored {result['rows']} rows with {result['model']}@{result['model_version']} -> "
-                       f"{result['output']}")
+    result = predict_file(spec, args.model, args.input, args.output, batch_size=args.batch_size,
+                          precision=args.precision)
+    emit(args, result, f"scored {result['rows']} rows with {result['model']}@{result['model_version']}"
+                       f"{' (int8)' if result['precision'] == 'int8' else ''} -> {result['output']}")
     return 0
 
 
@@ -40,5 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--input", required=True, help="Parquet path or s3:// / file:// URI")
     p.add_argument("--output", required=True, help="Parquet path or s3:// / file:// URI")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per onnxruntime call (>= 1)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: the version's dynamically quantized artifact (registered when its own gate passed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_predict)
