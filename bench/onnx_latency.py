@@ -12,6 +12,7 @@ CPU (issue 19).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -20,13 +21,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from text_model import build, export_pair, workdir
+
 from tl_core.config import ExportSpec
 from tl_core.evaluate.int8 import measure_int8
 from tl_core.export.onnx_export import onnx_inputs
 from tl_core.export.predict import score
 from tl_core.gate.int8 import decide_int8
+
+ROUNDS = 5
 
 
 def median_s(fn: Callable[[], Any], repeats: int) -> float:
@@ -40,10 +43,18 @@ def median_s(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def quiet_options() -> ort.SessionOptions:
+    """No spinning worker threads between runs: spinning onnxruntime threads would slow the interleaved eager
+    runs (and each other) on a small machine."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def latency_rows(tm: Any, fp32: Any, int8: Any, device: torch.device, repeats: int) -> list[tuple[Any, ...]]:
     providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
-    s32 = ort.InferenceSession(str(fp32), providers=providers)
-    s8 = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])  # integer kernels: CPU provider
+    s32 = ort.InferenceSession(str(fp32), quiet_options(), providers=providers)
+    s8 = ort.InferenceSession(str(int8), quiet_options(), providers=["CPUExecutionProvider"])  # integer kernels
     model = tm.model.to(device)
     rows = []
     for size in (1, 32):
@@ -67,9 +78,9 @@ def latency_rows(tm: Any, fp32: Any, int8: Any, device: torch.device, repeats: i
             s8.run(["logits"], feeds[it["i"] % len(feeds)])
 
         times: dict[str, list[float]] = {"eager": [], "fp32": [], "int8": []}
-        for _ in range(3):  # interleave the engines in rounds so background load affects all alike
+        for _ in range(ROUNDS):  # interleave the engines in rounds so background load affects all alike
             for name, fn in (("eager", eager), ("fp32", run32), ("int8", run8)):
-                times[name].append(median_s(fn, max(1, repeats // 3)))
+                times[name].append(median_s(fn, max(1, repeats // ROUNDS)))
         seq = float(np.mean([b[0].shape[1] for b in batches]))
         rows.append((size, seq, *(statistics.median(times[k]) for k in ("eager", "fp32", "int8"))))
     tm.model.to("cpu")
@@ -120,6 +131,7 @@ def main() -> None:
         for size, seq, e, f, i in rows:
             print(f"{size:>5}{seq:>6.0f}{e * 1e3:>10.2f}{f * 1e3:>10.2f}{i * 1e3:>10.2f}{e / f:>11.2f}x"
                   f"{f / i:>10.2f}x{e / i:>11.2f}x")
+        print(f"load average (1 min) {os.getloadavg()[0]:.2f} after the latency runs on {os.cpu_count()} CPUs")
         print(f"accuracy cost of int8 on {len(tm.test)} held-out texts (head fitted on the other {len(tm.train)}):")
         accuracy_cost(tm, fp32, int8, n_boot)
 

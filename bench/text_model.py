@@ -106,8 +106,8 @@ def hardware() -> dict[str, Any]:
                             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "python": platform.python_version()}
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if line.startswith("model name"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     if torch.cuda.is_available():

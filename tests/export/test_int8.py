@@ -3,9 +3,9 @@ its gate passed, served by `tl predict --precision int8`; a failing int8 is reco
 registers.
 
 One model is trained per module (3 epochs: a 1-epoch tiny model has near-tied logits that any rounding flips).
-The failing case is a real corruption: one outlier in an embedding row that no test text uses leaves the fp32
-outputs bit-identical but sets the per-tensor int8 scale of the embedding table so that every other row rounds
-to zero - the classic way int8 breaks.
+The failing case is a real corruption: outliers in an embedding row that no test text uses leave the fp32
+outputs bit-identical but set the int8 scale of every embedding channel so that all other rows round to zero -
+the classic way int8 breaks.
 """
 
 from __future__ import annotations
@@ -126,13 +126,13 @@ def test_failing_int8_is_recorded_and_the_fp32_version_still_registers(trained: 
 
         tokenizer = AutoTokenizer.from_pretrained(str(Path(model_dir) / "preprocessing"))
     assert UNUSED_TOKEN not in set(np.concatenate(tokenizer(ctx.read_examples()["text"].tolist())["input_ids"]))
-    state[table][UNUSED_TOKEN, 0] = 1000.0  # fp32 never reads this row; the int8 scale becomes 1000 / 127
+    state[table][UNUSED_TOKEN, :] = 1000.0  # fp32 never reads this row; every int8 scale becomes 1000 / 127
     ctx.store.put_bytes(key, save(state))
 
     run_export(ctx)  # fp32 parity (against the training-time logits too) still passes
     report = ctx.read_json(INT8_REPORT)
     assert not report["passed"]
-    assert any(re.search(r"top-1 agreement int8 vs fp32 0\.\d+ \(\d+ of 24 test examples differ\) < minimum 0\.98: "
+    assert any(re.search(r"top-1 agreement int8 vs fp32 0\.\d+ \(\d+ of 24 test examples differ\) < minimum 0\.97: "
                          "FAIL", f) for f in report["failures"]), report["failures"]
 
     registry = Registry.for_spec(ctx.spec)

@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 def quantize(fp32_path: Path, out_path: Path) -> None:
-    """Dynamic (weight-only calibration-free) int8 quantization of an ONNX file, onnxruntime's defaults."""
+    """Dynamic (calibration-free) int8 quantization of an ONNX file: int8 weights with one scale per output
+    channel (per-tensor scales flipped 7% of MiniLM's top-1 on real texts, per-channel 2%: bench/onnx_latency.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def _served(path: Path, loaded: LoadedModel) -> ServedModel:
@@ -75,9 +76,10 @@ def run_int8(ctx: RunContext, loaded: LoadedModel, fp32_path: Path) -> dict[str,
     data = int8_path.read_bytes()
     ctx.store.put_bytes(ctx.key(INT8_FILE), data)
     export = ctx.spec.export
-    report = {
-        "passed": passed, "decision": "PASS" if passed else "FAIL",
-        "failures": [r.text for r in reasons if r.status == "FAIL"], "reasons": [asdict(r) for r in reasons],
+    failures = [r.text for r in reasons if r.status == "FAIL"]
+    report: dict[str, Any] = {
+        "passed": passed, "decision": "PASS" if passed else "FAIL", "failures": failures,
+        "reasons": [asdict(r) for r in reasons],
         "measured": measured, "file": INT8_FILE, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
         "fp32_size": fp32_path.stat().st_size,
         "policy": {"int8_margin": export.int8_margin, "int8_min_agreement": export.int8_min_agreement,
@@ -85,5 +87,5 @@ def run_int8(ctx: RunContext, loaded: LoadedModel, fp32_path: Path) -> dict[str,
     }
     ctx.write_json(INT8_REPORT, report)
     logger.info("int8 artifact %s: agreement %.4f on %d test examples, %s", "PASS" if passed else "FAIL",
-                measured["agreement"], measured["examples"], "; ".join(report["failures"]) or "all checks pass")
+                measured["agreement"], measured["examples"], "; ".join(failures) or "all checks pass")
     return report

@@ -41,7 +41,7 @@ def agreement(m: dict[str, Any], spec: ExportSpec) -> list[Reason]:
     if not finite(value):
         return [fail(CHECK, f"top-1 agreement int8 vs fp32 is missing (got {value!r}), minimum {floor:g}",
                      metric="agreement", threshold=floor)]
-    ok = value >= floor
+    ok = float(value) >= floor  # type: ignore[arg-type]  # finite() checked it is a number
     return [verdict(ok, CHECK, f"top-1 agreement int8 vs fp32 {value:.4f} ({m.get('disagreements')} of "
                     f"{m.get('examples')} test examples differ) {'>=' if ok else '<'} minimum {floor:g}",
                     metric="agreement", threshold=floor)]
