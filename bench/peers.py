@@ -2,7 +2,8 @@
 
 One line per workload: same model (the real all-MiniLM-L6-v2), same data (real Debian package descriptions from
 tests/fixtures/debian_descriptions.parquet), same batch size and maximum sequence length, the median of
-``--runs`` runs of each side (interleaved), and the ratio project / peer (> 1: the project is faster).
+``--runs`` runs of each side (interleaved), and the ratio: the median over runs of peer time / project time,
+each run's sides back to back (> 1: the project is faster).
 
   frozen embedding   tl's frozen path (encode_split + embed_with_cache into a fresh store cache: tokenization
                      and cache writes included) vs sentence_transformers.SentenceTransformer.encode
@@ -62,7 +63,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def median_rate(work: float, fns: dict[str, Callable[[], Callable[[], Any]]], runs: int) -> dict[str, float]:
+class Rates(dict[str, float]):
+    """Units of work per second per side (median over runs), and the runs' times for paired ratios."""
+
+    def __init__(self, rates: dict[str, float], times: dict[str, list[float]]) -> None:
+        super().__init__(rates)
+        self.times = times
+
+    def ratio(self, peer: str, project: str = "tl") -> float:
+        """Median over runs of peer time / project time, each run's sides measured back to back: robust to the
+        slow drifts of a shared machine that a ratio of two medians picks up."""
+        return float(statistics.median(p / q for p, q in zip(self.times[peer], self.times[project], strict=True)))
+
+
+def median_rate(work: float, fns: dict[str, Callable[[], Callable[[], Any]]], runs: int) -> Rates:
     """Units of ``work`` per second for each side, median of ``runs`` interleaved runs. Each side is a setup
     (untimed, e.g. loading a fresh pretrained copy) that returns the timed call."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -72,7 +86,7 @@ def median_rate(work: float, fns: dict[str, Callable[[], Callable[[], Any]]], ru
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: work / statistics.median(ts) for name, ts in times.items()}
+    return Rates({name: work / statistics.median(ts) for name, ts in times.items()}, times)
 
 
 def timed(fn: Callable[[], Any]) -> Callable[[], Callable[[], Any]]:
@@ -80,9 +94,10 @@ def timed(fn: Callable[[], Any]) -> Callable[[], Callable[[], Any]]:
     return lambda: fn
 
 
-def line(workload: str, unit: str, project: float, peer: str, peer_value: float | None, goal: float | None = None,
+def line(workload: str, unit: str, rates: Rates, side: str, peer: str, goal: float | None = None,
          note: str = "") -> Line:
-    ratio = project / peer_value if peer_value else None
+    """One workload's line: the rates (median of runs) and the paired ratio tl / ``side``."""
+    project, peer_value, ratio = rates["tl"], rates[side], rates.ratio(side)
     return {"workload": workload, "unit": unit, "project": project, "peer": peer, "peer_value": peer_value,
             "ratio": ratio, "goal": goal, "note": note}
 
@@ -136,8 +151,8 @@ def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int) -> list[Line
         rates = median_rate(len(text), {"tl": timed(ours), "st": timed(peer)}, runs)
     a = out["tl"] / np.linalg.norm(out["tl"], axis=1, keepdims=True)
     cos = float((a * out["st"]).sum(1).min())
-    return [line(workload, "texts/s", rates["tl"], f"sentence-transformers {version('sentence-transformers')} "
-                 "encode", rates["st"], 1.0, f"min cosine tl vs st {cos:.5f}")]
+    return [line(workload, "texts/s", rates, "st", f"sentence-transformers {version('sentence-transformers')} encode",
+                 1.0, f"min cosine tl vs st {cos:.5f}")]
 
 
 # ---------------------------------------------------------------- fine-tuning step throughput
@@ -240,7 +255,7 @@ def finetuning(tm: TextModel, df: Any, batch: int, steps: int, runs: int) -> lis
                                 runs)
         peer = f"transformers {version('transformers')} Trainer" + (f" + peft {version('peft')}"
                                                                      if strategy == "lora" else "")
-        lines.append(line(workload, "examples/s", rates["tl"], peer, rates["hf"], 1.0,
+        lines.append(line(workload, "examples/s", rates, "hf", peer, 1.0,
                           "tl includes one validation batch; both include setup (peft wrap, optimizer)"))
     return lines
 
@@ -310,11 +325,11 @@ def bootstrap(n: int, n_boot: int, runs: int) -> list[Line]:
     if scipy_line is None:
         lo, hi = out["scipy"]
         note_s = f"{note}, scipy [{lo[0]:+.4f}, {hi[0]:+.4f}]"
-        lines.append(line(workload, "runs/s", rates["tl"], f"scipy {version('scipy')} stats.bootstrap(paired)",
-                          rates["scipy"], note=note_s))
+        lines.append(line(workload, "runs/s", rates, "scipy", f"scipy {version('scipy')} stats.bootstrap(paired)",
+                          note=note_s))
     else:
         lines.append(scipy_line)
-    lines.append(line(workload, "runs/s", rates["tl"], "plain numpy loop", rates["loop"],
+    lines.append(line(workload, "runs/s", rates, "loop", "plain numpy loop",
                       note=f"{note}, loop [{out['loop'][0][0]:+.4f}, {out['loop'][1][0]:+.4f}]"))
     return lines
 
@@ -349,9 +364,9 @@ def batch_scoring(tm: TextModel, df: Any, batch: int, runs: int) -> list[Line]:
 
     rates = median_rate(len(text), {"tl": timed(lambda: score(served, df, batch_size=batch)), "ort": timed(bare),
                                     "eager": timed(eager)}, runs)
-    return [line(workload, "texts/s", rates["tl"], "bare onnxruntime session", rates["ort"], 0.9,
+    return [line(workload, "texts/s", rates, "ort", "bare onnxruntime session", 0.9,
                  "both tokenize per batch; tl also checks inputs and encodes with the stored preprocessing"),
-            line(workload, "texts/s", rates["tl"], f"torch {torch.__version__} eager", rates["eager"])]
+            line(workload, "texts/s", rates, "eager", f"torch {torch.__version__} eager")]
 
 
 # ---------------------------------------------------------------- main
@@ -384,7 +399,8 @@ def main() -> None:
     with workdir() as tmp:
         tm = build(Path(tmp))
         print(f"bench/peers.py: {tm.spec.backbone.name} on CPU, torch threads {torch.get_num_threads()}, median of "
-              f"{args.runs} runs per side; ratio = tl / peer (> 1: tl faster)", flush=True)
+              f"{args.runs} runs per side; ratio = median over runs of peer time / tl time (> 1: tl faster)",
+              flush=True)
         lines: list[Line] = []
         for make in (lambda: frozen_embedding(tm, df, args.batch, args.runs),
                      lambda: finetuning(tm, texts(), args.batch, args.steps, args.runs),
