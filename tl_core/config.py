@@ -322,6 +322,15 @@ class LoraSpec(_Strict):
     )
 
 
+class DistributedSpec(_Strict):
+    """Data-parallel training inside one train task (torch DDP, one process per device)."""
+
+    nproc_per_node: PositiveInt = Field(
+        1, description="Processes launched by the train task (1: no DDP); each takes 1/n of every batch."
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU.")
+
+
 class TrainSpec(_Strict):
     """The fine-tuning recipe shared by all gradient-trained strategies."""
 
@@ -354,6 +363,9 @@ class TrainSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
     compile: bool = Field(False, description="torch.compile the model (GPU workers).")
     max_train_examples: PositiveInt | None = Field(None, description="Cap on training rows (demo/CI).")
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="DDP inside the train task (fine-tuned strategies)."
+    )
 
 
 class CalibrationGate(_Strict):

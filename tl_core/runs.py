@@ -17,6 +17,7 @@ Layout under the run prefix::
     models/<strategy>/train_report.json    curves, wall time, samples/s, peak memory, validation score
     candidate.json                    the selected strategy and every strategy's validation score
     export/model.onnx, export/parity.json, export/golden.npz   (export)
+    export/model.int8.onnx, export/int8.json   (export with quantize_int8: the int8 artifact and its own gate)
     evaluation/report.json, evaluation/report.html             (evaluate)
     gate/decision.json                (gate)
     steps/<step>[.<part>].json        one record per step that started on this run (what has consumed what)

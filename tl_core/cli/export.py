@@ -9,12 +9,17 @@ from tl_core.cli.util import add_spec_run, emit, positive_int
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tl_core.pipeline import _ctx, step_export
+    from tl_core.runs import INT8_REPORT
 
     uri = step_export(args.spec, args.run)
-    parity = _ctx(args.spec, args.run).read_json("export/parity.json")
-    emit(args, {"onnx": uri, "parity": parity},
-         f"exported {uri}\nparity on {parity['examples']} held-out examples: max |logit diff| "
-         f"{parity['max_abs_logit_diff']:.2e}, ECE torch {parity['ece_torch']:.4f} vs onnx {parity['ece_onnx']:.4f}")
+    ctx = _ctx(args.spec, args.run)
+    parity = ctx.read_json("export/parity.json")
+    int8 = ctx.read_json(INT8_REPORT) if ctx.store.exists(ctx.key(INT8_REPORT)) else None
+    text = (f"exported {uri}\nparity on {parity['examples']} held-out examples: max |logit diff| "
+            f"{parity['max_abs_logit_diff']:.2e}, ECE torch {parity['ece_torch']:.4f} vs onnx {parity['ece_onnx']:.4f}")
+    if int8 is not None:
+        text += f"\nint8 gate: {int8['decision']}" + "".join(f"\n  {r['text']}" for r in int8["reasons"])
+    emit(args, {"onnx": uri, "parity": parity, "int8": int8}, text)
     return 0
 
 

@@ -56,13 +56,6 @@ def measure_paths(loaded: LoadedModel, fp32_path: Path, int8_path: Path, test: p
     return measure_int8(y, fp32, int8, metric, n_boot, seed, confidence)
 
 
-def clear_int8(ctx: RunContext) -> None:
-    """A re-run export without quantize_int8 leaves no int8 files from an earlier attempt behind."""
-    for rel in (INT8_REPORT, INT8_FILE):
-        if ctx.store.exists(ctx.key(rel)):
-            ctx.store.delete(ctx.key(rel))
-
-
 def run_int8(ctx: RunContext, loaded: LoadedModel, fp32_path: Path) -> dict[str, Any]:
     """Quantize, measure on the test split, gate, write the artifact and then its decision; returns the decision."""
     int8_path = fp32_path.with_name("model.int8.onnx")

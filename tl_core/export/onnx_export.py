@@ -196,9 +196,5 @@ def run_export(ctx: RunContext) -> str:
             from tl_core.export.int8 import run_int8
 
             run_int8(ctx, loaded, onnx_path)
-        else:
-            from tl_core.export.int8 import clear_int8
-
-            clear_int8(ctx)
     logger.info("exported %s: max |diff| %.2e, temperature %.3f", strategy, report["max_abs_logit_diff"], temperature)
     return ctx.uri("export/model.onnx")

@@ -127,8 +127,14 @@ def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: to
     def save_resume(blob: bytes) -> None:
         ctx.store.put_bytes(resume_key, blob)
 
-    result = finetune(prep.model, prep.backbone, strategy, spec, encoded["train"], encoded["validation"],
-                      prep.transforms, load_resume, save_resume, device)
+    if spec.train.distributed.nproc_per_node > 1:
+        from tl_core.train.distributed import finetune_distributed
+
+        result = finetune_distributed(prep.model, prep.backbone, strategy, spec, ctx.run_id, resume_key,
+                                      encoded["train"], encoded["validation"], prep.transforms, device)
+    else:
+        result = finetune(prep.model, prep.backbone, strategy, spec, encoded["train"], encoded["validation"],
+                          prep.transforms, load_resume, save_resume, device)
     model = result.model
     pad_id = int(getattr(prep.backbone.tokenizer, "pad_token_id", 0) or 0)
     logits = {}
