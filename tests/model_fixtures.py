@@ -131,3 +131,17 @@ def reference_case(case: str, store_uri: str, bert_dir: Path, **train: Any) -> t
     spec = image_spec(store_uri, strategies=[strategy], epochs=3, warmup_epochs=1, patience=10,
                       **{"lr": 0.01, "backbone_lr": 0.01, **train})
     return spec, image_examples(n_per_class=40)
+
+
+def without_dropout(model_dir: Path, root: Path) -> Path:
+    """A copy of a Hugging Face model folder with dropout off (runs that must match bit for bit up to float
+    reduction order, e.g. DDP against one process)."""
+    import json
+
+    out = root / f"{model_dir.name}-no-dropout"
+    if not out.exists():
+        shutil.copytree(model_dir, out)
+        config = json.loads((out / "config.json").read_text())
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        (out / "config.json").write_text(json.dumps(config))
+    return out

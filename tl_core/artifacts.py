@@ -163,6 +163,7 @@ class VersionManifest(_Artifact):
     temperature: float | None
     gate: dict[str, Any]
     files: dict[str, dict[str, Any]]
+    int8: dict[str, Any] | None = None  # the int8 artifact's own gate (None: the run made none)
 
 
 class EmbeddingDrift(_Artifact):

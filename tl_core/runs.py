@@ -17,6 +17,7 @@ Layout under the run prefix::
     models/<strategy>/train_report.json    curves, wall time, samples/s, peak memory, validation score
     candidate.json                    the selected strategy and every strategy's validation score
     export/model.onnx, export/parity.json, export/golden.npz   (export)
+    export/model.int8.onnx, export/int8.json   (export with quantize_int8: the int8 artifact and its own gate)
     evaluation/report.json, evaluation/report.html             (evaluate)
     gate/decision.json                (gate)
     steps/<step>[.<part>].json        one record per step that started on this run (what has consumed what)
@@ -58,6 +59,9 @@ SPEC_FILE = "spec.json"
 EXAMPLES_FILE = "split/examples.parquet"
 # Run files that belong to the candidate besides models/<selected>/ (when present).
 CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
+# The int8 artifact and its own gate decision (export with quantize_int8); registered only when that passed.
+INT8_FILE = "export/model.int8.onnx"
+INT8_REPORT = "export/int8.json"
 MAX_RUN_ID = 200  # bytes; Airflow's run_id column is 250 characters; a key segment must stay well under 255 bytes
 # No '/' or '\\' (one key segment), no control characters (a newline would end up in keys); \Z, not $.
 _RUN_ID = re.compile(r"[^/\\\x00-\x1f\x7f]+\Z")

@@ -188,6 +188,17 @@ def test_cli_bad_model_reference_is_a_clear_error(text_model: Registered, tmp_pa
     assert not out.exists()
 
 
+def test_cli_int8_of_a_version_without_one_names_the_version(text_model: Registered, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.parquet"
+    err = _cli_error(capsys, predict(text_model, "--precision", "int8", output=out))
+    assert ("model 'tiny-text' version v0001 has no int8 artifact (it was exported without quantize_int8); use "
+            "--precision fp32") in err, err
+    assert not out.exists()
+    with pytest.raises(PredictError, match=r"precision 'fp16' is not one of \['fp32', 'int8'\]"):
+        predict_file(text_model.spec, "tiny-text@v0001", str(text_model.input), str(out), precision="fp16")
+
+
 def test_cli_unreadable_input_is_a_clear_error(text_model: Registered, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.parquet"

@@ -9,12 +9,17 @@ from tl_core.cli.util import add_spec_run, emit, positive_int
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tl_core.pipeline import _ctx, step_export
+    from tl_core.runs import INT8_REPORT
 
     uri = step_export(args.spec, args.run)
-    parity = _ctx(args.spec, args.run).read_json("export/parity.json")
-    emit(args, {"onnx": uri, "parity": parity},
-         f"exported {uri}\nparity on {parity['examples']} held-out examples: max |logit diff| "
-         f"{parity['max_abs_logit_diff']:.2e}, ECE torch {parity['ece_torch']:.4f} vs onnx {parity['ece_onnx']:.4f}")
+    ctx = _ctx(args.spec, args.run)
+    parity = ctx.read_json("export/parity.json")
+    int8 = ctx.read_json(INT8_REPORT) if ctx.store.exists(ctx.key(INT8_REPORT)) else None
+    text = (f"exported {uri}\nparity on {parity['examples']} held-out examples: max |logit diff| "
+            f"{parity['max_abs_logit_diff']:.2e}, ECE torch {parity['ece_torch']:.4f} vs onnx {parity['ece_onnx']:.4f}")
+    if int8 is not None:
+        text += f"\nint8 gate: {int8['decision']}" + "".join(f"\n  {r['text']}" for r in int8["reasons"])
+    emit(args, {"onnx": uri, "parity": parity, "int8": int8}, text)
     return 0
 
 
@@ -23,9 +28,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tl_core.export.predict import predict_file
 
     spec = load_spec(args.spec)
-    result = predict_file(spec, args.model, args.input, args.output, batch_size=args.batch_size)
-    emit(args, result, f"scored {result['rows']} rows with {result['model']}@{result['model_version']} -> "
-                       f"{result['output']}")
+    result = predict_file(spec, args.model, args.input, args.output, batch_size=args.batch_size,
+                          precision=args.precision)
+    emit(args, result, f"scored {result['rows']} rows with {result['model']}@{result['model_version']}"
+                       f"{' (int8)' if result['precision'] == 'int8' else ''} -> {result['output']}")
     return 0
 
 
@@ -40,5 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--input", required=True, help="Parquet path or s3:// / file:// URI")
     p.add_argument("--output", required=True, help="Parquet path or s3:// / file:// URI")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per onnxruntime call (>= 1)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: the version's dynamically quantized artifact (registered when its own gate passed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_predict)

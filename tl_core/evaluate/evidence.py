@@ -11,10 +11,10 @@ import hashlib
 import json
 from typing import Any
 
-from tl_core.runs import RunContext
+from tl_core.runs import INT8_REPORT, RunContext
 
 # Reports whose checksums are part of the evidence (when present).
-EVIDENCE_REPORTS = ("evaluation/report.json", "audit/report.json")
+EVIDENCE_REPORTS = ("evaluation/report.json", "audit/report.json", INT8_REPORT)
 
 
 def evidence_hash(parts: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ for images; dynamic batch and sequence axes) and returns ``logits`` and calibrat
 Parity on held-out test examples: max |logit(torch) - logit(onnxruntime)| <= spec.export.max_abs_logit_diff,
 identical top-1 on every example, |ECE(torch) - ECE(onnxruntime)| <= spec.export.max_ece_diff.
 A failed check raises :class:`ParityError` (the pipeline then never registers the model).
+With ``spec.export.quantize_int8`` an int8 artifact is made and gated on its own (tl_core.export.int8).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def _training_logits(ctx: RunContext, strategy: str, rows: pd.DataFrame) -> np.n
 
 
 def run_export(ctx: RunContext) -> str:
-    """Export the run's selected model, check parity, write export/{model.onnx,parity.json,golden.npz}."""
+    """Export the run's selected model, check parity, write export/{model.onnx,parity.json,golden.npz} (and with
+    quantize_int8 export/{model.int8.onnx,int8.json})."""
     import onnxruntime as ort
 
     strategy = ctx.read_json("candidate.json")["selected"]
@@ -190,5 +192,9 @@ def run_export(ctx: RunContext) -> str:
         golden_logits = session.run(["logits"], feeds)[0]
         ctx.write_npz("export/golden.npz", logits=golden_logits, **{f"input.{k}": v for k, v in feeds.items()})
         ctx.store.put_bytes(ctx.key("export/model.onnx"), onnx_path.read_bytes())
+        if ctx.spec.export.quantize_int8:  # gated on its own: a FAIL is recorded, the fp32 export stands
+            from tl_core.export.int8 import run_int8
+
+            run_int8(ctx, loaded, onnx_path)
     logger.info("exported %s: max |diff| %.2e, temperature %.3f", strategy, report["max_abs_logit_diff"], temperature)
     return ctx.uri("export/model.onnx")

@@ -29,6 +29,7 @@ from tl_core.config import NAME_PATTERN, ModelSpec
 from tl_core.errors import DataError, PredictError, StoreError
 from tl_core.models.preprocessing import Encoded, collate, encode_split, image_transform
 from tl_core.registry import VERSION_PATTERN, Registry
+from tl_core.runs import INT8_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +58,26 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def open_model_dir(root: str | Path, version: str = "unregistered") -> ServedModel:
-    """A directory holding ``export/model.onnx`` and ``models/<strategy>/{model_config.json,preprocessing/}``
-    (a registered version's layout, or a run's)."""
+PRECISIONS = {"fp32": "export/model.onnx", "int8": INT8_FILE}
+
+
+def check_precision(precision: Any) -> str:
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+    return str(precision)
+
+
+def open_model_dir(root: str | Path, version: str = "unregistered", precision: str = "fp32") -> ServedModel:
+    """A directory holding ``export/model.onnx`` (``export/model.int8.onnx`` for int8) and
+    ``models/<strategy>/{model_config.json,preprocessing/}`` (a registered version's layout, or a run's)."""
     import onnxruntime as ort
 
     root = Path(root)
-    onnx_path = root / "export" / "model.onnx"
+    onnx_path = root / PRECISIONS[check_precision(precision)]
     configs = sorted(root.glob("models/*/model_config.json"))
     if not onnx_path.is_file() or len(configs) != 1:
         raise DataError(
-            f"{root}: expected export/model.onnx and exactly one models/<strategy>/model_config.json, found "
+            f"{root}: expected {PRECISIONS[precision]} and exactly one models/<strategy>/model_config.json, found "
             f"onnx={onnx_path.is_file()} configs={[str(c.relative_to(root)) for c in configs]}"
         )
     model_dir = configs[0].parent
@@ -263,15 +273,27 @@ def write_table(df: pd.DataFrame, uri_or_path: str) -> None:
         raise PredictError(f"output {uri_or_path!r} cannot be written: {exc}") from None
 
 
+def check_int8_registered(registry: Registry, name: str, version: str) -> None:
+    """int8 asked of a version registered without it: PredictError naming the version and why it has none."""
+    int8 = registry.show(version).get("int8")
+    if isinstance(int8, dict) and int8.get("registered"):
+        return
+    why = int8.get("reason") if isinstance(int8, dict) else "it was exported without quantize_int8"
+    raise PredictError(f"model {name!r} version {version} has no int8 artifact ({why}); use --precision fp32, or "
+                       "a version registered with one (spec.export.quantize_int8: true and its int8 gate passed)")
+
+
 def predict_file(spec: ModelSpec, model: str, input_uri: str, output_uri: str,
-                 batch_size: int = 64) -> dict[str, Any]:
+                 batch_size: int = 64, precision: str = "fp32") -> dict[str, Any]:
     """Score a Parquet file with ``model`` (NAME, NAME@champion or NAME@vNNNN) and write the predictions.
 
-    Refused before anything is written: an invalid batch size, model reference or output location, an unreadable
-    input, an input column with nulls or of the wrong type (PredictError / DataError, naming the value).
-    0 input rows give an empty output with the same columns as any other.
+    ``precision`` int8 serves the version's int8 artifact (registered only when its own gate passed).
+    Refused before anything is written: an invalid batch size, precision, model reference or output location, a
+    version without the asked precision, an unreadable input, an input column with nulls or of the wrong type
+    (PredictError / DataError, naming the value). 0 input rows give an empty output with the same columns.
     """
     batch_size = check_batch_size(batch_size)
+    precision = check_precision(precision)
     name, version = parse_model_ref(model, spec.name)
     check_output(output_uri)
     df = read_table(input_uri)
@@ -282,9 +304,12 @@ def predict_file(spec: ModelSpec, model: str, input_uri: str, output_uri: str,
             raise PredictError(f"model {name!r} has no champion yet: pass --model {name}@VERSION (registered: "
                                f"{', '.join(registry.list_versions()) or 'none'})")
         version = champion.version
-    served = open_model_dir(registry.load_version(version), version)
+    if precision == "int8":
+        check_int8_registered(registry, name, version)
+    served = open_model_dir(registry.load_version(version), version, precision)
     logits, probs = score(served, df, batch_size=batch_size)
     out = predictions_frame(served, df, logits, probs)
     write_table(out, output_uri)
-    logger.info("scored %d rows with %s@%s -> %s", len(out), name, version, output_uri)
-    return {"rows": len(out), "model": name, "model_version": version, "output": output_uri}
+    logger.info("scored %d rows with %s@%s (%s) -> %s", len(out), name, version, precision, output_uri)
+    return {"rows": len(out), "model": name, "model_version": version, "precision": precision,
+            "output": output_uri}

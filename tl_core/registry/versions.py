@@ -16,13 +16,13 @@ from tl_core.registry.card import CARD, render_card
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
-from tl_core.runs import RunContext
+from tl_core.runs import INT8_FILE, INT8_REPORT, RunContext
 
 logger = logging.getLogger(__name__)
 
 # What register copies from a run besides RunContext.candidate_files (the selected model's folder without
 # its transient resume state, export/model.onnx, candidate.json): evidence and provenance, relative to the run.
-OPTIONAL_RUN_FILES = ("export/golden.npz", "export/parity.json", "evaluation/report.json",
+OPTIONAL_RUN_FILES = ("export/golden.npz", "export/parity.json", INT8_REPORT, "evaluation/report.json",
                       "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
 
 
@@ -54,10 +54,43 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
     required = {run.model_key(strategy, weights_file(strategy, config)), config_key}
     if not required <= set(sources):
         raise RegistryError(f"run {run.run_id}: missing {sorted(required - set(sources))}; cannot register")
+    if int8_problem(run) is None:
+        sources.append(run.key(INT8_FILE))
     rels = {src: src[len(run.prefix) + 1:] for src in sorted(set(sources))}
     for rel in rels.values():  # refuse before claiming anything
         check_relpath(rel, f"run {run.run_id}")
     return strategy, candidate, rels
+
+
+def int8_problem(run: RunContext) -> str | None:
+    """Why the run's int8 artifact is not registered (None: it is): none made, its gate failed, or the file is
+    missing or changed since its gate measured it (checksum)."""
+    if not run.store.exists(run.key(INT8_REPORT)):
+        return "no int8 artifact was made (spec.export.quantize_int8 is false)"
+    report = run.read_json(INT8_REPORT)
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        failures = report.get("failures") if isinstance(report, dict) else None
+        return f"its int8 gate failed: {'; '.join(map(str, failures or ['no decision recorded']))}"
+    if not run.store.exists(run.key(INT8_FILE)):
+        return f"{INT8_FILE} is missing from run {run.run_id}"
+    if sha256(run.store.get_bytes(run.key(INT8_FILE))) != report.get("sha256"):
+        return f"{INT8_FILE} changed since its int8 gate measured it (sha256 differs from {INT8_REPORT})"
+    return None
+
+
+def int8_record(run: RunContext, files: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's int8 entry: registered or not and why, the gate's failures and agreement (None: none made)."""
+    if not run.store.exists(run.key(INT8_REPORT)):
+        return None
+    report = run.read_json(INT8_REPORT)
+    report = report if isinstance(report, dict) else {}
+    registered = INT8_FILE in files
+    measured = report.get("measured") or {}
+    return {"registered": registered, "file": INT8_FILE if registered else None,
+            "passed": report.get("passed") is True, "failures": list(report.get("failures") or []),
+            "reason": None if registered else int8_problem(run),
+            "agreement": measured.get("agreement"), "metric": measured.get("metric"),
+            "diff_interval": measured.get("diff_interval")}
 
 
 # What the manifest records of the source checkpoint beside its id, revision and library (from the evaluation
@@ -103,6 +136,11 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
         "gate": {k: gate.get(k) for k in ("passed", "evidence_hash", "bootstrap")},
         "files": files,
     }
+    int8 = int8_record(run, files)
+    if int8 is not None:
+        manifest["int8"] = int8
+        if not int8["registered"]:
+            logger.warning("%s %s: registered without its int8 artifact: %s", model, version, int8["reason"])
     check_artifact(VersionManifest, manifest, f"{model} {version} manifest.json")
     return manifest
 

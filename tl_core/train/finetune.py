@@ -273,12 +273,31 @@ def _restore_checkpoint(blob: bytes, loop: _Loop) -> None:
     loop.start_epoch, loop.stale, loop.best_state = int(state["epoch"]) + 1, int(state["stale"]), state["best_state"]
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process under torch.distributed, (0, 1) without it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _train_epoch(loop: _Loop, train: Encoded, transform: Any, desc: str) -> tuple[float, int]:
-    """One pass over the shuffled training set; returns (summed loss, examples seen)."""
+    """One pass over the shuffled training set; returns (summed loss, examples seen).
+
+    Under DDP every rank draws the same batches (same seeded generator) and takes rows rank, rank + n, ... of
+    each: DDP's gradient average over equal shards is the 1-process batch gradient. A last batch with fewer rows
+    than ranks is skipped on every rank (each rank must take part in every backward)."""
     t, device = loop.spec.train, loop.device
+    rank, size = world()
     running, count = 0.0, 0
-    bar = tqdm(total=len(train), desc=desc, unit="ex", leave=False, disable=None)
+    bar = tqdm(total=len(train), desc=desc, unit="ex", leave=False, disable=None if rank == 0 else True)
     for idx, inputs in iterate(train, t.batch_size, True, loop.generator, loop.pad_id, transform):
+        if size > 1:
+            if len(idx) < size:
+                continue
+            mine = np.arange(rank, len(idx), size)
+            idx, inputs = idx[mine], tuple(x[torch.from_numpy(mine)] for x in inputs)
         targets = torch.as_tensor(train.labels[idx], device=device)
         inputs = tuple(x.to(device, non_blocking=True) for x in inputs)
         with _autocast(device):
@@ -340,6 +359,10 @@ def _epoch(loop: _Loop, epoch: int, train: Encoded, val: Encoded, transforms: tu
     """Train one epoch and score it on validation (its learning-curve point); returns (examples, score)."""
     t, model = loop.spec.train, loop.model
     _set_trainable(model, loop.blocks, loop.strategy, epoch, loop.spec)
+    if world()[1] > 1:  # re-wrapped per epoch: DDP registers the parameters that train in this epoch
+        from torch.nn.parallel import DistributedDataParallel
+
+        loop.compiled = DistributedDataParallel(model)
     model.train()
     _freeze_frozen_norms(model)
     desc = f"{loop.strategy} epoch {epoch + 1}/{loop.total_epochs}"

@@ -135,8 +135,14 @@ def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: to
     # A LoRA model is stored as adapters naming its base by the fingerprint of the untouched base tensors.
     base = (base_fingerprint(prep.model.backbone) if strategy == "lora" and adapter_storable(spec.backbone)
             else None)
-    result = finetune(prep.model, prep.backbone, strategy, spec, encoded["train"], encoded["validation"],
-                      prep.transforms, load_resume, save_resume, device)
+    if spec.train.distributed.nproc_per_node > 1:
+        from tl_core.train.distributed import finetune_distributed
+
+        result = finetune_distributed(prep.model, prep.backbone, strategy, spec, ctx.run_id, resume_key,
+                                      encoded["train"], encoded["validation"], prep.transforms, device)
+    else:
+        result = finetune(prep.model, prep.backbone, strategy, spec, encoded["train"], encoded["validation"],
+                          prep.transforms, load_resume, save_resume, device)
     model = result.model
     pad_id = int(getattr(prep.backbone.tokenizer, "pad_token_id", 0) or 0)
     logits = {}
