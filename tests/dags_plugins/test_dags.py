@@ -66,7 +66,8 @@ def test_expected_dags_and_tasks(parsed: dict) -> None:
     assert set(parsed["dags"]) == expected
     for s in specs:
         d = parsed["dags"][f"retrain_{s['name']}"]
-        trains = {f"train_{x}" for x in s["train"]["strategies"]}
+        trains = {f"train_{x}" for x in s["train"]["strategies"]} | {  # candidate backbones: <strategy>-<name>
+            f"train_{x}-{c['name']}" for c in s.get("candidates") or [] for x in c["strategies"]}
         assert trains | {"snapshot", "audit", "split", "select", "export", "evaluate", "gate", "route", "register",
                          "approval", "check_evidence", "promote", "reject_candidate", "record_no_promotion",
                          "route_shadow", "shadow_recorded", "wait_for_data"} == set(d["tasks"])
