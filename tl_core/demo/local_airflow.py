@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core.airflow_api import AirflowAPIError, AirflowClient
+from tl_core.demo.sqlite_sessions import SESSION_MAKER_PATH
 from tl_core.errors import DemoSetupError
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ class LocalAirflow:
 
     def write_env(self, extra: dict[str, str] | None = None) -> Path:
         """``<home>/env.sh``: the settings of this Airflow for `airflow` and `tl` in another shell (KEEP=1), plus
-        ``extra``."""
+        ``extra``. Its CLI transactions begin IMMEDIATE on the SQLite database."""
         keep = {k: v for k, v in self.env.items() if k.startswith(("AIRFLOW_", "AIRFLOW__", "TL_"))}
+        # the shell's CLI commands write next to the running scheduler: see tl_core/demo/sqlite_sessions.py
+        keep["AIRFLOW__DATABASE__SQL_ALCHEMY_SESSION_MAKER"] = SESSION_MAKER_PATH
         keep.update(extra or {})
         path = self.home / "env.sh"
         path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(keep.items())))
