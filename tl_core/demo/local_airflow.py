@@ -74,7 +74,9 @@ class LocalAirflow:
 
     def airflow(self, *args: str, timeout: int = 180) -> str:
         cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "airflow", *args]
-        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        # a CLI command next to the running scheduler: see tl_core/demo/sqlite_sessions.py
+        env = {**self.env, "AIRFLOW__DATABASE__SQL_ALCHEMY_SESSION_MAKER": SESSION_MAKER_PATH}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise AirflowAPIError(f"airflow {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-1500:]}")
         return proc.stdout

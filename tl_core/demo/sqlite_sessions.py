@@ -4,8 +4,8 @@ Airflow runs SQLite in WAL mode. A deferred transaction that reads first and wri
 "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy wait) when another process committed in between; the running
 scheduler commits every few seconds, so `airflow backfill create` typed next to it lost that race now and then.
 ``BEGIN IMMEDIATE`` takes the write lock first (waiting up to the connection's ``timeout``) and reads after, so the
-race cannot happen. Only the short-lived CLI shells get it (``env.sh``): in the long-lived scheduler and API server
-every read would hold the write lock.
+race cannot happen. Only the short-lived CLI commands get it (``env.sh``, ``LocalAirflow.airflow``): in the
+long-lived scheduler and API server every read would hold the write lock.
 
 Set as ``AIRFLOW__DATABASE__SQL_ALCHEMY_SESSION_MAKER=tl_core.demo.sqlite_sessions.immediate_sessionmaker``;
 Airflow calls it with its engine. Needs only SQLAlchemy (no Airflow import).
