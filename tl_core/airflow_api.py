@@ -40,13 +40,29 @@ class AirflowTimeout(AirflowAPIError):
     """The API server did not answer in time (the request may or may not have been applied)."""
 
 
+TIMEOUT_ENV = "TL_AIRFLOW_TIMEOUT_S"
+
+
+def _timeout_from_env() -> float:
+    """Seconds to wait for one HTTP answer: ``TL_AIRFLOW_TIMEOUT_S``, default 30."""
+    raw = os.environ.get(TIMEOUT_ENV, "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise AirflowAPIError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
 class AirflowClient:
     def __init__(self, base_url: str | None = None, user: str | None = None, password: str | None = None) -> None:
         self.base = (base_url or os.environ.get("TL_AIRFLOW_URL", "http://127.0.0.1:8080")).rstrip("/")
         self.user = user or os.environ.get("TL_AIRFLOW_USER", "admin")
         self.password = password or os.environ.get("TL_AIRFLOW_PASSWORD") or self._generated_password()
         self._token: str | None = None
-        self.timeout_s = 30.0  # per HTTP request
+        # per HTTP request; a SQLite-backed API server under load can take many seconds to commit a write
+        self.timeout_s = _timeout_from_env()
 
     def _generated_password(self) -> str | None:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
@@ -177,8 +193,9 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
 
 def _answer_once(client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str, comment: str,
                  deadline: float) -> dict[str, Any]:
-    """PATCH the answer; a server error (e.g. SQLite "database is locked" under load) is retried, and a 409 after
-    one is accepted when the stored answer is ours (the failed-looking request had been committed)."""
+    """PATCH the answer; a server error (e.g. SQLite "database is locked" under load) or no answer in time is
+    retried, and a 409 after one is accepted when the stored answer is ours (the failed-looking request had been
+    committed)."""
     retried = False
     while True:
         try:
@@ -189,7 +206,8 @@ def _answer_once(client: AirflowClient, dag_id: str, run_id: str, task_id: str, 
                 if detail.get("chosen_options") == [option] and (detail.get("params_input") or {}).get(
                         "comment", "") == comment:
                     return {"chosen_options": [option], "responded_by": detail.get("responded_by_user") or {}}
-            if exc.status is None or exc.status < 500 or time.monotonic() > deadline:
+            timed_out = isinstance(exc, AirflowTimeout)  # the PATCH may or may not have been applied
+            if (not timed_out and (exc.status is None or exc.status < 500)) or time.monotonic() > deadline:
                 raise
             logger.warning("answering %s run %s failed on the server (%s); retrying", dag_id, run_id, exc)
             retried = True

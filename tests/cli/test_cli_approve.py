@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +30,7 @@ class Recorder(BaseHTTPRequestHandler):
     task_states: list[dict[str, Any]] = []
     current_try = 1
     # PATCH answers that fail first (e.g. SQLite "database is locked"): (status, what was committed anyway:
-    # "ours" = the request's answer, "other" = someone else's, None = nothing)
+    # "ours" = the request's answer, "other" = someone else's, None = nothing; status 0 = no answer in time)
     patch_failures: list[tuple[int, str | None]] = []
     stored: dict[str, Any] | None = None
 
@@ -70,6 +71,9 @@ class Recorder(BaseHTTPRequestHandler):
                     self.answered.add((self.path, Recorder.current_try))
                     Recorder.stored = body if committed == "ours" else {"chosen_options": ["Reject"],
                                                                         "params_input": {"comment": "not ours"}}
+                if code == 0:  # the server is still busy when the client stops waiting
+                    time.sleep(1.0)
+                    code = 500
                 return self._reply(code, {"detail": {"reason": "Database error"}})
             if (self.path, Recorder.current_try) in self.answered:
                 return self._reply(409, {"detail": "already been updated"})
@@ -182,6 +186,27 @@ def test_approve_retries_a_server_error_and_accepts_its_own_committed_answer(
     Recorder.patch_failures = [(400, None)]  # a client error is not retried
     assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 1
     assert [c[0] for c in Recorder.calls].count("PATCH") == 1 and "HTTP 400" in capsys.readouterr().err
+
+
+def test_approve_retries_a_patch_that_timed_out(server: str, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TL_AIRFLOW_TIMEOUT_S", "0.3")
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.patch_failures = [(0, "ours")]  # committed, but the client gave up waiting: the 409 is our answer
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0", "--comment", "ok"]) == 0
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 2 and "approval success" in capsys.readouterr().out
+    Recorder.calls, Recorder.answered, Recorder.stored = [], set(), None
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.patch_failures = [(0, None), (0, None)]  # nothing committed: the third PATCH answers
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0"]) == 0
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 3
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-5"])
+def test_a_bad_http_timeout_is_named(server: str, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("TL_AIRFLOW_TIMEOUT_S", raw)
+    with pytest.raises(AirflowAPIError, match=f"TL_AIRFLOW_TIMEOUT_S={raw!r}: expected a positive number"):
+        AirflowClient()
 
 
 def test_reject_defaults_to_the_latest_run(server: str, capsys: pytest.CaptureFixture[str]) -> None:
