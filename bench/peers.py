@@ -19,7 +19,7 @@ each run's sides back to back (> 1: the project is faster).
 A peer that cannot be imported is printed as such (never skipped silently). Every run is appended to
 ``.tl/bench/peers.jsonl`` with library versions and hardware. ``--smoke``: tiny settings, to check the script.
 
-    .venv/bin/python bench/peers.py [--runs 3] [--steps 6] [--texts 400] [--smoke]
+    .venv/bin/python bench/peers.py [--runs 3] [--steps 6] [--texts 400] [--device cuda] [--smoke]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def fmt(ln: Line) -> str:
 # ---------------------------------------------------------------- frozen embedding
 
 
-def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int) -> list[Line]:
+def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int, device: str) -> list[Line]:
     from tl_core.store import FileStore
     from tl_core.train.frozen import CacheStats, EmbeddingCache, embed_with_cache
 
@@ -129,7 +129,7 @@ def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int) -> list[Line
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         return [unavailable(workload, "sentence-transformers", exc)]
-    st = SentenceTransformer(str(minilm_dir()), device="cpu")
+    st = SentenceTransformer(str(minilm_dir()), device=device)
     st.max_seq_length = tm.spec.backbone.max_length
     spec = tm.spec.model_copy(update={"train": tm.spec.train.model_copy(update={"eval_batch_size": batch})})
     backbone = tm.backbone
@@ -142,13 +142,14 @@ def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int) -> list[Line
             enc = tm.encode(df)
             cache = EmbeddingCache(FileStore(Path(tmp)), "cache/embeddings/bench")
             out["tl"] = embed_with_cache(tm.model, backbone, spec, enc, hashes, cache, "bench", None, CacheStats(),
-                                         torch.device("cpu"))
+                                         torch.device(device))
 
     def peer() -> None:
         out["st"] = st.encode(text, batch_size=batch, convert_to_numpy=True)
 
     with torch.inference_mode():
         rates = median_rate(len(text), {"tl": timed(ours), "st": timed(peer)}, runs)
+    tm.model.to("cpu")  # embed() moved it; batch scoring's eager peer runs on the CPU beside onnxruntime
     a = out["tl"] / np.linalg.norm(out["tl"], axis=1, keepdims=True)
     cos = float((a * out["st"]).sum(1).min())
     return [line(workload, "texts/s", rates, "st", f"sentence-transformers {version('sentence-transformers')} encode",
@@ -158,32 +159,32 @@ def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int) -> list[Line
 # ---------------------------------------------------------------- fine-tuning step throughput
 
 
-def _spec_for(tm: TextModel, strategy: str, batch: int) -> Any:
+def _spec_for(tm: TextModel, strategy: str, batch: int, device: str) -> Any:
     from tl_core.config import parse_spec
 
     raw = tm.spec.model_dump(mode="json")
     raw["labels"] = tm.labels
     raw["train"].update(strategies=[strategy], epochs=1, warmup_epochs=0, batch_size=batch, eval_batch_size=batch,
-                        patience=5, device="cpu")
+                        patience=5, device=device)
     return parse_spec(raw)
 
 
-def _ours_finetune(tm: TextModel, strategy: str, train: Any, val: Any, batch: int) -> Callable[[], Any]:
+def _ours_finetune(tm: TextModel, strategy: str, train: Any, val: Any, batch: int, device: str) -> Callable[[], Any]:
     from tl_core.models.backbones import Classifier
     from tl_core.train.finetune import finetune
 
     bb = tm.fresh_backbone()
     model = Classifier(bb.module, bb.kind, bb.num_features, len(tm.labels))
-    spec = _spec_for(tm, strategy, batch)
+    spec = _spec_for(tm, strategy, batch, device)
     return lambda: finetune(model, bb, strategy, spec, train, val, (None, None), lambda: None, lambda blob: None,
-                            device=torch.device("cpu"))
+                            device=torch.device(device))
 
 
 def _hf_trainer(tm: TextModel, strategy: str, rows: list[dict[str, Any]], batch: int, steps: int,
-                tmp: str) -> Callable[[], Any]:
+                tmp: str, device: str) -> Callable[[], Any]:
     from tl_core.models.backbones import Classifier
 
-    spec = _spec_for(tm, strategy, batch)
+    spec = _spec_for(tm, strategy, batch, device)
     bb = tm.fresh_backbone()
     clf = Classifier(bb.module, bb.kind, bb.num_features, len(tm.labels))
     return lambda: _hf_train(clf, bb, spec, strategy, rows, steps, tmp, tm.loaded.tokenizer)
@@ -222,7 +223,8 @@ def _hf_train(clf: Any, bb: Any, spec: Any, strategy: str, rows: list[dict[str, 
                              lr_scheduler_type="cosine", warmup_steps=spec.train.warmup_fraction,
                              weight_decay=spec.train.weight_decay, max_grad_norm=spec.train.grad_clip,
                              train_sampling_strategy="group_by_length", logging_strategy="no", save_strategy="no",
-                             report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                             report_to=[], use_cpu=spec.train.device == "cpu", bf16=spec.train.device == "cuda",
+                             dataloader_num_workers=0, seed=0, disable_tqdm=True,
                              remove_unused_columns=False)
     trainer = Trainer(model=WithLoss(), args=args, train_dataset=rows,  # type: ignore[arg-type]
                       data_collator=DataCollatorWithPadding(tokenizer))
@@ -230,7 +232,7 @@ def _hf_train(clf: Any, bb: Any, spec: Any, strategy: str, rows: list[dict[str, 
         trainer.train()
 
 
-def finetuning(tm: TextModel, df: Any, batch: int, steps: int, runs: int) -> list[Line]:
+def finetuning(tm: TextModel, df: Any, batch: int, steps: int, runs: int, device: str) -> list[Line]:
     from tl_core.models.preprocessing import Encoded
 
     enc = tm.encode(df)
@@ -250,9 +252,9 @@ def finetuning(tm: TextModel, df: Any, batch: int, steps: int, runs: int) -> lis
             lines.append(unavailable(workload, "transformers Trainer + peft", exc))
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            rates = median_rate(n, {"tl": lambda s=strategy: _ours_finetune(tm, s, train, val, batch),  # type: ignore[misc]
-                                    "hf": lambda s=strategy, t=tmp: _hf_trainer(tm, s, rows, batch, n // batch, t)},  # type: ignore[misc]
-                                runs)
+            sides = {"tl": lambda s=strategy: _ours_finetune(tm, s, train, val, batch, device),
+                     "hf": lambda s=strategy, t=tmp: _hf_trainer(tm, s, rows, batch, n // batch, t, device)}
+            rates = median_rate(n, sides, runs)  # type: ignore[arg-type]
         peer = f"transformers {version('transformers')} Trainer" + (f" + peft {version('peft')}"
                                                                      if strategy == "lora" else "")
         lines.append(line(workload, "examples/s", rates, "hf", peer, 1.0,
@@ -391,19 +393,24 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10_000, help="examples of the bootstrap workload")
     parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: checks the script, not the figures")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="embedding and fine-tuning on this device (bf16 autocast on CUDA on both sides); "
+                             "the bootstrap and batch scoring stay on the CPU")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.smoke:
         args.runs, args.texts, args.steps, args.examples, args.replicates = 1, 64, 2, 2000, 100
     settings = {k: v for k, v in vars(args).items()}
     df = texts(args.texts)
     with workdir() as tmp:
         tm = build(Path(tmp))
-        print(f"bench/peers.py: {tm.spec.backbone.name} on CPU, torch threads {torch.get_num_threads()}, median of "
-              f"{args.runs} runs per side; ratio = median over runs of peer time / tl time (> 1: tl faster)",
+        print(f"bench/peers.py: {tm.spec.backbone.name} on {args.device}, torch threads {torch.get_num_threads()}, "
+              f"median of {args.runs} runs per side; ratio = median over runs of peer time / tl time (> 1: tl faster)",
               flush=True)
         lines: list[Line] = []
-        for make in (lambda: frozen_embedding(tm, df, args.batch, args.runs),
-                     lambda: finetuning(tm, texts(), args.batch, args.steps, args.runs),
+        for make in (lambda: frozen_embedding(tm, df, args.batch, args.runs, args.device),
+                     lambda: finetuning(tm, texts(), args.batch, args.steps, args.runs, args.device),
                      lambda: bootstrap(args.examples, args.replicates, args.runs),
                      lambda: batch_scoring(tm, df, args.batch, args.runs)):
             for ln in make():
