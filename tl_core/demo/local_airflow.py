@@ -64,6 +64,10 @@ class LocalAirflow:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            # A task's calls to the execution API wait on the same busy SQLite-backed API server; on 2 cores under
+            # ten concurrent runs one took longer than the 5 s default and the task failed ("Workload execution
+            # failed ... ReadTimeout"; test_approval_race on a fresh clone).
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "TL_CONFIGS_DIR": str(self.configs),
             "TL_AIRFLOW_URL": self.url, "PYTHONUNBUFFERED": "1",
