@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # How old an approval request must be before `tl approve` answers it (the scheduler must have processed the
 # executor event of the process that parked the task first; measured under load in test_approval_race.py).
 SETTLE_S = float(os.environ.get("TL_APPROVAL_SETTLE_S", "15"))
+# how long a retry's request (Airflow lost the answer before) settles first; doubled on each further retry
+RETRY_SETTLE_S = 15.0
 
 
 class AirflowAPIError(TLError):
@@ -157,7 +159,8 @@ class ApprovalOutcome:
 
 
 def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str, comment: str,
-                        settle_s: float = SETTLE_S, timeout_s: float = 600.0, poll_s: float = 1.0) -> ApprovalOutcome:
+                        settle_s: float = SETTLE_S, timeout_s: float = 600.0, poll_s: float = 1.0,
+                        retry_settle_s: float = RETRY_SETTLE_S) -> ApprovalOutcome:
     """Answer an approval request once it has settled, then confirm the approval task acted on the answer.
 
     Airflow 3.3.2 races an immediate answer: the PATCH resumes the parked task (state queued) before the
@@ -172,8 +175,8 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
     tries: list[int] = []
     responded_by = ""
     while True:
-        # a retry's request (Airflow lost the answer before) settles longer each time: 15 s, 30 s, 60 s
-        settle = settle_s if not tries else max(settle_s, SETTLE_S) * 2 ** (len(tries) - 1)
+        # a retry's request (Airflow lost the answer before) settles longer each time: 15 s, 30 s, 60 s by default
+        settle = settle_s if not tries else max(settle_s, retry_settle_s) * 2 ** (len(tries) - 1)
         ti = _wait_for_request(client, dag_id, run_id, task_id, settle, deadline, tries)
         result = _answer_once(client, dag_id, run_id, task_id, option, comment, deadline)
         responded_by = str((result.get("responded_by") or {}).get("name") or responded_by)
@@ -234,7 +237,12 @@ def _request_age_s(detail: dict[str, Any]) -> float:
 
 def _wait_for_request(client: AirflowClient, dag_id: str, run_id: str, task_id: str, settle_s: float,
                       deadline: float, answered: list[int]) -> dict[str, Any]:
-    """The approval task instance once its (unanswered) request is ``settle_s`` old."""
+    """The approval task instance once its (unanswered) request is ``settle_s`` old.
+
+    A retry reuses its task instance's request row, created_at included (Airflow's upsert_hitl_detail), so a
+    retry's age is counted from when this client first saw that try parked, not from created_at.
+    """
+    first_seen: dict[int, float] = {}
     while True:
         ti = client.task_instance(dag_id, run_id, task_id)
         if ti.get("state") in ("awaiting_input", "deferred") and int(ti["try_number"]) not in answered:
@@ -243,7 +251,9 @@ def _wait_for_request(client: AirflowClient, dag_id: str, run_id: str, task_id: 
                 raise AirflowAPIError(f"{dag_id} run {run_id}: {task_id} try {ti['try_number']} was already "
                                       f"answered {detail.get('chosen_options')} by "
                                       f"{(detail.get('responded_by_user') or {}).get('name')}")
-            wait = settle_s - _request_age_s(detail)
+            seen = first_seen.setdefault(int(ti["try_number"]), time.monotonic())
+            age = _request_age_s(detail) if not answered else time.monotonic() - seen
+            wait = settle_s - age
             if wait <= 0:
                 return ti
             time.sleep(min(wait, max(0.0, deadline - time.monotonic())))

@@ -25,6 +25,8 @@ RUN = "manual__2026-11-01T00:00:00+00:00"
 
 class Recorder(BaseHTTPRequestHandler):
     calls: list[tuple[str, str, dict[str, str], Any]] = []
+    # when the approval task's state was served and answers arrived: (monotonic time, (method, state, try))
+    call_times: list[tuple[float, tuple[str, str | None, int]]] = []
     answered: set[tuple[str, int]] = set()
     # the approval task instance as successive GETs see it (the last one repeats)
     task_states: list[dict[str, Any]] = []
@@ -58,6 +60,7 @@ class Recorder(BaseHTTPRequestHandler):
         if self.path.endswith("/taskInstances/approval") and method == "GET" and Recorder.task_states:
             ti = Recorder.task_states.pop(0) if len(Recorder.task_states) > 1 else Recorder.task_states[0]
             Recorder.current_try = ti["try_number"]
+            Recorder.call_times.append((time.monotonic(), ("GET", ti["state"], ti["try_number"])))
             return self._reply(200, ti)
         if self.path.endswith("/approval/-1/hitlDetails") and method == "GET":
             if Recorder.stored is not None:  # what a committed answer looks like
@@ -65,6 +68,7 @@ class Recorder(BaseHTTPRequestHandler):
                                          **Recorder.stored, "responded_by_user": {"id": "admin", "name": "admin"}})
             return self._reply(200, {"created_at": "2026-11-01T00:00:00Z", "response_received": False})
         if self.path.endswith("/hitlDetails") and method == "PATCH":
+            Recorder.call_times.append((time.monotonic(), ("PATCH", None, Recorder.current_try)))
             if Recorder.patch_failures:
                 code, committed = Recorder.patch_failures.pop(0)
                 if committed:
@@ -104,6 +108,7 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture()
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     Recorder.calls, Recorder.answered, Recorder.task_states, Recorder.current_try = [], set(), [], 1
+    Recorder.call_times = []
     Recorder.patch_failures, Recorder.stored = [], None
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -151,11 +156,17 @@ def test_approve_waits_for_a_settled_request_and_confirms_the_task_used_it(
 def test_approve_answers_the_retry_when_airflow_lost_the_answer(server: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     Recorder.task_states = [_ti("awaiting_input", 1), _ti("up_for_retry", 1), _ti("awaiting_input", 2),
-                            _ti("success", 2)]
-    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0", "--json"]) == 0
+                            _ti("awaiting_input", 2), _ti("success", 2)]
+    assert main(["approve", "--dag", "retrain_m", "--run", RUN, "--settle-seconds", "0", "--json",
+                 "--retry-settle-seconds", "0.6"]) == 0
     outcome = json.loads(capsys.readouterr().out)
     assert outcome["answered_tries"] == [1, 2] and outcome["task_state"] == "success"
     assert [c[0] for c in Recorder.calls].count("PATCH") == 2
+    # the retry reuses the request row (created_at of try 1, long past): its settling counts from when the retry
+    # was first seen parked, so the second PATCH comes at least --retry-settle-seconds after that
+    seen_retry = next(i for i, c in enumerate(Recorder.call_times) if c[1] == ("GET", "awaiting_input", 2))
+    patches = [t for t, call in Recorder.call_times if call[0] == "PATCH"]
+    assert patches[1] - Recorder.call_times[seen_retry][0] >= 0.6
     # the task ends without using the answer: an error naming the state, never a silent success
     Recorder.calls, Recorder.answered = [], set()
     Recorder.task_states = [_ti("awaiting_input", 1), _ti("failed", 1)]

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from tl_core.airflow_api import SETTLE_S, AirflowAPIError, AirflowClient, answer_when_settled, q
+from tl_core.airflow_api import RETRY_SETTLE_S, SETTLE_S, AirflowAPIError, AirflowClient, answer_when_settled, q
 from tl_core.cli.util import emit
 from tl_core.errors import SpecError
 
@@ -22,7 +22,8 @@ def _answer(args: argparse.Namespace, option: str) -> int:
         emit(args, result, f"{option}: {args.dag} run {run_id} (by {result['responded_by']['name']})")
         return 0
     outcome = answer_when_settled(client, args.dag, run_id, args.task, option, args.comment or "",
-                                  settle_s=args.settle_seconds, timeout_s=args.timeout)
+                                  settle_s=args.settle_seconds, timeout_s=args.timeout,
+                                  retry_settle_s=args.retry_settle_seconds)
     tries = outcome.answered_tries
     note = "" if len(tries) == 1 else f"; Airflow lost the answer to try {tries[0]}, so tries {tries} were answered"
     emit(args, dataclasses.asdict(outcome) | {"dag_id": args.dag, "run_id": run_id},
@@ -90,6 +91,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         p.add_argument("--url", help="Airflow base URL (default TL_AIRFLOW_URL)")
         p.add_argument("--settle-seconds", type=float, default=SETTLE_S,
                        help=f"answer only once the request is this old (default {SETTLE_S:g}; see answer_when_settled)")
+        p.add_argument("--retry-settle-seconds", type=float, default=RETRY_SETTLE_S,
+                       help=f"a retry's request (Airflow lost the answer) waits this long first, doubled on each "
+                            f"further retry (default {RETRY_SETTLE_S:g})")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the task to use the answer")
         p.add_argument("--no-wait", action="store_true",
                        help="answer at once and return without confirming that the task used the answer")
