@@ -1,8 +1,10 @@
 """tl-retrain DAGs: for every model spec in the configs folder, three DAGs.
 
-  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> train (one task per strategy and
-                    candidate backbone, frozen baselines first when candidates are listed,
-                    queue "gpu", pool "gpu") -> select -> export + parity -> evaluate (champion re-scored)
+  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> plan_frozen / plan_tuned
+                    (params.strategies, or all of the spec's models) -> train_frozen / train_tuned (mapped:
+                    one task instance per model, labelled by it; frozen baselines first when candidate
+                    backbones are listed; queue "gpu", pool "gpu", train.tasks_per_run at once) -> select
+                    -> export + parity -> evaluate (champion re-scored)
                     -> gate -> PASS: register -> approval -> evidence re-check -> promote
                                FAIL: the rejection and its reasons go to the ledger
                     Backfilled runs are shadow runs: registered as shadow versions, never promoted unless
@@ -31,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
 from tl_notify import TLWebhookNotifier  # plugins/: on sys.path in Airflow
 from tl_operators import RecordedApproval, approval_retry_args
 from tl_sensors import marker_sensor
@@ -102,6 +104,9 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
     models = [*strategies, *(f"{s}-{c['name']}" for c in spec.get("candidates") or []
                              for s in c.get("strategies", ["frozen"]))]
     approval = spec.get("approval", {})
+    tasks_per_run = spec.get("train", {}).get("tasks_per_run", 1)
+    if not isinstance(tasks_per_run, int) or tasks_per_run < 1:
+        tasks_per_run = 1  # the spec's validation names the field in the run's first task; parsing goes on
     with DAG(
         dag_id=dag_id("retrain", name),
         description=f"Nightly retrain of {name}: {spec.get('description', '')}",
@@ -116,6 +121,9 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
                                      description="Backfill runs may promote only when this is true."),
             "window_days": Param(None, type=["null", "integer"], minimum=1,
                                  description="Override the spec's data.window_days for this run."),
+            "strategies": Param(None, type=["null", "array"], items={"type": "string", "enum": models},
+                                minItems=1, uniqueItems=True,
+                                description="Train only these models in this run (default: all of the spec's)."),
         },
     ) as dag:
 
@@ -139,18 +147,26 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
             return step_split(spec_path, context["run_id"])
 
-        def make_train(strategy: str) -> Any:
-            @task(task_id=f"train_{strategy}", queue="gpu", pool="gpu", execution_timeout=timedelta(hours=6),
-                  retries=3)
-            def train(_: str, **context: Any) -> str:
-                from tl_core.pipeline import step_train
-
-                return step_train(spec_path, context["run_id"], strategy)
-
-            return train
-
+        # Two plan tasks (frozen, tuned) because Airflow maps only over a task's return value; both write the
+        # same plan.json (identical bytes: a rewrite is a no-op) and return their part of it.
         @task
-        def select(_: list[str], **context: Any) -> str:
+        def plan(_: str, kind: str, **context: Any) -> list[str]:
+            from tl_core.pipeline import step_plan
+
+            return list(step_plan(spec_path, context["run_id"], context["params"].get("strategies"))[kind])
+
+        # One mapped task instance per model, labelled by the model (map_index_template); at most
+        # train.tasks_per_run of them at once in one run, and the 'gpu' pool's slots across runs.
+        @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=6), retries=3,
+              map_index_template="{{ tl_model }}", max_active_tis_per_dagrun=tasks_per_run)
+        def train(model: str, **context: Any) -> str:
+            from tl_core.pipeline import step_train
+
+            get_current_context()["tl_model"] = model  # type: ignore[index]  # the map index label
+            return step_train(spec_path, context["run_id"], model)
+
+        @task(trigger_rule="none_failed_min_one_success")  # a run may plan no fine-tuned model (skipped mapping)
+        def select(**context: Any) -> str:
             from tl_core.pipeline import step_select
 
             return step_select(spec_path, context["run_id"])
@@ -248,13 +264,15 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         if arrival is not None:
             arrival >> snap
         splits = split(audit(snap))
-        frozen = [make_train(m)(splits) for m in models if m.partition("-")[0] == "frozen"]
-        tuned = [make_train(m)(splits) for m in models if m.partition("-")[0] != "frozen"]
+        frozen = train.override(task_id="train_frozen").expand(
+            model=plan.override(task_id="plan_frozen")(splits, "frozen"))
+        tuned = train.override(task_id="train_tuned").expand(
+            model=plan.override(task_id="plan_tuned")(splits, "tuned"))
         if spec.get("candidates"):
-            for task_out in tuned:
-                frozen >> task_out  # fine-tuning runs only for the shortlist that the frozen baselines rank
-        trained = frozen + tuned
-        decision = gate(evaluate(export(select(trained))))
+            frozen >> tuned  # fine-tuning runs only for the shortlist that the frozen baselines rank
+        selected = select()
+        [frozen, tuned] >> selected
+        decision = gate(evaluate(export(selected)))
         branch = route(decision)
         version = register()
         branch >> [version, reject_candidate(decision)]

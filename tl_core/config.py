@@ -399,6 +399,9 @@ class TrainSpec(_Strict):
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec, description="DDP inside the train task (fine-tuned strategies)."
     )
+    tasks_per_run: PositiveInt = Field(
+        1, description="Train tasks of one run that may run at once (the mapped train tasks' "
+                       "max_active_tis_per_dagrun); the 'gpu' pool bounds all runs together.")
 
 
 class CalibrationGate(_Strict):

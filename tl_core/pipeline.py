@@ -62,6 +62,13 @@ def step_split(spec_path: str, run_id: str) -> str:
     return run_split(_ctx(spec_path, run_id, "split"))
 
 
+def step_plan(spec_path: str, run_id: str, strategies: list[str] | None = None) -> dict[str, Any]:
+    """The models this run trains (all of the spec's, or the ``strategies`` subset), frozen apart from tuned."""
+    from tl_core.train.plan import run_plan
+
+    return run_plan(_ctx(spec_path, run_id, "plan"), strategies)
+
+
 def step_train(spec_path: str, run_id: str, strategy: str, device: str | None = None) -> str:
     """``device`` ('auto', 'cuda', 'cpu') overrides the spec's train.device for this call."""
     from tl_core.train.run import run_train
@@ -279,11 +286,12 @@ def step_promote_manual(spec_path: str, run_id: str, version: str, expect_champi
 
 
 def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = False,
-              progress: Any = None) -> dict[str, Any]:
+              progress: Any = None, strategies: list[str] | None = None) -> dict[str, Any]:
     """A whole retrain without Airflow, through the same step functions the DAG calls, in the DAG's order.
 
-    snapshot -> audit -> split -> train (each strategy) -> select -> export -> evaluate -> gate, and with
-    ``register`` the registration of a passed candidate (a FAIL is recorded in the ledger as the DAG does).
+    snapshot -> audit -> split -> plan (all models, or ``strategies``) -> train (each) -> select -> export ->
+    evaluate -> gate, and with ``register`` the registration of a passed candidate (a FAIL is recorded in the
+    ledger as the DAG does).
     Promotion stays approval-gated (`promote_<model>` or `tl registry promote`). ``progress(step, result)`` is
     called after each step. Returns each step's result; a step that raises stops the run with its error.
     """
@@ -298,7 +306,8 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
     step("snapshot", step_snapshot, spec_path, run_id, logical_date)
     step("audit", step_audit, spec_path, run_id)
     step("split", step_split, spec_path, run_id)
-    for model_id in load_spec(spec_path).training_order():
+    plan = step("plan", step_plan, spec_path, run_id, strategies)
+    for model_id in [*plan["frozen"], *plan["tuned"]]:
         step(f"train_{model_id}", step_train, spec_path, run_id, model_id)
     step("select", step_select, spec_path, run_id)
     step("export", step_export, spec_path, run_id)

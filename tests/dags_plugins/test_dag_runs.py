@@ -33,6 +33,12 @@ run = bag.dags[sys.argv[2]].test(logical_date=datetime.fromisoformat(sys.argv[3]
                                  run_conf=json.loads(sys.argv[4]) or None)
 print("RUN", run.run_id)
 print("STATE", run.state)
+from sqlalchemy import select
+from airflow.models.taskinstance import TaskInstance as TI
+from airflow.utils.session import create_session
+with create_session() as s:
+    for ti in s.scalars(select(TI).where(TI.run_id == run.run_id, TI.task_id.like("train_%"))):
+        print("TI", json.dumps([ti.task_id, ti.map_index, ti.rendered_map_index, str(ti.state)]))
 """
 
 # What PATCH .../taskInstances/approval/-1/hitlDetails does on the API server, done against the DB of the
@@ -247,11 +253,18 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
 def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
     hook = WebhookRecorder()
     try:
-        path, spec = _spec(tmp_path, ("frozen",), hook.url, absolute_minimums={"macro_f1": 0.999})
-        out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00")
+        path, spec = _spec(tmp_path, ("frozen", "full"), hook.url, absolute_minimums={"macro_f1": 0.999})
+        # the run's `strategies` param narrows this run to the frozen baseline: train_tuned maps over nothing
+        out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00",
+                        conf={"strategies": ["frozen"]})
     finally:
         hook.close()
     assert "STATE success" in out and "ANSWERED" not in out
+    tis = sorted(json.loads(line[3:]) for line in out.splitlines() if line.startswith("TI "))
+    assert tis == [["train_frozen", 0, "frozen", "success"], ["train_tuned", -1, None, "skipped"]], tis
+    run = RunContext.open(spec, _line(out, "RUN").split(" ", 1)[1])  # type: ignore[arg-type]
+    assert run.read_json("plan.json")["model_ids"] == ["frozen"]
+    assert not run.store.exists(run.key("models/full/train_report.json"))
     # the gate FAIL reached the spec's webhook, with its reasons and the link to the evidence report
     run_q = urllib.parse.quote(_line(out, "RUN").split(" ", 1)[1], safe="/")
     assert [m["event"] for m in hook.received] == ["gate_fail"]

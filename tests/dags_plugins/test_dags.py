@@ -35,6 +35,10 @@ for dag_id, dag in bag.dags.items():
         "outlets": {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets},
         "sensor": next((type(t).__name__ for t in dag.tasks if t.task_id == "wait_for_data"), None),
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+        "mapped": {t.task_id: {"template": t.partial_kwargs.get("map_index_template"),
+                               "per_run": t.partial_kwargs.get("max_active_tis_per_dagrun")}
+                   for t in dag.tasks if hasattr(t, "partial_kwargs")},
+        "param_schema": {k: dag.params.get_param(k).schema for k in dag.params.keys()},
         "callbacks": {t.task_id: [n.event for n in [*(getattr(t, "notifiers", None) or []),
                                                      *as_list(t.on_success_callback)] if hasattr(n, "event")]
                       for t in dag.tasks},
@@ -66,15 +70,22 @@ def test_expected_dags_and_tasks(parsed: dict) -> None:
     assert set(parsed["dags"]) == expected
     for s in specs:
         d = parsed["dags"][f"retrain_{s['name']}"]
-        trains = {f"train_{x}" for x in s["train"]["strategies"]} | {  # candidate backbones: <strategy>-<name>
-            f"train_{x}-{c['name']}" for c in s.get("candidates") or [] for x in c["strategies"]}
-        assert trains | {"snapshot", "audit", "split", "select", "export", "evaluate", "gate", "route", "register",
+        trains = {"train_frozen", "train_tuned"}  # mapped over the run's plan: one task instance per model
+        assert trains | {"snapshot", "audit", "split", "plan_frozen", "plan_tuned",
+                         "select", "export", "evaluate", "gate", "route", "register",
                          "approval", "check_evidence", "promote", "reject_candidate", "record_no_promotion",
                          "route_shadow", "shadow_recorded", "wait_for_data"} == set(d["tasks"])
         for t in trains | {"export", "evaluate"}:
             assert d["queues"][t] == "gpu" and d["pools"][t] == "gpu"
         assert d["queues"]["snapshot"] != "gpu"
-        assert d["params"] == ["allow_promotion", "window_days"]
+        assert d["params"] == ["allow_promotion", "strategies", "window_days"]
+        models = [*s["train"]["strategies"], *(f"{x}-{c['name']}" for c in s.get("candidates") or []
+                                               for x in c["strategies"])]
+        assert d["param_schema"]["strategies"]["items"]["enum"] == models  # the UI offers the spec's models
+        assert d["mapped"] == {t: {"template": "{{ tl_model }}", "per_run": s["train"].get("tasks_per_run", 1)}
+                               for t in trains}
+        assert d["upstream"]["train_frozen"] == ["plan_frozen"] and d["upstream"]["select"] == sorted(trains)
+        assert d["upstream"]["train_tuned"] == ["plan_tuned", *(["train_frozen"] if s.get("candidates") else [])]
         assert d["catchup"] is False
         assert parsed["dags"][f"rollback_{s['name']}"]["params"] == ["reason", "target"]
         promote = parsed["dags"][f"promote_{s['name']}"]

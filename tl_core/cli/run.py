@@ -16,10 +16,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = args.run or new_run_id()
 
     def progress(step: str, result: Any) -> None:
-        shown = result if not isinstance(result, dict) else ("PASS" if result.get("passed") else "FAIL")
+        shown = result
+        if isinstance(result, dict) and "passed" in result:
+            shown = "PASS" if result["passed"] else "FAIL"
+        elif isinstance(result, dict) and "uri" in result:
+            shown = result["uri"]
         sys.stderr.write(f"tl run {run_id}: {step} -> {shown}\n")
 
-    results = run_local(args.spec, run_id, args.date, register=args.register, progress=progress)
+    results = run_local(args.spec, run_id, args.date, register=args.register, progress=progress,
+                        strategies=args.strategy)
     gate = results["gate"]
     lines = [f"run {run_id}: gate {'PASS' if gate['passed'] else 'FAIL'} (candidate {gate.get('candidate')}, "
              f"champion {gate.get('champion_version') or 'none'})", *[f"  {r}" for r in gate["reasons"][:6]]]
@@ -35,4 +40,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     add_spec_run(p, run_required=False)
     p.add_argument("--date", required=True, type=date_arg, help="logical date YYYY-MM-DD")
     p.add_argument("--register", action="store_true", help="register a candidate whose gate passed")
+    p.add_argument("--strategy", action="append",
+                   help="train only this model (repeatable; the DAG's `strategies` run parameter); default: all")
     p.set_defaults(handler=cmd_run)

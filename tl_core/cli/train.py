@@ -1,4 +1,4 @@
-"""`tl train`, `tl select`, `tl pretrain-source`."""
+"""`tl plan`, `tl train`, `tl select`, `tl pretrain-source`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tl_core.pipeline import step_plan
+
+    plan = step_plan(args.spec, args.run, args.strategy)
+    emit(args, plan, f"run {args.run}: frozen {plan['frozen']}, fine-tuned {plan['tuned']} ({plan['uri']})")
+    return 0
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from tl_core.pipeline import step_select
 
@@ -52,6 +60,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--strategy", action="append", help="train only this strategy (repeatable); skips selection")
     p.add_argument("--device", choices=["cpu", "cuda"], help="force the device (default: CUDA when present)")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("plan", help="the models a run trains: all of the spec's, or the --strategy subset")
+    add_spec_run(p)
+    p.add_argument("--strategy", action="append", help="plan only this model (repeatable); default: all")
+    p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("select", help="pick the run's candidate from the trained strategies")
     add_spec_run(p)

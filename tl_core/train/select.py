@@ -17,6 +17,7 @@ from tl_core.errors import DataError, NoSuchKey
 from tl_core.evaluate.metrics import rank_key
 from tl_core.runs import RunContext
 from tl_core.train.candidates import DEFAULT_BACKBONE
+from tl_core.train.plan import planned_model_ids
 
 
 def _report(ctx: RunContext, model_id: str, metric: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def run_select(ctx: RunContext) -> str:
     backbones = _backbones(ctx) if ctx.spec.candidates else {}
     scores: dict[str, dict[str, Any]] = {}
     excluded: dict[str, str] = {}
-    for model_id in ctx.spec.model_ids():
+    for model_id in planned_model_ids(ctx):
         rep = _report(ctx, model_id, metric)
         if rep.get("skipped"):
             excluded[model_id] = f"not trained: {rep['skipped']}"
