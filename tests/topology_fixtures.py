@@ -184,6 +184,23 @@ class CeleryAirflow:
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         stop_process(self.procs.get(name), sig, timeout=60, group=True)
 
+    def crash(self, name: str) -> list[int]:
+        """SIGKILL component ``name`` and every process under it, as when its machine dies: Airflow runs a task in
+        a process of its own session, which would otherwise live on (and finish) without its worker. Returns the
+        PIDs killed."""
+        import psutil
+
+        proc = self.procs[name]
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for member in tree:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=30)
+        psutil.wait_procs(tree, timeout=30)
+        return [member.pid for member in tree]
+
     def stop_all(self) -> None:
         for name in reversed(list(self.procs)):
             self.stop(name)
