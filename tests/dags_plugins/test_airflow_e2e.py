@@ -2,8 +2,9 @@
 
 The store and the data live on the moto S3 server (over HTTP). The run is triggered over the REST API, the
 pending approval is looked at with `tl status`, in headless Chromium (the approval page and the plugin's report
-view, screenshots in test-artifacts/), answered with `tl approve`; then a backfill of another date is a shadow
-run that registers but never promotes.
+view, screenshots in test-artifacts/), answered with `tl approve`. Backfills as shadow runs are tested on the
+production topology (tests/deploy/test_celery_topology.py) and with `airflow backfill create` on this standalone
+(tests/demo/test_demo_by_hand.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -130,28 +130,6 @@ def test_standalone_trigger_tl_approve_then_backfill_is_shadow(tmp_path: Path, s
         assert [r["action"] for r in history] == ["register", "promote"]
         assert history[1]["reason"] == "e2e: looks right" and history[1]["approval"]["chosen"] == ["Approve"]
 
-        # backfill: a shadow run; registered as a shadow version, never promoted
-        af.airflow("backfill", "create", "--dag-id", DAG, "--from-date", "2026-11-02", "--to-date", "2026-11-02")
-        backfill_id = ""
-        for _ in range(30):
-            runs = af.client().get(f"/api/v2/dags/{DAG}/dagRuns?limit=10")["dag_runs"]
-            backfills = [r["dag_run_id"] for r in runs if r["run_type"] == "backfill"]
-            if backfills:
-                backfill_id = backfills[0]
-                break
-            time.sleep(2)
-        assert backfill_id, "the backfill created no run"
-        assert af.wait(DAG, backfill_id, ("success", "failed"), timeout=420) == "success", \
-            af.task_states(DAG, backfill_id)
-        states = af.task_states(DAG, backfill_id)
-        assert states["approval"] == "skipped" and states["promote"] == "skipped"
-        assert states["shadow_recorded"] == "success"
-        champion = registry.champion()
-        assert champion is not None and champion.version == "v0001"
-        history = registry.history()
-        assert [r["action"] for r in history] == ["register", "promote", "register"]
-        assert history[2]["shadow"] is True and history[2]["version"] == "v0002"
-        assert registry.show("v0002")["shadow"] is True
     finally:
         af.stop()
     assert af.proc is not None and af.proc.poll() is not None
