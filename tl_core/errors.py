@@ -51,6 +51,10 @@ class ResumeError(TLError):
     """A training resume checkpoint does not fit the model and strategy being trained."""
 
 
+class TrainingSuperseded(TLError):
+    """Another process (a retry of the train task) took over this model's training; this one must not write."""
+
+
 class BaseMismatchError(TLError):
     """A LoRA version's base checkpoint, loaded from its source, is not the one its adapters were trained on."""
 

@@ -353,7 +353,8 @@ def _resume(loop: _Loop, load_resume: Callable[[], bytes | None]) -> None:
         return
     _restore_checkpoint(blob, loop)
     loop.result.resumed_from_epoch = loop.start_epoch
-    logger.info("%s: resuming after epoch %d (best %s %.4f)", loop.strategy, loop.start_epoch - 1,
+    # epochs count from 1 here as in the per-epoch log lines and the curves: start_epoch epochs are done
+    logger.info("%s: resuming after epoch %d (best %s %.4f)", loop.strategy, loop.start_epoch,
                 loop.spec.train.primary_metric, loop.result.best_score)
 
 

@@ -24,6 +24,7 @@ from tl_core.train.candidates import measure_cost, shortlist_reason
 from tl_core.train.finetune import choose_device, finetune, predict_logits
 from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
 from tl_core.train.label_check import drop_quarantined, ensure_label_issues
+from tl_core.train.lease import TrainLease
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ def _train_frozen(ctx: RunContext, prep: _Prepared, device: torch.device) -> _Tr
 
 
 def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: torch.device,
-                     model_id: str | None = None) -> _Trained:
-    """Fine-tune (partial, full, lora, scratch) with resume checkpoints in the run, then score every split."""
+                     model_id: str | None = None, lease: TrainLease | None = None) -> _Trained:
+    """Fine-tune (partial, full, lora, scratch) with resume checkpoints in the run, then score every split. With
+    ``lease``, an epoch's checkpoint is written only while this training still holds it."""
     spec, encoded = ctx.spec, prep.encoded
     resume_key = ctx.model_key(model_id or strategy, "resume", "state.pt")
 
@@ -130,6 +132,8 @@ def _train_finetuned(ctx: RunContext, strategy: str, prep: _Prepared, device: to
         return ctx.store.get_bytes(resume_key) if ctx.store.exists(resume_key) else None
 
     def save_resume(blob: bytes) -> None:
+        if lease is not None:
+            lease.check("writing an epoch's resume checkpoint")
         ctx.store.put_bytes(resume_key, blob)
 
     # A LoRA model is stored as adapters naming its base by the fingerprint of the untouched base tensors.
@@ -182,13 +186,14 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
             ctx.write_json(report_key, {"strategy": strategy, "backbone": candidate, "skipped": reason})
             logger.info("%s: not trained: %s", model_id, reason)
             return ctx.uri("models", model_id)
+    lease = TrainLease.take(ctx, model_id)  # a training still running from an earlier try stops at its next check
     dev = choose_device(device or spec.train.device)
     label_issues = ensure_label_issues(ctx, dev.type)  # before any fine-tuning (tl_core/train/label_check.py)
     mctx = dataclasses.replace(ctx, spec=model_spec)  # the model's backbone; keys stay the run's
     prep = _prepare(mctx, strategy, label_issues)
     t0 = time.perf_counter()
     trained = (_train_frozen(mctx, prep, dev) if strategy == "frozen"
-               else _train_finetuned(mctx, strategy, prep, dev, model_id))
+               else _train_finetuned(mctx, strategy, prep, dev, model_id, lease))
     wall = time.perf_counter() - t0
     report: dict[str, Any] = {"strategy": strategy, "backbone": candidate,
                               "train_examples": len(prep.encoded["train"]), **trained.report}
@@ -197,6 +202,7 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
                   device=str(dev), trainable_parameters=trained.trainable,
                   total_parameters=sum(p.numel() for p in trained.model.parameters()))
     config = model_config(model_spec, prep.backbone, strategy)
+    lease.check("writing the model files")
     if trained.adapter is not None:
         save_adapter(ctx.store, ctx.model_key(model_id), trained.adapter, prep.backbone, config)
     else:
@@ -207,6 +213,7 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
     if strategy == "frozen" and spec.candidates:  # what the backbone costs to serve, measured on this worker
         ctx.write_json(f"models/{model_id}/cost.json", measure_cost(trained.model, prep, config, spec.selection))
     # The report is written last: its presence marks the model as complete.
+    lease.check("writing the report")
     ctx.write_json(report_key, report)
     if ctx.store.exists(ctx.model_key(model_id, "resume", "state.pt")):
         ctx.store.delete(ctx.model_key(model_id, "resume", "state.pt"))
