@@ -102,9 +102,11 @@ class Pointer:
         """The ledger record that made the current pointer champion (None with no champion)."""
         return self.reconciled(champion or self.read(), repair)[1]
 
-    def settled(self, before: Champion | None, wait_s: float = 5.0) -> Champion | None:
+    def settled(self, before: Champion | None, wait_s: float = 30.0) -> Champion | None:
         """The champion after a lost swap: the winner's write may still be landing (the file backend's swap is
-        claimed before it is written), so wait briefly until the pointer differs from ``before``."""
+        claimed before it is written), so wait until the pointer differs from ``before``. Usually milliseconds;
+        the bound is generous because a loaded machine can deschedule the winner between claim and write, and
+        the loser's error must name the new champion."""
         deadline = time.monotonic() + wait_s
         now = self.read()
         while same_etag(now, before) and time.monotonic() < deadline:
