@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from browser import ARTIFACTS
 from model_fixtures import tiny_bert_dir
 from tl_core.airflow_api import AirflowAPIError, AirflowClient
 from tl_core.config import parse_spec
@@ -247,10 +248,13 @@ def test_celery_topology_nightly_with_faults_then_shadow_backfill(tmp_path: Path
         assert registry.champion().version == "v0001"  # type: ignore[union-attr]
         pointer = json.loads(open_store(spec.store).get_bytes("registry/topo/champion.json"))
         assert pointer["version"] == "v0001" and pointer["actor"] == "admin"
-        print(f"topology test: {time.monotonic() - started:.0f} s; train_tuned try "
-              f"{_tis(client, run_id)['train_tuned[0]']['try_number']} resumed after epoch "
-              f"{run.read_json('models/full/train_report.json')['resumed_from_epoch']}; ledger "
-              f"{[r['action'] for r in history]}")
+        summary = {"seconds": round(time.monotonic() - started),
+                   "train_tuned_try": _tis(client, run_id)["train_tuned[0]"]["try_number"],
+                   "resumed_after_epoch": run.read_json("models/full/train_report.json")["resumed_from_epoch"],
+                   "ledger": [r["action"] for r in history]}
+        ARTIFACTS.mkdir(exist_ok=True)  # what the run did, for the reader of a CI log (pytest hides the print)
+        (ARTIFACTS / "celery-topology.json").write_text(json.dumps(summary, indent=1))
+        print("topology test:", json.dumps(summary))
     finally:
         af.stop_all()
         redis.stop()
