@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy tl_core
 
 test: $(STAMP) system-deps lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 demo: $(STAMP)
 	$(PY) -m tl_core.demo
