@@ -1,5 +1,5 @@
 """Headless Chromium (Debian `chromium`, `make system-deps`) driven over the DevTools protocol, for the
-browser checks (tests/dags_plugins/test_browser_approval.py, tests/dags_plugins/test_airflow_e2e.py); screenshots go to
+browser checks (tests/dags_plugins/test_browser_approval.py, tests/deploy/test_celery_topology.py); screenshots go to
 test-artifacts/."""
 
 from __future__ import annotations

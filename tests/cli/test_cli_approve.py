@@ -1,7 +1,8 @@
 """`tl approve` / `tl reject` / `tl status`: the REST calls they make and every error path.
 
 A small recording HTTP server on 127.0.0.1 stands in for the API server's routes here (what is sent: paths,
-encoding, token, body); the same commands run against a real `airflow standalone` in test_airflow_e2e.py.
+encoding, token, body); the same commands run against real Airflow in tests/deploy/test_celery_topology.py and
+tests/demo/test_demo_by_hand.py.
 """
 
 from __future__ import annotations

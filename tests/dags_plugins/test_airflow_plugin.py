@@ -1,7 +1,7 @@
 """The plugin's FastAPI app (plugins/tl_plugin.py) on both store backends, through its HTTP interface.
 
 Airflow's own login check is replaced by an allow-all dependency here; the real one (401 without a token,
-200 with the admin's JWT) is exercised against `airflow standalone` in tests/dags_plugins/test_airflow_e2e.py.
+200 with the admin's JWT) is exercised against the real api-server in tests/deploy/test_celery_topology.py.
 """
 
 from __future__ import annotations

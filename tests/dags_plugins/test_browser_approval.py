@@ -1,7 +1,7 @@
 """Headless Chromium (Debian `chromium`, `make system-deps`) driven over the DevTools protocol.
 
-The end-to-end test (tests/dags_plugins/test_airflow_e2e.py) uses ``Chromium`` to open the pending approval page and the
-plugin's report view of a real `airflow standalone`, logged in with the admin's JWT cookie; screenshots are
+The end-to-end test (tests/deploy/test_celery_topology.py) uses ``Chromium`` to open the pending approval page and the
+plugin's report view on the real api-server, logged in with the admin's JWT cookie; screenshots are
 kept under test-artifacts/. The test here checks the driver itself on the plugin's registry page.
 """
 

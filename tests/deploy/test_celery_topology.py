@@ -10,8 +10,9 @@ One nightly run (frozen baseline + full fine-tuning, mapped) meets three faults:
   that worker is down; the worker starts again: Airflow times the dead task's heartbeat out, retries it, and the
   retry resumes from the last epoch checkpoint;
 - the scheduler is restarted while the approval waits, and again right after the approval was answered;
-the approval is answered over the REST API (`tl approve`), the champion is promoted in the S3 registry, and the
-ledger holds one registration and one promotion. Then a backfill of two dates (REST API, `strategies` run param)
+while the approval waits, `tl status`, the plugin's views and the approval page (headless Chromium) show it; it is
+answered over the REST API (`tl approve`), the champion is promoted in the S3 registry, and the ledger holds one
+registration and one promotion. Then a backfill of two dates (REST API, `strategies` run param)
 runs as two shadow runs.
 """
 
@@ -21,6 +22,9 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from browser import ARTIFACTS
+from browser import ARTIFACTS, Chromium, png_size
 from model_fixtures import tiny_bert_dir
 from tl_core.airflow_api import AirflowAPIError, AirflowClient
 from tl_core.config import parse_spec
@@ -138,6 +142,43 @@ def _kill_gpu_worker_mid_training(af: CeleryAirflow, client: AirflowClient, run_
     _start_gpu_worker(af)
 
 
+def _http_status(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - our own local server
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _check_what_the_approver_sees(af: CeleryAirflow, client: AirflowClient, spec_path: Path, run_id: str) -> None:
+    """While the request waits: `tl status`, the plugin's views (login required, files only from the configured
+    store), and the approval page, report and registry views in headless Chromium (screenshots in test-artifacts/)."""
+    status = subprocess.run(["timeout", "-k", "10", "120", sys.executable, "-m", "tl_core.cli", "status", "--spec",
+                             str(spec_path), "--json"], env=af.env, capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    pending = json.loads(status.stdout)
+    assert pending["champion"] is None and [p["run_id"] for p in pending["pending_approvals"]] == [run_id]
+    assert "Promote topo: candidate v0001" in pending["pending_approvals"][0]["subject"]
+    run_q = urllib.parse.quote(run_id, safe="")
+    report_url = f"{af.url}/tl/report/{DAG}/{run_q}"
+    token = client.token()
+    assert _http_status(report_url) == 401 and _http_status(report_url, token) == 200
+    assert _http_status(f"{af.url}/tl/report/{DAG}/..", token) in (400, 404)
+    assert _http_status(f"{af.url}/tl/report/retrain_other/{run_q}", token) == 404
+    with Chromium() as browser:
+        browser.set_cookie(af.url, "_token", token)
+        text = browser.open(f"{af.url}/dags/{DAG}/runs/{run_q}/tasks/approval/required_actions",
+                            ("Promote topo: candidate v0001", "Approve", "Reject"), timeout=90)
+        assert "Decision: PASS" in text
+        assert png_size(browser.screenshot(ARTIFACTS / "approval-pending.png")) == (1400, 1000)
+        browser.open(report_url, ("Evaluation: topo", "Gate: PASS"))
+        browser.screenshot(ARTIFACTS / "evidence-report.png")
+        text = browser.open(f"{af.url}/tl/registry/{DAG}?run_id={run_q}", ("Model registry: topo",))
+        assert "no champion yet" in text and "register" in text
+        browser.screenshot(ARTIFACTS / "registry-history.png")
+
+
 def _restart_scheduler(af: CeleryAirflow) -> None:
     af.stop("scheduler")
     af.start("scheduler", "scheduler")
@@ -183,8 +224,8 @@ def test_celery_topology_nightly_with_faults_then_shadow_backfill(tmp_path: Path
     registry = Registry.for_spec(spec)
     pg, redis = Postgres(), Redis(tmp_path / "redis")
     af = CeleryAirflow(tmp_path / "airflow", path.parent, pg, redis, extra_env={
-        # a dead worker's task is failed (and retried) 30 s after its last heartbeat
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        # a dead worker's task is failed (and retried) 20 s after its last heartbeat (live tasks beat every 5 s)
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"})
     started = time.monotonic()
     try:
@@ -209,11 +250,15 @@ def test_celery_topology_nightly_with_faults_then_shadow_backfill(tmp_path: Path
               timeout=900, every=3)
         assert _run_state(client, run_id) is None, _tis(client, run_id)
         _restart_scheduler(af)  # while the approval waits
+        _check_what_the_approver_sees(af, client, path, run_id)
         approved = _approve(af, run_id)
         assert approved.returncode == 0, approved.stdout + approved.stderr
+        assert f"Approve: {DAG} run {run_id} (by admin)" in approved.stdout
         _restart_scheduler(af)  # while promote is scheduled or running
         assert _wait("the nightly run to end", lambda: _run_state(client, run_id), timeout=600, every=3) == "success", \
             _tis(client, run_id)
+        again = _approve(af, run_id)
+        assert again.returncode != 0 and "approval is 'success'; there is no request to answer" in again.stderr
         _check_nightly(af, client, run_id, run)
         # the faults happened as staged: the dead worker's task timed out, the broker was lost and re-established
         assert "Detected a task instance without a heartbeat" in af.log("scheduler")
@@ -226,7 +271,7 @@ def test_celery_topology_nightly_with_faults_then_shadow_backfill(tmp_path: Path
         # a backfill of two dates, each a shadow run of the frozen baseline only (the strategies run param)
         backfill = client.post("/api/v2/backfills", {
             "dag_id": DAG, "from_date": "2026-11-02T00:00:00Z", "to_date": "2026-11-03T00:00:00Z",
-            "max_active_runs": 1, "dag_run_conf": {"strategies": ["frozen"]}})
+            "max_active_runs": 2, "dag_run_conf": {"strategies": ["frozen"]}})
 
         def backfill_done() -> dict[str, str] | None:
             runs = client.get(f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]
