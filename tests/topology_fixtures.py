@@ -83,12 +83,13 @@ class Postgres:
     def start(self) -> None:
         data, log = self.dir / "data", self.dir / "server.log"
         subprocess.run(["timeout", "-k", "5", "120", _pg_bin("initdb"), "-D", str(data), "-U", "airflow",
-                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, **self.user)
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, cwd=self.dir,
+                       **self.user)  # cwd: the postgres user may not enter the suite's directory
         out = log.open("ab")
         self.proc = subprocess.Popen(
             [_pg_bin("postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **self.user)
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir, **self.user)
         wait_port(self.port, self.proc, "postgres", log)
 
     def stop(self) -> None:
