@@ -65,6 +65,9 @@ class AirflowClient:
         self._token: str | None = None
         # per HTTP request; a SQLite-backed API server under load can take many seconds to commit a write
         self.timeout_s = _timeout_from_env()
+        # a caller that waits anyway (``tl approve``) keeps re-reading a busy server until its own deadline
+        self.read_deadline: float | None = None
+        self.read_retry_wait_s = 2.0
 
     def _generated_password(self) -> str | None:
         home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
@@ -101,15 +104,22 @@ class AirflowClient:
         return self._token
 
     def get(self, path: str) -> Any:
-        """GET is idempotent: a read that timed out (a busy API server, e.g. SQLite under load) is tried twice more."""
-        for attempt in range(3):
+        """GET is idempotent: a read that timed out (a busy API server, e.g. SQLite under load) is tried twice more,
+        and on until ``read_deadline`` (a monotonic time) when one is set."""
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._request("GET", path)
-            except AirflowTimeout:
-                if attempt == 2:
+            except AirflowTimeout as exc:
+                patient = (self.read_deadline is not None
+                           and time.monotonic() + self.read_retry_wait_s < self.read_deadline)
+                if attempt >= 3 and not patient:
+                    if attempt > 3:
+                        raise AirflowTimeout(f"{exc} ({attempt} tries)") from None
                     raise
-                time.sleep(2)
-        return None  # unreachable: the loop returns or raises
+                logger.warning("%s (try %d); reading again", exc, attempt)
+                time.sleep(self.read_retry_wait_s)
 
     def post(self, path: str, body: Any) -> Any:
         return self._request("POST", path, body)
@@ -172,6 +182,17 @@ def answer_when_settled(client: AirflowClient, dag_id: str, run_id: str, task_id
     is reported). It fails, naming the state, when the task ends without having used the answer.
     """
     deadline = time.monotonic() + timeout_s
+    # this waits up to timeout_s anyway: an API server too busy to answer a read for minutes is waited out too
+    client.read_deadline = deadline
+    try:
+        return _answer_and_confirm(client, dag_id, run_id, task_id, option, comment, settle_s, retry_settle_s,
+                                   deadline, poll_s)
+    finally:
+        client.read_deadline = None
+
+
+def _answer_and_confirm(client: AirflowClient, dag_id: str, run_id: str, task_id: str, option: str, comment: str,
+                        settle_s: float, retry_settle_s: float, deadline: float, poll_s: float) -> ApprovalOutcome:
     tries: list[int] = []
     responded_by = ""
     while True:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tl_core.airflow_api import AirflowAPIError, AirflowClient
+from tl_core.airflow_api import AirflowAPIError, AirflowClient, answer_when_settled
 from tl_core.cli import main
 
 RUN = "manual__2026-11-01T00:00:00+00:00"
@@ -36,6 +36,8 @@ class Recorder(BaseHTTPRequestHandler):
     # "ours" = the request's answer, "other" = someone else's, None = nothing; status 0 = no answer in time)
     patch_failures: list[tuple[int, str | None]] = []
     stored: dict[str, Any] | None = None
+    # hitlDetails GETs still to answer late (a busy API server: longer than the client's timeout)
+    slow_reads = 0
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -64,6 +66,9 @@ class Recorder(BaseHTTPRequestHandler):
             Recorder.call_times.append((time.monotonic(), ("GET", ti["state"], ti["try_number"])))
             return self._reply(200, ti)
         if self.path.endswith("/approval/-1/hitlDetails") and method == "GET":
+            if Recorder.slow_reads > 0:
+                Recorder.slow_reads -= 1
+                time.sleep(0.6)
             if Recorder.stored is not None:  # what a committed answer looks like
                 return self._reply(200, {"created_at": "2026-11-01T00:00:00Z", "response_received": True,
                                          **Recorder.stored, "responded_by_user": {"id": "admin", "name": "admin"}})
@@ -110,7 +115,7 @@ class Recorder(BaseHTTPRequestHandler):
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     Recorder.calls, Recorder.answered, Recorder.task_states, Recorder.current_try = [], set(), [], 1
     Recorder.call_times = []
-    Recorder.patch_failures, Recorder.stored = [], None
+    Recorder.patch_failures, Recorder.stored, Recorder.slow_reads = [], None, 0
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -214,6 +219,25 @@ def test_approve_retries_a_patch_that_timed_out(server: str, monkeypatch: pytest
     assert [c[0] for c in Recorder.calls].count("PATCH") == 3
 
 
+def test_approve_waits_out_an_api_server_too_busy_to_answer_reads(server: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that times out more than the client's three tries is read again while the approval's own deadline
+    lasts (CI: a SQLite-backed server answered no read for over 90 s and `tl approve` gave up on a live request)."""
+    monkeypatch.setenv("TL_AIRFLOW_TIMEOUT_S", "0.3")
+    Recorder.task_states = [_ti("awaiting_input", 1), _ti("success", 1)]
+    Recorder.slow_reads = 5
+    client = AirflowClient()
+    client.read_retry_wait_s = 0.05
+    outcome = answer_when_settled(client, "retrain_m", RUN, "approval", "Approve", "busy", settle_s=0, timeout_s=60)
+    assert outcome.task_state == "success" and outcome.answered_tries == [1]
+    hitl_reads = [c for c in Recorder.calls if c[0] == "GET" and c[1].endswith("/-1/hitlDetails")]
+    assert len(hitl_reads) == 6 and client.read_deadline is None  # the patience ends with the approval
+    # without a caller's deadline the same server is named after three tries
+    Recorder.slow_reads = 5
+    with pytest.raises(AirflowAPIError, match=r"hitlDetails: Airflow at .* did not answer within 0\.3 s$"):
+        client.hitl_detail("retrain_m", RUN, "approval")
+
+
 @pytest.mark.parametrize("raw", ["soon", "0", "-5"])
 def test_a_bad_http_timeout_is_named(server: str, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("TL_AIRFLOW_TIMEOUT_S", raw)
@@ -293,7 +317,8 @@ def test_status_names_a_missing_configs_folder(tmp_path: Path, monkeypatch: pyte
 
 
 def test_a_read_that_times_out_is_retried_and_then_named() -> None:
-    """A busy API server (SQLite under load) may not answer a GET in time: it is tried twice more, then named."""
+    """A busy API server (SQLite under load) may not answer a GET in time: it is tried twice more (on until the
+    read deadline, when the caller set one), then named."""
     calls: list[str] = []
     slow_for = {"n": 2}
 
@@ -318,13 +343,25 @@ def test_a_read_that_times_out_is_retried_and_then_named() -> None:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         client = AirflowClient(f"http://127.0.0.1:{httpd.server_port}", "admin", "pw")
-        client._token, client.timeout_s = "t", 0.3
+        client._token, client.timeout_s, client.read_retry_wait_s = "t", 0.3, 0.1
         assert client.get("/api/v2/x") == {"ok": True} and len(calls) == 3
         calls.clear()
         slow_for["n"] = 10
         with pytest.raises(AirflowAPIError, match=r"GET /api/v2/x: Airflow at http://127\.0\.0\.1:\d+ did not "
-                                                  r"answer within 0\.3 s"):
+                                                  r"answer within 0\.3 s$"):
             client.get("/api/v2/x")
         assert len(calls) == 3
+        # a caller that waits anyway (tl approve) sets a read deadline: a server busy for more tries is waited out
+        calls.clear()
+        slow_for["n"] = 6
+        client.read_deadline = time.monotonic() + 60
+        assert client.get("/api/v2/x") == {"ok": True} and len(calls) == 7
+        # ... and past that deadline the timeout is named with the number of tries
+        calls.clear()
+        slow_for["n"] = 100
+        client.read_deadline = time.monotonic() + 2
+        with pytest.raises(AirflowAPIError, match=r"GET /api/v2/x: .* did not answer within 0\.3 s \((\d+) tries\)"):
+            client.get("/api/v2/x")
+        assert 4 <= len(calls) <= 7
     finally:
         httpd.shutdown()
