@@ -141,3 +141,16 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
                               timeout=120, env=env, check=False)
         assert proc.returncode == code, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_prints_the_planned_models_and_names_a_strategy_the_spec_lacks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec(tmp_path, train__strategies=["frozen", "lora", "full"])
+    assert main(["plan", "--spec", spec, "--run", "r1", "--strategy", "full", "--strategy", "frozen"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run r1: frozen ['frozen'], fine-tuned ['full'] (") and out.rstrip().endswith("plan.json)")
+    assert main(["plan", "--spec", spec, "--run", "r2", "--json"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["tuned"] == ["lora", "full"]
+    err = _fails(["plan", "--spec", spec, "--run", "r3", "--strategy", "partial"], capsys)
+    assert "params.strategies: 'partial' is not trained by spec 'support-tickets': expected names from " \
+           "['frozen', 'lora', 'full']" in err
