@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
 from tl_notify import TLWebhookNotifier  # plugins/: on sys.path in Airflow
-from tl_operators import RecordedApproval, approval_retry_args
+from tl_operators import RecordedApproval, approval_retry_args, run_outcome
 from tl_sensors import marker_sensor
 
 from tl_core.config import configs_dir, dag_id, load_spec  # light: pydantic + yaml, no torch, no store
@@ -195,9 +195,9 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
         @task(on_success_callback=TLWebhookNotifier(spec_path, "gate_fail", source_task="gate"))
         def reject_candidate(decision: dict[str, Any], **context: Any) -> int:
-            from tl_core.pipeline import step_reject
+            from tl_core.pipeline import step_reject_gate_fail
 
-            return step_reject(spec_path, context["run_id"], ["gate FAIL", *decision["reasons"]], "gate")
+            return step_reject_gate_fail(spec_path, context["run_id"], decision)
 
         @task
         def register(**context: Any) -> str:
@@ -248,15 +248,15 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
             return result
 
         @task(trigger_rule="all_done")
-        def record_no_promotion(**context: Any) -> str:
+        def record_no_promotion(**context: Any) -> dict[str, Any]:
             """Approval rejected, timed out, failed or the evidence changed: the ledger says which, from task states."""
             from tl_core.pipeline import step_record_no_promotion
 
             ti, run_id = context["ti"], context["run_id"]
             states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
             return step_record_no_promotion(
-                spec_path, run_id, {k: str(v) for k, v in states.items()},
-                ti.xcom_pull(task_ids="approval", key="answer"), ti.xcom_pull(task_ids="gate"),
+                spec_path, run_id, run_outcome(states).model_dump(mode="json"),
+                ti.xcom_pull(task_ids="approval", key="answer"),
                 is_shadow(context["dag_run"].run_type, bool(context["params"].get("allow_promotion"))))
 
         snap = snapshot()
@@ -338,17 +338,17 @@ def build_promote(spec_path: str, spec: dict[str, Any]) -> DAG:
             return result
 
         @task(trigger_rule="all_done")
-        def record_no_promotion(**context: Any) -> str:
+        def record_no_promotion(**context: Any) -> dict[str, Any]:
             from tl_core.pipeline import step_record_no_promotion
 
             ti, run_id = context["ti"], context["run_id"]
             states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
-            outcome = step_record_no_promotion(spec_path, run_id, {k: str(v) for k, v in states.items()},
-                                               ti.xcom_pull(task_ids="approval", key="answer"), None, False)
-            if outcome != "promoted":  # a manual promotion that did not happen is a failed run, not a quiet one
+            outcome = step_record_no_promotion(spec_path, run_id, run_outcome(states).model_dump(mode="json"),
+                                               ti.xcom_pull(task_ids="approval", key="answer"), False)
+            if not outcome["promoted"]:  # a manual promotion that did not happen is a failed run, not a quiet one
                 from airflow.sdk.exceptions import AirflowFailException
 
-                raise AirflowFailException(outcome)
+                raise AirflowFailException("; ".join(outcome["reasons"]) or "not promoted")
             return outcome
 
         checked = check_promotable()

@@ -1,7 +1,9 @@
-"""Our Airflow operators: the approval task of retrain_<model> and promote_<model>.
+"""Our Airflow operators: the approval task of retrain_<model> and promote_<model>, and the two translations from
+Airflow's shapes into tl_core's (DESIGN.md "Step contract": tl_core knows no Airflow task id or HITL field).
 
 Airflow puts the plugins folder on sys.path in every component, so the DAG files import this module by name.
-No tl_core here: the operator only records the approver's answer for the tasks after it.
+Only tl_core.artifacts (pydantic, light) is imported: the operator records the approver's answer as an
+ApprovalAnswer, and run_outcome turns a run's task states into a RunOutcome.
 """
 
 from __future__ import annotations
@@ -10,6 +12,35 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+from tl_core.artifacts import ApprovalAnswer, RunOutcome
+
+# The task ids of retrain_<model> and promote_<model> that a RunOutcome is read from (dags/tl_dags.py).
+PROMOTE_TASK, APPROVAL_TASK, EVIDENCE_TASK = "promote", "approval", "check_evidence"
+SHADOW_TASK, GATE_REJECT_TASK, NO_PROMOTION_TASK = "shadow_recorded", "reject_candidate", "record_no_promotion"
+
+
+def approval_answer(event: dict[str, Any]) -> ApprovalAnswer:
+    """Airflow's human-in-the-loop answer event as an ApprovalAnswer (the one place that reads its fields)."""
+    if "error" in event:
+        return ApprovalAnswer(timed_out=event.get("error_type") == "timeout", error=str(event.get("error", "")))
+    chosen = list(event.get("chosen_options") or [])
+    user = event.get("responded_by_user") or {}
+    comment = (event.get("params_input") or {}).get("comment")
+    return ApprovalAnswer(chosen=chosen[0] if chosen in (["Approve"], ["Reject"]) else None,
+                          approver=str(user.get("name") or "") or None, comment=str(comment or ""))
+
+
+def run_outcome(states: dict[str, Any]) -> RunOutcome:
+    """A run's task states (task id -> state) as a RunOutcome: how its steps ended, in tl_core's words."""
+    def state(task_id: str) -> str | None:
+        return None if states.get(task_id) is None else str(states[task_id])
+
+    return RunOutcome(promoted=state(PROMOTE_TASK) == "success", shadow_recorded=state(SHADOW_TASK) == "success",
+                      gate_rejected=state(GATE_REJECT_TASK) == "success", approval=state(APPROVAL_TASK),
+                      evidence_check=state(EVIDENCE_TASK), promotion=state(PROMOTE_TASK),
+                      failed_steps=sorted(t for t, s in states.items()
+                                          if str(s) == "failed" and t != NO_PROMOTION_TASK))
 
 
 class RecordedApproval(ApprovalOperator):
@@ -26,16 +57,10 @@ class RecordedApproval(ApprovalOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
-        if "error" not in event:
-            user = event.get("responded_by_user") or {}
-            context["ti"].xcom_push(key="answer", value={
-                "chosen_options": list(event.get("chosen_options") or []),
-                "params_input": dict(event.get("params_input") or {}),
-                "responded_by": {"id": str(user.get("id", "")), "name": str(user.get("name", ""))},
-                "responded_at": str(event.get("responded_at", "")),
-            })
-        elif event.get("error_type") == "timeout":
-            context["ti"].xcom_push(key="answer", value={"timed_out": True, "error": str(event.get("error", ""))})
+        answer = approval_answer(event)
+        if "error" not in event or answer.timed_out:
+            context["ti"].xcom_push(key="answer", value=answer.model_dump(mode="json"))
+        if answer.timed_out:
             raise AirflowFailException(f"no approval answer within {self.response_timeout}: not promoted")
         return super().execute_complete(context, event)
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tl_core.artifacts import AuditReport, Selection, SnapshotManifest, TrainReport
 from tl_core.config import ModelSpec
 from tl_core.runs import RunContext
 
@@ -58,13 +59,31 @@ def make_synthetic_run(spec: ModelSpec, n_test: int = 600, n_cal: int = 300, see
             ctx.write_npz(f"models/{strategy}/logits/{split}.npz",
                           example_id=part["example_id"].to_numpy().astype(str)[order],
                           logits=logits_for(y, rng, acc, 3.0)[order])
-        ctx.write_json(f"models/{strategy}/train_report.json", {"curves": [] if strategy == "frozen" else [
-            {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_metric": 0.6 + 0.05 * e} for e in (1, 2, 3)]})
+        ctx.write(TrainReport(strategy=strategy, backbone=None, val_metric=acc, curves=[] if strategy == "frozen" else [
+            {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_metric": 0.6 + 0.05 * e} for e in (1, 2, 3)]),
+                  strategy)
         ctx.store.put_bytes(ctx.model_key(strategy, "model.safetensors"), f"weights-{strategy}".encode())
-    ctx.write_json("candidate.json", {"selected": "full", "strategies": {"frozen": {"score": 0.7},
-                                                                        "full": {"score": 0.8}}})
-    ctx.write_json("audit/report.json", {"total_rows": len(df), "usable_rows": len(df), "blocking": False,
-                                         "findings": [{"check": "class_balance", "severity": "info", "count": 3,
-                                                       "message": "classes within 2x"}]})
-    ctx.write_json("snapshot/manifest.json", {"content_hash": "abc123"})
+    ctx.write(Selection(selected="full", primary_metric="macro_f1", strategies={
+        s: {"val_metric": v, "strategy": s, "backbone": "default"} for s, v in (("frozen", 0.7), ("full", 0.8))}))
+    ctx.write(audit_report(ctx, len(df), [{"check": "class_balance", "severity": "info", "count": 3, "column": "label",
+                                           "example_ids": [], "partitions": [], "message": "classes within 2x"}]))
+    ctx.write(snapshot_manifest(ctx, "abc123"))
     return ctx
+
+
+def snapshot_manifest(ctx: RunContext, content_hash: str, logical_date: str = "2026-01-01") -> SnapshotManifest:
+    """A manifest of an empty window with this content hash (what the evidence and the registry read of it)."""
+    spec = ctx.spec
+    return SnapshotManifest(model=spec.name, dataset=spec.data.dataset, data_root=spec.data.root,
+                            logical_date=logical_date, window={"start": logical_date, "end": logical_date},
+                            window_days=spec.data.window_days, spec_fingerprint=spec.fingerprint(), partitions=[],
+                            total_rows=0, rows_per_label={}, content_hash=content_hash, ignored=[], ignored_count=0,
+                            completion_marker=spec.data.completion_marker)
+
+
+def audit_report(ctx: RunContext, rows: int, findings: list[dict[str, Any]]) -> AuditReport:
+    """An audit report of ``rows`` usable rows, none quarantined, with these findings."""
+    return AuditReport(run_id=ctx.run_id, model=ctx.spec.name, logical_date="2026-01-01", snapshot_hash="abc123",
+                       total_rows=rows, usable_rows=rows, quarantined_rows=0, quarantine_reasons={}, blocking=False,
+                       blocking_messages=[], findings=findings, imbalance_ratio=None, class_counts={},
+                       slice_sizes={}, slice_label_counts={}, label_shift=None, test_days=[])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save
 
+from tl_core.artifacts import EvaluationReport, GateDecision, ModelConfig, Selection, SnapshotManifest
 from tl_core.config import parse_spec
 from tl_core.runs import RunContext
 
@@ -35,17 +37,50 @@ def make_spec(store_uri: str) -> Any:
                        "data": {"input_column": "image"}, "store": store_uri})
 
 
-def fake_run(runs_uri: str, run_id: str, seed: int = 0, minimal: bool = False) -> RunContext:
-    """A run with real (tiny) model files: safetensors, config and, unless minimal, ONNX + golden + evidence."""
+def evidence_of(run_id: str) -> str:
+    """The evidence hash of fake_run(run_id)'s gate decision (what an approval of that run names)."""
+    return hashlib.sha256(f"evidence of {run_id}".encode()).hexdigest()
+
+
+def gate_decision(run_id: str, passed: bool = True, reasons: tuple[str, ...] = ()) -> GateDecision:
+    """A gate decision as the gate step writes it (no reasons needed for a registry test)."""
+    return GateDecision(decision="PASS" if passed else "FAIL", passed=passed, bootstrap=False,
+                        reasons=[{"check": "minimum", "status": "FAIL", "text": r} for r in reasons],
+                        evidence_hash=evidence_of(run_id), evidence={}, summary={}, summary_markdown="",
+                        candidate="frozen", champion_version=None, champion_etag=None)
+
+
+def evaluation_report(run_id: str, accuracy: float) -> EvaluationReport:
+    """The smallest valid evaluation report: the frozen candidate's overall metrics and temperature."""
+    metrics = {"accuracy": accuracy, "macro_f1": 0.7, "n": 50}
+    frozen = {"role": "candidate", "strategy": "frozen", "temperature": 1.3, "overall": metrics,
+              "before_temperature": {}, "per_class": {}, "confusion": [], "slices": {}, "intervals": {},
+              "reliability": {}}
+    return EvaluationReport.model_validate({
+        "run_id": run_id, "model": MODEL, "labels": ["a", "b", "c"], "primary_metric": "macro_f1", "test_size": 50,
+        "unlabelled_test_rows": 0, "candidate": "frozen", "slices": {},
+        "champion": {"status": "none", "reason": "no champion yet"}, "models": {"frozen": frozen},
+        "comparisons": {}, "bootstrap": {"n_boot": 10, "seed": 0, "confidence": 0.95, "method": "paired",
+                                         "quantile_levels": [], "continuous_overall": [], "continuous_slices": []},
+        "gate_policy": {}, "curves": {}, "audit": None})
+
+
+def fake_run(runs_uri: str, run_id: str, seed: int = 0, minimal: bool = False, gate: bool | None = True) -> RunContext:
+    """A run with real (tiny) model files: safetensors, config, a gate decision (``gate``: passed, failed, or
+    None for none) and, unless minimal, ONNX + golden + evidence."""
     spec = make_spec(runs_uri)
     ctx = RunContext.open(spec, run_id)
     rng = np.random.default_rng(seed)
     weight = (W + rng.normal(0, 0.1, W.shape)).astype(np.float32)
-    ctx.write_json("candidate.json", {"selected": "frozen", "strategies": {"frozen": {"val_metric": 0.9}}})
+    ctx.write(Selection(selected="frozen", primary_metric="macro_f1",
+                        strategies={"frozen": {"val_metric": 0.9, "strategy": "frozen", "backbone": "default"}}))
     ctx.store.put_bytes(ctx.model_key("frozen", "model.safetensors"), save({"head.weight": weight.T.copy()}))
-    ctx.write_json("models/frozen/model_config.json", {
-        "format": "tl-classifier/1", "backbone": spec.backbone.model_dump(mode="json"), "seed": 7,
-        "train": spec.train.model_dump(mode="json")})
+    ctx.write(ModelConfig(model=MODEL, strategy="frozen", labels=list(spec.labels), kind="timm", num_features=4,
+                          backbone=spec.backbone.model_dump(mode="json"), preprocessing={"kind": "image"},
+                          input_column="image", seed=7, train=spec.train.model_dump(mode="json"),
+                          spec_fingerprint=spec.fingerprint(), format="tl-classifier/1"), strategy="frozen")
+    if gate is not None:
+        ctx.write(gate_decision(run_id, gate, () if gate else ("macro_f1 0.41 < minimum 0.60",)))
     if minimal:
         return ctx
     ctx.save_spec()
@@ -55,9 +90,9 @@ def fake_run(runs_uri: str, run_id: str, seed: int = 0, minimal: bool = False) -
     ctx.store.put_bytes(ctx.key("export/model.onnx"), tiny_onnx(weight))
     x = rng.normal(size=(5, 4)).astype(np.float32)
     ctx.write_npz("export/golden.npz", **{"input.pixel_values": x, "logits": x @ weight})
-    ctx.write_json("snapshot/manifest.json", {"content_hash": f"hash-{run_id}"})
-    ctx.write_json("evaluation/report.json", {"models": {"frozen": {"overall": {"accuracy": 0.8 + seed / 100,
-                                                                                "macro_f1": 0.7, "n": 50},
-                                                                    "temperature": 1.3}}})
-    ctx.write_json("gate/decision.json", {"passed": True, "evidence_hash": "e" * 64, "bootstrap": False})
+    ctx.write(SnapshotManifest(model=MODEL, dataset="fake", data_root=runs_uri, logical_date="2026-11-01",
+                               window={"start": "2026-11-01", "end": "2026-11-01"}, window_days=1,
+                               spec_fingerprint=spec.fingerprint(), partitions=[], total_rows=0, rows_per_label={},
+                               content_hash=f"hash-{run_id}", ignored=[], ignored_count=0, completion_marker=None))
+    ctx.write(evaluation_report(run_id, 0.8 + seed / 100))
     return ctx

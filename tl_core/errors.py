@@ -106,3 +106,8 @@ class UnexplainedPointer(RegistryError):
 class MonitorError(TLError):
     """Batch scoring or drift cannot run: no champion, a missing or unreadable scoring partition, input columns
     that do not fit the model, or a champion whose reference data is gone; the message names what and where."""
+
+
+class PromotionRefused(RegistryError):
+    """The registry's promotion policy refuses the version (gate not passed, shadow, rejected, other evidence);
+    the message names every reason and how to override it."""

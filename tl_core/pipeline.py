@@ -10,6 +10,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from pydantic import ValidationError
+
+from tl_core.artifacts import ApprovalAnswer, GateOutcome, NoPromotion, PromotionOverride, RunOutcome
 from tl_core.config import load_spec
 from tl_core.errors import DataError
 from tl_core.runs import RunContext
@@ -97,9 +100,10 @@ def step_evaluate(spec_path: str, run_id: str) -> str:
 
 
 def step_gate(spec_path: str, run_id: str) -> dict[str, Any]:
+    """The gate's outcome for the tasks after it (a GateOutcome as JSON; gate/decision.json has the decision)."""
     from tl_core.gate.step import run_gate
 
-    return run_gate(_ctx(spec_path, run_id, "gate"))
+    return run_gate(_ctx(spec_path, run_id, "gate")).model_dump(mode="json")
 
 
 def step_register(spec_path: str, run_id: str, shadow: bool, actor: str = "tl") -> str:
@@ -124,17 +128,25 @@ def step_check_evidence(spec_path: str, run_id: str, expected_hash: str) -> str:
 
 
 def step_promote(spec_path: str, version: str, expect_champion: str | None, approval: dict[str, Any], actor: str,
-                 evidence_hash: str | None = None) -> dict[str, Any]:
+                 evidence_hash: str | None = None, override: PromotionOverride | None = None) -> dict[str, Any]:
+    """The registry's promotion (its policy refuses a version whose gate did not pass, unless ``override``)."""
     from tl_core.registry import Registry
 
     return Registry.for_spec(load_spec(spec_path)).promote(version, expect_champion, approval, actor,
-                                                           approval.get("comment", ""), evidence_hash)
+                                                           approval.get("comment", ""), evidence_hash, override)
 
 
-def step_reject(spec_path: str, run_id: str, reasons: list[str], actor: str) -> int:
+def step_reject(spec_path: str, run_id: str, reasons: list[str], actor: str, rejected: bool = True) -> int:
+    """A 'reject' ledger record for the run; ``rejected`` False: not promoted, but nobody rejected it."""
     from tl_core.registry import Registry
 
-    return Registry.for_spec(load_spec(spec_path)).record_rejection(run_id, reasons, actor)
+    return Registry.for_spec(load_spec(spec_path)).record_rejection(run_id, reasons, actor, rejected)
+
+
+def step_reject_gate_fail(spec_path: str, run_id: str, outcome: dict[str, Any]) -> int:
+    """The ledger record of a candidate the gate refused (``outcome``: step_gate's GateOutcome)."""
+    gate = GateOutcome.model_validate(outcome)
+    return step_reject(spec_path, run_id, ["gate FAIL", *gate.reasons], "gate")
 
 
 def step_rollback(spec_path: str, to: str | None, reason: str, actor: str) -> dict[str, Any]:
@@ -170,119 +182,111 @@ def step_drift(spec_path: str, run_id: str, dt: str) -> dict[str, Any]:
     return run_drift(load_spec(spec_path), _scoring_day(dt), check_run_id(run_id))
 
 
-def no_promotion_reasons(states: dict[str, str], answer: dict[str, Any] | None, decision: dict[str, Any] | None,
-                         shadow: bool) -> tuple[str, list[str]] | None:
-    """Why a retrain run ended without a promotion, read from its task states and the approval answer.
+def no_promotion_reasons(outcome: RunOutcome, answer: ApprovalAnswer | None,
+                         shadow: bool) -> tuple[str, list[str], bool] | None:
+    """Why a run ended without a promotion, from how its steps ended and the approval answer.
 
-    Returns (actor, reasons) for the ledger, or None when there is nothing for this task to record (promoted,
-    gate FAIL (reject_candidate records it) or a shadow run).
+    Returns (actor, reasons, rejected) for the ledger (``rejected``: a person answered Reject), or None when there
+    is nothing for this step to record (promoted, gate FAIL (recorded by its own step) or a shadow run).
     """
-    if states.get("promote") == "success":
+    if outcome.promoted or (shadow and outcome.shadow_recorded) or outcome.gate_rejected:
         return None
-    if shadow and states.get("shadow_recorded") == "success":
-        return None
-    if decision is not None and not decision.get("passed") and states.get("reject_candidate") == "success":
-        return None
-    answer = answer or {}
-    approval = states.get("approval")
-    if answer.get("timed_out"):
-        return "approval", [f"not promoted: no approval answer within the response timeout ({answer.get('error')})"]
-    chosen = answer.get("chosen_options")
-    who = str((answer.get("responded_by") or {}).get("name") or "approver") if chosen else "approval"
-    comment = (answer.get("params_input") or {}).get("comment") if chosen else None
-    tail = [f"comment: {comment}"] if comment else []
-    if chosen and chosen != ["Approve"]:
-        return who, [f"not promoted: rejected by {who} (answer {chosen})", *tail]
-    if chosen == ["Approve"]:
-        if states.get("check_evidence") == "failed":
+    answer = answer or ApprovalAnswer()
+    if answer.timed_out:
+        return "approval", [f"not promoted: no approval answer within the response timeout ({answer.error})"], False
+    who = answer.approver or "approver" if answer.chosen else "approval"
+    tail = [f"comment: {answer.comment}"] if answer.chosen and answer.comment else []
+    if answer.chosen == "Reject":
+        return who, [f"not promoted: rejected by {who}", *tail], True
+    if answer.approved:
+        if outcome.evidence_check == "failed":
             return who, [f"not promoted although approved by {who}: the evidence changed since the gate decided "
-                         "(task check_evidence failed; see its log)", *tail]
-        return who, [f"not promoted although approved by {who}: task promote ended {states.get('promote')!r} "
-                     f"(check_evidence {states.get('check_evidence')!r}); see their logs", *tail]
-    failed = sorted(t for t, s in states.items() if s == "failed" and t != "record_no_promotion")
-    if approval == "failed":
-        return who, ["not promoted: the approval task failed without an answer (e.g. the scheduler failed it, or "
-                     "its retry was not answered); see its log"]
-    return who, [f"not promoted: the run stopped before an approval answer (approval {approval!r}; "
-                 f"failed tasks: {', '.join(failed) or 'none'})"]
+                         "(the evidence re-check failed; see its log)", *tail], False
+        return who, [f"not promoted although approved by {who}: the promotion ended {outcome.promotion!r} "
+                     f"(evidence re-check {outcome.evidence_check!r}); see their logs", *tail], False
+    if outcome.approval == "failed":
+        return who, ["not promoted: the approval step failed without an answer (e.g. the scheduler failed it, or "
+                     "its retry was not answered); see its log"], False
+    return who, [f"not promoted: the run stopped before an approval answer (approval {outcome.approval!r}; "
+                 f"failed steps: {', '.join(outcome.failed_steps) or 'none'})"], False
 
 
-def step_record_no_promotion(spec_path: str, run_id: str, states: dict[str, str], answer: dict[str, Any] | None,
-                             decision: dict[str, Any] | None, shadow: bool) -> str:
-    """The ledger record of a run that did not promote, with the reason read from the task states."""
-    outcome = no_promotion_reasons(states, answer, decision, shadow)
-    if outcome is None:
-        return "promoted" if states.get("promote") == "success" else "recorded elsewhere (gate FAIL or shadow run)"
-    actor, reasons = outcome
-    step_reject(spec_path, run_id, reasons, actor)
-    return "; ".join(reasons)
+def step_record_no_promotion(spec_path: str, run_id: str, outcome: dict[str, Any], answer: dict[str, Any] | None,
+                             shadow: bool) -> dict[str, Any]:
+    """The ledger record of a run that did not promote, with the reason read from how its steps ended
+    (``outcome``: a RunOutcome, ``answer``: an ApprovalAnswer, as JSON); returns a NoPromotion as JSON."""
+    ended = RunOutcome.model_validate(outcome)
+    found = no_promotion_reasons(ended, None if answer is None else ApprovalAnswer.model_validate(answer), shadow)
+    if found is None:
+        return NoPromotion(promoted=ended.promoted, recorded=False).model_dump(mode="json")
+    actor, reasons, rejected = found
+    step_reject(spec_path, run_id, reasons, actor, rejected)
+    return NoPromotion(promoted=False, recorded=True, actor=actor, rejected=rejected,
+                       reasons=reasons).model_dump(mode="json")
 
 
 def step_check_promotable(spec_path: str, version: str, override: bool, override_reason: str | None,
                           actor: str) -> dict[str, Any]:
-    """Before a manual promotion asks for approval: the version's gate passed and it is not a shadow version.
+    """Before a manual promotion asks for approval: the registry's promotion policy would accept the version.
 
-    Either may be overridden only with ``override`` and a reason of at least 10 characters; the returned
-    ``override`` (who and why) goes into the promotion's ledger record. Fails closed on a manifest without a
-    gate result.
+    A refusal may be overridden only with ``override`` and a reason of at least 10 characters; the returned
+    ``override`` (who and why) goes with the promotion, and the registry's ledger keeps it.
     """
-    from tl_core.registry import Registry, RegistryError
+    from tl_core.registry import PromotionRefused, Registry
 
-    manifest = Registry.for_spec(load_spec(spec_path)).show(version)
-    raw_gate = manifest.get("gate")
-    gate: dict[str, Any] = raw_gate if isinstance(raw_gate, dict) else {}
-    problems = []
-    if gate.get("passed") is not True:
-        problems.append(f"its gate decision is {'FAIL' if gate.get('passed') is False else 'missing'} "
-                        f"(manifest gate.passed = {gate.get('passed')!r})")
-    if manifest.get("shadow"):
-        problems.append(f"it is a shadow version (registered by backfill run {manifest.get('run_id')})")
+    registry = Registry.for_spec(load_spec(spec_path))
+    manifest = registry.manifest(version)
+    problems = registry.promotion_problems(version)
     reason = (override_reason or "").strip()
     if problems and not override:
-        raise RegistryError(f"{version} cannot be promoted: {'; '.join(problems)}. To promote it anyway, trigger "
-                            "with override_gate: true and an override_reason (recorded in the ledger)")
+        raise PromotionRefused(f"{version} cannot be promoted: {'; '.join(problems)}. To promote it anyway, "
+                               "trigger with override_gate: true and an override_reason (recorded in the ledger)")
     if override and len(reason) < 10:
-        raise RegistryError(f"override_gate needs an override_reason of at least 10 characters, got {reason!r}")
-    metrics = manifest.get("metrics") or {}
-    lines = [f"**Manual promotion of {version}** (run {manifest.get('run_id')}, strategy {manifest.get('strategy')}), "
-             f"requested by {actor}", "", f"- gate: {'PASS' if gate.get('passed') is True else 'FAIL or missing'}",
-             f"- shadow version: {bool(manifest.get('shadow'))}"]
-    lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
+        raise PromotionRefused(f"override_gate needs an override_reason of at least 10 characters, got {reason!r}")
+    lines = [f"**Manual promotion of {version}** (run {manifest.run_id}, strategy {manifest.strategy}), "
+             f"requested by {actor}", "", f"- gate: {manifest.gate.decision}",
+             f"- shadow version: {manifest.shadow}"]
+    lines += [f"- {k}: {v:.4f}" for k, v in sorted(manifest.metrics.items()) if isinstance(v, int | float)]
     if override:
         lines.append(f"- **override** by {actor}: {reason} ({'; '.join(problems) or 'nothing to override'})")
     return {"version": version, "requested_by": actor, "summary_markdown": "\n".join(lines),
             "override": {"by": actor, "reason": reason, "overrides": problems} if override else None}
 
 
-def _approved_by(run_id: str, answer: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """(approver, answer) for a run whose approval answer is Approve; ValueError naming the answer otherwise."""
-    answer = answer or {}
-    if answer.get("chosen_options") != ["Approve"]:
+def _approved_by(run_id: str, answer: dict[str, Any] | None) -> ApprovalAnswer:
+    """The approval answer, when it is Approve; ValueError naming the answer otherwise."""
+    try:
+        parsed = ApprovalAnswer.model_validate(answer) if answer else None
+    except ValidationError:  # not an answer plugins/ wrote: refused like any answer that is not Approve
+        parsed = None
+    if parsed is None or not parsed.approved:
         raise ValueError(f"run {run_id}: promote needs the approval answer Approve, got {answer}")
-    return str((answer.get("responded_by") or {}).get("name") or "approver"), answer
+    return parsed
 
 
 def step_promote_approved(spec_path: str, run_id: str, version: str, decision: dict[str, Any],
                           answer: dict[str, Any] | None) -> dict[str, Any]:
-    """The nightly run's promotion, once approved: the gate's champion and evidence hash are the expectation."""
-    approver, answer = _approved_by(run_id, answer)
-    record = {"run_id": run_id, "chosen": answer["chosen_options"], "approver": approver,
-              "comment": (answer.get("params_input") or {}).get("comment") or "approved in Airflow",
-              "allow_shadow": False}
-    return step_promote(spec_path, version, decision["champion_version"], record, approver,
-                        decision["evidence_hash"])
+    """The nightly run's promotion, once approved: the gate's champion and evidence hash are the expectation
+    (``decision``: step_gate's GateOutcome)."""
+    approved = _approved_by(run_id, answer)
+    gate = GateOutcome.model_validate(decision)
+    approver = approved.approver or "approver"
+    record = {"run_id": run_id, "chosen": approved.chosen, "approver": approver,
+              "comment": approved.comment or "approved in Airflow"}
+    return step_promote(spec_path, version, gate.champion_version, record, approver, gate.evidence_hash)
 
 
 def step_promote_manual(spec_path: str, run_id: str, version: str, expect_champion: str | None, reason: str,
                         checked: dict[str, Any], answer: dict[str, Any] | None) -> dict[str, Any]:
     """A manual promotion, once approved; ``checked`` is step_check_promotable's result (override, who asked)."""
-    approver, answer = _approved_by(run_id, answer)
+    approved = _approved_by(run_id, answer)
+    approver = approved.approver or "approver"
     expect = None if expect_champion in (None, "", "none") else expect_champion
-    record = {"run_id": run_id, "manual": True, "chosen": answer["chosen_options"], "approver": approver,
-              "requested_by": checked["requested_by"],
-              "comment": (answer.get("params_input") or {}).get("comment") or reason,
-              "override": checked.get("override"), "allow_shadow": bool(checked.get("override"))}
-    return step_promote(spec_path, version, expect, record, approver)
+    asked = checked.get("override")
+    override = None if not asked else PromotionOverride(actor=str(asked["by"]), reason=str(asked["reason"]))
+    record = {"run_id": run_id, "manual": True, "chosen": approved.chosen, "approver": approver,
+              "requested_by": checked["requested_by"], "comment": approved.comment or reason}
+    return step_promote(spec_path, version, expect, record, approver, override=override)
 
 
 def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = False,
@@ -316,5 +320,5 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
     if register and decision["passed"]:
         step("register", step_register, spec_path, run_id, False)
     elif register:
-        step("reject_candidate", step_reject, spec_path, run_id, ["gate FAIL", *decision["reasons"]], "gate")
+        step("reject_candidate", step_reject_gate_fail, spec_path, run_id, decision)
     return results

@@ -45,6 +45,26 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+from tl_core.artifacts import (
+    A,
+    Artifact,
+    AuditReport,
+    EvaluationReport,
+    GateDecision,
+    Int8Report,
+    LabelIssues,
+    ModelConfig,
+    ParityReport,
+    Plan,
+    Selection,
+    ServingCost,
+    SnapshotManifest,
+    SplitCheck,
+    SplitReport,
+    TrainReport,
+    dump_artifact,
+    parse_artifact,
+)
 from tl_core.config import ModelSpec
 from tl_core.errors import DataError, InvalidRunId, NoSuchKey, PreconditionFailed, RunConflict
 from tl_core.store import ObjectStore, join_key, key_safe, open_store
@@ -62,6 +82,43 @@ CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
 # The int8 artifact and its own gate decision (export with quantize_int8); registered only when that passed.
 INT8_FILE = "export/model.int8.onnx"
 INT8_REPORT = "export/int8.json"
+# The one place that knows where each run artifact lives (relative to the run; ``{strategy}`` is filled in from
+# the reader's ``strategy=``), and the step that writes it (named when it is missing).
+RUN_ARTIFACTS: dict[type[Artifact], tuple[str, str]] = {
+    SnapshotManifest: ("snapshot/manifest.json", "snapshot"),
+    AuditReport: ("audit/report.json", "audit"),
+    SplitReport: ("split/split.json", "split"),
+    SplitCheck: ("split/report.json", "split"),
+    LabelIssues: ("audit/label_issues.json", "label-issues"),
+    Plan: ("plan.json", "plan"),
+    TrainReport: ("models/{strategy}/train_report.json", "train"),
+    ModelConfig: ("models/{strategy}/model_config.json", "train"),
+    ServingCost: ("models/{strategy}/cost.json", "train"),
+    Selection: ("candidate.json", "select"),
+    ParityReport: ("export/parity.json", "export"),
+    Int8Report: (INT8_REPORT, "export"),
+    EvaluationReport: ("evaluation/report.json", "evaluate"),
+    GateDecision: ("gate/decision.json", "gate"),
+}
+
+
+def artifact_rel(model: type[Artifact], strategy: str | None = None) -> str:
+    """The run-relative key of ``model`` (for per-strategy artifacts, of ``strategy``'s)."""
+    try:
+        rel = RUN_ARTIFACTS[model][0]
+    except KeyError:
+        raise TypeError(f"{model.__name__} is not a run artifact (tl_core.runs.RUN_ARTIFACTS)") from None
+    if "{strategy}" in rel:
+        if not strategy:
+            raise TypeError(f"{model.__name__} is kept per strategy ({rel}): pass strategy=")
+        return rel.format(strategy=strategy)
+    return rel
+
+
+class ArtifactMissing(NoSuchKey):
+    """A step's input artifact is not in the run: the step that writes it has not run (or ran on another run)."""
+
+
 MAX_RUN_ID = 200  # bytes; Airflow's run_id column is 250 characters; a key segment must stay well under 255 bytes
 # No '/' or '\\' (one key segment), no control characters (a newline would end up in keys); \Z, not $.
 _RUN_ID = re.compile(r"[^/\\\x00-\x1f\x7f]+\Z")
@@ -181,9 +238,36 @@ class RunContext:
     def candidate_files(self) -> list[str]:
         """Store keys of the selected candidate's files (the one definition, used by the evidence hash and the
         registry): models/<selected>/ without resume state, then CANDIDATE_RUN_FILES that exist."""
-        selected = self.read_json("candidate.json")["selected"]
+        selected = self.read(Selection).selected
         files = [k for k in sorted(self.store.list(self.model_key(selected) + "/")) if "/resume/" not in k]
         return files + [self.key(rel) for rel in CANDIDATE_RUN_FILES if self.store.exists(self.key(rel))]
+
+    # Typed artifacts: the only way one step reads what another wrote (DESIGN.md "Step contract").
+    def read(self, model: type[A], strategy: str | None = None) -> A:
+        """The run's ``model`` artifact, parsed and validated (ArtifactError names the file and what is wrong;
+        ArtifactMissing names the step that writes it)."""
+        rel = artifact_rel(model, strategy)
+        try:
+            data = self.store.get_bytes(self.key(rel))
+        except NoSuchKey:
+            step = RUN_ARTIFACTS[model][1]
+            raise ArtifactMissing(f"run {self.run_id}: {self.uri(rel)} ({model.__name__}) is missing: run "
+                                  f"`tl {step}` (the {step} step) on this run first") from None
+        return parse_artifact(model, data, self.uri(rel))
+
+    def read_optional(self, model: type[A], strategy: str | None = None) -> A | None:
+        """Like :meth:`read`, None when the artifact was never written (a step that may not have run)."""
+        return self.read(model, strategy) if self.has(model, strategy) else None
+
+    def has(self, model: type[Artifact], strategy: str | None = None) -> bool:
+        return self.store.exists(self.key(artifact_rel(model, strategy)))
+
+    def write(self, artifact: Artifact, strategy: str | None = None, *, create_only: bool = False) -> str:
+        """Write ``artifact`` at its key (validated: a model instance); returns its URI. ``create_only``: only if
+        the key does not exist yet (PreconditionFailed otherwise)."""
+        rel = artifact_rel(type(artifact), strategy)
+        self.store.put_bytes(self.key(rel), dump_artifact(artifact), if_none_match="*" if create_only else None)
+        return self.uri(rel)
 
     # JSON and arrays: the two formats every step shares.
     def write_json(self, rel: str, payload: Any) -> str:

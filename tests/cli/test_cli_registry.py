@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_fixtures import MODEL, fake_run, make_spec
+from registry_fixtures import MODEL, evidence_of, fake_run, make_spec
 from tl_core.cli import main as tl_main
 from tl_core.registry import Registry
 
@@ -47,13 +47,14 @@ def test_cli_full_cycle_with_json(env: tuple[Path, Registry], tmp_path: Path,
     shown = run_json(capsys, "show", "v0001", *spec)
     assert shown == reg.show("v0001")
     approval = tmp_path / "approval.json"
-    approval.write_text(json.dumps({"approver": "alice", "comment": "looks good", "evidence_hash": "abc123"}))
+    approval.write_text(json.dumps({"approver": "alice", "comment": "looks good",
+                                    "evidence_hash": evidence_of("r1")}))
     promoted = run_json(capsys, "promote", "v0001", "--expect-champion", "none", "--approval", str(approval),
                         "--actor", "alice", *spec)
     assert promoted["version"] == "v0001" and promoted["previous"] is None  # type: ignore[index]
-    assert (promoted["evidence_hash"], promoted["reason"]) == ("abc123", "looks good")  # type: ignore[index]
+    assert (promoted["evidence_hash"], promoted["reason"]) == (evidence_of("r1"), "looks good")  # type: ignore
     run_json(capsys, "promote", "v0002", "--expect-champion", "v0001", "--approval", str(approval),
-             "--reason", "newer", "--actor", "bob", *spec)
+             "--evidence-hash", evidence_of("r2"), "--reason", "newer", "--actor", "bob", *spec)
     rolled = run_json(capsys, "rollback", "--reason", "latency regression", "--actor", "carol", *spec)
     assert (rolled["version"], rolled["previous"], rolled["actor"]) == ("v0001", "v0002", "carol")  # type: ignore
     rows = run_json(capsys, "list", *spec)
@@ -74,7 +75,7 @@ def test_cli_history_table_and_registry_uri(env: tuple[Path, Registry], tmp_path
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     spec_file, reg = env
     v1 = reg.register(fake_run(reg.store.uri, "r1"))
-    reg.promote(v1, None, {"approver": "alice"}, "alice", "first model in production", "f" * 64)
+    reg.promote(v1, None, {"approver": "alice"}, "alice", "first model in production", evidence_of("r1"))
     reg.record_rejection("r2", ["gate FAIL: accuracy"], "gate")
     # By model name and registry URI, without a spec (flag or $TL_REGISTRY_URI).
     assert tl_main(["registry", "history", MODEL, "--registry", reg.store.uri]) == 0
@@ -83,7 +84,7 @@ def test_cli_history_table_and_registry_uri(env: tuple[Path, Registry], tmp_path
     assert set(table[1]) == {"-"}
     rows = [line.split() for line in table[2:]]
     assert [(r[0], r[2], r[3]) for r in rows[:2]] == [("1", "register", v1), ("2", "promote", v1)]
-    assert rows[1][4:7] == ["alice", "f" * 12, "first"] and "first model in production" in table[3]
+    assert rows[1][4:7] == ["alice", evidence_of("r1")[:12], "first"] and "first model in production" in table[3]
     assert rows[2][2] == "reject" and "gate FAIL: accuracy (run r2)" in table[4]
     monkeypatch.setenv("TL_REGISTRY_URI", reg.store.uri)
     assert run_json(capsys, "list", MODEL)[0]["champion"] is True  # type: ignore[index]
@@ -129,7 +130,7 @@ def test_eight_concurrent_identical_promotions_only_the_winner_says_it_won(env: 
     spec_file, reg = env
     v1 = reg.register(fake_run(reg.store.uri, "r1"))
     approval = tmp_path / "approval.json"
-    approval.write_text(json.dumps({"approver": "alice", "comment": "go", "evidence_hash": "abc"}))
+    approval.write_text(json.dumps({"approver": "alice", "comment": "go", "evidence_hash": evidence_of("r1")}))
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("TL_")}
     env_vars["TL_CACHE_DIR"] = str(tmp_path / "cache")
     procs = [subprocess.Popen([sys.executable, "-m", "tl_core.cli", "registry", "promote", v1, "--expect-champion",
@@ -160,12 +161,12 @@ def test_cli_list_reports_an_unreadable_version_and_lists_the_rest(env: tuple[Pa
     lines = out.splitlines()
     assert lines[0].startswith(f"* {v1}  frozen") and len(lines) == 2
     assert re.fullmatch(rf"  {v2}  UNREADABLE: {MODEL}: registry/{MODEL}/versions/{v2}/manifest.json is "
-                        r"unreadable: not valid JSON .*; expected the version's manifest object", lines[1])
+                        r"not valid JSON .*; expected a VersionManifest", lines[1])
     assert f"tl registry list: error: {v2} unreadable: {MODEL}: registry/{MODEL}/versions/{v2}/manifest.json" in err
     assert tl_main(["registry", "list", "--json", "--spec", str(spec_file)]) == 1
     rows = json.loads(capsys.readouterr().out)
     assert [r["version"] for r in rows] == [v1, v2] and rows[0]["champion"] is True
-    assert "manifest.json is unreadable" in rows[1]["unreadable"]
+    assert "manifest.json is not valid JSON" in rows[1]["unreadable"]
 
 
 def test_cli_refuses_a_hand_edited_champion_pointer(env: tuple[Path, Registry], tmp_path: Path,

@@ -15,6 +15,7 @@ import yaml
 
 from airflow_fixtures import ROOT, WebhookRecorder, airflow_env
 from model_fixtures import tiny_bert_dir
+from tl_core.artifacts import GateDecision, Plan, Selection
 from tl_core.config import parse_spec
 from tl_core.demo.data import write_demo_data
 from tl_core.pipeline import step_check_evidence
@@ -151,7 +152,7 @@ def _line(out: str, tag: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
+def test_retrain_dag_reject_then_approve_and_the_promotion_policy(tmp_path: Path) -> None:
     """Reject: registered, not promoted, rejection in the ledger. Approve (next day): promoted, approver recorded."""
     path, spec = _spec(tmp_path)
     registry = Registry.for_spec(spec)  # type: ignore[arg-type]
@@ -171,18 +172,19 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert [r["action"] for r in history] == ["register", "reject"]
     assert history[0]["shadow"] is False
     assert history[1]["actor"] == "reviewer" and history[1]["run_id"] == _line(out, "RUN").split(" ", 1)[1]
-    assert history[1]["reason"] == "not promoted: rejected by reviewer (answer ['Reject']); comment: test says Reject"
+    assert history[1]["reason"] == "not promoted: rejected by reviewer; comment: test says Reject"
+    assert history[1]["rejected"] is True
 
     # the just-before-promote re-check: unchanged evidence passes, a changed candidate file is refused
     rejected_run = _line(out, "RUN").split(" ", 1)[1]
     ctx = RunContext.open(spec, rejected_run)  # type: ignore[arg-type]
-    decision = ctx.read_json("gate/decision.json")
-    assert step_check_evidence(str(path), rejected_run, decision["evidence_hash"]) == decision["evidence_hash"]
-    selected = ctx.read_json("candidate.json")["selected"]
+    evidence = ctx.read(GateDecision).evidence_hash
+    assert step_check_evidence(str(path), rejected_run, evidence) == evidence
+    selected = ctx.read(Selection).selected
     config_key = ctx.model_key(selected, "model_config.json")
     ctx.store.put_bytes(config_key, ctx.store.get_bytes(config_key) + b" ")
     with pytest.raises(RegistryError, match=rf"run {re.escape(rejected_run)}: the evidence changed since the gate"):
-        step_check_evidence(str(path), rejected_run, decision["evidence_hash"])
+        step_check_evidence(str(path), rejected_run, evidence)
 
     # no answer before the response timeout: no promotion, no second approval request, recorded in the ledger
     out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-10-30T00:00:00", "TIMEOUT")
@@ -193,6 +195,7 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert (timeout_record["action"], timeout_record["run_id"], timeout_record["actor"]) == (
         "reject", timed_out_run, "approval")
     assert timeout_record["reason"].startswith("not promoted: no approval answer within the response timeout")
+    assert timeout_record["rejected"] is False  # unanswered is not rejected: v0002 stays promotable
 
     out = _dag_test(tmp_path, path.parent, "retrain_tiny-tickets", "2026-11-01T00:00:00", "Approve")
     assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
@@ -203,7 +206,7 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert [r["action"] for r in history] == ["register", "reject", "register", "reject", "register", "promote"]
     promote = history[-1]
     assert promote["actor"] == "reviewer" and promote["reason"] == "test says Approve"
-    assert promote["approval"]["chosen"] == ["Approve"] and promote["previous"] is None
+    assert promote["approval"]["chosen"] == "Approve" and promote["previous"] is None
     run_dir = tmp_path / "store" / "runs" / "tiny-tickets" / key_safe(_line(out, "RUN").split(" ", 1)[1])
     decision = json.loads((run_dir / "gate" / "decision.json").read_text())
     assert decision["bootstrap"] is True and decision["passed"] is True
@@ -229,23 +232,37 @@ def test_retrain_dag_reject_then_approve(tmp_path: Path) -> None:
     assert rollback["reason"] == "test: roll back" and rollback["actor"] == "dag_test"
     assert (promote_again["action"], promote_again["previous"], promote_again["actor"]) == (
         "promote", "v0001", "reviewer")
-    assert promote_again["approval"]["manual"] is True and promote_again["approval"]["override"] is None
-    # a version whose gate failed (v0001's gate passed; v0002 timed out at approval, gate PASS too) - refuse a
-    # shadow-less, gate-less request: an override without a reason is refused before any approval is asked
-    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-04T00:00:00",
-                    conf={"version": "v0001", "expect_champion": "v0003", "reason": "stale view",
-                          "override_gate": True, "override_reason": "short"})
-    assert "STATE failed" in out and "SUBJECT" not in out
-    assert registry.champion().version == "v0003"  # type: ignore[union-attr]
-    refused = registry.history()[-1]
-    assert refused["action"] == "reject" and "failed tasks: check_promotable" in refused["reason"]
-    # a promotion that expects the wrong champion fails after the approval, and changes nothing
-    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-05T00:00:00", "Approve",
-                    conf={"version": "v0001", "expect_champion": "none", "reason": "stale view"})
+    assert promote_again["approval"]["manual"] is True and "override" not in promote_again
+    # the promotion policy: v0001 was rejected by its approver, so promote_<model> refuses it before asking for an
+    # approval, naming the rejection; an override without a reason of 10+ characters is refused the same way
+    for day, conf in (("2026-11-04", {}), ("2026-11-05", {"override_gate": True, "override_reason": "short"})):
+        out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", f"{day}T00:00:00",
+                        conf={"version": "v0001", "expect_champion": "v0003", "reason": "stale view", **conf})
+        assert "STATE failed" in out and "SUBJECT" not in out
+        assert registry.champion().version == "v0003"  # type: ignore[union-attr]
+        refused = registry.history()[-1]
+        assert refused["action"] == "reject" and "failed steps: check_promotable" in refused["reason"]
+        assert refused["rejected"] is False  # a refused request does not reject the version
+    assert "v0001 cannot be promoted: its run" in out or "at least 10 characters" in out
+    # with an override and its reason, the approved promotion goes through and the ledger keeps who and why
+    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-06T00:00:00", "Approve",
+                    conf={"version": "v0001", "expect_champion": "v0003", "reason": "known good",
+                          "override_gate": True, "override_reason": "reviewer asked for the older model back"})
+    assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
+    assert "**override** by dag_test" in _line(out, "BODY")
+    overridden = registry.history()[-1]
+    assert (overridden["action"], overridden["version"], overridden["previous"]) == ("promote", "v0001", "v0003")
+    assert overridden["override"]["by"] == "dag_test"
+    assert overridden["override"]["reason"] == "reviewer asked for the older model back"
+    assert any("rejected by reviewer" in p for p in overridden["override"]["overrides"])
+    # a promotion that expects the wrong champion fails after the approval, and changes nothing (v0002: its
+    # approval timed out, which leaves it promotable)
+    out = _dag_test(tmp_path, path.parent, "promote_tiny-tickets", "2026-11-07T00:00:00", "Approve",
+                    conf={"version": "v0002", "expect_champion": "none", "reason": "stale view"})
     assert "STATE failed" in out
-    assert registry.champion().version == "v0003"  # type: ignore[union-attr]
+    assert registry.champion().version == "v0001"  # type: ignore[union-attr]
     last = registry.history()[-1]
-    assert last["action"] == "reject" and "not promoted although approved by reviewer: task promote ended " \
+    assert last["action"] == "reject" and "not promoted although approved by reviewer: the promotion ended " \
         "'failed'" in last["reason"]
 
 
@@ -263,7 +280,7 @@ def test_retrain_dag_gate_fail_records_rejection(tmp_path: Path) -> None:
     tis = sorted(json.loads(line[3:]) for line in out.splitlines() if line.startswith("TI "))
     assert tis == [["train_frozen", 0, "frozen", "success"], ["train_tuned", -1, None, "skipped"]], tis
     run = RunContext.open(spec, _line(out, "RUN").split(" ", 1)[1])  # type: ignore[arg-type]
-    assert run.read_json("plan.json")["model_ids"] == ["frozen"]
+    assert run.read(Plan).model_ids == ["frozen"]
     assert not run.store.exists(run.key("models/full/train_report.json"))
     # the gate FAIL reached the spec's webhook, with its reasons and the link to the evidence report
     run_q = urllib.parse.quote(_line(out, "RUN").split(" ", 1)[1], safe="/")
@@ -310,4 +327,4 @@ def test_retrain_dag_refuses_promotion_when_the_evidence_changed(tmp_path: Path)
     assert [r["action"] for r in history] == ["register", "reject"]
     assert history[1]["actor"] == "reviewer"
     assert history[1]["reason"].startswith("not promoted although approved by reviewer: the evidence changed since "
-                                           "the gate decided (task check_evidence failed")
+                                           "the gate decided (the evidence re-check failed")

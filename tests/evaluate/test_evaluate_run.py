@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from eval_fixtures import LABELS, logits_for, make_synthetic_run, spec_dict
+from tl_core.artifacts import LabelIssues, Selection
 from tl_core.cli import main as tl_main
 from tl_core.config import parse_spec
 from tl_core.errors import TLError
@@ -84,7 +85,8 @@ def test_champion_comparison_and_pointer_check(tmp_path: Path) -> None:
         return z["logits"][[pos[e] for e in df[df["split"] == split]["example_id"]]]
 
     # The champion is the frozen model: the candidate (full, more accurate) is compared with it slice by slice.
-    champion = ChampionScores("v0001", "etag-1", {"calibration": rows(cal, "calibration"), "test": rows(test, "test")})
+    champion = ChampionScores("v0001", "etag-1", {"calibration": rows(cal, "calibration"), "test": rows(test, "test")},
+                              LABELS)
     run_evaluate(ctx, champion)
     report = ctx.read_json("evaluation/report.json")
     assert report["champion"] == {"status": "ok", "version": "v0001", "etag": "etag-1", "reason": ""}
@@ -134,7 +136,7 @@ def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
     champion = ctx.read_json("evaluation/report.json")["champion"]
     assert champion["status"] == "unreadable" and "champion pointer unreadable" in champion["reason"]
     # Champion logits of the wrong shape are unreadable evidence, not a crash.
-    bad = ChampionScores("v0002", "e", {"calibration": np.zeros((300, 3)), "test": np.zeros((10, 3))})
+    bad = ChampionScores("v0002", "e", {"calibration": np.zeros((300, 3)), "test": np.zeros((10, 3))}, LABELS)
     run_evaluate(ctx, bad)
     champion = ctx.read_json("evaluation/report.json")["champion"]
     assert champion["status"] == "unreadable"
@@ -161,7 +163,8 @@ def test_bad_run_inputs_name_the_file(tmp_path: Path) -> None:
     ctx.write_npz("models/frozen/logits/test.npz", example_id=np.array(["test-1"]), logits=np.zeros((1, 4)))
     with pytest.raises(TLError, match=r"logits must be \(n, 3\) with one row per example_id, got shape \(1, 4\)"):
         run_evaluate(ctx, champion_for(ctx))
-    ctx.write_json("candidate.json", {"selected": "lora", "strategies": {"full": {}}})
+    ctx.write(Selection(selected="lora", primary_metric="macro_f1",
+                        strategies={"full": {"val_metric": 0.8, "strategy": "full", "backbone": "default"}}))
     with pytest.raises(TLError, match=r"selected strategy 'lora' is not among the trained strategies \['full'\]"):
         run_evaluate(ctx, champion_for(ctx))
     ctx.store.delete(ctx.key("evaluation/report.json")) if ctx.store.exists(ctx.key("evaluation/report.json")) \
@@ -188,10 +191,11 @@ def test_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     index = {k: i for i, k in enumerate(LABELS)}
     y = {s: df[df["split"] == s]["label"].map(index).to_numpy().astype(int) for s in ("calibration", "test")}
-    champion = ChampionScores("v0001", "etag-1", {s: logits_for(y[s], rng, 0.8, 1.0) for s in y})
-    ctx.write_json("audit/label_issues.json", {
-        "check": "label_issues", "severity": "warning", "count": 7, "message": "7 of 300 rows look mislabelled",
-        "top_examples": [{"example_id": "train-3", "given": "login", "suspected": "billing", "score": 0.1}]})
+    champion = ChampionScores("v0001", "etag-1", {s: logits_for(y[s], rng, 0.8, 1.0) for s in y}, LABELS)
+    ctx.write(LabelIssues(
+        severity="warning", count=7, rows=300, rate=7 / 300, oof_accuracy=0.8, over_limit=[], per_class={},
+        per_slice={}, worst_slices=[], policy="warn", quarantined_ids=[], message="7 of 300 rows look mislabelled",
+        top_examples=[{"example_id": "train-3", "given": "login", "suspected": "billing", "given_probability": 0.1}]))
     run_evaluate(ctx, champion)
     run_gate(ctx)
     html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model_fixtures import MINILM_DIR, image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
+from tl_core.artifacts import ModelConfig, ParityReport
 from tl_core.export.onnx_export import ParityError, encode_for, export_onnx, parity_report, run_export
 from tl_core.export.predict import open_model_dir, predictions_frame, score
 from tl_core.models.artifacts import load_model_dir
@@ -33,8 +34,8 @@ def _trained(tmp_path: Path, spec, examples: pd.DataFrame, strategy: str):
 
 def _check_export(ctx, examples: pd.DataFrame, strategy: str, tmp_path: Path) -> None:
     run_export(ctx)
-    parity = ctx.read_json("export/parity.json")
-    assert parity["passed"] and parity["max_abs_logit_diff"] <= 1e-4 and parity["top1_mismatches"] == []
+    parity = ctx.read(ParityReport)
+    assert parity.passed and parity.max_abs_logit_diff <= 1e-4 and parity.top1_mismatches == []
     onnx_bytes = ctx.store.get_bytes(ctx.key("export/model.onnx"))
     model = onnx.load_from_string(onnx_bytes)
     onnx.checker.check_model(model)
@@ -107,10 +108,10 @@ def test_preprocessing_mismatch_fails_parity_gate(tmp_path: Path, bert_dir: Path
     spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["full"], epochs=1)
     ex = text_examples()
     ctx = _trained(tmp_path, spec, ex, "full")
-    # Tamper with the stored preprocessing contract: truncate to 3 tokens instead of 16.
-    key = ctx.model_key("full", "preprocessing/data_config.json")
-    ctx.store.put_bytes(key, b'{"kind": "text", "max_length": 3}')
+    # Tamper with the stored preprocessing contract (the model config's): truncate to 3 tokens instead of 16.
+    config = ctx.read(ModelConfig, "full")
+    ctx.write(config.model_copy(update={"preprocessing": {**config.preprocessing, "max_length": 3}}), "full")
     with pytest.raises(ParityError, match="ONNX parity failed"):
         run_export(ctx)
     assert not ctx.store.exists(ctx.key("export/model.onnx"))
-    assert ctx.read_json("export/parity.json")["passed"] is False
+    assert ctx.read(ParityReport).passed is False

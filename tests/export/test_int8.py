@@ -21,6 +21,7 @@ import pytest
 from safetensors.torch import load, save
 
 from model_fixtures import make_run, text_examples, text_spec, tiny_bert_dir
+from tl_core.artifacts import Int8Report
 from tl_core.cli import main as tl_main
 from tl_core.config import ModelSpec
 from tl_core.errors import PredictError
@@ -28,7 +29,7 @@ from tl_core.evaluate.metrics import metric_value
 from tl_core.export.onnx_export import run_export
 from tl_core.export.predict import open_model_dir, predict_file, score
 from tl_core.registry import Registry
-from tl_core.runs import INT8_FILE, INT8_REPORT, RunContext
+from tl_core.runs import INT8_FILE, RunContext
 from tl_core.store import local_copy
 from tl_core.train.run import run_train
 from tl_core.train.select import run_select
@@ -88,20 +89,21 @@ def test_int8_agrees_with_fp32_within_its_measured_bounds_and_is_served(trained:
                                                                         input_file: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     run_export(trained)
-    report = trained.read_json(INT8_REPORT)
-    assert report["passed"], report["failures"]
-    measured = report["measured"]
+    report = trained.read(Int8Report)
+    assert report.passed, report.failures
+    measured = report.measured
     test = _test_split(trained)
     with local_copy(trained.store, trained.prefix) as run_dir:
         _, fp32 = score(open_model_dir(run_dir), test)
         _, int8 = score(open_model_dir(run_dir, precision="int8"), test)
     y = np.array([trained.spec.labels.index(v) for v in test["label"]])
     agreement = float((fp32.argmax(1) == int8.argmax(1)).mean())
-    assert agreement == pytest.approx(measured["agreement"]) and agreement >= trained.spec.export.int8_min_agreement
-    diff = metric_value(measured["metric"], int8, y) - metric_value(measured["metric"], fp32, y)
-    lo, hi = measured["diff_interval"]
+    assert agreement == pytest.approx(measured.agreement) and agreement >= trained.spec.export.int8_min_agreement
+    diff = metric_value(measured.metric, int8, y) - metric_value(measured.metric, fp32, y)
+    assert measured.diff_interval is not None
+    lo, hi = measured.diff_interval
     assert lo <= diff <= hi and lo >= -trained.spec.export.int8_margin
-    assert report["size"] < 0.5 * report["fp32_size"]  # int8 weights: the point of the artifact
+    assert report.size < 0.5 * report.fp32_size  # int8 weights: the point of the artifact
 
     registry = Registry.for_spec(trained.spec)
     version = registry.register(trained)
@@ -130,16 +132,16 @@ def test_failing_int8_is_recorded_and_the_fp32_version_still_registers(trained: 
     ctx.store.put_bytes(key, save(state))
 
     run_export(ctx)  # fp32 parity (against the training-time logits too) still passes
-    report = ctx.read_json(INT8_REPORT)
-    assert not report["passed"]
+    report = ctx.read(Int8Report)
+    assert not report.passed
     assert any(re.search(r"top-1 agreement int8 vs fp32 0\.\d+ \(\d+ of 24 test examples differ\) < minimum 0\.97: "
-                         "FAIL", f) for f in report["failures"]), report["failures"]
+                         "FAIL", f) for f in report.failures), report.failures
 
     registry = Registry.for_spec(ctx.spec)
     version = registry.register(ctx)
     manifest = registry.show(version)
     assert INT8_FILE not in manifest["files"] and "export/model.onnx" in manifest["files"]
-    assert not manifest["int8"]["registered"] and manifest["int8"]["failures"] == report["failures"]
+    assert not manifest["int8"]["registered"] and manifest["int8"]["failures"] == report.failures
     with pytest.raises(PredictError, match=rf"model 'tiny-text' version {version} has no int8 artifact \(its int8 "
                                            r"gate failed: top-1 agreement int8 vs fp32 .*; use --precision fp32"):
         predict_file(ctx.spec, f"tiny-text@{version}", str(input_file),

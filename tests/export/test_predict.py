@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from model_fixtures import image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
+from tl_core.artifacts import ParityReport
 from tl_core.cli import main as tl_main
 from tl_core.config import ModelSpec
 from tl_core.errors import DataError, PredictError
@@ -93,7 +94,7 @@ def predict(m: Registered, *extra: str, model: str = "tiny-text@v0001", input: P
 def reference_probabilities(m: Registered) -> np.ndarray:
     """The reference run's test logits (stored at training time), calibrated with the exported temperature."""
     logits = m.ctx.read_npz("models/full/logits/test.npz")["logits"]
-    t = m.ctx.read_json("export/parity.json")["temperature"]
+    t = m.ctx.read(ParityReport).temperature
     return torch.softmax(torch.from_numpy(logits) / t, dim=1).numpy()
 
 

@@ -3,7 +3,6 @@ loading rebuilds the base from its source, refuses another base by name, and giv
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import pytest
 import torch
 
 from model_fixtures import image_examples, image_spec, make_run, text_examples, text_spec, tiny_bert_dir
-from tl_core.artifacts import ADAPTER_FILE, MERGED_FILE
+from tl_core.artifacts import ADAPTER_FILE, MERGED_FILE, ModelConfig, Selection
 from tl_core.config import parse_spec
 from tl_core.errors import BaseMismatchError
 from tl_core.models.adapters import base_fingerprint
-from tl_core.models.artifacts import load_model_dir
+from tl_core.models.artifacts import load_model_dir, read_model_config
 from tl_core.models.backbones import load_backbone
 from tl_core.models.preprocessing import collate, encode_split, image_transform
 from tl_core.registry import Registry
@@ -40,17 +39,18 @@ def test_a_text_lora_version_round_trips_from_adapter_and_base(tmp_path: Path) -
     examples = text_examples()
     ctx = make_run(spec, examples)
     run_train(ctx, "lora")
-    config = ctx.read_json("models/lora/model_config.json")
-    assert config["storage"] == "adapter"
-    assert config["base"]["fingerprint"] == base_fingerprint(load_backbone(spec).module)
-    assert config["lora"]["target_modules"] == ["query", "key", "value"]
+    config = ctx.read(ModelConfig, "lora")
+    assert config.storage == "adapter" and config.base is not None and config.lora is not None
+    assert config.base.fingerprint == base_fingerprint(load_backbone(spec).module)
+    assert config.lora["target_modules"] == ["query", "key", "value"]
     assert ctx.store.exists(ctx.model_key("lora", ADAPTER_FILE))
     assert not ctx.store.exists(ctx.model_key("lora", MERGED_FILE))
     stored = torch.from_numpy(ctx.read_npz("models/lora/logits/test.npz")["logits"])
     with local_copy(ctx.store, ctx.model_key("lora")) as model_dir:
         torch.testing.assert_close(_test_logits(model_dir, examples, spec), stored, atol=1e-5, rtol=1e-5)
     # registered: the version holds the adapters, verifies and loads back to the same logits
-    ctx.write_json("candidate.json", {"selected": "lora", "strategies": {"lora": {"val_metric": 0.9}}})
+    ctx.write(Selection(selected="lora", primary_metric="macro_f1",
+                        strategies={"lora": {"val_metric": 0.9, "strategy": "lora", "backbone": "default"}}))
     reg = Registry((tmp_path / "reg").as_uri(), spec.name, cache_dir=tmp_path / "cache")
     version = reg.register(ctx)
     assert "models/lora/adapter.safetensors" in reg.show(version)["files"]
@@ -96,16 +96,16 @@ def test_an_image_lora_keeps_its_buffers_and_a_random_init_base_stays_merged(tmp
     examples = image_examples(n_per_class=12)
     ctx = make_run(spec, examples)
     run_train(ctx, "lora")
-    assert ctx.read_json("models/lora/model_config.json")["storage"] == "adapter"
+    assert ctx.read(ModelConfig, "lora").storage == "adapter"
     stored = torch.from_numpy(ctx.read_npz("models/lora/logits/test.npz")["logits"])
     with local_copy(ctx.store, ctx.model_key("lora")) as model_dir:
-        names = json.loads((model_dir / "model_config.json").read_text())["lora"]["target_modules"]
+        names = (read_model_config(model_dir).lora or {})["target_modules"]
         assert names and all(n.startswith("conv") for n in names)
         torch.testing.assert_close(_test_logits(model_dir, examples, spec), stored, atol=1e-5, rtol=1e-5)
     # weights 'none': no base can be loaded again, so the merged model is stored
     ctx2 = make_run(local, examples, run_id="random-init")
     run_train(ctx2, "lora")
-    assert ctx2.read_json("models/lora/model_config.json")["storage"] == "merged"
+    assert ctx2.read(ModelConfig, "lora").storage == "merged"
     assert ctx2.store.exists(ctx2.model_key("lora", MERGED_FILE))
     shutil.rmtree(weights.parent)
 

@@ -24,13 +24,15 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load as load_safetensors
 
-from registry_fixtures import MODEL, fake_run, make_spec
+from registry_fixtures import MODEL, evidence_of, fake_run, make_spec
 from tl_core.errors import AccessDenied
 from tl_core.registry import (
     Champion,
     ConflictError,
     IntegrityError,
     MetadataError,
+    PromotionOverride,
+    PromotionRefused,
     Registry,
     RegistryError,
     UnexplainedPointer,
@@ -179,12 +181,12 @@ def test_bad_names_and_versions_rejected(reg: Registry, store_uri: str) -> None:
 def test_promote_rollback_and_history(reg: Registry, runs_uri: str) -> None:
     v1, v2 = reg.register(fake_run(runs_uri, "r1")), reg.register(fake_run(runs_uri, "r2", seed=1))
     assert reg.champion() is None
-    first = reg.promote(v1, None, {"approver": "alice"}, "alice", "first model", "h1")
+    first = reg.promote(v1, None, {"approver": "alice"}, "alice", "first model", evidence_of("r1"))
     champ = reg.champion()
     assert isinstance(champ, Champion) and champ.version == v1 and champ.promoted_at == first["at"]
     assert champ.actor == "alice" and champ.previous is None and champ.etag == reg.store.etag(
         f"registry/{MODEL}/champion.json")
-    reg.promote(v2, v1, {"approver": "bob"}, "bob", "better", "h2")
+    reg.promote(v2, v1, {"approver": "bob"}, "bob", "better", evidence_of("r2"))
     with pytest.raises(ConflictError, match="expected champion v0001, but the current champion is v0002"):
         reg.promote(v1, v1, {}, "eve")
     with pytest.raises(ConflictError, match="expected champion none, but the current champion is v0002"):
@@ -198,7 +200,8 @@ def test_promote_rollback_and_history(reg: Registry, runs_uri: str) -> None:
     history = reg.history()
     moves = [(r["action"], r["version"], r["previous"], r["actor"], r["reason"], r.get("evidence_hash"))
              for r in history if r["action"] in ("promote", "rollback")]
-    assert moves == [("promote", v1, None, "alice", "first model", "h1"), ("promote", v2, v1, "bob", "better", "h2"),
+    assert moves == [("promote", v1, None, "alice", "first model", evidence_of("r1")),
+                     ("promote", v2, v1, "bob", "better", evidence_of("r2")),
                      ("rollback", v1, v2, "carol", "regression in prod", None)]
     assert [r["seq"] for r in history] == list(range(1, len(history) + 1))
     assert all(r["at"] for r in history)
@@ -222,14 +225,16 @@ def test_default_rollback_target_skips_rolled_back_versions(freg: Registry, runs
 
 def test_promote_retry_is_idempotent_and_shadow_needs_approval(freg: Registry, runs_uri: str) -> None:
     v1 = freg.register(fake_run(runs_uri, "r1", minimal=True))
-    first = freg.promote(v1, None, {"approver": "a"}, "a", "ok", "h1")
+    first = freg.promote(v1, None, {"approver": "a"}, "a", "ok", evidence_of("r1"))
     assert first["made_now"] is True
-    assert freg.promote(v1, None, {"approver": "a"}, "a", "ok", "h1") == {**first, "made_now": False}
+    assert freg.promote(v1, None, {"approver": "a"}, "a", "ok", evidence_of("r1")) == {**first, "made_now": False}
     assert len([r for r in freg.history() if r["action"] == "promote"]) == 1
     shadow = freg.register(fake_run(runs_uri, "backfill-1", seed=1, minimal=True), shadow=True)
-    with pytest.raises(RegistryError, match="v0002 is a shadow version"):
+    with pytest.raises(PromotionRefused, match=r"v0002 cannot be promoted: it is a shadow version \(registered by "
+                                               r"backfill run backfill-1\)"):
         freg.promote(shadow, v1, {}, "a")
-    assert freg.promote(shadow, v1, {"allow_shadow": True}, "a")["version"] == shadow
+    override = PromotionOverride(actor="a", reason="backfill model verified by hand")
+    assert freg.promote(shadow, v1, {}, "a", override=override)["version"] == shadow
 
 
 def test_rollback_refuses_tampered_file_and_names_it(reg: Registry, runs_uri: str) -> None:
@@ -303,6 +308,7 @@ def test_rejection_records_are_idempotent_and_gaps_are_refused(freg: Registry) -
 def test_32_concurrent_promotions_one_wins(reg: Registry, runs_uri: str) -> None:
     base = reg.register(fake_run(runs_uri, "base", minimal=True))
     versions = [reg.register(fake_run(runs_uri, f"c{i}", seed=i, minimal=True)) for i in range(32)]
+    evidence = {v: evidence_of(f"c{i}") for i, v in enumerate(versions)}
     reg.promote(base, None, {}, "a")
     barrier = threading.Barrier(32)
     winners: list[str] = []
@@ -313,7 +319,7 @@ def test_32_concurrent_promotions_one_wins(reg: Registry, runs_uri: str) -> None
         r = Registry(reg.store, MODEL, cache_dir=reg.cache_dir)
         barrier.wait()
         try:
-            r.promote(v, base, {"approver": v}, f"actor-{v}", "race", f"evidence-{v}")
+            r.promote(v, base, {"approver": v}, f"actor-{v}", "race", evidence[v])
             winners.append(v)
         except ConflictError as exc:
             errors.append(str(exc))
@@ -332,7 +338,7 @@ def test_32_concurrent_promotions_one_wins(reg: Registry, runs_uri: str) -> None
     history = reg.history()
     promotes = [r for r in history if r["action"] == "promote" and r["previous"] == base]
     assert [(r["version"], r["actor"], r["evidence_hash"]) for r in promotes] == [
-        (winner, f"actor-{winner}", f"evidence-{winner}")]
+        (winner, f"actor-{winner}", evidence[winner])]
     assert [r["seq"] for r in history] == list(range(1, len(history) + 1))
 
 
@@ -582,7 +588,7 @@ def write_pointer(reg: Registry, record: dict[str, Any]) -> None:
 
 def test_forged_champion_pointer_is_refused_and_never_logged(freg: Registry, runs_uri: str, tmp_path: Path) -> None:
     v1, v2 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(2))
-    freg.promote(v1, None, {"approver": "alice"}, "alice", "ok", "h1")
+    freg.promote(v1, None, {"approver": "alice"}, "alice", "ok", evidence_of("r0"))
     good = freg.champion()
     assert good is not None
     original = freg.store.get_bytes(POINTER)
@@ -663,7 +669,7 @@ def test_eight_identical_concurrent_promotions_one_made_seven_already_made(reg: 
         r = Registry(reg.store, MODEL, cache_dir=reg.cache_dir)
         barrier.wait()
         try:
-            results.append(r.promote(v1, None, {"approver": "alice"}, f"caller-{i}", "go", "h1"))
+            results.append(r.promote(v1, None, {"approver": "alice"}, f"caller-{i}", "go", evidence_of("r1")))
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             unexpected.append(exc)
 
@@ -684,9 +690,14 @@ def test_corrupt_registry_metadata_names_the_key(freg: Registry, runs_uri: str) 
     v1, v2 = (freg.register(fake_run(runs_uri, f"r{i}", seed=i, minimal=True)) for i in range(2))
     freg.promote(v1, None, {}, "a")
     freg.store.put_bytes(vkey(v2, "manifest.json"), b"\xff garbage")
-    with pytest.raises(MetadataError, match=rf"{vkey(v2, 'manifest.json')} is unreadable: not valid JSON .*; "
-                                            "expected the version's manifest object"):
+    with pytest.raises(MetadataError, match=rf"{vkey(v2, 'manifest.json')} is not valid JSON .*; "
+                                            "expected a VersionManifest"):
         freg.show(v2)
+    # another schema version is refused naming the file, the version found and the ones read
+    freg.store.put_bytes(vkey(v2, "manifest.json"), json.dumps({**freg.show(v1), "schema_version": 9}).encode())
+    with pytest.raises(MetadataError, match=rf"{vkey(v2, 'manifest.json')} is a VersionManifest of schema version "
+                                            r"9; this tl_core reads version 2 or 1"):
+        freg.manifest(v2)
     assert freg.show(v1)["version"] == v1  # one bad manifest does not hide the others
     freg.store.put_bytes(f"registry/{MODEL}/by-run/r1.json", b'{"run_id": "r1"}')
     with pytest.raises(MetadataError, match=rf"registry/{MODEL}/by-run/r1.json: 'version' is None; expected a "

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from model_fixtures import make_run, text_examples, text_spec, tiny_bert_dir, without_dropout
+from tl_core.artifacts import TrainReport
 from tl_core.train.run import run_train
 
 
@@ -25,14 +26,14 @@ def test_two_gloo_processes_reach_the_one_process_result(tmp_path: Path) -> None
                          distributed={"nproc_per_node": n})
         ctx = make_run(spec, text_examples(), run_id=f"nproc-{n}")
         run_train(ctx, "full")
-        runs[n] = (ctx.read_json("models/full/train_report.json"), ctx.read_npz("models/full/logits/test.npz"))
+        runs[n] = (ctx.read(TrainReport, "full"), ctx.read_npz("models/full/logits/test.npz"))
     (one, one_logits), (two, two_logits) = runs[1], runs[2]
-    assert len(one["curves"]) == len(two["curves"]) == 3
-    for a, b in zip(one["curves"], two["curves"], strict=True):
-        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)
-        assert b["val_metric"] == pytest.approx(a["val_metric"], abs=1e-5)
+    assert len(one.curves) == len(two.curves) == 3
+    for a, b in zip(one.curves, two.curves, strict=True):
+        assert b.val_loss == pytest.approx(a.val_loss, abs=1e-5)
+        assert b.val_metric == pytest.approx(a.val_metric, abs=1e-5)
     assert np.abs(one_logits["logits"] - two_logits["logits"]).max() <= 1e-4
-    assert two["val_metric"] == pytest.approx(one["val_metric"], abs=1e-5)
+    assert two.val_metric == pytest.approx(one.val_metric, abs=1e-5)
 
 
 def test_more_ranks_than_gpus_is_refused_naming_both(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from model_fixtures import make_run, text_examples, text_spec, tiny_bert_dir
+from tl_core.artifacts import TrainReport
 from tl_core.errors import TrainingSuperseded
 from tl_core.runs import RunContext
 from tl_core.train.lease import TrainLease
@@ -68,5 +68,5 @@ def test_a_superseded_training_writes_nothing_and_the_retry_resumes(tmp_path: Pa
     assert ctx.store.exists(ctx.model_key("full", "resume", "state.pt"))
     # the retry (a new taker) resumes after that epoch and finishes
     run_train(ctx, "full")
-    report = json.loads(ctx.store.get_bytes(ctx.model_key("full", "train_report.json")))
-    assert report["resumed_from_epoch"] == 1 and [c["epoch"] for c in report["curves"]] == [1, 2, 3, 4]
+    report = ctx.read(TrainReport, "full")
+    assert report.resumed_from_epoch == 1 and [c.epoch for c in report.curves] == [1, 2, 3, 4]

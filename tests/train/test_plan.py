@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tl_core.artifacts import ArtifactError, Plan
 from tl_core.config import ModelSpec, parse_spec
 from tl_core.errors import SpecError
 from tl_core.runs import RunContext
@@ -37,8 +38,7 @@ def test_a_subset_keeps_training_order_and_reaches_selection(tmp_path: Path) -> 
     run = RunContext.open(spec, "r1")
     plan = run_plan(run, ["full", "frozen"])
     assert (plan["frozen"], plan["tuned"]) == (["frozen"], ["full"])
-    assert run.read_json(PLAN_FILE) == {"schema_version": 1, "model_ids": ["frozen", "full"],
-                                        "requested": ["full", "frozen"]}
+    assert run.read(Plan) == Plan(model_ids=["frozen", "full"], requested=["full", "frozen"])
     assert planned_model_ids(run) == ["frozen", "full"]
     # a run planned before plans existed compares every model of the spec
     assert planned_model_ids(RunContext.open(spec, "r2")) == spec.model_ids()
@@ -68,7 +68,7 @@ def test_candidates_keep_every_frozen_baseline(tmp_path: Path) -> None:
 def test_a_plan_of_another_schema_is_refused(tmp_path: Path) -> None:
     run = RunContext.open(_spec(tmp_path), "r1")
     run.write_json(PLAN_FILE, {"schema_version": 7, "model_ids": ["frozen"]})
-    with pytest.raises(SpecError, match="plan.json has schema_version 7; expected 1: re-plan the run"):
+    with pytest.raises(ArtifactError, match=r"plan\.json is a Plan of schema version 7; this tl_core reads version 1"):
         planned_model_ids(run)
     run.write_json(PLAN_FILE, {"schema_version": 1, "model_ids": ["scratch"]})
     with pytest.raises(SpecError, match="'scratch' is not trained by spec 'm'"):

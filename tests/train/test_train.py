@@ -21,6 +21,7 @@ from model_fixtures import (
     text_spec,
     tiny_bert_dir,
 )
+from tl_core.artifacts import LabelIssues, Selection, TrainReport
 from tl_core.config import Metric, ModelSpec, TrainSpec, parse_spec
 from tl_core.errors import DataError, ResumeError
 from tl_core.evaluate.metrics import all_metrics, softmax
@@ -65,17 +66,18 @@ def test_every_text_strategy_beats_chance(tmp_path: Path, bert_dir: Path) -> Non
     ctx = make_run(spec, text_examples())
     for strategy in spec.train.strategies:
         run_train(ctx, strategy)
-        report = ctx.read_json(f"models/{strategy}/train_report.json")
-        assert report["val_metric"] > 0.5, (strategy, report["val_metric"])  # chance is ~0.33 for 3 classes
+        report = ctx.read(TrainReport, strategy)
+        # chance is ~0.33 for 3 classes
+        assert report.val_metric is not None and report.val_metric > 0.5, (strategy, report.val_metric)
         test = ctx.read_npz(f"models/{strategy}/logits/test.npz")
         assert test["logits"].shape == (len(test["example_id"]), 3)
         if strategy != "frozen":
             assert len(report["curves"]) >= 2 and report["curves"][0]["epoch"] == 1
     run_select(ctx)
-    candidate = ctx.read_json("candidate.json")
-    assert candidate["selected"] != "scratch"
-    best = max(v["val_metric"] for k, v in candidate["strategies"].items() if k != "scratch")
-    assert candidate["strategies"][candidate["selected"]]["val_metric"] == best
+    candidate = ctx.read(Selection)
+    assert candidate.selected != "scratch"
+    best = max(v.val_metric for k, v in candidate.strategies.items() if k != "scratch")
+    assert candidate.strategies[candidate.selected].val_metric == best
 
 
 def test_image_strategies_beat_chance(tmp_path: Path) -> None:
@@ -84,7 +86,7 @@ def test_image_strategies_beat_chance(tmp_path: Path) -> None:
     ctx = make_run(spec, image_examples(n_per_class=60))
     for strategy in spec.train.strategies:
         run_train(ctx, strategy)
-        assert ctx.read_json(f"models/{strategy}/train_report.json")["val_metric"] > 0.5
+        assert (ctx.read(TrainReport, strategy).val_metric or 0.0) > 0.5
 
 
 def test_saved_model_reloads_with_same_logits(tmp_path: Path, bert_dir: Path) -> None:
@@ -291,9 +293,9 @@ def test_train_report_counts_trainable_parameters(tmp_path: Path, bert_dir: Path
     expected = {"frozen": head, "lora": head + adapters, "full": total}
     for strategy in spec.train.strategies:
         run_train(ctx, strategy)
-        report = ctx.read_json(f"models/{strategy}/train_report.json")
-        assert report["trainable_parameters"] == expected[strategy], strategy
-        assert report["total_parameters"] == total
+        report = ctx.read(TrainReport, strategy)
+        assert report.trainable_parameters == expected[strategy], strategy
+        assert report.total_parameters == total
 
 
 def test_lora_merge_matches_adapter(tmp_path: Path, bert_dir: Path) -> None:
@@ -325,17 +327,19 @@ def test_embedding_cache_hits_unchanged_and_misses_changed(tmp_path: Path, bert_
     df = text_examples()
     ctx1 = make_run(spec, df, "run-1")
     run_train(ctx1, "frozen")
-    first = ctx1.read_json("models/frozen/train_report.json")["cache"]
-    checked = ctx1.read_json("audit/label_issues.json")["cache"]  # the label check embeds the non-test rows first
+    first = ctx1.read(TrainReport, "frozen").cache
+    checked = ctx1.read(LabelIssues).cache  # the label check embeds the non-test rows first
+    assert first is not None and checked is not None
     assert checked["hits"] == 0 and checked["misses"] == int((df["split"] != "test").sum())
-    assert first["hits"] == checked["misses"] and first["misses"] + checked["misses"] == len(df)
+    assert first.hits == checked["misses"] and first.misses + checked["misses"] == len(df)
     changed = df.copy()
     changed.loc[:9, "text"] = changed.loc[:9, "text"] + " refund please"
     ctx2 = make_run(spec, changed, "run-2")
     run_train(ctx2, "frozen")
-    second = ctx2.read_json("models/frozen/train_report.json")["cache"]
-    checked = ctx2.read_json("audit/label_issues.json")["cache"]
-    assert second["misses"] + checked["misses"] == 10 and second["hits"] + second["misses"] == len(df)
+    second = ctx2.read(TrainReport, "frozen").cache
+    checked = ctx2.read(LabelIssues).cache
+    assert second is not None and checked is not None
+    assert second.misses + checked["misses"] == 10 and second.hits + second.misses == len(df)
     # Cached embeddings give the same logits as computing afresh.
     fresh_spec = parse_spec({**spec.model_dump(mode="json"), "store": (tmp_path / "fresh").as_uri()})
     ctx3 = make_run(fresh_spec, changed, "run-2")
@@ -375,33 +379,33 @@ def test_select_prefers_cheaper_on_ties(tmp_path: Path, bert_dir: Path) -> None:
     spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["full", "lora", "frozen", "scratch"])
     ctx = make_run(spec, text_examples())
     for s, score in {"full": 0.9, "lora": 0.9, "frozen": 0.8, "scratch": 0.95}.items():
-        ctx.write_json(f"models/{s}/train_report.json", {"val_metric": score})
+        ctx.write(TrainReport(strategy=s, backbone=None, val_metric=score), s)
     run_select(ctx)
-    assert ctx.read_json("candidate.json")["selected"] == "lora"
+    assert ctx.read(Selection).selected == "lora"
 
 
 def test_select_ranks_lower_is_better_metrics_lowest_first(tmp_path: Path, bert_dir: Path) -> None:
     spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["full", "lora", "frozen"], primary_metric="log_loss")
     ctx = make_run(spec, text_examples())
     for s, loss in {"full": 0.30, "lora": 0.55, "frozen": 0.30000001}.items():
-        ctx.write_json(f"models/{s}/train_report.json", {"val_metric": loss, "primary_metric": "log_loss"})
+        ctx.write(TrainReport(strategy=s, backbone=None, val_metric=loss, primary_metric="log_loss"), s)
     run_select(ctx)
-    candidate = ctx.read_json("candidate.json")
-    assert (candidate["selected"], candidate["primary_metric"]) == ("frozen", "log_loss")  # a tie at 6 decimals
-    ctx.write_json("models/frozen/train_report.json", {"val_metric": 0.31, "primary_metric": "log_loss"})
+    candidate = ctx.read(Selection)
+    assert (candidate.selected, candidate.primary_metric) == ("frozen", "log_loss")  # a tie at 6 decimals
+    ctx.write(TrainReport(strategy="frozen", backbone=None, val_metric=0.31, primary_metric="log_loss"), "frozen")
     run_select(ctx)
-    assert ctx.read_json("candidate.json")["selected"] == "full"
+    assert ctx.read(Selection).selected == "full"
 
 
 def test_select_refuses_reports_scored_on_another_metric(tmp_path: Path, bert_dir: Path) -> None:
     spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["full", "lora"], primary_metric="brier")
     ctx = make_run(spec, text_examples())
-    ctx.write_json("models/full/train_report.json", {"val_metric": 0.2, "primary_metric": "brier"})
-    ctx.write_json("models/lora/train_report.json", {"val_metric": 0.9, "primary_metric": "macro_f1"})
+    ctx.write(TrainReport(strategy="full", backbone=None, val_metric=0.2, primary_metric="brier"), "full")
+    ctx.write(TrainReport(strategy="lora", backbone=None, val_metric=0.9, primary_metric="macro_f1"), "lora")
     with pytest.raises(DataError, match=r"models/lora/train_report.json scored validation on 'macro_f1' but "
                                         r"train.primary_metric is 'brier'"):
         run_select(ctx)
-    ctx.write_json("models/lora/train_report.json", {"val_metric": float("nan"), "primary_metric": "brier"})
+    ctx.write(TrainReport(strategy="lora", backbone=None, val_metric=float("nan"), primary_metric="brier"), "lora")
     with pytest.raises(DataError, match=r"models/lora/train_report.json has val_metric nan \(brier\)"):
         run_select(ctx)
 
@@ -416,7 +420,7 @@ def test_real_minilm_frozen_and_lora(tmp_path: Path) -> None:
     ctx = make_run(spec, text_examples(n_per_class=100))
     for s in ("frozen", "lora"):
         run_train(ctx, s)
-        assert ctx.read_json(f"models/{s}/train_report.json")["val_metric"] > 0.8
+        assert (ctx.read(TrainReport, s).val_metric or 0.0) > 0.8
 
 
 def _store_image_spec(store_uri: str) -> ModelSpec:
@@ -509,7 +513,7 @@ def test_seeded_tiny_training_matches_stored_curve(tmp_path: Path, bert_dir: Pat
     strategy = spec.train.strategies[0]
     ctx = make_run(spec, examples)
     run_train(ctx, strategy)
-    curves = ctx.read_json(f"models/{strategy}/train_report.json")["curves"]
+    curves = [c.model_dump() for c in ctx.read(TrainReport, strategy).curves]
     stored = json.loads(REFERENCE_CURVES.read_text())
     reference, tolerance = stored["curves"][case], stored["tolerance"][case]
     assert [c["epoch"] for c in curves] == [c["epoch"] for c in reference] == [t["epoch"] for t in tolerance]
@@ -610,9 +614,9 @@ def test_device_is_passed_explicitly_not_through_the_environment(tmp_path: Path,
     spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["frozen"], device="cpu")
     ctx = make_run(spec, text_examples(), run_id="spec-device")
     run_train(ctx, "frozen")
-    assert ctx.read_json("models/frozen/train_report.json")["device"] == "cpu"
+    assert ctx.read(TrainReport, "frozen").device == "cpu"
     # the argument overrides the spec's device
     spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["frozen"], device="cuda")
     ctx = make_run(spec, text_examples(), run_id="argument-device")
     run_train(ctx, "frozen", device="cpu")
-    assert ctx.read_json("models/frozen/train_report.json")["device"] == "cpu"
+    assert ctx.read(TrainReport, "frozen").device == "cpu"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
-from typing import Any
 
+from tl_core.artifacts import AuditReport, LabelIssues, SnapshotManifest, SplitReport
 from tl_core.cli.util import add_spec_run, date_arg, emit, positive_int
 
 
@@ -36,56 +36,56 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     from tl_core.pipeline import _ctx, step_snapshot
 
     uri = step_snapshot(args.spec, args.run, args.date)
-    m = _ctx(args.spec, args.run).read_json("snapshot/manifest.json")
-    emit(args, {"manifest": uri, "content_hash": m["content_hash"], "rows": m["total_rows"]},
-         f"snapshot {uri}: {len(m['partitions'])} partitions, {m['total_rows']} rows, hash {m['content_hash']}")
+    m = _ctx(args.spec, args.run).read(SnapshotManifest)
+    emit(args, {"manifest": uri, "content_hash": m.content_hash, "rows": m.total_rows},
+         f"snapshot {uri}: {len(m.partitions)} partitions, {m.total_rows} rows, hash {m.content_hash}")
     return 0
 
 
 _ORDER = {"blocking": 0, "warning": 1, "info": 2}
 
 
-def audit_summary(rep: dict[str, Any], uri: str) -> list[str]:
+def audit_summary(rep: AuditReport, uri: str) -> list[str]:
     """`tl audit` at a glance: counts, the duplicate clusters, label shift; then every finding, worst first."""
-    by = {f["check"]: f for f in rep["findings"]}
-    sev = [f["severity"] for f in rep["findings"]]
-    lines = [f"audit {uri}: {rep['usable_rows']} usable of {rep['total_rows']} rows, {rep['quarantined_rows']} "
+    by = {f.check: f for f in rep.findings}
+    sev = [f.severity for f in rep.findings]
+    lines = [f"audit {uri}: {rep.usable_rows} usable of {rep.total_rows} rows, {rep.quarantined_rows} "
              f"quarantined; {sev.count('blocking')} blocking, {sev.count('warning')} warning(s)"]
     near, straddle = by.get("near_duplicates"), by.get("duplicates_straddle_test")
     if near is not None and straddle is not None:
-        lines.append(f"  clusters: {near.get('clusters', 0)} near-duplicate (largest {near.get('largest_cluster', 0)}"
-                     f", e.g. {near.get('largest_cluster_ids', [])[:3]}); {straddle.get('clusters', 0)} straddle the "
-                     f"test days (largest {straddle.get('largest_cluster', 0)}, {straddle.get('pulled_rows', 0)} "
+        lines.append(f"  clusters: {near.clusters or 0} near-duplicate (largest {near.largest_cluster or 0}"
+                     f", e.g. {(near.largest_cluster_ids or [])[:3]}); {straddle.clusters or 0} straddle the "
+                     f"test days (largest {straddle.largest_cluster or 0}, {straddle.pulled_rows or 0} "
                      "earlier rows go to test)")
-    shift = rep.get("label_shift")
+    shift = rep.label_shift
     if shift:
-        against = f"champion {shift['champion_version']}" if shift.get("champion_version") else \
-            f"run {shift['previous_run']}"
-        lines.append(f"  label shift vs {against}: TVD {shift['tvd']:.3f}{' (flagged)' if shift['flagged'] else ''}; "
-                     f"slices flagged: {shift.get('flagged_slices') or 'none'}")
-    lines += [f"  [{f['severity']}] {f['check']}: {f['message']}"
-              for f in sorted(rep["findings"], key=lambda f: _ORDER.get(f["severity"], 3))]
+        against = f"champion {shift.champion_version}" if shift.champion_version else f"run {shift.previous_run}"
+        lines.append(f"  label shift vs {against}: TVD {shift.tvd:.3f}{' (flagged)' if shift.flagged else ''}; "
+                     f"slices flagged: {shift.flagged_slices or 'none'}")
+    lines += [f"  [{f.severity}] {f.check}: {f.message}"
+              for f in sorted(rep.findings, key=lambda f: _ORDER.get(f.severity, 3))]
     return lines
 
 
-def label_issue_summary(f: dict[str, Any], uri: str) -> list[str]:
+def label_issue_summary(f: LabelIssues, uri: str) -> list[str]:
     """The label-issue finding at a glance: counts, the worst slices and classes, examples given -> suspected."""
-    if f.get("oof_accuracy") is None:
-        return [f"label issues {uri}: [{f['severity']}] {f['message']}"]
-    worst = ", ".join(f"{s} {f['per_slice'][s]['rate']:.0%}" for s in f["worst_slices"]) or "no slices"
-    classes = sorted(f["per_class"].items(), key=lambda kv: -kv[1]["rate"])[:3]
-    lines = [f"label issues {uri}: [{f['severity']}] {f['count']} of {f['rows']} rows ({f['rate']:.1%}) look "
-             f"mislabelled (policy {f['policy']}); out-of-fold accuracy {f['oof_accuracy']:.1%}",
+    if f.oof_accuracy is None:
+        return [f"label issues {uri}: [{f.severity}] {f.message}"]
+    worst = ", ".join(f"{s} {f.per_slice[s].rate:.0%}" for s in f.worst_slices) or "no slices"
+    classes = sorted(f.per_class.items(), key=lambda kv: -kv[1].rate)[:3]
+    lines = [f"label issues {uri}: [{f.severity}] {f.count} of {f.rows} rows ({f.rate:.1%}) look "
+             f"mislabelled (policy {f.policy}); out-of-fold accuracy {f.oof_accuracy:.1%}",
              f"  worst slices: {worst}; worst classes: "
-             + ", ".join(f"{k} {v['rate']:.0%}" for k, v in classes)]
-    if f["over_limit"]:
-        lines.append(f"  over the limit: {'; '.join(f['over_limit'])}")
-    lines += [f"  {t['example_id']}: given {t['given']!r}, suspected {t['suspected']!r} "
-              f"(p(given) {t['given_probability']:.2f})" for t in f["top_examples"][:5]]
+             + ", ".join(f"{k} {v.rate:.0%}" for k, v in classes)]
+    if f.over_limit:
+        lines.append(f"  over the limit: {'; '.join(f.over_limit)}")
+    lines += [f"  {t.example_id}: given {t.given!r}, suspected {t.suspected!r} "
+              f"(p(given) {t.given_probability:.2f})" for t in f.top_examples[:5]]
     return lines
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from tl_core.data.audit import REPORT
     from tl_core.errors import BlockingAuditFinding
     from tl_core.pipeline import _ctx, step_audit
 
@@ -93,12 +93,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         uri = step_audit(args.spec, args.run)
     except BlockingAuditFinding:  # the report is written before the run stops: show it, then the error
         ctx = _ctx(args.spec, args.run)
-        if ctx.store.exists(ctx.key("audit/report.json")):
-            emit(args, ctx.read_json("audit/report.json"), "\n".join(audit_summary(
-                ctx.read_json("audit/report.json"), ctx.uri("audit/report.json"))))
+        written = ctx.read_optional(AuditReport)
+        if written is not None:
+            emit(args, written.model_dump(mode="json"), "\n".join(audit_summary(written, ctx.uri(REPORT))))
         raise
-    rep = _ctx(args.spec, args.run).read_json("audit/report.json")
-    emit(args, rep, "\n".join(audit_summary(rep, uri)))
+    rep = _ctx(args.spec, args.run).read(AuditReport)
+    emit(args, rep.model_dump(mode="json"), "\n".join(audit_summary(rep, uri)))
     return 0
 
 
@@ -112,10 +112,10 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     try:
         finding = ensure_label_issues(ctx)
     except BlockingAuditFinding:  # written before it raised: show it, then the error (exit 1)
-        emit(args, ctx.read_json(LABEL_ISSUES), "\n".join(label_issue_summary(ctx.read_json(LABEL_ISSUES),
-                                                                                ctx.uri(LABEL_ISSUES))))
+        written = ctx.read(LabelIssues)
+        emit(args, written.model_dump(mode="json"), "\n".join(label_issue_summary(written, ctx.uri(LABEL_ISSUES))))
         raise
-    emit(args, finding, "\n".join(label_issue_summary(finding, ctx.uri(LABEL_ISSUES))))
+    emit(args, finding.model_dump(mode="json"), "\n".join(label_issue_summary(finding, ctx.uri(LABEL_ISSUES))))
     return 0
 
 
@@ -123,11 +123,11 @@ def cmd_split(args: argparse.Namespace) -> int:
     from tl_core.pipeline import _ctx, step_split
 
     uri = step_split(args.spec, args.run)
-    s = _ctx(args.spec, args.run).read_json("split/split.json")
-    shares = ", ".join(f"{k} {v['rows']} ({v['share']:.1%} vs {s['requested'][k]:.1%} asked)"
-                       for k, v in s["achieved"].items())
-    emit(args, {"split": uri, "counts": s["counts"], "split_hash": s["split_hash"], "achieved": s["achieved"]},
-         f"split {uri}: {shares} (hash {s['split_hash'][:12]})")
+    s = _ctx(args.spec, args.run).read(SplitReport)
+    shares = ", ".join(f"{k} {v.rows} ({v.share:.1%} vs {s.requested[k]:.1%} asked)" for k, v in s.achieved.items())
+    emit(args, {"split": uri, "counts": s.counts, "split_hash": s.split_hash,
+                "achieved": {k: v.model_dump() for k, v in s.achieved.items()}},
+         f"split {uri}: {shares} (hash {s.split_hash[:12]})")
     return 0
 
 

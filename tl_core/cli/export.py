@@ -8,18 +8,19 @@ from tl_core.cli.util import add_spec_run, emit, positive_int
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from tl_core.artifacts import Int8Report, ParityReport
     from tl_core.pipeline import _ctx, step_export
-    from tl_core.runs import INT8_REPORT
 
     uri = step_export(args.spec, args.run)
     ctx = _ctx(args.spec, args.run)
-    parity = ctx.read_json("export/parity.json")
-    int8 = ctx.read_json(INT8_REPORT) if ctx.store.exists(ctx.key(INT8_REPORT)) else None
-    text = (f"exported {uri}\nparity on {parity['examples']} held-out examples: max |logit diff| "
-            f"{parity['max_abs_logit_diff']:.2e}, ECE torch {parity['ece_torch']:.4f} vs onnx {parity['ece_onnx']:.4f}")
+    parity = ctx.read(ParityReport)
+    int8 = ctx.read_optional(Int8Report)
+    text = (f"exported {uri}\nparity on {parity.examples} held-out examples: max |logit diff| "
+            f"{parity.max_abs_logit_diff:.2e}, ECE torch {parity.ece_torch:.4f} vs onnx {parity.ece_onnx:.4f}")
     if int8 is not None:
-        text += f"\nint8 gate: {int8['decision']}" + "".join(f"\n  {r['text']}" for r in int8["reasons"])
-    emit(args, {"onnx": uri, "parity": parity, "int8": int8}, text)
+        text += f"\nint8 gate: {int8.decision}" + "".join(f"\n  {r.text}" for r in int8.reasons)
+    emit(args, {"onnx": uri, "parity": parity.model_dump(mode="json"),
+                "int8": int8.model_dump(mode="json") if int8 is not None else None}, text)
     return 0
 
 

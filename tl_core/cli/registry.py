@@ -53,6 +53,17 @@ def _read_approval(path: str) -> dict[str, Any]:
     return approval
 
 
+def _override(actor: str, reason: str | None) -> Any:
+    """--override-reason as a PromotionOverride by ``actor`` (None without it); RegistryError naming the fix."""
+    from tl_core.registry import PromotionOverride, RegistryError
+
+    if reason is None:
+        return None
+    if len(reason.strip()) < 10:
+        raise RegistryError(f"--override-reason must say why in at least 10 characters, got {reason.strip()!r}")
+    return PromotionOverride(actor=actor, reason=reason)
+
+
 def history_table(records: list[dict[str, Any]]) -> str:
     """The ledger as a fixed-width table, oldest first."""
     header = (f"{'seq':>4}  {'time':<29} {'action':<9} {'version':<8} {'previous':<9} {'actor':<14} "
@@ -101,7 +112,8 @@ def _run(args: argparse.Namespace) -> int:
         expect = None if args.expect_champion == "none" else args.expect_champion
         evidence = args.evidence_hash or approval.get("evidence_hash")
         reason = args.reason or str(approval.get("comment") or "")
-        record = reg.promote(args.version, expect, approval, actor, reason, evidence)
+        record = reg.promote(args.version, expect, approval, actor, reason, evidence,
+                             _override(actor, args.override_reason))
         if record.get("made_now", True):
             text = f"champion is now {record['version']} (was {record['previous'] or 'none'})"
         else:  # a retry, or an identical promotion that won the race: say whose it is, never claim it
@@ -140,9 +152,9 @@ def _list(args: argparse.Namespace, reg: Any) -> int:
             continue
         rows.append({"version": v, "champion": champ is not None and champ.version == v,
                      **{k: manifest.get(k) for k in ("run_id", "strategy", "shadow", "created_at", "snapshot_hash",
-                                                     "metrics")}})
+                                                     "metrics")}, "gate": manifest["gate"]["decision"]})
     text = "\n".join(f"  {r['version']}  UNREADABLE: {r['unreadable']}" if "unreadable" in r else
-                     f"{'*' if r['champion'] else ' '} {r['version']}  {str(r['strategy']):<8} "
+                     f"{'*' if r['champion'] else ' '} {r['version']}  {str(r['strategy']):<8} gate {r['gate']:<4} "
                      f"{'shadow ' if r['shadow'] else ''}{r['run_id']}  {r['created_at']}" for r in rows)
     emit(args, rows, text or f"{reg.model}: no versions")
     for problem in problems:
@@ -180,6 +192,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     q.add_argument("--approval", required=True, help="JSON file with the approval (approver, comment, evidence_hash)")
     q.add_argument("--evidence-hash", help="the gate's evidence hash (default: the approval's evidence_hash)")
     q.add_argument("--reason", help="default: the approval's comment")
+    q.add_argument("--override-reason", metavar="TEXT",
+                   help="promote although the promotion policy refuses the version (gate not PASS, shadow, rejected "
+                        "or other evidence): why, at least 10 characters; the ledger keeps it with --actor")
     q.add_argument("--actor")
     common(q)
     q = rsub.add_parser("rollback", help="point the champion back (default: the previous champion)")

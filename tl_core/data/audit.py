@@ -16,7 +16,6 @@ strict JSON (no NaN).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tl_core.artifacts import ArtifactError, AuditReport, SnapshotManifest, parse_artifact
 from tl_core.data.dedup import (
     OUTSIDE_ROOT,
     OVERSIZED,
@@ -51,12 +51,12 @@ from tl_core.data.partitions import (
 )
 from tl_core.data.snapshot import MANIFEST, read_image_hashes, read_manifest
 from tl_core.errors import BlockingAuditFinding, NoSuchKey, TLError
-from tl_core.runs import RunContext
+from tl_core.runs import RunContext, artifact_rel
 from tl_core.store import key_safe
 
 logger = logging.getLogger(__name__)
 
-REPORT = "audit/report.json"
+REPORT = artifact_rel(AuditReport)
 QUARANTINE = "audit/quarantine.parquet"
 INVALID_UTF8 = "_invalid_utf8"  # internal row column: the columns whose value was not valid UTF-8
 LABELED_AT_TZ = "_labeled_at_tz"  # internal row column: labeled_at's timezone in the row's file ("" = naive)
@@ -96,17 +96,17 @@ def _file_frame(table: pa.Table, key: str, dt: str) -> pd.DataFrame:
     return df
 
 
-def load_snapshot_rows(ctx: RunContext, manifest: dict[str, Any] | None = None) -> pd.DataFrame:
+def load_snapshot_rows(ctx: RunContext, manifest: SnapshotManifest | None = None) -> pd.DataFrame:
     """Every row of the snapshot's files (sha256 verified against the manifest), in manifest order, with
     ``dt``, ``partition`` (the file key) and ``row_in_file`` added (and the internal columns of
     :data:`INTERNAL`). Missing example ids stay missing (None); every other id is a str."""
     manifest = manifest or read_manifest(ctx)
     store = data_store(ctx.spec)
     frames = []
-    for p in manifest["partitions"]:
-        for f in p["files"]:
-            data, _ = read_partition_bytes(store, f["key"], f["sha256"])
-            frames.append(_file_frame(read_table(data, f["key"]), f["key"], p["dt"]))
+    for p in manifest.partitions:
+        for f in p.files:
+            data, _ = read_partition_bytes(store, f.key, f.sha256)
+            frames.append(_file_frame(read_table(data, f.key), f.key, p.dt))
             del data
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["example_id", "label", "labeled_at", "dt", "partition", "row_in_file", *INTERNAL])
@@ -390,20 +390,20 @@ def _slice_sizes(a: _Audit, test_days: list[str]) -> dict[str, int]:
     return sizes
 
 
-def previous_snapshot(ctx: RunContext, logical_date: str) -> tuple[str, dict[str, Any]] | None:
+def previous_snapshot(ctx: RunContext, logical_date: str) -> tuple[str, SnapshotManifest] | None:
     """(run id, manifest) of the most recent other run of this model whose logical date is earlier."""
-    best: tuple[str, str, dict[str, Any]] | None = None
+    best: tuple[str, str, SnapshotManifest] | None = None
     base = f"runs/{ctx.spec.name}/"
     for key in ctx.store.list(base):
         parts = key[len(base) :].split("/")
         if len(parts) != 3 or "/".join(parts[1:]) != MANIFEST or parts[0] == ctx.run_id:
             continue
         try:
-            m = json.loads(ctx.store.get_bytes(key))
-        except (ValueError, KeyError):
-            logger.warning("ignoring unreadable snapshot manifest %s", key)
+            m = parse_artifact(SnapshotManifest, ctx.store.get_bytes(key), ctx.store.url(key))
+        except (ArtifactError, NoSuchKey) as exc:
+            logger.warning("ignoring unreadable snapshot manifest %s: %s", key, exc)
             continue
-        d = str(m.get("logical_date", ""))
+        d = m.logical_date
         if d and d < logical_date and (best is None or (d, parts[0]) > (best[0], best[1])):
             best = (d, parts[0], m)
     return (best[1], best[2]) if best else None
@@ -457,17 +457,19 @@ def champion_reference(ctx: RunContext) -> dict[str, Any] | None:
     run_id = str(info.get("run_id", ""))
     ref: dict[str, Any] = {"version": champion.version, "run_id": run_id, "slice_label_counts": None}
     try:
-        rep = json.loads(ctx.store.get_bytes(f"runs/{ctx.spec.name}/{key_safe(run_id)}/{REPORT}"))
-        ref.update(logical_date=rep.get("logical_date"), class_counts=rep["class_counts"],
-                   slice_label_counts=rep.get("slice_label_counts"))
+        rep = RunContext(spec=ctx.spec, store=ctx.store, run_id=key_safe(run_id)).read(AuditReport)
+        ref.update(logical_date=rep.logical_date, class_counts=rep.class_counts,
+                   slice_label_counts=rep.slice_label_counts)
         return ref
-    except (NoSuchKey, ValueError, KeyError):
-        pass
+    except (NoSuchKey, ArtifactError) as exc:
+        logger.info("label shift: the champion run's audit report is not readable (%s); using the manifest "
+                    "registered with %s", exc, champion.version)
+    key = join_key(reg.prefix, "versions", champion.version, MANIFEST)
     try:
-        m = json.loads(reg.store.get_bytes(join_key(reg.prefix, "versions", champion.version, MANIFEST)))
-    except (NoSuchKey, ValueError):
+        m = parse_artifact(SnapshotManifest, reg.store.get_bytes(key), reg.store.url(key))
+    except (NoSuchKey, ArtifactError):
         return None
-    ref.update(logical_date=m.get("logical_date"), class_counts=m.get("rows_per_label", {}))
+    ref.update(logical_date=m.logical_date, class_counts=m.rows_per_label)
     return ref
 
 
@@ -481,7 +483,7 @@ def _shift_per_slice(spec: Any, current: dict[str, dict[str, int]], previous: di
     return out
 
 
-def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, int],
+def _label_shift(a: _Audit, manifest: SnapshotManifest, class_counts: dict[str, int],
                  slices: dict[str, dict[str, int]]) -> dict[str, Any] | None:
     """Label distribution against the champion's training data (else the previous snapshot of this model),
     overall and per slice value."""
@@ -490,13 +492,13 @@ def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, in
     if ref is not None:
         against = f"the champion {ref['version']} (run {ref['run_id']}, {ref.get('logical_date')})"
     else:
-        prev = previous_snapshot(a.ctx, manifest["logical_date"])
+        prev = previous_snapshot(a.ctx, manifest.logical_date)
         if prev is None:
             a.add("label_shift", "info", None, "label", "no champion and no earlier snapshot of this model to "
                   "compare with", count=0)
             return None
-        ref = {"run_id": prev[0], "logical_date": prev[1]["logical_date"], "version": None,
-               "class_counts": prev[1].get("rows_per_label", {}), "slice_label_counts": None}
+        ref = {"run_id": prev[0], "logical_date": prev[1].logical_date, "version": None,
+               "class_counts": prev[1].rows_per_label, "slice_label_counts": None}
         against = f"run {ref['run_id']} ({ref['logical_date']}; no champion)"
     stats = label_shift(spec.labels, class_counts, ref["class_counts"])
     flagged = stats["p_value"] < spec.data.label_shift_alpha and stats["tvd"] >= spec.data.label_shift_min_tvd
@@ -515,7 +517,7 @@ def _label_shift(a: _Audit, manifest: dict[str, Any], class_counts: dict[str, in
     return result
 
 
-def _run_checks(a: _Audit, manifest: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+def _run_checks(a: _Audit, manifest: SnapshotManifest, timings: dict[str, float]) -> dict[str, Any]:
     """Every check in order, timed (seconds per check group into ``timings``); the report's figures."""
     spec, rows = a.ctx.spec, a.rows
     clock = time.perf_counter()
@@ -547,8 +549,8 @@ def _run_checks(a: _Audit, manifest: dict[str, Any], timings: dict[str, float]) 
             "label_shift": shift, "test_days": test_days}
 
 
-def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any],
-               timings: dict[str, float] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: SnapshotManifest,
+               timings: dict[str, float] | None = None) -> tuple[AuditReport, pd.DataFrame]:
     """(report, quarantine rows with `reason`) for the snapshot's rows. Pure apart from reading earlier manifests,
     the champion's reference counts and, for image_uri specs, the snapshot's image list and the images (verified
     against it). ``timings`` (if given) receives the seconds each group of checks took (never in the report,
@@ -560,28 +562,21 @@ def audit_rows(ctx: RunContext, rows: pd.DataFrame, manifest: dict[str, Any],
     a = _Audit(ctx, rows, ImageReader(ctx.spec.data.root, recorded) if recorded is not None else None)
     col = ctx.spec.data.input_column
     a.add("empty_window", "blocking" if len(rows) == 0 else "info", None, col,
-          f"the snapshot window {manifest['window']['start']} .. {manifest['window']['end']} has no rows"
+          f"the snapshot window {manifest.window.start} .. {manifest.window.end} has no rows"
           if len(rows) == 0 else f"{len(rows)} rows in the window", count=len(rows))
     figures = _run_checks(a, manifest, timings if timings is not None else {})
     q = a.quarantined
     reasons = pd.Series(a.reason[q]).str.split("; ").explode().value_counts().sort_index()
     present = [v for v in figures["class_counts"].values() if v > 0]
-    report = {
-        "schema_version": 1, "run_id": ctx.run_id, "model": ctx.spec.name,
-        "logical_date": manifest["logical_date"], "snapshot_hash": manifest["content_hash"],
-        "total_rows": int(len(rows)), "usable_rows": int((~q).sum()), "quarantined_rows": int(q.sum()),
-        "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
-        "blocking": bool(a.blocking), "blocking_messages": a.blocking, "findings": a.findings,
-        "imbalance_ratio": max(present) / min(present) if present else None, **figures,
-    }
+    report = AuditReport(
+        run_id=ctx.run_id, model=ctx.spec.name, logical_date=manifest.logical_date,
+        snapshot_hash=manifest.content_hash, total_rows=int(len(rows)), usable_rows=int((~q).sum()),
+        quarantined_rows=int(q.sum()), quarantine_reasons={str(k): int(v) for k, v in reasons.items()},
+        blocking=bool(a.blocking), blocking_messages=a.blocking, findings=a.findings,
+        imbalance_ratio=max(present) / min(present) if present else None, **figures)
     quarantine = rows[q].drop(columns=list(INTERNAL))
     quarantine["reason"] = a.reason[q].astype(str)
     return report, quarantine
-
-
-def json_bytes(payload: Any) -> bytes:
-    """Strict JSON (no NaN / Infinity: a reader in any language can parse it), sorted and indented."""
-    return json.dumps(payload, indent=2, sort_keys=True, default=str, allow_nan=False).encode()
 
 
 def _parquet(df: pd.DataFrame) -> bytes:
@@ -604,11 +599,11 @@ def run_audit(ctx: RunContext, timings: dict[str, float] | None = None) -> str:
     timings["load_rows"] = time.perf_counter() - t0
     report, quarantine = audit_rows(ctx, rows, manifest, timings)
     ctx.store.put_bytes(ctx.key(QUARANTINE), _parquet(quarantine))
-    ctx.store.put_bytes(ctx.key(REPORT), json_bytes(report))
+    ctx.write(report)
     logger.info("audit timings: %s", ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    if report["blocking"]:
+    if report.blocking:
         raise BlockingAuditFinding(f"run {ctx.run_id}: blocking data audit findings (report {ctx.uri(REPORT)}):\n  "
-                                   + "\n  ".join(report["blocking_messages"]))
-    logger.info("audit: %d usable rows, %d quarantined (%s)", report["usable_rows"], report["quarantined_rows"],
-                report["quarantine_reasons"])
+                                   + "\n  ".join(report.blocking_messages))
+    logger.info("audit: %d usable rows, %d quarantined (%s)", report.usable_rows, report.quarantined_rows,
+                report.quarantine_reasons)
     return ctx.uri(REPORT)

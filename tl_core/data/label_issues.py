@@ -21,16 +21,17 @@ most ``data.label_issues_max_rows``).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tl_core.artifacts import LabelIssues, SuspectedLabel
 from tl_core.config import ModelSpec
+from tl_core.runs import artifact_rel
 
 logger = logging.getLogger(__name__)
 
-LABEL_ISSUES = "audit/label_issues.json"
+LABEL_ISSUES = artifact_rel(LabelIssues)
 TOP_EXAMPLES = 10
 WORST_SLICES = 5
 
@@ -85,7 +86,7 @@ def _slices_over(rates: dict[str, dict[str, float]], total_flagged: int, total: 
     return out
 
 
-def find_label_issues(rows: pd.DataFrame, embeddings: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
+def find_label_issues(rows: pd.DataFrame, embeddings: np.ndarray, spec: ModelSpec) -> LabelIssues:
     """The label-issue finding for ``rows`` (example_id, label and the spec's slice columns) and their
     embeddings (row order). Pure: no I/O."""
     from cleanlab.filter import find_label_issues as cleanlab_find
@@ -109,13 +110,13 @@ def find_label_issues(rows: pd.DataFrame, embeddings: np.ndarray, spec: ModelSpe
             per_slice.update({f"{col}={k}": v for k, v in _rates(flagged, rows[col]).items()})
     suspected = np.array(present, dtype=object)[probs.argmax(1)]
     ids = rows["example_id"].astype(str).to_numpy()
-    top = [{"example_id": ids[i], "given": present[y[i]], "suspected": str(suspected[i]),
-            "given_probability": round(float(probs[i, y[i]]), 4)} for i in ranked[:TOP_EXAMPLES]]
+    top = [SuspectedLabel(example_id=ids[i], given=present[y[i]], suspected=str(suspected[i]),
+                          given_probability=round(float(probs[i, y[i]]), 4)) for i in ranked[:TOP_EXAMPLES]]
     return _finding(spec, rows, flagged, per_class, per_slice, top, float((probs.argmax(1) == y).mean()))
 
 
 def _finding(spec: ModelSpec, rows: pd.DataFrame, flagged: np.ndarray, per_class: dict[str, dict[str, float]],
-             per_slice: dict[str, dict[str, float]], top: list[dict[str, Any]], oof_accuracy: float) -> dict[str, Any]:
+             per_slice: dict[str, dict[str, float]], top: list[SuspectedLabel], oof_accuracy: float) -> LabelIssues:
     d = spec.data
     n, k = len(flagged), int(flagged.sum())
     rate = k / n if n else 0.0
@@ -125,7 +126,7 @@ def _finding(spec: ModelSpec, rows: pd.DataFrame, flagged: np.ndarray, per_class
     severity = "info" if not over else {"warn": "warning", "quarantine": "warning", "block": "blocking"}[
         d.label_issues]
     worst = sorted(per_slice.items(), key=lambda kv: -kv[1]["rate"])[:WORST_SLICES]
-    shown = ", ".join(f"{t['example_id']} (given {t['given']}, suspected {t['suspected']})" for t in top[:5])
+    shown = ", ".join(f"{t.example_id} (given {t.given}, suspected {t.suspected})" for t in top[:5])
     message = (f"{k} of {n} rows ({rate:.1%}) look mislabelled (cleanlab confident learning on out-of-fold "
                f"probabilities of a {d.label_issues_folds}-fold logistic regression on the frozen embeddings, "
                f"out-of-fold accuracy {oof_accuracy:.1%}); worst slices: "
@@ -140,17 +141,16 @@ def _finding(spec: ModelSpec, rows: pd.DataFrame, flagged: np.ndarray, per_class
                     f"{'; '.join(over[:5])}; data.label_issues {d.label_issues!r}: {action}")
         if d.label_issues == "quarantine":
             quarantined = _quarantined_ids(rows, flagged, [s.split(" ")[0] for s in slices], bool(overall))
-    return {"check": "label_issues", "severity": severity, "count": k, "rows": n, "rate": rate,
-            "oof_accuracy": oof_accuracy, "over_limit": over, "per_class": per_class, "per_slice": per_slice,
-            "worst_slices": [s for s, _ in worst], "top_examples": top, "policy": d.label_issues,
-            "quarantined_ids": quarantined, "message": message}
+    return LabelIssues(severity=severity, count=k, rows=n, rate=rate, oof_accuracy=oof_accuracy, over_limit=over,
+                       per_class=per_class, per_slice=per_slice, worst_slices=[s for s, _ in worst], top_examples=top,
+                       policy=d.label_issues, quarantined_ids=quarantined, message=message)
 
 
-def skipped_finding(spec: ModelSpec, rows: pd.DataFrame, why: str) -> dict[str, Any]:
-    return {"check": "label_issues", "severity": "info", "count": 0, "rows": len(rows), "rate": 0.0,
-            "oof_accuracy": None, "over_limit": [], "per_class": {}, "per_slice": {}, "worst_slices": [],
-            "top_examples": [], "policy": spec.data.label_issues, "quarantined_ids": [],
-            "message": f"label issues not checked: {why}"}
+def skipped_finding(spec: ModelSpec, rows: pd.DataFrame, why: str) -> LabelIssues:
+    """The finding when label issues cannot be checked (too few rows or classes), saying why."""
+    return LabelIssues(severity="info", count=0, rows=len(rows), rate=0.0, oof_accuracy=None, over_limit=[],
+                       per_class={}, per_slice={}, worst_slices=[], top_examples=[], policy=spec.data.label_issues,
+                       quarantined_ids=[], message=f"label issues not checked: {why}")
 
 
 def _quarantined_ids(rows: pd.DataFrame, flagged: np.ndarray, slices: list[str], everything: bool) -> list[str]:

@@ -39,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tl_core.artifacts import ImageList, SnapshotManifest, parse_artifact
 from tl_core.config import ModelSpec
 from tl_core.data.partitions import (
     data_store,
@@ -58,14 +59,13 @@ from tl_core.errors import (
     PreconditionFailed,
     UnsafeImageUri,
 )
-from tl_core.runs import RunContext
+from tl_core.runs import ArtifactMissing, RunContext, artifact_rel
 from tl_core.store import ObjectStore
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 MISSING_LABEL = "<missing>"
-MANIFEST = "snapshot/manifest.json"
+MANIFEST = artifact_rel(SnapshotManifest)
 MAX_IGNORED_LISTED = 100
 
 
@@ -93,29 +93,29 @@ def _image_hashes(store: ObjectStore, root: str, table: pa.Table, hashes: dict[s
 
 
 def images_bytes(hashes: dict[str, str | None]) -> bytes:
-    return json.dumps({"schema_version": 1, "images": dict(sorted(hashes.items()))}, sort_keys=True,
-                      separators=(",", ":"), allow_nan=False).encode()
+    """The image list's canonical bytes (compact: it is named by their sha256, which the content hash covers)."""
+    listed = ImageList(images=dict(sorted(hashes.items())))
+    return json.dumps(listed.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def read_image_hashes(ctx: RunContext, manifest: dict[str, Any]) -> dict[str, str | None] | None:
+def read_image_hashes(ctx: RunContext, manifest: SnapshotManifest) -> dict[str, str | None] | None:
     """The snapshot's sha256 per image_uri (None for specs whose input is not image_uri); the list is checked
     against the sha256 the manifest records for it."""
     if ctx.spec.data.input_column != "image_uri":
         return None
-    info = manifest.get("images")
-    if not isinstance(info, dict):
+    info = manifest.images
+    if info is None:
         raise DataError(f"run {ctx.run_id}: {MANIFEST} records no image hashes for the image_uri column (written "
                         "by an older version); re-run `tl snapshot` in a new run")
     try:
-        data = ctx.store.get_bytes(ctx.key(info["key"]))
+        data = ctx.store.get_bytes(ctx.key(info.key))
     except NoSuchKey:
-        raise DataError(f"run {ctx.run_id}: the snapshot's image list {ctx.uri(info['key'])} is missing; start "
+        raise DataError(f"run {ctx.run_id}: the snapshot's image list {ctx.uri(info.key)} is missing; start "
                         "a new run") from None
-    if hashlib.sha256(data).hexdigest() != info["sha256"]:
-        raise DataError(f"run {ctx.run_id}: the snapshot's image list {ctx.uri(info['key'])} does not match the "
+    if hashlib.sha256(data).hexdigest() != info.sha256:
+        raise DataError(f"run {ctx.run_id}: the snapshot's image list {ctx.uri(info.key)} does not match the "
                         "sha256 in the manifest; start a new run")
-    images: dict[str, str | None] = json.loads(data)["images"]
-    return images
+    return parse_artifact(ImageList, data, ctx.uri(info.key)).images
 
 
 def _label_counts(table: Any) -> dict[str, int]:
@@ -181,7 +181,7 @@ def _require_markers(spec: ModelSpec, window: dict[date, list[str]], marked: set
         "dataset's writers do not write markers")
 
 
-def _build(ctx: RunContext, logical_date: date) -> tuple[dict[str, Any], bytes | None]:
+def _build(ctx: RunContext, logical_date: date) -> tuple[SnapshotManifest, bytes | None]:
     """(manifest, image list bytes or None) of the window ending at ``logical_date``."""
     spec = ctx.spec
     start = logical_date - timedelta(days=spec.data.window_days)
@@ -204,70 +204,54 @@ def _build(ctx: RunContext, logical_date: date) -> tuple[dict[str, Any], bytes |
             totals[k] = totals.get(k, 0) + v
     images = images_bytes(hashes) if hashes is not None else None
     images_sha = hashlib.sha256(images).hexdigest() if images is not None else None
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "model": spec.name,
-        "dataset": spec.data.dataset,
-        "data_root": spec.data.root,
-        "logical_date": logical_date.isoformat(),
-        "window": {"start": start.isoformat(), "end": logical_date.isoformat()},
-        "window_days": spec.data.window_days,
-        "spec_fingerprint": spec.fingerprint(),
-        "partitions": partitions,
-        "total_rows": sum(p["rows"] for p in partitions),
-        "rows_per_label": dict(sorted(totals.items())),
-        "content_hash": content_hash(spec.data.dataset, partitions, images_sha),
-        "ignored": ignored[:MAX_IGNORED_LISTED],
-        "ignored_count": len(ignored),
-        "completion_marker": spec.data.completion_marker,
-    }
+    images_info = None
     if hashes is not None and images_sha is not None:
-        manifest["images"] = {"key": f"snapshot/images/{images_sha}.json", "sha256": images_sha,
-                              "count": len(hashes), "unreadable": sum(v is None for v in hashes.values())}
+        images_info = {"key": f"snapshot/images/{images_sha}.json", "sha256": images_sha, "count": len(hashes),
+                       "unreadable": sum(v is None for v in hashes.values())}
+    manifest = SnapshotManifest(
+        model=spec.name, dataset=spec.data.dataset, data_root=spec.data.root, logical_date=logical_date.isoformat(),
+        window={"start": start.isoformat(), "end": logical_date.isoformat()}, window_days=spec.data.window_days,
+        spec_fingerprint=spec.fingerprint(), partitions=partitions, total_rows=sum(p["rows"] for p in partitions),
+        rows_per_label=dict(sorted(totals.items())),
+        content_hash=content_hash(spec.data.dataset, partitions, images_sha), ignored=ignored[:MAX_IGNORED_LISTED],
+        ignored_count=len(ignored), completion_marker=spec.data.completion_marker, images=images_info)
     return manifest, images
 
 
-def build_manifest(ctx: RunContext, logical_date: date) -> dict[str, Any]:
+def build_manifest(ctx: RunContext, logical_date: date) -> SnapshotManifest:
     """The manifest of the window ending at ``logical_date`` (reads every file once: sha256, schema, labels;
     for image_uri specs every referenced image under the data root once)."""
     return _build(ctx, logical_date)[0]
 
 
-def manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-
-
-def read_manifest(ctx: RunContext) -> dict[str, Any]:
+def read_manifest(ctx: RunContext) -> SnapshotManifest:
+    """The run's snapshot manifest (DataError when the snapshot step has not run; ArtifactError naming the file
+    when it is of another schema version or not a manifest)."""
     try:
-        manifest: dict[str, Any] = ctx.read_json(MANIFEST)
-    except NoSuchKey:
+        return ctx.read(SnapshotManifest)
+    except ArtifactMissing:
         raise DataError(f"run {ctx.run_id}: no {MANIFEST} under {ctx.uri('')}; run `tl snapshot` first") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(f"run {ctx.run_id}: {MANIFEST} has schema_version {manifest.get('schema_version')!r}, "
-                        f"expected {SCHEMA_VERSION}; re-run `tl snapshot` in a new run")
-    return manifest
 
 
 def run_snapshot(ctx: RunContext, logical_date: date) -> str:
     """Write the run's snapshot manifest (create-only; an identical re-run is a no-op) and, for image_uri
     specs, the image list it names first. Returns the manifest's URI."""
     manifest, images = _build(ctx, logical_date)
-    if images is not None:
+    if images is not None and manifest.images is not None:
         try:  # named by its own sha256: an existing object of that name has the same content
-            ctx.store.put_bytes(ctx.key(manifest["images"]["key"]), images, if_none_match="*")
+            ctx.store.put_bytes(ctx.key(manifest.images.key), images, if_none_match="*")
         except PreconditionFailed:
             pass
-    key = ctx.key(MANIFEST)
     try:
-        ctx.store.put_bytes(key, manifest_bytes(manifest), if_none_match="*")
+        ctx.write(manifest, create_only=True)
     except PreconditionFailed:
-        existing = json.loads(ctx.store.get_bytes(key))
-        old = (existing.get("logical_date"), existing.get("content_hash"))
-        if old != (manifest["logical_date"], manifest["content_hash"]):
+        existing = ctx.read(SnapshotManifest)
+        old = (existing.logical_date, existing.content_hash)
+        if old != (manifest.logical_date, manifest.content_hash):
             raise DataError(
                 f"run {ctx.run_id} already has a snapshot with content hash {old[1]} for logical date {old[0]}, "
-                f"now {manifest['content_hash']} for {manifest['logical_date']} (partition files changed or late "
+                f"now {manifest.content_hash} for {manifest.logical_date} (partition files changed or late "
                 "labels arrived): snapshots are immutable; start a new run to pick the new data up") from None
-    logger.info("snapshot %s: %d partitions, %d rows, hash %s", logical_date, len(manifest["partitions"]),
-                manifest["total_rows"], manifest["content_hash"][:12])
+    logger.info("snapshot %s: %d partitions, %d rows, hash %s", logical_date, len(manifest.partitions),
+                manifest.total_rows, manifest.content_hash[:12])
     return ctx.uri(MANIFEST)

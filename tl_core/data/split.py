@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_core.data.audit import QUARANTINE, REPORT, json_bytes, load_snapshot_rows, newest_days
+from tl_core.artifacts import AuditReport, SnapshotManifest, SplitCheck, SplitReport
+from tl_core.data.audit import QUARANTINE, REPORT, load_snapshot_rows, newest_days
 from tl_core.data.dedup import NearRule, row_clusters
 from tl_core.data.partitions import ImageReader
 from tl_core.data.snapshot import read_image_hashes, read_manifest
 from tl_core.errors import BlockingAuditFinding, DataError, NoSuchKey
-from tl_core.runs import SPLITS, RunContext
+from tl_core.runs import SPLITS, ArtifactMissing, RunContext, artifact_rel
 
-SPLIT_REPORT = "split/report.json"
+SPLIT_REPORT = artifact_rel(SplitCheck)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def _pulled_into_test(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on
 
 
 def split_report(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on_test_days: np.ndarray,
-                 spec: Any) -> dict[str, Any]:
+                 spec: Any) -> SplitCheck:
     """Achieved against requested (rows and share per split, per class) and the findings; ``blocking`` lists
     the messages that refuse the split."""
     d = spec.data
@@ -147,8 +148,8 @@ def split_report(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on_test
             f"{excess:.1%} more than requested, above data.split_tolerance {d.split_tolerance:.0%} (look at the "
             "audit's near_duplicates / group_id, or raise the tolerance)")
     blocking += _class_and_slice_findings(rows, split, per_class, spec)
-    return {"schema_version": 1, "requested": requested, "achieved": achieved, "per_class": per_class,
-            "pulled_into_test": pulled, "blocking": blocking}
+    return SplitCheck(requested=requested, achieved=achieved, per_class=per_class, pulled_into_test=pulled,
+                      blocking=blocking)
 
 
 def _class_and_slice_findings(rows: pd.DataFrame, split: np.ndarray, per_class: dict[str, dict[str, int]],
@@ -175,28 +176,28 @@ def split_hash(ids: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(ids, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _usable_rows(ctx: RunContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _usable_rows(ctx: RunContext) -> tuple[pd.DataFrame, SnapshotManifest]:
     """The snapshot's rows minus the audit's quarantine (checked against the report), and the manifest."""
     manifest = read_manifest(ctx)
     try:
-        report = ctx.read_json(REPORT)
+        report = ctx.read(AuditReport)
         quarantine = pd.read_parquet(io.BytesIO(ctx.store.get_bytes(ctx.key(QUARANTINE))),
                                      columns=["partition", "row_in_file"])
-    except NoSuchKey:
+    except (ArtifactMissing, NoSuchKey):
         raise DataError(f"run {ctx.run_id}: no {REPORT} / {QUARANTINE}; run `tl audit` before `tl split`") from None
-    if report.get("snapshot_hash") != manifest["content_hash"]:
-        raise DataError(f"run {ctx.run_id}: the audit report is for snapshot {report.get('snapshot_hash')}, the "
-                        f"manifest says {manifest['content_hash']}; re-run `tl audit`")
-    if report.get("blocking"):
+    if report.snapshot_hash != manifest.content_hash:
+        raise DataError(f"run {ctx.run_id}: the audit report is for snapshot {report.snapshot_hash}, the "
+                        f"manifest says {manifest.content_hash}; re-run `tl audit`")
+    if report.blocking:
         raise BlockingAuditFinding(f"run {ctx.run_id}: the audit has blocking findings, refusing to split:\n  "
-                                   + "\n  ".join(report.get("blocking_messages", [])))
+                                   + "\n  ".join(report.blocking_messages))
     rows = load_snapshot_rows(ctx, manifest)
     bad = pd.MultiIndex.from_frame(quarantine.astype({"partition": str, "row_in_file": np.int64}))
     here = pd.MultiIndex.from_arrays([rows["partition"].astype(str), rows["row_in_file"].astype(np.int64)])
     usable = rows[~here.isin(bad)].reset_index(drop=True)
-    if len(usable) != report["usable_rows"]:
+    if len(usable) != report.usable_rows:
         raise DataError(f"run {ctx.run_id}: {len(usable)} usable rows after removing the quarantine, the audit "
-                        f"report says {report['usable_rows']}; re-run `tl audit`")
+                        f"report says {report.usable_rows}; re-run `tl audit`")
     return usable, manifest
 
 
@@ -222,10 +223,10 @@ def run_split(ctx: RunContext) -> str:
             f"validation_fraction {d.validation_fraction}, calibration_fraction {d.calibration_fraction}): "
             "widen data.window_days or lower data.test_days")
     report = split_report(usable, split, cid, on_test_days, ctx.spec)
-    ctx.store.put_bytes(ctx.key(SPLIT_REPORT), json_bytes(report))
-    if report["blocking"]:
+    ctx.write(report)
+    if report.blocking:
         raise BlockingAuditFinding(f"run {ctx.run_id}: the split degenerates, refusing it (report "
-                                   f"{ctx.uri(SPLIT_REPORT)}):\n  " + "\n  ".join(report["blocking"]))
+                                   f"{ctx.uri(SPLIT_REPORT)}):\n  " + "\n  ".join(report.blocking))
     keep = ["example_id", "label", "labeled_at", "dt", "split", d.input_column,
             *([IMAGE_SHA256] if IMAGE_SHA256 in usable else []),
             *(["group_id"] if "group_id" in usable else []), *d.slice_columns]
@@ -238,13 +239,10 @@ def run_split(ctx: RunContext) -> str:
     ids = {s: sorted(out.loc[out["split"] == s, "example_id"].astype(str).tolist()) for s in SPLITS}
     per_label = {s: {k: int(v) for k, v in out.loc[out["split"] == s, "label"].value_counts().sort_index().items()}
                  for s in SPLITS}
-    payload = {
-        "schema_version": 1, "split_hash": split_hash(ids), "snapshot_hash": manifest["content_hash"],
-        "seed": d.split_seed, "test_days": newest_days(usable["dt"], d.test_days),
-        "counts": {s: len(v) for s, v in ids.items()}, "label_counts": per_label, "example_ids": ids,
-        "achieved": report["achieved"], "requested": report["requested"],
-    }
-    ctx.store.put_bytes(ctx.key("split/split.json"), json_bytes(payload))
-    uri = ctx.uri("split/split.json")
-    logger.info("split: %s (hash %s)", payload["counts"], payload["split_hash"][:12])
+    payload = SplitReport(
+        split_hash=split_hash(ids), snapshot_hash=manifest.content_hash, seed=d.split_seed,
+        test_days=newest_days(usable["dt"], d.test_days), counts={s: len(v) for s, v in ids.items()},
+        label_counts=per_label, example_ids=ids, achieved=report.achieved, requested=report.requested)
+    uri = ctx.write(payload)
+    logger.info("split: %s (hash %s)", payload.counts, payload.split_hash[:12])
     return uri

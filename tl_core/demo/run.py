@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from tl_core.artifacts import read_gate_decision
+from tl_core.artifacts import GateDecision
 from tl_core.config import dag_id, parse_spec
 from tl_core.demo.local_airflow import LocalAirflow
 from tl_core.errors import DemoSetupError, TLError
@@ -110,7 +110,7 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> dict[s
     ctx = RunContext.open(spec, run_id)
     decision: dict[str, Any] | None = None
     if ctx.store.exists(ctx.key("gate/decision.json")):
-        decision = read_gate_decision(ctx)
+        decision = ctx.read(GateDecision).model_dump(mode="json")
         say(decision["summary_markdown"])
         say(f"\nevidence report: {ctx.uri('evaluation/report.html')}\n  in Airflow: "
             f"{af.url}/tl/report/{DAG}/{urllib.parse.quote(run_id, safe='')}")

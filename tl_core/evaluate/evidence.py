@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import Any
 
+from tl_core.artifacts import SnapshotManifest
 from tl_core.runs import INT8_REPORT, RunContext
 
 # Reports whose checksums are part of the evidence (when present).
@@ -34,14 +35,14 @@ def current_evidence(ctx: RunContext) -> dict[str, Any]:
         pointer, champion_error = registry.champion(), None
     except RegistryError as exc:  # an unreadable or unexplained pointer is evidence too: the gate fails closed
         pointer, champion_error = None, str(exc)
-    snapshot = ctx.read_json("snapshot/manifest.json") if ctx.store.exists(ctx.key("snapshot/manifest.json")) else {}
+    snapshot = ctx.read_optional(SnapshotManifest)
     reports = {rel: ctx.store.etag(ctx.key(rel)) for rel in EVIDENCE_REPORTS if ctx.store.exists(ctx.key(rel))}
     return {
         "candidate_files": {k: ctx.store.etag(k) for k in files},
         "champion_version": pointer.version if pointer else None,
         "champion_etag": pointer.etag if pointer else None,
         **({"champion_error": champion_error} if champion_error else {}),
-        "snapshot_hash": snapshot.get("content_hash"),
+        "snapshot_hash": snapshot.content_hash if snapshot is not None else None,
         "reports": reports,
     }
 

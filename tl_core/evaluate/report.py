@@ -194,6 +194,11 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     parts = [f"<p>Candidate <b>{html.escape(report['candidate'])}</b>; champion <b>"
              f"{html.escape(str(champ.get('version')))}</b> ({html.escape(champ['status'])}{why}); "
              f"{report['test_size']} test examples.</p>"]
+    space = report.get("label_space") or {}
+    if space.get("status") in ("added", "reordered"):
+        parts.append(f"<p>Champion label space ({html.escape(space['status'])}): {html.escape(space['reason'])}"
+                     + (f"; {space.get('shared_test_rows')} shared test rows." if space["status"] == "added" else ".")
+                     + "</p>")
     rows = [[html.escape(n), m["role"], _num(m["temperature"])] + [_num(m["overall"].get(k)) for k in SUMMARY_METRICS]
             for n, m in models.items()]
     parts.append("<h2>All models, test split (after temperature)</h2>" +
@@ -221,8 +226,10 @@ def _calibration_section(report: dict[str, Any]) -> list[str]:
         for n, m in models.items()]
     parts.append(_table(["model", "T", "log_loss", "brier", "ece", "mce"], cal_rows))
     parts.append("<h2>Confusion matrices</h2>" + _confusion(models[cand_name], labels, f"candidate ({cand_name})"))
-    if "champion" in models:
-        parts.append(_confusion(models["champion"], labels, "champion"))
+    if "champion" in models:  # classes added since the champion: its matrix is over the shared classes
+        space = report.get("label_space") or {}
+        shared = space.get("shared") if space.get("status") == "added" else None
+        parts.append(_confusion(models["champion"], shared or labels, "champion"))
     return parts
 
 

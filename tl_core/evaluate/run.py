@@ -11,7 +11,12 @@ tl_core.artifacts.EvaluationReport before it is written and whenever it is read)
                      unlabelled_test_rows and left out)
   candidate          the selected strategy (candidate.json "selected")
   slices             {slice name: test examples}; names "col=value" and "col1=v1&col2=v2" (spec.data.slice_crosses)
-  champion           {status: ok | none | unreadable, version, etag, reason}
+  champion           {status: ok | none | unreadable | incomparable, version, etag, reason}
+  label_space        the champion's class names vs `labels`, aligned BY NAME (null without a re-scored champion):
+                     {status: same | reordered | added | incomparable, champion_labels, candidate_labels, shared,
+                      added, removed, reason, shared_test_rows, shared_calibration_rows, shared_slices,
+                      candidate_on_shared, added_classes {label: {test_rows, calibration_rows, precision, recall,
+                      f1, support}}}; see "The champion's label space" below
   models             {name: {role: candidate|strategy|champion|majority, strategy, temperature,
                              overall {n, accuracy, balanced_accuracy, macro_f1, auroc, log_loss, brier, ece, mce}
                                      (after temperature),
@@ -28,6 +33,22 @@ tl_core.artifacts.EvaluationReport before it is written and whenever it is read)
   gate_policy        spec.gate as evaluated (margins drawn in the charts)
   curves             {strategy: [{epoch, train_loss, val_loss, val_metric}]} from models/<s>/train_report.json
   audit              summary of audit/report.json or null
+
+The champion's label space. The champion's logit columns are its own ``labels`` (its model_config.json, carried by
+ChampionScores), never this spec's order; tl_core.evaluate.label_space lines them up by name:
+
+* same / reordered: the champion's columns are permuted into this spec's order and it joins the one paired bootstrap
+  of every model on every row, exactly as with an unchanged order (same seed: identical numbers);
+* added (this spec has every champion class and more): every other model (strategies, majority) is still evaluated
+  on all rows in the one paired bootstrap; the champion comparison is a separate paired bootstrap (same seed) of the
+  pair (candidate, champion) on the rows whose label is a shared class, both models' logits restricted to the shared
+  columns and their temperatures refitted on the shared calibration rows. models.champion (metrics, intervals) and
+  comparisons.champion come from it; label_space gives its rows (shared_test_rows, shared_calibration_rows,
+  shared_slices, which the gate uses for power and min_slice_size), the candidate's metrics there
+  (candidate_on_shared, which the gate's champion calibration check uses) and the added classes on their own
+  (their rows, the candidate's precision, recall, f1 and support on all rows);
+* incomparable (a champion class is missing here: removed or renamed): the champion is not scored; champion.status
+  is "incomparable" and the gate FAILs, naming the classes and how to replace the champion.
 """
 
 from __future__ import annotations
@@ -39,11 +60,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_core.artifacts import EvaluationReport, check_artifact
+from tl_core.artifacts import (
+    AuditFinding,
+    AuditReport,
+    EvaluationReport,
+    LabelIssues,
+    Selection,
+    TrainReport,
+    check_artifact,
+)
 from tl_core.config import LOWER_IS_BETTER, GateSpec, ModelSpec
 from tl_core.errors import NoSuchKey, TLError
 from tl_core.evaluate.bootstrap import CONTINUOUS_METRICS, COUNT_METRICS, interval, paired_bootstrap
 from tl_core.evaluate.calibration import fit_temperature
+from tl_core.evaluate.label_space import LabelSpace
 from tl_core.evaluate.metrics import ECE_BINS, all_metrics, ece_bins, rank_key, softmax
 from tl_core.runs import RunContext
 
@@ -59,11 +89,13 @@ CHAMPION_SPLITS = ("calibration", "test")
 
 @dataclass
 class ChampionScores:
-    """The registered champion's logits on this run's rows; rows in split/examples.parquet order per split."""
+    """The registered champion's logits on this run's rows; rows in split/examples.parquet order per split, columns
+    in the champion's own class order ``labels`` (aligned to this spec's by name in build_report)."""
 
     version: str
     pointer_etag: str
-    logits_by_split: dict[str, np.ndarray]  # "calibration" and "test", float (n_split, C)
+    logits_by_split: dict[str, np.ndarray]  # "calibration" and "test", float (n_split, len(labels))
+    labels: list[str]  # the champion's class names in its logit order (its model_config.json)
 
 
 class ChampionUnreadable(TLError):
@@ -120,8 +152,9 @@ def _aligned(ctx: RunContext, strategy: str, split: str, ids: list[str], n_class
     return logits[[pos[e] for e in ids]].astype(np.float64)  # type: ignore[no-any-return]
 
 
-def _check_champion(champion: ChampionScores, sizes: dict[str, int], n_classes: int) -> str | None:
-    """Why the champion's logits cannot be compared, or None when they can."""
+def _check_champion(champion: ChampionScores, sizes: dict[str, int]) -> str | None:
+    """Why the champion's logits cannot be read (against its own class names), or None when they can."""
+    n_classes = len(champion.labels)
     for split in CHAMPION_SPLITS:
         z = champion.logits_by_split.get(split)
         if z is None:
@@ -140,20 +173,40 @@ def _labels(df: pd.DataFrame, index: dict[str, int]) -> np.ndarray:
 
 def _selected(ctx: RunContext) -> tuple[str, list[str]]:
     """The selected strategy and every trained one, from candidate.json."""
-    candidate = ctx.read_json("candidate.json")
-    selected = candidate.get("selected")
-    strategies = list(candidate.get("strategies", {}))
+    candidate = ctx.read(Selection)
+    selected = candidate.selected
+    strategies = list(candidate.strategies)
     if selected not in strategies:
         raise TLError(f"{ctx.uri('candidate.json')}: selected strategy {selected!r} is not among the trained "
                       f"strategies {strategies}")
     return selected, strategies
 
 
+def _align_champion(champion: ChampionScores | None, info: dict[str, Any], labels: list[str], sizes: dict[str, int],
+                    ) -> tuple[dict[str, Any], LabelSpace | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(champion info, label space, champion (calibration, test) logits with the shared columns in this spec's
+    order). Unreadable logits turn the info "unreadable", a missing champion class "incomparable" (no logits)."""
+    if champion is None:
+        return info, None, None
+    problem = _check_champion(champion, sizes)
+    try:
+        space = None if problem else LabelSpace.of(list(champion.labels), labels)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem or space is None:
+        return {**info, "status": "unreadable", "reason": f"champion logits: {problem}"}, None, None
+    if space.status == "incomparable":
+        return {**info, "status": "incomparable", "reason": space.reason(champion.version)}, space, None
+    cols = space.champion_columns()  # by name: champion column of each shared class, in this spec's order
+    cal, test = (np.asarray(champion.logits_by_split[s], dtype=np.float64)[:, cols] for s in CHAMPION_SPLITS)
+    return info, space, (cal, test)
+
+
 def _model_logits(ctx: RunContext, frames: dict[str, pd.DataFrame], index: dict[str, int], selected: str,
-                  strategies: list[str], champion: ChampionScores | None, champion_info: dict[str, Any],
-                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str], dict[str, Any]]:
-    """(calibration, test) logits and the role of every model: the strategies, the champion when its logits fit
-    (champion_info turns "unreadable" otherwise) and the majority-class predictor; and the champion_info."""
+                  strategies: list[str], champion: tuple[np.ndarray, np.ndarray] | None,
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """(calibration, test) logits and the role of every model on all rows: the strategies, the champion when given
+    (its columns already aligned to this spec's labels) and the majority-class predictor."""
     cal, test = frames["calibration"], frames["test"]
     n_classes = len(index)
     logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -163,20 +216,14 @@ def _model_logits(ctx: RunContext, frames: dict[str, pd.DataFrame], index: dict[
                             _aligned(ctx, strategy, "test", test["example_id"].astype(str).tolist(), n_classes))
         roles[strategy] = "candidate" if strategy == selected else "strategy"
     if champion is not None:
-        problem = _check_champion(champion, {"calibration": len(cal), "test": len(test)}, n_classes)
-        if problem:
-            champion_info = {**champion_info, "status": "unreadable", "reason": f"champion logits: {problem}"}
-        else:
-            logits["champion"] = (np.asarray(champion.logits_by_split["calibration"], dtype=np.float64),
-                                  np.asarray(champion.logits_by_split["test"], dtype=np.float64))
-            roles["champion"] = "champion"
+        logits["champion"], roles["champion"] = champion, "champion"
     # Majority-class predictor: the training split's class frequencies (add-one smoothed) for every row.
     y_train = _labels(frames["train"], index)
     freq = np.bincount(y_train[y_train >= 0], minlength=n_classes) + 1.0
     prior = np.log(freq / freq.sum())
     logits["majority"] = (np.tile(prior, (len(cal), 1)), np.tile(prior, (len(test), 1)))
     roles["majority"] = "majority"
-    return logits, roles, champion_info
+    return logits, roles
 
 
 def _model_entry(name: str, role: str, is_strategy: bool, cal: tuple[np.ndarray, np.ndarray], logits_test: np.ndarray,
@@ -204,9 +251,7 @@ def _model_entry(name: str, role: str, is_strategy: bool, cal: tuple[np.ndarray,
 def _bootstrap(policy: GateSpec, y: np.ndarray, masks: dict[str, np.ndarray], probs: dict[str, np.ndarray],
                selected: str, models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The comparisons (stored in ``models`` too: each model's intervals) and the report's bootstrap section."""
-    requested = set(policy.margins) | set(policy.slice_metrics)
-    continuous = tuple(m for m in CONTINUOUS_METRICS if m in CHEAP_CONTINUOUS or m in requested)
-    slice_continuous = tuple(m for m in CONTINUOUS_METRICS if m in policy.slice_metrics)
+    continuous, slice_continuous = _continuous(policy)
     comparisons: dict[str, Any] = {}
     if len(y):
         groups = {"overall": np.ones(len(y), dtype=bool), **masks}
@@ -222,11 +267,79 @@ def _bootstrap(policy: GateSpec, y: np.ndarray, masks: dict[str, np.ndarray], pr
     return comparisons, section
 
 
+def _continuous(policy: GateSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The continuous metrics bootstrapped overall, and those bootstrapped per slice too."""
+    requested = set(policy.margins) | set(policy.slice_metrics)
+    continuous = tuple(m for m in CONTINUOUS_METRICS if m in CHEAP_CONTINUOUS or m in requested)
+    return continuous, tuple(m for m in CONTINUOUS_METRICS if m in policy.slice_metrics)
+
+
+@dataclass
+class _Rows:
+    """The labelled calibration and test rows as class indices of this spec (-1: unknown), and the test slices."""
+
+    y_cal: np.ndarray
+    y_test: np.ndarray
+    masks: dict[str, np.ndarray]
+
+
+def _shared_champion(policy: GateSpec, space: LabelSpace, rows: _Rows, candidate: tuple[np.ndarray, np.ndarray],
+                     champion: tuple[np.ndarray, np.ndarray], selected: str,
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Classes were added since the champion: the pair (candidate, champion) on the rows whose label is a shared
+    class, both restricted to the shared columns, in its own paired bootstrap (the policy's seed).
+
+    ``candidate`` / ``champion``: (calibration, test) logits of the labelled rows, champion columns = space.shared.
+    Returns (the champion's model entry with its intervals, comparisons["champion"], label_space row facts)."""
+    to_shared = np.full(len(space.candidate), -1)
+    to_shared[space.candidate_columns()] = np.arange(len(space.shared))
+    on_c, on_t = to_shared[rows.y_cal] >= 0, to_shared[rows.y_test] >= 0
+    y_c, y = to_shared[rows.y_cal[on_c]], to_shared[rows.y_test[on_t]]
+    cols = space.candidate_columns()
+    masks = {s: m[on_t] for s, m in rows.masks.items()}
+    entries, probs = {}, {}
+    for name, (lc, lt), own in ((selected, candidate, cols), ("champion", champion, slice(None))):
+        role = "candidate" if name == selected else "champion"
+        entries[name], probs[name] = _model_entry(name, role, False, (lc[on_c][:, own], y_c), lt[on_t][:, own], y,
+                                                  space.shared, masks)
+    comparisons: dict[str, Any] = {}
+    if len(y):
+        continuous, slice_continuous = _continuous(policy)
+        comparisons, intervals = compare_models(y, probs, {"overall": np.ones(len(y), dtype=bool), **masks},
+                                                selected, policy.n_bootstrap, policy.bootstrap_seed,
+                                                policy.confidence, continuous, slice_continuous)
+        entries["champion"]["intervals"] = intervals["champion"]
+    facts = {"shared_test_rows": int(len(y)), "shared_calibration_rows": int(len(y_c)),
+             "shared_slices": {s: int(m.sum()) for s, m in masks.items()},
+             "candidate_on_shared": entries[selected]["overall"]}
+    return entries["champion"], comparisons.get("champion", {}), facts
+
+
+def _label_space(space: LabelSpace | None, version: str | None, rows: _Rows, candidate: dict[str, Any],
+                 facts: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's label_space section (None without a champion to compare). ``candidate``: its model entry on
+    all rows (the added classes' metrics); ``facts``: the shared rows of an "added" comparison."""
+    if space is None:
+        return None
+    section: dict[str, Any] = {
+        "status": space.status, "champion_labels": list(space.champion), "candidate_labels": list(space.candidate),
+        "shared": space.shared, "added": space.added, "removed": space.removed, "reason": space.reason(version)}
+    if space.status in ("same", "reordered"):  # every labelled row
+        section.update(shared_test_rows=int(len(rows.y_test)), shared_calibration_rows=int(len(rows.y_cal)))
+    section.update(facts)
+    per_class = candidate.get("per_class") or {}
+    section["added_classes"] = {
+        name: {"test_rows": int((rows.y_test == i).sum()), "calibration_rows": int((rows.y_cal == i).sum()),
+               **{k: (per_class.get(name) or {}).get(k, 0) for k in ("precision", "recall", "f1", "support")}}
+        for i, name in enumerate(space.candidate) if name in space.added}
+    return section
+
+
 def _curves(ctx: RunContext, strategies: list[str]) -> dict[str, list[dict[str, Any]]]:
     curves: dict[str, list[dict[str, Any]]] = {}
     for strategy in strategies:
         try:
-            curves[strategy] = list(ctx.read_json(f"models/{strategy}/train_report.json").get("curves") or [])
+            curves[strategy] = [c.model_dump() for c in ctx.read(TrainReport, strategy).curves]
         except NoSuchKey:
             curves[strategy] = []
     return curves
@@ -242,40 +355,53 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
     y_test, y_cal = _labels(test, index), _labels(cal, index)
     keep_t, keep_c = y_test >= 0, y_cal >= 0
     selected, strategies = _selected(ctx)
-    logits, roles, champion_info = _model_logits(ctx, frames, index, selected, strategies, champion, champion_info)
+    champion_info, space, aligned = _align_champion(champion, champion_info, labels,
+                                                    {"calibration": len(cal), "test": len(test)})
+    # Same classes (any order): the champion joins the one bootstrap of every model on every row.
+    joint = aligned if space is not None and space.status in ("same", "reordered") else None
+    logits, roles = _model_logits(ctx, frames, index, selected, strategies, joint)
     masks = slice_masks(test[keep_t].reset_index(drop=True), spec.data.slice_columns, spec.data.slice_crosses)
     y = y_test[keep_t]
+    rows = _Rows(y_cal[keep_c], y, masks)
     models: dict[str, Any] = {}
     probs_after: dict[str, np.ndarray] = {}
     for name, (lc, lt) in logits.items():
         models[name], probs_after[name] = _model_entry(name, roles[name], name in strategies,
                                                        (lc[keep_c], y_cal[keep_c]), lt[keep_t], y, labels, masks)
     comparisons, bootstrap = _bootstrap(spec.gate, y, masks, probs_after, selected, models)
-    audit = ctx.read_json("audit/report.json") if ctx.store.exists(ctx.key("audit/report.json")) else None
+    facts: dict[str, Any] = {}
+    if space is not None and space.status == "added" and aligned is not None:  # its own bootstrap, shared rows
+        cand = logits[selected]
+        models["champion"], versus, facts = _shared_champion(
+            spec.gate, space, rows, (cand[0][keep_c], cand[1][keep_t]), (aligned[0][keep_c], aligned[1][keep_t]),
+            selected)
+        if versus:
+            comparisons["champion"] = versus
+    audit = ctx.read_optional(AuditReport)
     return {
         "schema_version": SCHEMA_VERSION, "run_id": ctx.run_id, "model": spec.name, "labels": labels,
         "primary_metric": spec.train.primary_metric, "test_size": int(len(y)),
         "unlabelled_test_rows": int((~keep_t).sum()), "candidate": selected,
         "slices": {s: int(m.sum()) for s, m in masks.items()}, "champion": champion_info, "models": models,
+        "label_space": _label_space(space, champion_info.get("version"), rows, models[selected], facts),
         "comparisons": comparisons, "curves": _curves(ctx, strategies),
         "audit": _audit_summary(audit, _label_issues(ctx)),
         "gate_policy": spec.gate.model_dump(mode="json"), "bootstrap": bootstrap,
         "provenance": provenance(spec.for_model(selected)[0]),
-        "baseline": _baseline(ctx.read_json("candidate.json"), spec.train.primary_metric),
+        "baseline": _baseline(ctx.read(Selection), spec.train.primary_metric),
         "backbones": _backbones(ctx, models) if spec.candidates else None,
     }
 
 
-def _baseline(candidate: dict[str, Any], metric: str) -> str | None:
+def _baseline(candidate: Selection, metric: str) -> str | None:
     """The ladder's frozen baseline: the best frozen model of any backbone by validation (ties: listed first)."""
-    frozen = [m for m, v in (candidate.get("strategies") or {}).items() if m.partition("-")[0] == "frozen"]
+    frozen = [m for m in candidate.strategies if m.partition("-")[0] == "frozen"]
     if not frozen:
         return None
-    values = candidate["strategies"]
 
-    def rank(m: str) -> float:  # a model without a validation score ranks last
-        value = (values[m] or {}).get("val_metric") if isinstance(values[m], dict) else None
-        return round(rank_key(metric, float(value)), 6) if isinstance(value, int | float) else float("inf")
+    def rank(m: str) -> float:  # a model without a finite validation score ranks last
+        value = rank_key(metric, candidate.strategies[m].val_metric)
+        return round(value, 6) if np.isfinite(value) else float("inf")
 
     return min(frozen, key=lambda m: (rank(m), frozen.index(m)))
 
@@ -283,20 +409,21 @@ def _baseline(candidate: dict[str, Any], metric: str) -> str | None:
 def _backbones(ctx: RunContext, models: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per backbone: measured cost and budget verdict (candidate.json), licence, and its best trained model by
     validation with that model's test metric and interval."""
-    candidate = ctx.read_json("candidate.json")
+    candidate = ctx.read(Selection)
     spec, metric = ctx.spec, ctx.spec.train.primary_metric
-    scores = candidate.get("strategies") or {}
+    scores = candidate.strategies
     out = {}
-    for name, info in (candidate.get("backbones") or {}).items():
-        own = [m for m, v in scores.items() if v.get("backbone") == name]
-        best = min(own, key=lambda m: rank_key(metric, float(scores[m]["val_metric"]))) if own else None
+    for name, info in (candidate.backbones or {}).items():
+        own = [m for m, v in scores.items() if v.backbone == name]
+        best = min(own, key=lambda m: rank_key(metric, scores[m].val_metric)) if own else None
         entry = models.get(best or "") or {}
         source = spec.backbone if name == "default" else next(c.backbone for c in spec.candidates if c.name == name)
-        out[name] = {**info, "licence": provenance(spec.model_copy(update={"backbone": source}))["licence"],
-                     "models": own, "best": best, "val_metric": scores[best]["val_metric"] if best else None,
+        out[name] = {**info.model_dump(mode="json"),
+                     "licence": provenance(spec.model_copy(update={"backbone": source}))["licence"],
+                     "models": own, "best": best, "val_metric": scores[best].val_metric if best else None,
                      "test_metric": (entry.get("overall") or {}).get(metric),
                      "test_interval": ((entry.get("intervals") or {}).get(metric) or {}).get("overall"),
-                     "selected": candidate.get("selected") in own}
+                     "selected": candidate.selected in own}
     return out
 
 
@@ -383,26 +510,25 @@ def _rel(probs: np.ndarray, y: np.ndarray) -> dict[str, list[float | None]]:
     return {k: [None if not np.isfinite(v) else float(v) for v in b[k]] for k in ("count", "confidence", "accuracy")}
 
 
-def _label_issues(ctx: RunContext) -> dict[str, Any] | None:
+def _label_issues(ctx: RunContext) -> LabelIssues | None:
     """The run's label-issue finding (written by the first train task), when there is one."""
-    key = ctx.key("audit/label_issues.json")
-    return ctx.read_json("audit/label_issues.json") if ctx.store.exists(key) else None
+    return ctx.read_optional(LabelIssues)
 
 
-def _audit_summary(audit: dict[str, Any] | None, label_issues: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def _audit_summary(audit: AuditReport | None, label_issues: LabelIssues | None = None) -> dict[str, Any] | None:
     """The audit's facts and findings for the evidence report, with the label-issue finding and its top examples
     (given and suspected labels) when the run has one."""
-    if not audit:
+    if audit is None:
         return None
-    keep = ("total_rows", "usable_rows", "quarantined_rows", "blocking", "class_counts", "imbalance_ratio")
-    summary = {k: audit[k] for k in keep if k in audit}
-    findings = list(audit.get("findings", []))
-    finding = label_issues
-    if finding and finding.get("check") == "label_issues":
-        findings.insert(0, finding)
-        summary["label_issue_examples"] = [{k: t.get(k) for k in ("example_id", "given", "suspected")}
-                                           for t in finding.get("top_examples", [])][:10]
-    summary["findings"] = [{k: f.get(k) for k in ("check", "severity", "count", "message")} for f in findings][:20]
+    summary: dict[str, Any] = audit.model_dump(mode="json", include={
+        "total_rows", "usable_rows", "quarantined_rows", "blocking", "class_counts", "imbalance_ratio"})
+    findings: list[AuditFinding | LabelIssues] = [*audit.findings]
+    if label_issues is not None:
+        findings.insert(0, label_issues)
+        summary["label_issue_examples"] = [t.model_dump(include={"example_id", "given", "suspected"})
+                                           for t in label_issues.top_examples][:10]
+    summary["findings"] = [{"check": f.check, "severity": f.severity, "count": f.count, "message": f.message}
+                           for f in findings][:20]
     return summary
 
 
@@ -426,7 +552,6 @@ def run_evaluate(ctx: RunContext, champion: ChampionScores | ChampionUnreadable 
     else:
         info = {"status": "ok", "version": champion.version, "etag": champion.pointer_etag, "reason": ""}
     report = build_report(ctx, champion, info)
-    check_artifact(EvaluationReport, report, ctx.uri("evaluation/report.json"))  # the schema, before writing
-    ctx.write_json("evaluation/report.json", report)
+    ctx.write(check_artifact(EvaluationReport, report, ctx.uri("evaluation/report.json")))  # checked, then written
     ctx.store.put_bytes(ctx.key("evaluation/report.html"), render_html(report, None).encode())
     return ctx.uri("evaluation/report.json")

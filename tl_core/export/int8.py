@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tl_core.artifacts import Int8Report
 from tl_core.evaluate.int8 import measure_int8
 from tl_core.export.predict import ServedModel, score
 from tl_core.gate.int8 import decide_int8
 from tl_core.models.artifacts import LoadedModel
-from tl_core.runs import INT8_FILE, INT8_REPORT, RunContext
+from tl_core.runs import INT8_FILE, RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def measure_paths(loaded: LoadedModel, fp32_path: Path, int8_path: Path, test: p
     return measure_int8(y, fp32, int8, metric, n_boot, seed, confidence)
 
 
-def run_int8(ctx: RunContext, loaded: LoadedModel, fp32_path: Path) -> dict[str, Any]:
+def run_int8(ctx: RunContext, loaded: LoadedModel, fp32_path: Path) -> Int8Report:
     """Quantize, measure on the test split, gate, write the artifact and then its decision; returns the decision."""
     int8_path = fp32_path.with_name("model.int8.onnx")
     quantize(fp32_path, int8_path)
@@ -70,15 +70,12 @@ def run_int8(ctx: RunContext, loaded: LoadedModel, fp32_path: Path) -> dict[str,
     ctx.store.put_bytes(ctx.key(INT8_FILE), data)
     export = ctx.spec.export
     failures = [r.text for r in reasons if r.status == "FAIL"]
-    report: dict[str, Any] = {
-        "passed": passed, "decision": "PASS" if passed else "FAIL", "failures": failures,
-        "reasons": [asdict(r) for r in reasons],
-        "measured": measured, "file": INT8_FILE, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-        "fp32_size": fp32_path.stat().st_size,
-        "policy": {"int8_margin": export.int8_margin, "int8_min_agreement": export.int8_min_agreement,
-                   "int8_ece_tolerance": export.int8_ece_tolerance},
-    }
-    ctx.write_json(INT8_REPORT, report)
+    report = Int8Report(
+        passed=passed, decision="PASS" if passed else "FAIL", failures=failures, reasons=reasons, measured=measured,
+        file=INT8_FILE, sha256=hashlib.sha256(data).hexdigest(), size=len(data), fp32_size=fp32_path.stat().st_size,
+        policy={"int8_margin": export.int8_margin, "int8_min_agreement": export.int8_min_agreement,
+                "int8_ece_tolerance": export.int8_ece_tolerance})
+    ctx.write(report)
     logger.info("int8 artifact %s: agreement %.4f on %d test examples, %s", "PASS" if passed else "FAIL",
                 measured["agreement"], measured["examples"], "; ".join(failures) or "all checks pass")
     return report

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tl_core.artifacts import ParityReport, Selection
 from tl_core.errors import TLError
 from tl_core.evaluate.metrics import ece, softmax
 from tl_core.models.artifacts import LoadedModel, load_model_dir
@@ -60,9 +61,9 @@ def export_onnx(loaded: LoadedModel, temperature: float, sample: tuple[torch.Ten
     import onnx
 
     wrapper = CalibratedClassifier(loaded.model.eval(), temperature).eval()
-    names = input_names(loaded.config["kind"])
+    names = input_names(loaded.config.kind)
     dynamic: dict[str, dict[int, str]] = {n: {0: "batch"} for n in names}
-    if loaded.config["kind"] == "transformers":
+    if loaded.config.kind == "transformers":
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
     dynamic.update(logits={0: "batch"}, probabilities={0: "batch"})
     with torch.no_grad():
@@ -76,8 +77,8 @@ def onnx_inputs(kind: str, batch: tuple[torch.Tensor, ...]) -> dict[str, np.ndar
 
 
 def encode_for(loaded: LoadedModel, df: pd.DataFrame) -> tuple[Encoded, Any, int]:
-    enc = encode_split(df, loaded.config["input_column"], loaded.labels, loaded.preprocessing, loaded.tokenizer)
-    transform = image_transform(loaded.preprocessing, False) if loaded.config["kind"] == "timm" else None
+    enc = encode_split(df, loaded.config.input_column, loaded.labels, loaded.preprocessing, loaded.tokenizer)
+    transform = image_transform(loaded.preprocessing, False) if loaded.config.kind == "timm" else None
     pad_id = int(getattr(loaded.tokenizer, "pad_token_id", 0) or 0)
     return enc, transform, pad_id
 
@@ -96,7 +97,7 @@ def parity_report(loaded: LoadedModel, session: Any, df: pd.DataFrame, temperatu
         batch = collate(enc, idx, pad_id, transform)
         with torch.no_grad():
             torch_logits.append(loaded.model(*batch).numpy())
-        ort_logits.append(session.run(["logits"], onnx_inputs(loaded.config["kind"], batch))[0])
+        ort_logits.append(session.run(["logits"], onnx_inputs(loaded.config.kind, batch))[0])
     t, o = np.concatenate(torch_logits), np.concatenate(ort_logits)
     diff = np.abs(t - o).max(1)
     top1_mismatch = np.flatnonzero(t.argmax(1) != o.argmax(1))
@@ -166,7 +167,7 @@ def run_export(ctx: RunContext) -> str:
     quantize_int8 export/{model.int8.onnx,int8.json})."""
     import onnxruntime as ort
 
-    strategy = ctx.read_json("candidate.json")["selected"]
+    strategy = ctx.read(Selection).selected
     temperature = fit_temperature_for(ctx, strategy)
     examples = ctx.read_examples()
     held_out = examples[examples["split"] == "test"].head(PARITY_EXAMPLES).reset_index(drop=True)
@@ -179,16 +180,16 @@ def run_export(ctx: RunContext) -> str:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(loaded, temperature, golden_batch, onnx_path, ctx.spec.export.opset)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        report = parity_report(loaded, session, held_out, temperature, ctx.spec.export.max_abs_logit_diff,
-                               ctx.spec.export.max_ece_diff, _training_logits(ctx, strategy, held_out))
-        report.update(strategy=strategy, opset=ctx.spec.export.opset, inputs=input_names(loaded.config["kind"]))
-        ctx.write_json("export/parity.json", report)
-        if not report["passed"]:
-            raise ParityError(
-                f"run {ctx.run_id}: ONNX parity failed for {strategy}: {'; '.join(report['failures'])}; worst "
-                f"examples {report['worst_examples']} (report: {ctx.uri('export/parity.json')})"
-            )
-        feeds = onnx_inputs(loaded.config["kind"], golden_batch)
+        measured = parity_report(loaded, session, held_out, temperature, ctx.spec.export.max_abs_logit_diff,
+                                 ctx.spec.export.max_ece_diff, _training_logits(ctx, strategy, held_out))
+        report = ParityReport(**measured, strategy=strategy, opset=ctx.spec.export.opset,
+                              inputs=input_names(loaded.config.kind))
+        uri = ctx.write(report)
+        if not report.passed:
+            worst = [w.model_dump() for w in report.worst_examples]
+            raise ParityError(f"run {ctx.run_id}: ONNX parity failed for {strategy}: {'; '.join(report.failures)}; "
+                              f"worst examples {worst} (report: {uri})")
+        feeds = onnx_inputs(loaded.config.kind, golden_batch)
         golden_logits = session.run(["logits"], feeds)[0]
         ctx.write_npz("export/golden.npz", logits=golden_logits, **{f"input.{k}": v for k, v in feeds.items()})
         ctx.store.put_bytes(ctx.key("export/model.onnx"), onnx_path.read_bytes())
@@ -196,5 +197,5 @@ def run_export(ctx: RunContext) -> str:
             from tl_core.export.int8 import run_int8
 
             run_int8(ctx, loaded, onnx_path)
-    logger.info("exported %s: max |diff| %.2e, temperature %.3f", strategy, report["max_abs_logit_diff"], temperature)
+    logger.info("exported %s: max |diff| %.2e, temperature %.3f", strategy, report.max_abs_logit_diff, temperature)
     return ctx.uri("export/model.onnx")

@@ -1,6 +1,6 @@
 """Batched onnxruntime scoring of Parquet input: the serving path, also used to re-score the champion.
 
-Preprocessing comes from the model's own files (tokenizer / data_config.json), exactly as in training.
+Preprocessing comes from the model's own files (tokenizer / model_config.json), exactly as in training.
 CUDAExecutionProvider is used when onnxruntime-gpu and a GPU are present, the CPU provider otherwise.
 
 `predict_file` (``tl predict``) checks everything it can before scoring - the model reference, the batch
@@ -12,7 +12,6 @@ with 0 rows (and the model's input column) is scored to an empty output with the
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tempfile
@@ -25,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from tl_core.artifacts import ModelConfig, parse_artifact
 from tl_core.config import NAME_PATTERN, ModelSpec
 from tl_core.errors import DataError, PredictError, StoreError
 from tl_core.models.preprocessing import Encoded, collate, encode_split, image_transform
@@ -40,15 +40,17 @@ SHOWN_ROWS = 5  # rows named in an input error (then "... and N more")
 
 @dataclass
 class ServedModel:
+    """An onnxruntime session with the model's config, preprocessing (the config's), tokenizer and version."""
+
     session: Any
-    config: dict[str, Any]
+    config: ModelConfig
     preprocessing: dict[str, Any]
     tokenizer: Any
     version: str
 
     @property
     def labels(self) -> list[str]:
-        return list(self.config["labels"])
+        return list(self.config.labels)
 
 
 def providers() -> list[str]:
@@ -81,15 +83,14 @@ def open_model_dir(root: str | Path, version: str = "unregistered", precision: s
             f"onnx={onnx_path.is_file()} configs={[str(c.relative_to(root)) for c in configs]}"
         )
     model_dir = configs[0].parent
-    config = json.loads(configs[0].read_text())
-    preprocessing = json.loads((model_dir / "preprocessing" / "data_config.json").read_text())
+    config = parse_artifact(ModelConfig, configs[0].read_bytes(), str(configs[0]))
     tokenizer = None
-    if config["kind"] == "transformers":
+    if config.kind == "transformers":
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "preprocessing"))
     session = ort.InferenceSession(str(onnx_path), providers=providers())
-    return ServedModel(session, config, preprocessing, tokenizer, version)
+    return ServedModel(session, config, config.preprocessing, tokenizer, version)
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -137,10 +138,10 @@ def score(model: ServedModel, df: pd.DataFrame, batch_size: int = 64, bar: Any =
     The one scoring loop of `tl predict` and `tl score`: ``bar`` is a tqdm bar to advance (``tl score`` passes
     one for the whole partition; without it a bar for this call is shown)."""
     batch_size = check_batch_size(batch_size)
-    column = model.config["input_column"]
+    column = model.config.input_column
     if column not in df.columns:
         raise DataError(f"input is missing the column {column!r} the model was trained on (has {list(df.columns)})")
-    check_inputs(df, column, "text" if model.config["kind"] == "transformers" else "image")
+    check_inputs(df, column, "text" if model.config.kind == "transformers" else "image")
     logits = np.zeros((len(df), len(model.labels)), np.float32)
     probs = np.zeros_like(logits)
     if len(df) == 0:
@@ -159,7 +160,7 @@ def score(model: ServedModel, df: pd.DataFrame, batch_size: int = 64, bar: Any =
 def run_batches(model: ServedModel, enc: Encoded, batch_size: int, logits: np.ndarray, probs: np.ndarray,
                 bar: Any) -> None:
     """Collate ``enc`` in batches of ``batch_size`` and run the session, filling ``logits`` and ``probs``."""
-    transform = image_transform(model.preprocessing, False) if model.config["kind"] == "timm" else None
+    transform = image_transform(model.preprocessing, False) if model.config.kind == "timm" else None
     pad_id = int(getattr(model.tokenizer, "pad_token_id", 0) or 0)
     names = [i.name for i in model.session.get_inputs()]
     for start in range(0, len(enc), batch_size):
@@ -185,10 +186,15 @@ def predictions_frame(model: ServedModel, df: pd.DataFrame, logits: np.ndarray, 
     return out
 
 
+def open_registered(spec: ModelSpec, version: str) -> ServedModel:
+    """A registered version, served as `tl predict` serves it (its own class names in ``labels``)."""
+    return open_model_dir(Registry.for_spec(spec).load_version(version), version)
+
+
 def score_registered(spec: ModelSpec, version: str, examples: pd.DataFrame) -> np.ndarray:
-    """Logits of a registered version on ``examples`` (how the evaluation re-scores the champion)."""
-    path = Registry.for_spec(spec).load_version(version)
-    logits, _ = score(open_model_dir(path, version), examples)
+    """Logits of a registered version on ``examples``, columns in the version's own class order (``labels`` of
+    its model_config.json, not necessarily ``spec.labels``): align by name before comparing."""
+    logits, _ = score(open_registered(spec, version), examples)
     return logits
 
 

@@ -23,10 +23,10 @@ SUPPORTED_SCHEMAS = (1, 2)
 
 @dataclass(frozen=True)
 class GateInput:
-    """The parts of an evaluation report the checks read, each with the report's defaults applied once."""
+    """The parts of an evaluation report the checks read (defaults only for the schema's optional fields)."""
 
     champion: dict[str, Any]
-    status: str  # the champion's: ok | none | unreadable (or whatever the report says: then a FAIL)
+    status: str  # the champion's: ok | none | unreadable | incomparable (or whatever the report says: a FAIL)
     candidate: str | None
     models: dict[str, Any]
     slice_sizes: dict[str, int]
@@ -36,16 +36,18 @@ class GateInput:
     test_size: int
     provenance: dict[str, Any] | None = None  # the report's source checkpoint (None in reports without one)
     baseline: str = "frozen"  # the ladder's frozen baseline: the best frozen model of any backbone
+    label_space: dict[str, Any] | None = None  # the champion's class names vs the spec's (None: no champion)
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> GateInput:
-        champion = report.get("champion") or {}
-        return cls(champion=champion, status=champion.get("status", "unreadable"),
-                   candidate=report.get("candidate"), models=report.get("models") or {},
-                   slice_sizes=report.get("slices") or {}, comparisons=report.get("comparisons") or {},
-                   bootstrap=report.get("bootstrap") or {},
-                   primary=report.get("primary_metric") or "macro_f1", test_size=int(report.get("test_size") or 0),
-                   provenance=report.get("provenance"), baseline=report.get("baseline") or "frozen")
+        """The report's parts (one that passed tl_core.artifacts.EvaluationReport, or report_from_probs'): the
+        schema's required fields as they are, its optional ones (provenance, baseline, label_space) with defaults."""
+        champion = report["champion"]
+        return cls(champion=champion, status=champion["status"], candidate=report["candidate"],
+                   models=report["models"], slice_sizes=report["slices"], comparisons=report["comparisons"],
+                   bootstrap=report["bootstrap"], primary=report["primary_metric"], test_size=int(report["test_size"]),
+                   provenance=report.get("provenance"), baseline=report.get("baseline") or "frozen",
+                   label_space=report.get("label_space"))
 
     @property
     def levels(self) -> list[float] | None:
@@ -59,6 +61,26 @@ class GateInput:
     @property
     def overall(self) -> dict[str, Any]:
         return self.cand.get("overall") or {}  # type: ignore[no-any-return]
+
+    @property
+    def on_shared(self) -> bool:
+        """Classes were added since the champion: the champion comparison is on the shared classes' rows only."""
+        return self.status == "ok" and (self.label_space or {}).get("status") == "added"
+
+    @property
+    def champion_rows(self) -> int:
+        """Test rows of the champion comparison (power is computed on these)."""
+        return int((self.label_space or {}).get("shared_test_rows") or 0) if self.on_shared else self.test_size
+
+    @property
+    def champion_slice_sizes(self) -> dict[str, int]:
+        """Slice sizes of the champion comparison's rows (min_slice_size and power are judged on these)."""
+        return dict((self.label_space or {}).get("shared_slices") or {}) if self.on_shared else self.slice_sizes
+
+    @property
+    def overall_vs_champion(self) -> dict[str, Any]:
+        """The candidate's overall metrics on the champion comparison's rows and classes."""
+        return dict((self.label_space or {}).get("candidate_on_shared") or {}) if self.on_shared else self.overall
 
     def compare(self, other: str, metric: str, group: str) -> dict[str, Any] | None:
         """The bootstrap comparison candidate - ``other`` on ``metric`` and ``group`` (None without finite bounds)."""
@@ -100,9 +122,7 @@ def missing_evidence(report: dict[str, Any]) -> list[Reason]:
     if schema not in SUPPORTED_SCHEMAS:
         return [fail("evidence", f"evaluation report schema_version {schema!r} is not supported (expected one of "
                      f"{list(SUPPORTED_SCHEMAS)})")]
-    test_size = int(report.get("test_size") or 0)
-    candidate = report.get("candidate")
-    models = report.get("models") or {}
+    test_size, candidate, models = int(report["test_size"]), report["candidate"], report["models"]
     if test_size == 0:
         return [fail("evidence", f"empty test set: 0 labelled test examples (candidate {candidate!r})")]
     if not (models.get(candidate or "") or {}):
@@ -122,13 +142,49 @@ def required_slices(inp: GateInput, policy: GateSpec) -> list[Reason]:
 
 
 def champion_status(inp: GateInput, policy: GateSpec) -> list[Reason]:
-    """A champion that exists but could not be re-scored (or an unknown status) fails closed."""
+    """A champion that exists but could not be re-scored, or cannot be compared on this spec's classes (one of its
+    classes was removed or renamed), or an unknown status, fails closed."""
     if inp.status == "unreadable":
         return [fail("champion", f"champion {inp.champion.get('version')!r} could not be re-scored: "
                      f"{inp.champion.get('reason')}")]
+    if inp.status == "incomparable":
+        return [fail("champion", f"champion {inp.champion.get('version')!r} is not comparable: "
+                     f"{inp.champion.get('reason')}")]
     if inp.status not in ("ok", "none"):
-        return [fail("champion", f"champion status {inp.status!r} is not one of ok, none, unreadable")]
+        return [fail("champion", f"champion status {inp.status!r} is not one of ok, none, unreadable, incomparable")]
     return []
+
+
+def _names(labels: list[str]) -> str:
+    return "[" + ", ".join(labels) + "]"
+
+
+def label_space(inp: GateInput, policy: GateSpec) -> list[Reason]:
+    """The champion's class names vs this spec's (aligned by name in the evaluation): the same names (in any order)
+    PASS; added classes WARN, naming them and the rows the champion comparison is restricted to. A removed or
+    renamed class is ``champion_status``'s FAIL."""
+    space = inp.label_space or {}
+    if inp.status != "ok" or not space:
+        return []
+    version, status = inp.champion.get("version"), space.get("status")
+    if status in ("same", "reordered"):
+        how = "in the same order" if status == "same" else "reordered: aligned by name"
+        return [Reason("label_space", "PASS", f"class names match champion {version} ({how}): PASS")]
+    if status != "added":
+        return [fail("label_space", f"champion {version}: label space status {status!r} with champion status ok "
+                     "(expected same, reordered or added)")]
+    added = space.get("added_classes") or {}
+    own = "; ".join(f"{name}: {c.get('test_rows')} test rows, candidate recall {c.get('recall', 0):.3f}, "
+                    f"precision {c.get('precision', 0):.3f}" for name, c in added.items())
+    cal_total = int(space.get("shared_calibration_rows") or 0) + sum(int(c.get("calibration_rows") or 0)
+                                                                     for c in added.values())
+    text = (f"class(es) {_names(space.get('added') or [])} added since champion {version} (its classes "
+            f"{_names(space.get('champion_labels') or [])}, this spec's {_names(space.get('candidate_labels') or [])})"
+            f": the champion comparison (non-inferiority, slices, calibration) is on the "
+            f"{len(space.get('shared') or [])} shared classes only: {inp.champion_rows} of {inp.test_size} test rows, "
+            f"{space.get('shared_calibration_rows')} of {cal_total} calibration rows; the added classes on their own "
+            f"({own}): WARN")
+    return [Reason("label_space", "WARN", text)]
 
 
 def _minimum(metric: str, floor: float, value: Any) -> Reason:
@@ -164,9 +220,14 @@ def calibration(inp: GateInput, policy: GateSpec) -> list[Reason]:
         reasons.append(fail("calibration", f"champion ece after temperature: missing from the report "
                             f"(got {champ_ece!r})", metric="ece"))
         return reasons
+    # Classes added since the champion: both ECEs on the shared classes' rows (the candidate's refitted there).
+    ece, where = (inp.overall_vs_champion.get("ece"), " on the shared classes") if inp.on_shared else (ece, "")
+    if ece is None or not finite(ece):
+        return [*reasons, fail("calibration", f"ece{where} after temperature: missing from the report (got "
+                               f"{ece!r})", metric="ece")]
     limit = champ_ece + tol
     reasons.append(verdict(ece <= limit, "calibration",
-                           f"ece {ece:.4f} vs champion {champ_ece:.4f} + tolerance {tol} = {limit:.4f}",
+                           f"ece{where} {ece:.4f} vs champion {champ_ece:.4f} + tolerance {tol} = {limit:.4f}",
                            metric="ece", threshold=limit))
     return reasons
 
@@ -193,7 +254,8 @@ def _overall(inp: GateInput, policy: GateSpec, other: str, metric: str, margin: 
         return fail(check, f"{metric} overall: no bootstrap interval vs {other} in the report", metric=metric,
                     slice="overall")
     iv = (c["lo"], c["hi"])
-    pw = power(c["lo"], c["hi"], inp.test_size, margin, policy.confidence, policy.power)
+    rows = inp.champion_rows if other == "champion" else inp.test_size
+    pw = power(c["lo"], c["hi"], rows, margin, policy.confidence, policy.power)
     outcome = interval_outcome(c["lo"], c["hi"], margin)
     text = (f"{metric} overall: {subject} in {fmt_interval(iv)} ({_conf(policy)}), margin -{margin}, "
             f"{describe(pw, margin, policy.power, outcome)}")
@@ -238,7 +300,7 @@ def _tested_slices(inp: GateInput, policy: GateSpec, metric: str) -> tuple[list[
     rest, in slice order."""
     reasons: list[Reason] = []
     tested: list[tuple[str, dict[str, Any]]] = []
-    for name, n in sorted(inp.slice_sizes.items()):
+    for name, n in sorted(inp.champion_slice_sizes.items()):
         small = min_slice_size(policy, metric, name, n)
         c = None if small else inp.compare("champion", metric, name)
         if small:
@@ -261,7 +323,7 @@ def _slice_metric(inp: GateInput, policy: GateSpec, metric: str) -> list[Reason]
     p_harm = adjust([1.0 - p for p in below], policy.correction)  # H0 "difference >= -margin": small means harm
     for (name, c), ni, harm in zip(tested, p_ni, p_harm, strict=True):
         iv = (c["lo"], c["hi"])
-        pw = power(c["lo"], c["hi"], int(inp.slice_sizes[name]), margin, policy.confidence, policy.power,
+        pw = power(c["lo"], c["hi"], int(inp.champion_slice_sizes[name]), margin, policy.confidence, policy.power,
                    family=len(tested))
         outcome = p_outcome(ni, harm, alpha)
         text = (f"{metric} on {name}: candidate - champion in {fmt_interval(iv)} ({_conf(policy)}), margin "
@@ -291,7 +353,7 @@ def first_model(inp: GateInput, policy: GateSpec) -> list[Reason]:
 
 def champion_unchanged(champion: dict[str, Any], evidence: dict[str, Any]) -> list[Reason]:
     """The champion pointer read now (``evidence``) is the one the report evaluated against."""
-    if champion.get("status") not in ("ok", "none"):
+    if champion.get("status") not in ("ok", "none", "incomparable"):
         return []
     now = (evidence["champion_version"], evidence["champion_etag"])
     if now == (champion.get("version"), champion.get("etag")):
@@ -336,5 +398,5 @@ def source_licence(inp: GateInput, policy: GateSpec) -> list[Reason]:
 
 
 # The order of the reasons in a decision (the ledger and the approval show them in this order).
-CHECKS: tuple[Check, ...] = (required_slices, champion_status, absolute_minimums, calibration, beats_majority,
-                             matches_frozen, non_inferiority, slices, first_model, source_licence)
+CHECKS: tuple[Check, ...] = (required_slices, champion_status, label_space, absolute_minimums, calibration,
+                             beats_majority, matches_frozen, non_inferiority, slices, first_model, source_licence)

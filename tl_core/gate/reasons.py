@@ -1,46 +1,16 @@
-"""What the gate says: one Reason per check made, and the Decision that joins them."""
+"""What the gate says: one Reason per check made (the gate decision artifact's own GateReason; the decision that
+joins them is tl_core.artifacts.GateDecision, built by tl_core.gate.decide)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from tl_core.artifacts import GateReason
 
-@dataclass(frozen=True)
-class Reason:
-    check: str  # evidence | champion | minimum | calibration | ladder | non-inferiority | slice | bootstrap | licence
-    status: str  # PASS | FAIL | WARN
-    text: str
-    metric: str | None = None
-    slice: str | None = None
-    interval: tuple[float, float] | None = None
-    threshold: float | None = None
-    outcome: str | None = None  # harm | non-inferior | inconclusive (comparisons against a margin only)
-    detectable: float | None = None  # the smallest drop this comparison shows as harm with the policy's power
-
-
-@dataclass
-class Decision:
-    passed: bool
-    bootstrap: bool
-    reasons: list[Reason] = field(default_factory=list)
-    evidence_hash: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def failures(self) -> list[Reason]:
-        return [r for r in self.reasons if r.status == "FAIL"]
-
-    @property
-    def warnings(self) -> list[Reason]:
-        return [r for r in self.reasons if r.status == "WARN"]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "decision": "PASS" if self.passed else "FAIL", "bootstrap": self.bootstrap,
-                "evidence_hash": self.evidence_hash, "reasons": [asdict(r) for r in self.reasons],
-                "summary": self.summary}
+Reason = GateReason  # one definition: what a check returns is what gate/decision.json stores
 
 
 def verdict(passed: bool, check: str, text: str, **kw: Any) -> Reason:
@@ -60,7 +30,7 @@ def fail(check: str, text: str, **kw: Any) -> Reason:
     return verdict(False, check, text, **kw)
 
 
-def fmt_interval(iv: tuple[float, float]) -> str:
+def fmt_interval(iv: Sequence[float]) -> str:
     return f"[{iv[0]:+.3f}, {iv[1]:+.3f}]"
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tl_core.gate.reasons import Decision, Reason, finite, fmt_interval
+from tl_core.artifacts import GateDecision
+from tl_core.gate.reasons import Reason, finite, fmt_interval
 
 
 def summary(report: dict[str, Any], reasons: list[Reason]) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def summary(report: dict[str, Any], reasons: list[Reason]) -> dict[str, Any]:
     }
 
 
-def _interval_rows(decision: Decision, limit: int, baseline: str = "frozen") -> list[str]:
+def _interval_rows(decision: GateDecision, limit: int, baseline: str = "frozen") -> list[str]:
     """Table rows: every overall interval, then the ``limit`` worst slices (failures first)."""
     with_iv = [r for r in decision.reasons if r.interval is not None]
     overall = [r for r in with_iv if r.slice in (None, "overall")]
@@ -46,7 +47,7 @@ def _interval_rows(decision: Decision, limit: int, baseline: str = "frozen") -> 
     return rows
 
 
-def summary_markdown(decision: Decision, report: dict[str, Any], limit: int = 6) -> str:
+def summary_markdown(decision: GateDecision, report: dict[str, Any], limit: int = 6) -> str:
     """The approval body: decision, top reasons, overall and worst-slice deltas with intervals, ECE."""
     champ = report.get("champion") or {}
     conf = (report.get("bootstrap") or {}).get("confidence", 0.95)

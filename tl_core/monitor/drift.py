@@ -6,7 +6,10 @@ Measured (``measure``), then decided (``decide_alerts``, a pure function of the 
   cache of tl_core.train.frozen) of up to ``monitor.embedding_max_rows`` rows of the champion run's train split
   vs as many rows sampled from the partition;
 * prediction shift: PSI and a chi-square test of the partition's predicted-class counts vs the champion's
-  predictions on its own test split (the version's ``models/<strategy>/logits/test.npz``);
+  predictions on its own test split (the version's ``models/<strategy>/logits/test.npz``), both keyed by class name:
+  the reference's columns are the champion's own class names (its model_config.json, else its spec.json; never
+  the current spec's order), the partition's counts are of its ``prediction`` names, and a name outside the
+  champion's classes is refused (those scores came from another model);
 * label-free accuracy: CBPE (mean top calibrated probability; the served model is temperature-scaled), overall and
   per slice, vs the champion's test accuracy (per slice where its evaluation report has the slice).
 
@@ -60,8 +63,36 @@ def _json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _run_spec(spec: ModelSpec, root: Path, version: str) -> tuple[ModelSpec, bool]:
+    """(the spec the champion was trained with, whether it came from the version's spec.json) - the current spec
+    when the version has none or it does not validate."""
+    bound = _json(root / "spec.json")
+    bound.pop("fingerprint", None)
+    if not bound:
+        return spec, False
+    try:
+        return parse_spec(bound, f"champion {version} spec.json"), True
+    except SpecError as exc:
+        logger.warning("champion %s: its spec.json does not validate (%s); using the current spec", version, exc)
+        return spec, False
+
+
+def _reference_labels(config: dict[str, Any], run_spec: ModelSpec | None, version: str, width: int) -> list[str]:
+    """The champion's class names in its logit order: its model_config.json, else its own spec.json (never the
+    current spec: its order may have changed since); MonitorError when neither says, or the width differs."""
+    labels = [str(n) for n in (config.get("labels") or (run_spec.labels if run_spec is not None else []))]
+    if not labels:
+        raise MonitorError(f"champion {version}: neither its model_config.json nor its spec.json names its classes, "
+                           "so its reference predictions cannot be keyed by class name")
+    if width != len(labels):
+        raise MonitorError(f"champion {version}: its test logits have {width} columns but its classes are "
+                           f"{labels} ({len(labels)}); the version's files disagree")
+    return labels
+
+
 def load_reference(spec: ModelSpec, registry: Registry, version: str) -> ChampionReference:
-    """The champion's test predictions, test accuracy (overall, per slice) and training spec."""
+    """The champion's test predictions (keyed by its own class names), test accuracy (overall, per slice) and
+    training spec."""
     manifest = registry.show(version)
     root = registry.load_version(version)
     strategy = manifest["strategy"]
@@ -72,7 +103,8 @@ def load_reference(spec: ModelSpec, registry: Registry, version: str) -> Champio
     with np.load(logits_file, allow_pickle=False) as z:
         logits = z["logits"].astype(np.float64)
     config = _json(root / "models" / strategy / "model_config.json")
-    labels = list(config.get("labels") or spec.labels)
+    run_spec, own = _run_spec(spec, root, version)
+    labels = _reference_labels(config, run_spec if own else None, version, logits.shape[1])
     temperature = float(manifest.get("temperature") or _json(root / "export" / "parity.json").get("temperature")
                         or 1.0)
     z_t = logits / temperature
@@ -81,13 +113,6 @@ def load_reference(spec: ModelSpec, registry: Registry, version: str) -> Champio
     evaluated = _json(root / "evaluation" / "report.json").get("models", {}).get(strategy, {})
     slice_acc = {s: float(m["accuracy"]) for s, m in (evaluated.get("slices") or {}).items()
                  if isinstance(m, dict) and isinstance(m.get("accuracy"), int | float)}
-    bound = _json(root / "spec.json")
-    bound.pop("fingerprint", None)
-    try:
-        run_spec = parse_spec(bound, f"champion {version} spec.json") if bound else spec
-    except SpecError as exc:
-        logger.warning("champion %s: its spec.json does not validate (%s); using the current spec", version, exc)
-        run_spec = spec
     accuracy = (manifest.get("metrics") or {}).get("accuracy")
     return ChampionReference(
         version=version, run_id=str(manifest["run_id"]), labels=labels,
@@ -98,9 +123,9 @@ def load_reference(spec: ModelSpec, registry: Registry, version: str) -> Champio
 
 @dataclass
 class PredictionTally:
-    """Streaming sums over predictions.parquet: class counts, top-probability sums, overall and per slice."""
+    """Streaming sums over predictions.parquet: class counts by name, top-probability sums, overall and per slice."""
 
-    counts: np.ndarray
+    counts: dict[str, int]
     rows: int = 0
     top_sum: float = 0.0
     slices: dict[str, list[float]] | None = None  # "col=value" -> [rows, top-probability sum]
@@ -108,15 +133,19 @@ class PredictionTally:
 
 def tally_predictions(store: ObjectStore, key: str, labels: list[str], slice_columns: list[str],
                       chunk_rows: int) -> PredictionTally:
-    """Read the predictions in chunks (bounded memory) and sum what the prediction tests need."""
-    index = {name: i for i, name in enumerate(labels)}
-    tally = PredictionTally(np.zeros(len(labels), np.int64), slices={})
+    """Read the predictions in chunks (bounded memory) and sum what the prediction tests need. Predicted classes are
+    counted by name; a name outside ``labels`` (the champion's classes) is a MonitorError naming it."""
+    tally = PredictionTally({name: 0 for name in labels}, slices={})
     with local_file(store, key) as path:
         for batch in pq.ParquetFile(path).iter_batches(chunk_rows, columns=["prediction", "confidence",
                                                                             *slice_columns]):
             df = batch.to_pandas()
-            tally.counts += np.bincount(df["prediction"].map(index).to_numpy(dtype=np.int64),
-                                        minlength=len(labels))
+            for name, n in df["prediction"].astype(str).value_counts().items():
+                if name not in tally.counts:
+                    raise MonitorError(f"{store.url(key)} predicts class {name!r}, which is not among the champion's "
+                                       f"classes {labels}: these scores were made by another model; score the "
+                                       "partition again with the champion (`tl score`)")
+                tally.counts[str(name)] += int(n)
             top = df["confidence"].to_numpy(np.float64)
             tally.rows += len(df)
             tally.top_sum += float(top.sum())
@@ -188,12 +217,14 @@ def measure_embedding(spec: ModelSpec, ref: ChampionReference, day: date) -> dic
 
 
 def prediction_sections(ref: ChampionReference, tally: PredictionTally) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(prediction shift, accuracy estimate) from the champion reference and the partition's tallies."""
-    chi = stats.chi_square(ref.test_counts, tally.counts)
-    shift = {"psi": stats.psi(ref.test_counts, tally.counts), "chi2": chi["statistic"],
+    """(prediction shift, accuracy estimate) from the champion reference and the partition's tallies (the counts
+    lined up by class name, in the champion's class order)."""
+    current = np.array([tally.counts.get(name, 0) for name in ref.labels], dtype=np.int64)
+    chi = stats.chi_square(ref.test_counts, current)
+    shift = {"psi": stats.psi(ref.test_counts, current), "chi2": chi["statistic"],
              "chi2_p_value": chi["p_value"], "dof": chi["dof"],
              "reference_counts": {name: int(c) for name, c in zip(ref.labels, ref.test_counts, strict=True)},
-             "current_counts": {name: int(c) for name, c in zip(ref.labels, tally.counts, strict=True)}}
+             "current_counts": {name: int(c) for name, c in zip(ref.labels, current, strict=True)}}
     slices = {name: {"rows": int(n), "expected_accuracy": s / n if n else None,
                      "reference_accuracy": ref.slice_accuracy.get(name, ref.test_accuracy)}
               for name, (n, s) in sorted((tally.slices or {}).items())}

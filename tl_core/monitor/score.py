@@ -5,8 +5,12 @@ the spec's slice columns). Output, under ``<store>/scores/<model>/dt=YYYY-MM-DD/
 
     predictions.parquet   example_id, prediction, confidence, prob_<label>..., model_version, slice columns
     shadow.parquet        the same for the challenger (when one is registered and monitor.shadow is on)
-    scoring.json          the commit record, written last: versions, inputs (key + etag), rows, chunks,
-                          disagreement overall and per slice
+    scoring.json          the commit record, written last: versions, inputs (key + etag), rows, chunks, each
+                          model's class names (labels, challenger_labels), disagreement overall and per slice
+
+Disagreement compares the two models' predicted class NAMES (each file's ``prediction`` and ``prob_<label>`` columns
+come from that model's own class names), so a challenger whose classes are reordered or extended is compared by
+name; a row where one model predicts a class the other lacks counts as a disagreement.
 
 The rows stream through in chunks of ``monitor.chunk_rows`` (pyarrow ``iter_batches``), each scored by the serving
 loop that `tl predict` uses (tl_core.export.predict.score), and are appended to local Parquet writers; the files
@@ -203,6 +207,7 @@ def score_partition(spec: ModelSpec, day: date, run_id: str = "manual") -> str:
               **expected, "model": spec.name, "dt": day.isoformat(), "run_id": run_id, "rows": tally.rows,
               "chunks": tally.chunks, "max_chunk_rows": tally.max_chunk_rows, "files": files,
               "slice_columns": list(spec.data.slice_columns), "labels": models[0].labels,
+              "challenger_labels": models[1].labels if challenger else None,
               "disagreement": tally.disagreement() if challenger else None,
               "scored_at": datetime.now(UTC).isoformat()}
     out.put_bytes(join_key(prefix, RECORD), json.dumps(record, indent=2, sort_keys=True).encode())

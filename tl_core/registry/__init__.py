@@ -19,8 +19,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tl_core.artifacts import PromotionOverride, VersionManifest
 from tl_core.config import CACHE_DIR, ModelSpec
-from tl_core.errors import ConflictError, IntegrityError, MetadataError, RegistryError, UnexplainedPointer
+from tl_core.errors import (
+    ConflictError,
+    IntegrityError,
+    MetadataError,
+    PromotionRefused,
+    RegistryError,
+    UnexplainedPointer,
+)
 from tl_core.registry.gc import Collector
 from tl_core.registry.integrity import GOLDEN_TOLERANCE, Integrity
 from tl_core.registry.layout import GC_MARKER, KEPT_AFTER_GC, POINTER_ACTIONS, Layout
@@ -36,6 +44,7 @@ from tl_core.registry.names import (
     check_version,
 )
 from tl_core.registry.pointer import Champion, Pointer
+from tl_core.registry.policy import promotion_problems, rejection_of
 from tl_core.registry.versions import OPTIONAL_RUN_FILES, Versions
 from tl_core.store import ObjectStore, open_store
 
@@ -45,7 +54,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_DIR", "GC_MARKER", "GOLDEN_TOLERANCE", "KEPT_AFTER_GC", "OPTIONAL_RUN_FILES", "POINTER_ACTIONS",
     "RECORD_ID_PATTERN", "SAFE_SUFFIXES", "SEGMENT_PATTERN", "VERSION_PATTERN", "Champion",
-    "ConflictError", "IntegrityError", "MetadataError", "Registry", "RegistryError", "UnexplainedPointer",
+    "ConflictError", "IntegrityError", "MetadataError", "PromotionOverride", "PromotionRefused", "Registry",
+    "RegistryError", "UnexplainedPointer",
     "check_model_name", "check_relpath", "check_version",
 ]
 
@@ -99,7 +109,12 @@ class Registry:
         return self._versions.list_versions(include_incomplete)
 
     def show(self, version: str) -> dict[str, Any]:
+        """The version's manifest as JSON (for display; code reads :meth:`manifest`)."""
         return self._versions.show(version)
+
+    def manifest(self, version: str) -> VersionManifest:
+        """The version's manifest, parsed (RegistryError when it does not exist or was collected)."""
+        return self._versions.manifest(version)
 
     def model_card(self, version: str) -> str:
         """The version's MODEL_CARD.md (Hugging Face model-card layout), checked against its manifest."""
@@ -116,7 +131,7 @@ class Registry:
     # ---------------------------------------------------------------- integrity
     def verify(self, version: str) -> dict[str, Any]:
         """Every file present in the store with its manifest checksum; IntegrityError names the first bad file."""
-        return self._integrity.verify(version)
+        return self._integrity.verify(version).model_dump(mode="json")
 
     def load_version(self, version: str, verify_store: bool = False) -> Path:
         """A verified local copy of a version (only safetensors, JSON, ONNX, npz, tokenizer files; no pickles).
@@ -154,19 +169,31 @@ class Registry:
         self.reconcile(repair=repair)
         return self.ledger()
 
-    def record_rejection(self, run_id: str, reasons: list[str], actor: str) -> int:
-        """A 'reject' ledger record (idempotent for the same run and reasons, e.g. a retried task)."""
-        return self._ledger.record_rejection(run_id, reasons, actor)
+    def record_rejection(self, run_id: str, reasons: list[str], actor: str, rejected: bool = True) -> int:
+        """A 'reject' ledger record (idempotent for the same run and reasons, e.g. a retried task); ``rejected``
+        False: the run ended without a promotion but nobody rejected it (its version stays promotable)."""
+        return self._ledger.record_rejection(run_id, reasons, actor, rejected)
+
+    def promotion_problems(self, version: str, evidence_hash: str | None = None) -> list[str]:
+        """Why the promotion policy refuses ``version`` (empty: it would promote); see tl_core.registry.policy."""
+        manifest = self._versions.manifest(version)
+        return promotion_problems(manifest, rejection_of(self._ledger.records(), manifest.run_id), evidence_hash)
 
     def promote(self, version: str, expect_champion: str | None, approval: dict[str, Any] | None, actor: str,
-                reason: str = "", evidence_hash: str | None = None) -> dict[str, Any]:
+                reason: str = "", evidence_hash: str | None = None,
+                override: PromotionOverride | None = None) -> dict[str, Any]:
         """Compare-and-swap the champion to ``version`` (verified first); ConflictError names the champion.
+
+        The promotion policy (tl_core.registry.policy) is applied first: a version whose gate did not PASS, a
+        shadow or rejected version, or an ``evidence_hash`` other than the one registered with the version is
+        refused (PromotionRefused naming each reason) unless ``override`` says who and why; the ledger keeps it.
+        Without ``evidence_hash`` the registered one is what the promotion rests on.
 
         Returns the ledger record with ``made_now``: True when this call moved the pointer, False when the same
         promotion (version, expected champion, evidence) had already been made - by a retry's first attempt or a
         concurrent identical call - and the record returned is that earlier one.
         """
-        return self._moves.promote(version, expect_champion, approval, actor, reason, evidence_hash)
+        return self._moves.promote(version, expect_champion, approval, actor, reason, evidence_hash, override)
 
     def default_rollback_target(self) -> str | None:
         """The latest earlier champion that still exists and was never rolled back from."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tl_core.artifacts import weights_file
+from tl_core.artifacts import VersionManifest, weights_file
 from tl_core.errors import IntegrityError, MetadataError, NoSuchKey
 from tl_core.registry.layout import Layout, sha256
 from tl_core.registry.names import check_relpath, is_strategy
@@ -82,11 +82,11 @@ class Integrity:
         self.cache_dir = cache_dir
         self.model = layout.model
 
-    def manifest_files(self, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def manifest_files(self, version: str) -> tuple[VersionManifest, dict[str, Any]]:
         """The manifest and its files, every path checked before anything is read."""
-        manifest = self.versions.show(version)
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
+        manifest = self.versions.manifest(version)
+        files = manifest.files
+        if not files:
             raise IntegrityError(f"{self.model} {version} is unusable: manifest.json lists no files")
         for rel in sorted(files):
             check_relpath(rel, f"{self.model} {version} manifest.json")
@@ -103,7 +103,7 @@ class Integrity:
                                  f"{str(meta.get('sha256'))[:12]}... size {meta.get('size')})")
         return data
 
-    def verify(self, version: str) -> dict[str, Any]:
+    def verify(self, version: str) -> VersionManifest:
         """Every file present in the store with its manifest checksum; IntegrityError names the first bad file."""
         manifest, files = self.manifest_files(version)
         for rel, meta in sorted(files.items()):
@@ -142,9 +142,9 @@ class Integrity:
     def check_loadable(self, version: str) -> None:
         """Rollback preconditions: checksums, the model files parse, the ONNX reproduces its golden logits."""
         path = self.load_version(version, verify_store=True)
-        strategy = self.versions.show(version).get("strategy")
+        strategy = self.versions.manifest(version).strategy
         where = f"{self.model} {version}"
-        if not isinstance(strategy, str) or not is_strategy(strategy):
+        if not is_strategy(strategy):
             raise MetadataError(f"{where}: {self.layout.version_key(version, 'manifest.json')}: 'strategy' is "
                                 f"{strategy!r}; expected a strategy name such as 'frozen'")
         check_model_files(where, path / "models" / strategy, strategy)

@@ -101,10 +101,13 @@ class Ledger:
                 time.sleep(min(0.05, 0.002 * (attempt + 1)))
         raise RegistryError(f"{self.model}: could not append to the ledger after 400 attempts")
 
-    def record_rejection(self, run_id: str, reasons: list[str], actor: str) -> int:
-        """A 'reject' ledger record (idempotent for the same run and reasons, e.g. a retried task)."""
+    def record_rejection(self, run_id: str, reasons: list[str], actor: str, rejected: bool = True) -> int:
+        """A 'reject' ledger record (idempotent for the same run and reasons, e.g. a retried task).
+
+        ``rejected``: the gate or a person rejected the run, so the promotion policy refuses its version; False
+        records a run that ended without a promotion for another reason (no answer in time, a failed task)."""
         text = "; ".join(str(r) for r in reasons)[:4000]
         rid = "reject-" + sha256(json.dumps([run_id, text]).encode())[:32]
-        stored, _ = self.append({"action": "reject", "run_id": run_id, "actor": actor, "reason": text},
-                                record_id=rid)
+        stored, _ = self.append({"action": "reject", "run_id": run_id, "actor": actor, "reason": text,
+                                 "rejected": rejected}, record_id=rid)
         return int(stored["seq"])

@@ -12,12 +12,14 @@ import logging
 import uuid
 from typing import Any
 
+from tl_core.artifacts import PromotionOverride
 from tl_core.errors import ConflictError, PreconditionFailed, RegistryError
 from tl_core.registry.integrity import Integrity
 from tl_core.registry.layout import POINTER_ACTIONS, now
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_version
 from tl_core.registry.pointer import Champion, Pointer
+from tl_core.registry.policy import check_promotion, rejection_of
 from tl_core.registry.versions import Versions
 
 logger = logging.getLogger(__name__)
@@ -82,24 +84,29 @@ class Moves:
                                 f"{now_.version if now_ else 'none'}") from None
 
     def promote(self, version: str, expect_champion: str | None, approval: dict[str, Any] | None, actor: str,
-                reason: str = "", evidence_hash: str | None = None) -> dict[str, Any]:
-        """Compare-and-swap the champion to ``version`` (verified first); see ``Registry.promote``."""
+                reason: str = "", evidence_hash: str | None = None,
+                override: PromotionOverride | None = None) -> dict[str, Any]:
+        """Compare-and-swap the champion to ``version`` (verified first, then the promotion policy, see
+        tl_core.registry.policy); see ``Registry.promote``."""
         check_version(version)
         if expect_champion is not None:
             check_version(expect_champion)
         if approval is not None and not isinstance(approval, dict):
             raise ValueError(f"approval must be a JSON object, got {type(approval).__name__}")
+        if override is not None and not isinstance(override, PromotionOverride):
+            raise ValueError(f"override must be a PromotionOverride, got {type(override).__name__}")
         manifest = self.integrity.verify(version)
-        if manifest.get("shadow") and not (approval or {}).get("allow_shadow"):
-            raise RegistryError(f"{self.model} {version} is a shadow version (backfill); promote it only with "
-                                "approval.allow_shadow")
+        overridden = check_promotion(manifest, rejection_of(self.ledger.records(), manifest.run_id), evidence_hash,
+                                     override)
+        evidence_hash = evidence_hash or manifest.gate.evidence_hash  # what the promotion rests on, in the ledger
         same = (version, "promote", expect_champion, evidence_hash)
         current, record = self.pointer.reconciled(self.pointer.read(), repair=True)
         if current is not None and record is not None and promotion_of(current) == same:
             return self._already_made(record)
         try:
             return self.move("promote", version, expect_champion, actor, reason or "approved promotion",
-                             {"approval": approval or {}, "evidence_hash": evidence_hash})
+                             {"approval": approval or {}, "evidence_hash": evidence_hash,
+                              **({"override": overridden} if overridden is not None else {})})
         except ConflictError:  # lost to an identical promotion: that one is the answer, not a conflict
             current, record = self.pointer.reconciled(self.pointer.read(), repair=True)
             if current is not None and record is not None and promotion_of(current) == same:

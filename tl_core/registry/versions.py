@@ -10,8 +10,18 @@ import json
 import logging
 from typing import Any
 
-from tl_core.artifacts import MANIFEST_SCHEMA_VERSION, VersionManifest, check_artifact, weights_file
-from tl_core.errors import IntegrityError, NoSuchKey, PreconditionFailed, RegistryError
+from tl_core.artifacts import (
+    ArtifactError,
+    EvaluationReport,
+    GateDecision,
+    VersionGate,
+    VersionManifest,
+    check_artifact,
+    dump_artifact,
+    parse_artifact,
+    weights_file,
+)
+from tl_core.errors import IntegrityError, MetadataError, NoSuchKey, PreconditionFailed, RegistryError
 from tl_core.registry.card import CARD, render_card
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
@@ -100,27 +110,32 @@ SOURCE_FIELDS = ("weights", "path", "package", "package_version", "key_map", "li
                  "fingerprint", "licence_override")
 
 
-def build_manifest(run: RunContext, model: str, version: str, strategy: str, files: dict[str, Any],
-                   shadow: bool, candidate: dict[str, Any]) -> dict[str, Any]:
-    """The version's manifest: where it came from (run, snapshot, backbone, seeds), its metrics and files."""
-    def optional(rel: str) -> dict[str, Any]:
-        value = run.read_json(rel) if run.store.exists(run.key(rel)) else {}
-        return value if isinstance(value, dict) else {}
+def version_gate(decision: GateDecision | None) -> VersionGate:
+    """What the manifest keeps of the run's gate decision (none: the run was registered without one)."""
+    if decision is None:
+        return VersionGate()
+    failing = [r.text for r in decision.reasons if r.status == "FAIL"][:10]
+    return VersionGate(decision=decision.decision, passed=decision.passed, evidence_hash=decision.evidence_hash,
+                       bootstrap=decision.bootstrap, reasons=failing)
 
+
+def build_manifest(run: RunContext, model: str, version: str, strategy: str, files: dict[str, Any],
+                   shadow: bool, candidate: dict[str, Any]) -> VersionManifest:
+    """The version's manifest: where it came from (run, snapshot, backbone, seeds), its class names, its gate
+    outcome, metrics and files."""
     config = run.read_json(f"models/{strategy}/model_config.json")
     if not isinstance(config, dict):
         raise RegistryError(f"run {run.run_id}: models/{strategy}/model_config.json is not a JSON object")
-    spec = optional("spec.json")
+    spec = run.spec.model_dump(mode="json")  # the run is bound to this spec (RunContext.check_spec)
     backbone = config.get("backbone") or spec.get("backbone") or {}
     train = config.get("train") or spec.get("train") or {}
-    report = optional("evaluation/report.json")
-    evaluated = report.get("models", {}).get(strategy, {})
-    source = report.get("provenance") or {}
-    gate = optional("gate/decision.json")
+    report = run.read_optional(EvaluationReport)
+    evaluated = report.models.get(strategy) if report is not None else None
+    source = (report.provenance if report is not None else None) or {}
+    snapshot = run.read_json("snapshot/manifest.json") if run.store.exists(run.key("snapshot/manifest.json")) else {}
     manifest = {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
         "model": model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": now(),
-        "snapshot_hash": optional("snapshot/manifest.json").get("content_hash"),
+        "snapshot_hash": snapshot.get("content_hash") if isinstance(snapshot, dict) else None,
         "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
                      "library": backbone.get("library"),
                      **({k: None if source.get(k) is None else str(source[k]) for k in SOURCE_FIELDS}
@@ -131,9 +146,11 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
                   "split": spec.get("data", {}).get("split_seed"),
                   "bootstrap": spec.get("gate", {}).get("bootstrap_seed")},
         "candidate_selection": candidate, "library_versions": library_versions(),
-        "metrics": {k: v for k, v in evaluated.get("overall", {}).items() if isinstance(v, int | float)},
-        "temperature": evaluated.get("temperature"),
-        "gate": {k: gate.get(k) for k in ("passed", "evidence_hash", "bootstrap")},
+        "metrics": ({k: v for k, v in evaluated.overall.items() if isinstance(v, int | float)}
+                    if evaluated is not None else {}),
+        "temperature": evaluated.temperature if evaluated is not None else None,
+        "gate": version_gate(run.read_optional(GateDecision)),
+        "classes": list(config.get("labels") or run.spec.labels),
         "files": files,
     }
     int8 = int8_record(run, files)
@@ -141,8 +158,7 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
         manifest["int8"] = int8
         if not int8["registered"]:
             logger.warning("%s %s: registered without its int8 artifact: %s", model, version, int8["reason"])
-    check_artifact(VersionManifest, manifest, f"{model} {version} manifest.json")
-    return manifest
+    return check_artifact(VersionManifest, manifest, f"{model} {version} manifest.json")
 
 
 class Versions:
@@ -157,10 +173,16 @@ class Versions:
                       if include_incomplete or ("manifest.json" in rels and GC_MARKER not in rels))
 
     def show(self, version: str) -> dict[str, Any]:
+        """The manifest as JSON, for display (CLI, pages)."""
+        return self.manifest(version).model_dump(mode="json")
+
+    def manifest(self, version: str) -> VersionManifest:
+        """The version's manifest, parsed; RegistryError when it does not exist or was collected, MetadataError
+        when it does not parse (naming the file and what is wrong)."""
         check_version(version)
+        key = self.layout.version_key(version, "manifest.json")
         try:
-            manifest = self.layout.json(self.layout.version_key(version, "manifest.json"),
-                                        "the version's manifest object")
+            data = self.layout.store.get_bytes(key)
         except NoSuchKey:
             if self.layout.collected(version):
                 raise RegistryError(f"{self.model}: version {version} was garbage-collected") from None
@@ -169,17 +191,20 @@ class Versions:
             ) from None
         if self.layout.collected(version):
             raise RegistryError(f"{self.model}: version {version} was garbage-collected")
-        return manifest
+        try:
+            return parse_artifact(VersionManifest, data, f"{self.model}: {key}")
+        except ArtifactError as exc:
+            raise MetadataError(str(exc)) from None
 
     def model_card(self, version: str) -> str:
         """The version's MODEL_CARD.md, checked against the manifest's sha256 when the manifest lists it."""
-        manifest = self.show(version)
+        manifest = self.manifest(version)
         try:
             data = self.layout.store.get_bytes(self.layout.version_key(version, CARD))
         except NoSuchKey:
             raise RegistryError(f"{self.model}: version {version} has no {CARD} (registered before model cards "
                                 "were written)") from None
-        recorded = (manifest.get("files") or {}).get(CARD) or {}
+        recorded = manifest.files.get(CARD) or {}
         if recorded.get("sha256") and recorded["sha256"] != sha256(data):
             raise IntegrityError(f"{self.model} {version}: {CARD} does not match its manifest checksum")
         return data.decode("utf-8", errors="replace")
@@ -191,9 +216,8 @@ class Versions:
             self.layout.store.delete(self.layout.run_key(run.run_id))  # an interrupted gc collected it: anew
             version = None
         if version is not None and self.layout.store.exists(self.layout.version_key(version, "manifest.json")):
-            shown = self.show(version)
-            self._log_register(version, run.run_id, shown.get("shadow", shadow), actor,
-                               (shown.get("backbone") or {}).get("licence_override"))
+            shown = self.manifest(version)
+            self._log_register(version, run.run_id, shown.shadow, actor, shown.backbone.get("licence_override"))
             return version
         strategy, candidate, rels = run_files(run)
         if version is None:
@@ -205,20 +229,27 @@ class Versions:
         run.store.put_bytes(run.key(CARD), card)
         files[CARD] = self._put_once(run, version, CARD, card)
         manifest = build_manifest(run, self.model, version, strategy, files, shadow, candidate)
+        if not manifest.promotable_by_gate:
+            logger.warning("%s %s: registered as not promotable (gate %s%s); the registry refuses to promote it "
+                           "without an override", self.model, version, manifest.gate.decision,
+                           ", shadow" if shadow else "")
         try:
-            self.layout.store.put_bytes(self.layout.version_key(version, "manifest.json"),
-                                        json.dumps(manifest, indent=2, sort_keys=True).encode(), if_none_match="*")
+            self.layout.store.put_bytes(self.layout.version_key(version, "manifest.json"), dump_artifact(manifest),
+                                        if_none_match="*")
         except PreconditionFailed:
             pass  # a concurrent registration of the same run finished first; the version is complete
-        self._log_register(version, run.run_id, shadow, actor, manifest["backbone"].get("licence_override"))
+        self._log_register(version, run.run_id, shadow, actor, manifest.backbone.get("licence_override"),
+                           manifest.gate.decision)
         return version
 
     def _log_register(self, version: str, run_id: str, shadow: bool, actor: str,
-                      licence_override: str | None = None) -> None:
-        """The ledger's register record; a spec's licence override (the gate let an unknown or disallowed source
-        licence through) is recorded in it."""
+                      licence_override: str | None = None, gate: str | None = None) -> None:
+        """The ledger's register record, with the gate outcome it was registered with; a spec's licence override
+        (the gate let an unknown or disallowed source licence through) is recorded in it."""
         record: dict[str, Any] = {"action": "register", "version": version, "run_id": run_id, "shadow": shadow,
                                   "actor": actor, "reason": "registered from run"}
+        if gate is not None:
+            record["gate"] = gate
         if licence_override:
             record["licence_override"] = licence_override
         self.ledger.append(record, record_id=f"register-{version}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_core.artifacts import ModelConfig, ServingCost, TrainReport
 from tl_core.config import SelectionSpec
 from tl_core.errors import DataError, NoSuchKey
 from tl_core.evaluate.metrics import rank_key
@@ -45,9 +46,14 @@ def frozen_scores(ctx: RunContext) -> dict[str, float]:
     scores, missing = {}, []
     for name in backbone_names(ctx):
         try:
-            scores[name] = float(ctx.read_json(f"models/{frozen_id(name)}/train_report.json")["val_metric"])
+            report = ctx.read(TrainReport, frozen_id(name))
         except NoSuchKey:
             missing.append(frozen_id(name))
+            continue
+        if report.val_metric is None:
+            raise DataError(f"run {ctx.run_id}: models/{frozen_id(name)}/train_report.json has no val_metric "
+                            f"(skipped: {report.skipped!r}); a frozen baseline is always trained")
+        scores[name] = report.val_metric
     if missing:
         raise DataError(f"run {ctx.run_id}: the frozen baselines {missing} are not trained yet; every backbone's "
                         "frozen model ranks it before any fine-tuning (train them first)")
@@ -85,7 +91,7 @@ def _median_ms(session: Any, feeds: dict[str, np.ndarray], runs: int) -> float:
     return float(statistics.median(times))
 
 
-def measure_cost(model: Any, prep: Any, config: dict[str, Any], selection: SelectionSpec) -> dict[str, Any]:
+def measure_cost(model: Any, prep: Any, config: ModelConfig, selection: SelectionSpec) -> ServingCost:
     """Parameters, ONNX size and onnxruntime latency (median ms at batch 1 and the serving batch) of a trained
     model (``prep``: the run's encoded splits and backbone, tl_core.train.run._Prepared)."""
     import onnxruntime as ort
@@ -109,11 +115,11 @@ def measure_cost(model: Any, prep: Any, config: dict[str, Any], selection: Selec
         latency = {}
         for batch in sorted({1, selection.serving_batch}):
             idx = np.resize(np.arange(len(data)), batch)  # the validation rows, repeated up to the batch size
-            feeds = onnx_inputs(config["kind"], collate(data, idx, pad_id, prep.transforms[1]))
+            feeds = onnx_inputs(config.kind, collate(data, idx, pad_id, prep.transforms[1]))
             latency[str(batch)] = _median_ms(session, feeds, selection.latency_runs)
     params = int(sum(p.numel() for p in model.parameters()))
     logger.info("cost: %.1fM parameters, ONNX %.1f MB, latency %s ms (%s)", params / 1e6, size / 1e6, latency,
                 chosen[0])
-    return {"parameters": params, "onnx_mb": size / 1e6, "latency_ms": latency, "provider": chosen[0],
-            "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                     "cpus": os.cpu_count()}}
+    return ServingCost(parameters=params, onnx_mb=size / 1e6, latency_ms=latency, provider=chosen[0],
+                       host={"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                             "cpus": os.cpu_count()})

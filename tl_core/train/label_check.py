@@ -11,14 +11,13 @@ split only (validation, calibration and test stay as split, so every evaluation 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tl_core.artifacts import LabelIssues
 from tl_core.data.label_issues import LABEL_ISSUES, find_label_issues, skipped_finding
 from tl_core.errors import BlockingAuditFinding, PreconditionFailed
 from tl_core.runs import RunContext
@@ -59,7 +58,7 @@ def frozen_embeddings(ctx: RunContext, df: pd.DataFrame, counts: dict[str, int] 
     return feats
 
 
-def compute_label_issues(ctx: RunContext, device: str | None = None) -> dict[str, Any]:
+def compute_label_issues(ctx: RunContext, device: str | None = None) -> LabelIssues:
     """The finding for the run's split (no write); too few non-test rows give an info finding saying so."""
     d = ctx.spec.data
     examples = ctx.read_examples()
@@ -71,35 +70,32 @@ def compute_label_issues(ctx: RunContext, device: str | None = None) -> dict[str
     feats = frozen_embeddings(ctx, rows, cache, device)
     t1 = time.perf_counter()
     finding = find_label_issues(rows, feats, ctx.spec)
-    finding.update(cache=cache, embed_s=t1 - t0, fit_s=time.perf_counter() - t1,
-                   sampled=len(rows) < int((examples["split"] != "test").sum()))
-    return finding
+    return LabelIssues.model_validate({
+        **finding.model_dump(), "cache": cache, "embed_s": t1 - t0, "fit_s": time.perf_counter() - t1,
+        "sampled": len(rows) < int((examples["split"] != "test").sum())})
 
 
-def ensure_label_issues(ctx: RunContext, device: str | None = None) -> dict[str, Any]:
+def ensure_label_issues(ctx: RunContext, device: str | None = None) -> LabelIssues:
     """The run's label-issue finding: read ``audit/label_issues.json`` or compute and write it (create-only;
     embeddings on ``device``, default the spec's train.device); raises BlockingAuditFinding when it is
     blocking."""
-    key = ctx.key(LABEL_ISSUES)
-    if ctx.store.exists(key):
-        finding: dict[str, Any] = json.loads(ctx.store.get_bytes(key))
-    else:
+    finding = ctx.read_optional(LabelIssues)
+    if finding is None:
         finding = compute_label_issues(ctx, device)
-        data = json.dumps(finding, indent=2, sort_keys=True, allow_nan=False).encode()
         try:
-            ctx.store.put_bytes(key, data, if_none_match="*")
+            ctx.write(finding, create_only=True)
         except PreconditionFailed:  # another train task of this run wrote it first: use that one
-            finding = json.loads(ctx.store.get_bytes(key))
-    logger.info("label issues: %s", finding["message"])
-    if finding["severity"] == "blocking":
-        raise BlockingAuditFinding(f"run {ctx.run_id}: label_issues: {finding['message']} (report "
+            finding = ctx.read(LabelIssues)
+    logger.info("label issues: %s", finding.message)
+    if finding.severity == "blocking":
+        raise BlockingAuditFinding(f"run {ctx.run_id}: label_issues: {finding.message} (report "
                                    f"{ctx.uri(LABEL_ISSUES)})")
     return finding
 
 
-def drop_quarantined(train: pd.DataFrame, finding: dict[str, Any]) -> pd.DataFrame:
+def drop_quarantined(train: pd.DataFrame, finding: LabelIssues) -> pd.DataFrame:
     """The training split without the rows the label-issue finding quarantined."""
-    ids = set(finding.get("quarantined_ids", []))
+    ids = set(finding.quarantined_ids)
     if not ids:
         return train
     keep = ~train["example_id"].astype(str).isin(ids)

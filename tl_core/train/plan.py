@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tl_core.artifacts import Plan
 from tl_core.config import ModelSpec
 from tl_core.errors import SpecError
-from tl_core.runs import RunContext
+from tl_core.runs import RunContext, artifact_rel
 
-PLAN_FILE = "plan.json"
-PLAN_SCHEMA_VERSION = 1
+PLAN_FILE = artifact_rel(Plan)
 
 
 def is_frozen(model_id: str) -> bool:
@@ -52,19 +52,15 @@ def plan_models(spec: ModelSpec, requested: list[str] | None) -> list[str]:
 def run_plan(ctx: RunContext, requested: list[str] | None) -> dict[str, Any]:
     """Write the run's plan; returns the model ids to fan out, frozen baselines apart from fine-tuned models."""
     model_ids = plan_models(ctx.spec, requested)
-    ctx.write_json(PLAN_FILE, {"schema_version": PLAN_SCHEMA_VERSION, "model_ids": model_ids,
-                               "requested": requested})
+    uri = ctx.write(Plan(model_ids=model_ids, requested=requested))
     return {"frozen": [m for m in model_ids if is_frozen(m)], "tuned": [m for m in model_ids if not is_frozen(m)],
-            "uri": ctx.uri(PLAN_FILE)}
+            "uri": uri}
 
 
 def planned_model_ids(ctx: RunContext) -> list[str]:
-    """The run's planned models (plan.json), or every model of the spec for a run planned before plans existed."""
-    if not ctx.store.exists(ctx.key(PLAN_FILE)):
+    """The run's planned models (plan.json; of another schema version: ArtifactError naming it), or every model of
+    the spec for a run planned before plans existed."""
+    plan = ctx.read_optional(Plan)
+    if plan is None:
         return ctx.spec.model_ids()
-    plan = ctx.read_json(PLAN_FILE)
-    if not isinstance(plan, dict) or plan.get("schema_version") != PLAN_SCHEMA_VERSION:
-        raise SpecError(f"run {ctx.run_id}: {PLAN_FILE} has schema_version "
-                        f"{plan.get('schema_version') if isinstance(plan, dict) else None!r}; expected "
-                        f"{PLAN_SCHEMA_VERSION}: re-plan the run")
-    return plan_models(ctx.spec, plan.get("model_ids"))
+    return plan_models(ctx.spec, plan.model_ids)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tl_core.artifacts import LabelIssues, TrainReport
 from tl_core.errors import DataError
 from tl_core.evaluate.metrics import rank_key
 from tl_core.models.adapters import adapter_storable, base_fingerprint
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 EVAL_SPLITS = ("validation", "calibration", "test")
 
 
-def _splits(ctx: RunContext, df: pd.DataFrame, label_issues: dict[str, Any] | None = None
+def _splits(ctx: RunContext, df: pd.DataFrame, label_issues: LabelIssues | None = None
             ) -> dict[str, pd.DataFrame]:
     parts = {name: df[df["split"] == name].reset_index(drop=True) for name in SPLITS}
     if label_issues is not None:
@@ -74,7 +75,7 @@ class _Trained:
     adapter: dict[str, Any] | None = None  # lora with a reloadable base: what the version stores instead
 
 
-def _prepare(ctx: RunContext, strategy: str, label_issues: dict[str, Any] | None = None) -> _Prepared:
+def _prepare(ctx: RunContext, strategy: str, label_issues: LabelIssues | None = None) -> _Prepared:
     spec = ctx.spec
     torch.manual_seed(spec.train.seed)
     parts = _splits(ctx, ctx.read_examples(), label_issues)
@@ -175,15 +176,14 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
         raise ValueError(f"strategy {model_id!r} is not in train.strategies {spec.train.strategies}"
                          + (f" or the candidates' models {spec.model_ids()[len(spec.train.strategies):]}"
                             if spec.candidates else ""))
-    report_key = f"models/{model_id}/train_report.json"
-    if ctx.store.exists(ctx.key(report_key)):
+    if ctx.has(TrainReport, model_id):
         logger.info("%s already trained for run %s; nothing to do", model_id, ctx.run_id)
         return ctx.uri("models", model_id)
     model_spec, strategy, candidate = spec.for_model(model_id)
     if strategy != "frozen" and spec.candidates:
         reason = shortlist_reason(ctx, candidate)
         if reason:
-            ctx.write_json(report_key, {"strategy": strategy, "backbone": candidate, "skipped": reason})
+            ctx.write(TrainReport(strategy=strategy, backbone=candidate, skipped=reason), model_id)
             logger.info("%s: not trained: %s", model_id, reason)
             return ctx.uri("models", model_id)
     lease = TrainLease.take(ctx, model_id)  # a training still running from an earlier try stops at its next check
@@ -195,12 +195,11 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
     trained = (_train_frozen(mctx, prep, dev) if strategy == "frozen"
                else _train_finetuned(mctx, strategy, prep, dev, model_id, lease))
     wall = time.perf_counter() - t0
-    report: dict[str, Any] = {"strategy": strategy, "backbone": candidate,
-                              "train_examples": len(prep.encoded["train"]), **trained.report}
-    report.update(primary_metric=spec.train.primary_metric, wall_s=wall,
-                  samples_per_s=trained.samples / wall if wall else 0.0, peak_memory_mb=_peak_memory_mb(dev),
-                  device=str(dev), trainable_parameters=trained.trainable,
-                  total_parameters=sum(p.numel() for p in trained.model.parameters()))
+    report = TrainReport(
+        strategy=strategy, backbone=candidate, train_examples=len(prep.encoded["train"]), **trained.report,
+        primary_metric=spec.train.primary_metric, wall_s=wall, samples_per_s=trained.samples / wall if wall else 0.0,
+        peak_memory_mb=_peak_memory_mb(dev), device=str(dev), trainable_parameters=trained.trainable,
+        total_parameters=sum(p.numel() for p in trained.model.parameters()))
     config = model_config(model_spec, prep.backbone, strategy)
     lease.check("writing the model files")
     if trained.adapter is not None:
@@ -211,11 +210,11 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
         ctx.write_npz(f"models/{model_id}/logits/{name}.npz", example_id=np.array(prep.encoded[name].ids, dtype=str),
                       logits=trained.logits[name].astype(np.float32))
     if strategy == "frozen" and spec.candidates:  # what the backbone costs to serve, measured on this worker
-        ctx.write_json(f"models/{model_id}/cost.json", measure_cost(trained.model, prep, config, spec.selection))
+        ctx.write(measure_cost(trained.model, prep, config, spec.selection), model_id)
     # The report is written last: its presence marks the model as complete.
     lease.check("writing the report")
-    ctx.write_json(report_key, report)
+    ctx.write(report, model_id)
     if ctx.store.exists(ctx.model_key(model_id, "resume", "state.pt")):
         ctx.store.delete(ctx.model_key(model_id, "resume", "state.pt"))
-    logger.info("%s: validation %s %.4f in %.1fs", model_id, spec.train.primary_metric, report["val_metric"], wall)
+    logger.info("%s: validation %s %.4f in %.1fs", model_id, spec.train.primary_metric, report.val_metric, wall)
     return ctx.uri("models", model_id)
