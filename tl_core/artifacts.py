@@ -32,10 +32,10 @@ ADAPTER_FILE = "adapter.safetensors"
 
 
 def weights_file(strategy: str, config: Any) -> str:
-    """The weights file of a model folder (``strategy``: its folder name), from its model_config.json."""
-    if isinstance(config, dict) and config.get("storage") == "adapter":
-        return ADAPTER_FILE
-    return MERGED_FILE
+    """The weights file of a model folder (``strategy``: its folder name), from its model_config.json (a
+    ModelConfig, or its JSON)."""
+    storage = config.get("storage") if isinstance(config, dict) else getattr(config, "storage", None)
+    return ADAPTER_FILE if storage == "adapter" else MERGED_FILE
 
 
 class ArtifactError(TLError):

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from data_fixtures import descriptions_spec, put_days, real_frame
+from tl_core.artifacts import LabelIssues
 from tl_core.config import ModelSpec
 from tl_core.data.audit import run_audit
-from tl_core.data.label_issues import LABEL_ISSUES, find_label_issues
+from tl_core.data.label_issues import find_label_issues
 from tl_core.data.snapshot import run_snapshot
 from tl_core.data.split import run_split
 from tl_core.errors import BlockingAuditFinding, DataError
@@ -51,12 +52,12 @@ def _split_run(root: str, run: str, df: pd.DataFrame, **data: object) -> RunCont
 def test_clean_descriptions_raise_no_blocking_finding(root: str) -> None:
     ctx = _split_run(root, "clean", real_frame("debian_descriptions"))
     finding = ensure_label_issues(ctx)
-    print(f"\nclean: {finding['message']}")
-    assert finding["severity"] == "info" and not finding["over_limit"]
-    assert sorted(finding["per_slice"]) == ["shard=s0", "shard=s1", "shard=s2", "shard=s3"]
-    assert set(finding["per_class"]) == set(ctx.spec.labels) and finding["oof_accuracy"] > 0.6
-    assert ctx.read_json(LABEL_ISSUES)["message"] == finding["message"]
-    assert ensure_label_issues(ctx) == ctx.read_json(LABEL_ISSUES)  # later train tasks read the same finding
+    print(f"\nclean: {finding.message}")
+    assert finding.severity == "info" and not finding.over_limit
+    assert sorted(finding.per_slice) == ["shard=s0", "shard=s1", "shard=s2", "shard=s3"]
+    assert set(finding.per_class) == set(ctx.spec.labels) and (finding.oof_accuracy or 0.0) > 0.6
+    assert ctx.read(LabelIssues).message == finding.message
+    assert ensure_label_issues(ctx) == ctx.read(LabelIssues)  # later train tasks read the same finding
 
 
 def test_planted_noise_in_one_slice_is_named_and_blocks(root: str) -> None:
@@ -68,14 +69,14 @@ def test_planted_noise_in_one_slice_is_named_and_blocks(root: str) -> None:
                                                    r".*data.label_issues 'block': the run stops before any "
                                                    r"fine-tuning"):
         ensure_label_issues(ctx)
-    finding = ctx.read_json(LABEL_ISSUES)
-    print(f"\nplanted: {finding['message']}")
-    assert finding["worst_slices"][0] == f"shard={NOISY}" and len(finding["over_limit"]) == 1
+    finding = ctx.read(LabelIssues)
+    print(f"\nplanted: {finding.message}")
+    assert finding.worst_slices[0] == f"shard={NOISY}" and len(finding.over_limit) == 1
     changed = set(noisy.loc[noisy["label"] != df["label"], "example_id"])
-    top = finding["top_examples"]
-    assert sum(t["example_id"] in changed for t in top) >= 0.8 * len(top)
+    top = finding.top_examples
+    assert sum(t.example_id in changed for t in top) >= 0.8 * len(top)
     truth = df.set_index("example_id")["label"]
-    assert sum(t["suspected"] == truth[t["example_id"]] for t in top) >= 0.6 * len(top)
+    assert sum(t.suspected == truth[t.example_id] for t in top) >= 0.6 * len(top)
 
 
 def _variant(spec: ModelSpec, policy: str) -> ModelSpec:
@@ -88,15 +89,15 @@ def test_quarantine_keeps_flagged_rows_of_the_slice_out_of_train_and_warn_only_r
     rows = rows[rows["split"] != "test"].reset_index(drop=True)
     feats = frozen_embeddings(ctx, rows)  # all cached by the earlier runs of this module
     quarantine = find_label_issues(rows, feats, _variant(ctx.spec, "quarantine"))
-    assert quarantine["severity"] == "warning" and quarantine["quarantined_ids"]
+    assert quarantine.severity == "warning" and quarantine.quarantined_ids
     shard = rows.set_index("example_id")["shard"]
-    assert {shard[i] for i in quarantine["quarantined_ids"]} == {NOISY}
+    assert {shard[i] for i in quarantine.quarantined_ids} == {NOISY}
     train = rows[rows["split"] == "train"]
     kept = drop_quarantined(train, quarantine)
-    assert len(kept) < len(train) and not set(kept["example_id"]) & set(quarantine["quarantined_ids"])
+    assert len(kept) < len(train) and not set(kept["example_id"]) & set(quarantine.quarantined_ids)
     warn = find_label_issues(rows, feats, _variant(ctx.spec, "warn"))
-    assert warn["severity"] == "warning" and warn["quarantined_ids"] == [] and drop_quarantined(train, warn) is train
-    assert warn["message"].endswith("data.label_issues 'warn': reported only")
+    assert warn.severity == "warning" and warn.quarantined_ids == [] and drop_quarantined(train, warn) is train
+    assert warn.message.endswith("data.label_issues 'warn': reported only")
 
 
 def test_label_issues_need_a_split(tmp_path: Path) -> None:

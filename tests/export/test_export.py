@@ -48,7 +48,7 @@ def _check_export(ctx, examples: pd.DataFrame, strategy: str, tmp_path: Path) ->
         logits, probs = score(served, test, batch_size=7)  # an odd batch size exercises the dynamic batch axis
     stored = ctx.read_npz(f"models/{strategy}/logits/test.npz")
     np.testing.assert_allclose(logits, stored["logits"], atol=1e-4, rtol=1e-4)
-    t = parity["temperature"]
+    t = parity.temperature
     expected = torch.softmax(torch.from_numpy(stored["logits"]) / t, dim=1).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     frame = predictions_frame(served, test, logits, probs)

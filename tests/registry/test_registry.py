@@ -25,6 +25,7 @@ import pytest
 from safetensors.numpy import load as load_safetensors
 
 from registry_fixtures import MODEL, evidence_of, fake_run, make_spec
+from tl_core.artifacts import ArtifactError, Selection
 from tl_core.errors import AccessDenied
 from tl_core.registry import (
     Champion,
@@ -112,8 +113,12 @@ def test_register_refuses_unsafe_or_incomplete_runs(freg: Registry, runs_uri: st
     run.store.delete(run.model_key("frozen", "model.safetensors"))
     with pytest.raises(RegistryError, match=r"run r1: missing \['runs/reg-test/r1/models/frozen/model.safetensors'\]"):
         freg.register(run)
-    run.write_json("candidate.json", {"selected": "../frozen"})
+    run.write(run.read(Selection).model_copy(update={"selected": "../frozen"}))
     with pytest.raises(RegistryError, match=r"'selected' is '../frozen'; expected a strategy name"):
+        freg.register(run)
+    run.store.put_bytes(run.key("candidate.json"), b'{"selected": "frozen"}')  # written by hand: no schema
+    with pytest.raises(ArtifactError, match=r"candidate.json is a Selection of schema version None; this tl_core "
+                                            "reads version 1"):
         freg.register(run)
 
 

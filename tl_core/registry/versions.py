@@ -11,9 +11,14 @@ import logging
 from typing import Any
 
 from tl_core.artifacts import (
+    Artifact,
     ArtifactError,
     EvaluationReport,
     GateDecision,
+    Int8Report,
+    ModelConfig,
+    Selection,
+    SnapshotManifest,
     VersionGate,
     VersionManifest,
     check_artifact,
@@ -26,7 +31,7 @@ from tl_core.registry.card import CARD, render_card
 from tl_core.registry.layout import GC_MARKER, RUN_LINK_SHAPE, Layout, now, sha256
 from tl_core.registry.ledger import Ledger
 from tl_core.registry.names import check_relpath, check_version, is_strategy
-from tl_core.runs import INT8_FILE, INT8_REPORT, RunContext
+from tl_core.runs import INT8_FILE, INT8_REPORT, RunContext, artifact_rel
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +56,17 @@ def library_versions() -> dict[str, str]:
 
 def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
     """(the selected strategy, candidate.json, {source key: path inside the version}), every path checked."""
-    candidate = run.read_json("candidate.json")
-    strategy = candidate.get("selected") if isinstance(candidate, dict) else None
-    if not isinstance(strategy, str) or not is_strategy(strategy):
+    selection = run.read(Selection)
+    candidate = selection.model_dump(mode="json")
+    strategy = selection.selected
+    if not is_strategy(strategy):
         raise RegistryError(f"run {run.run_id}: candidate.json 'selected' is {strategy!r}; expected a strategy "
                             "name")
     # The candidate's files are the ones the gate's evidence hash covers (one definition), plus its evidence.
     sources = run.candidate_files()
     sources += [run.key(rel) for rel in OPTIONAL_RUN_FILES if run.store.exists(run.key(rel))]
-    config_key = run.model_key(strategy, "model_config.json")
-    config = run.read_json(f"models/{strategy}/model_config.json") if run.store.exists(config_key) else None
+    config_key = run.key(artifact_rel(ModelConfig, strategy))
+    config = run.read_optional(ModelConfig, strategy)
     required = {run.model_key(strategy, weights_file(strategy, config)), config_key}
     if not required <= set(sources):
         raise RegistryError(f"run {run.run_id}: missing {sorted(required - set(sources))}; cannot register")
@@ -75,32 +81,29 @@ def run_files(run: RunContext) -> tuple[str, dict[str, Any], dict[str, str]]:
 def int8_problem(run: RunContext) -> str | None:
     """Why the run's int8 artifact is not registered (None: it is): none made, its gate failed, or the file is
     missing or changed since its gate measured it (checksum)."""
-    if not run.store.exists(run.key(INT8_REPORT)):
+    report = run.read_optional(Int8Report)
+    if report is None:
         return "no int8 artifact was made (spec.export.quantize_int8 is false)"
-    report = run.read_json(INT8_REPORT)
-    if not isinstance(report, dict) or report.get("passed") is not True:
-        failures = report.get("failures") if isinstance(report, dict) else None
-        return f"its int8 gate failed: {'; '.join(map(str, failures or ['no decision recorded']))}"
+    if not report.passed:
+        return f"its int8 gate failed: {'; '.join(report.failures or ['no decision recorded'])}"
     if not run.store.exists(run.key(INT8_FILE)):
         return f"{INT8_FILE} is missing from run {run.run_id}"
-    if sha256(run.store.get_bytes(run.key(INT8_FILE))) != report.get("sha256"):
+    if sha256(run.store.get_bytes(run.key(INT8_FILE))) != report.sha256:
         return f"{INT8_FILE} changed since its int8 gate measured it (sha256 differs from {INT8_REPORT})"
     return None
 
 
 def int8_record(run: RunContext, files: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest's int8 entry: registered or not and why, the gate's failures and agreement (None: none made)."""
-    if not run.store.exists(run.key(INT8_REPORT)):
+    report = run.read_optional(Int8Report)
+    if report is None:
         return None
-    report = run.read_json(INT8_REPORT)
-    report = report if isinstance(report, dict) else {}
     registered = INT8_FILE in files
-    measured = report.get("measured") or {}
     return {"registered": registered, "file": INT8_FILE if registered else None,
-            "passed": report.get("passed") is True, "failures": list(report.get("failures") or []),
+            "passed": report.passed, "failures": list(report.failures),
             "reason": None if registered else int8_problem(run),
-            "agreement": measured.get("agreement"), "metric": measured.get("metric"),
-            "diff_interval": measured.get("diff_interval")}
+            "agreement": report.measured.agreement, "metric": report.measured.metric,
+            "diff_interval": report.measured.diff_interval}
 
 
 # What the manifest records of the source checkpoint beside its id, revision and library (from the evaluation
@@ -123,26 +126,24 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
                    shadow: bool, candidate: dict[str, Any]) -> VersionManifest:
     """The version's manifest: where it came from (run, snapshot, backbone, seeds), its class names, its gate
     outcome, metrics and files."""
-    config = run.read_json(f"models/{strategy}/model_config.json")
-    if not isinstance(config, dict):
-        raise RegistryError(f"run {run.run_id}: models/{strategy}/model_config.json is not a JSON object")
+    config = run.read(ModelConfig, strategy)
     spec = run.spec.model_dump(mode="json")  # the run is bound to this spec (RunContext.check_spec)
-    backbone = config.get("backbone") or spec.get("backbone") or {}
-    train = config.get("train") or spec.get("train") or {}
+    backbone = config.backbone or spec["backbone"]
+    train = config.train or spec["train"]
     report = run.read_optional(EvaluationReport)
     evaluated = report.models.get(strategy) if report is not None else None
     source = (report.provenance if report is not None else None) or {}
-    snapshot = run.read_json("snapshot/manifest.json") if run.store.exists(run.key("snapshot/manifest.json")) else {}
+    snapshot = run.read_optional(SnapshotManifest)
     manifest = {
         "model": model, "version": version, "run_id": run.run_id, "shadow": shadow, "created_at": now(),
-        "snapshot_hash": snapshot.get("content_hash") if isinstance(snapshot, dict) else None,
+        "snapshot_hash": snapshot.content_hash if snapshot is not None else None,
         "backbone": {"id": backbone.get("name"), "revision": backbone.get("revision"),
                      "library": backbone.get("library"),
                      **({k: None if source.get(k) is None else str(source[k]) for k in SOURCE_FIELDS}
                         if source else {})},
         "strategy": strategy,
         "strategy_config": {**train, **({"lora": train.get("lora")} if strategy == "lora" else {})},
-        "seeds": {"train": config.get("seed", train.get("seed")),
+        "seeds": {"train": config.seed,
                   "split": spec.get("data", {}).get("split_seed"),
                   "bootstrap": spec.get("gate", {}).get("bootstrap_seed")},
         "candidate_selection": candidate, "library_versions": library_versions(),
@@ -150,7 +151,7 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
                     if evaluated is not None else {}),
         "temperature": evaluated.temperature if evaluated is not None else None,
         "gate": version_gate(run.read_optional(GateDecision)),
-        "classes": list(config.get("labels") or run.spec.labels),
+        "classes": list(config.labels),  # the class names in logit order, as trained
         "files": files,
     }
     int8 = int8_record(run, files)
@@ -282,13 +283,12 @@ class Versions:
 
     def _card(self, run: RunContext, version: str, strategy: str, candidate: dict[str, Any]) -> str:
         """MODEL_CARD.md from the run's reports (tl_core.registry.card)."""
-        def optional(rel: str) -> dict[str, Any]:
-            value = run.read_json(rel) if run.store.exists(run.key(rel)) else {}
-            return value if isinstance(value, dict) else {}
+        def optional(model: type[Artifact]) -> dict[str, Any]:
+            value = run.read_optional(model)
+            return value.model_dump(mode="json") if value is not None else {}
 
-        files = {"report": "evaluation/report.json", "snapshot": "snapshot/manifest.json", "spec": "spec.json",
-                 "gate": "gate/decision.json"}
-        parsed = {name: optional(rel) for name, rel in files.items()}
+        parsed = {"report": optional(EvaluationReport), "snapshot": optional(SnapshotManifest),
+                  "gate": optional(GateDecision), "spec": run.spec.model_dump(mode="json")}
         return render_card(self.model, version, strategy, {**parsed, "candidate": candidate})
 
     def _claim_version(self, run_id: str) -> str:
