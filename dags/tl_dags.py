@@ -1,6 +1,6 @@
 """tl-retrain DAGs: for every model spec in the configs folder, three DAGs.
 
-  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> plan_frozen / plan_tuned
+  retrain_<model>   nightly (spec.schedule): snapshot -> audit -> split -> label_issues -> plan_frozen / plan_tuned
                     (params.strategies, or all of the spec's models) -> train_frozen / train_tuned (mapped:
                     one task instance per model, labelled by it; frozen baselines first when candidate
                     backbones are listed; queue "gpu", pool "gpu", train.tasks_per_run at once) -> select
@@ -147,6 +147,12 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
 
             return step_split(spec_path, context["run_id"])
 
+        @task(queue="gpu", pool="gpu")  # frozen-backbone embeddings (cached for the frozen baseline)
+        def label_issues(_: str, **context: Any) -> str:
+            from tl_core.pipeline import step_label_issues
+
+            return step_label_issues(spec_path, context["run_id"])
+
         # Two plan tasks (frozen, tuned) because Airflow maps only over a task's return value; both write the
         # same plan.json (identical bytes: a rewrite is a no-op) and return their part of it.
         @task
@@ -263,11 +269,11 @@ def build_retrain(spec_path: str, spec: dict[str, Any]) -> DAG:
         arrival = wait_for_marker(spec_path)
         if arrival is not None:
             arrival >> snap
-        splits = split(audit(snap))
+        issues = label_issues(split(audit(snap)))
         frozen = train.override(task_id="train_frozen").expand(
-            model=plan.override(task_id="plan_frozen")(splits, "frozen"))
+            model=plan.override(task_id="plan_frozen")(issues, "frozen"))
         tuned = train.override(task_id="train_tuned").expand(
-            model=plan.override(task_id="plan_tuned")(splits, "tuned"))
+            model=plan.override(task_id="plan_tuned")(issues, "tuned"))
         if spec.get("candidates"):
             frozen >> tuned  # fine-tuning runs only for the shortlist that the frozen baselines rank
         selected = select()

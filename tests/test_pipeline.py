@@ -166,8 +166,8 @@ def test_tl_run_runs_every_step_and_registers_a_passed_candidate(tmp_path: Path,
     out = json.loads(captured.out)
     order = [line.split(": ", 1)[1].split(" -> ")[0] for line in captured.err.splitlines()
              if line.startswith("tl run local-1: ")]
-    assert order == ["snapshot", "audit", "split", "plan", "train_frozen", "select", "export", "evaluate", "gate",
-                     "register"]
+    assert order == ["snapshot", "audit", "split", "label-issues", "plan", "train_frozen", "select", "export",
+                     "evaluate", "gate", "register"]
     assert out["steps"]["gate"]["passed"] is True and out["steps"]["register"] == "v0001"
     registry = Registry.for_spec(parse_spec(raw))
     assert registry.list_versions() == ["v0001"] and registry.champion() is None  # promotion stays gated

@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tl_core.artifacts import ApprovalAnswer, GateOutcome, NoPromotion, PromotionOverride, RunOutcome
+from tl_core.artifacts import ApprovalAnswer, GateOutcome, LabelIssues, NoPromotion, PromotionOverride, RunOutcome
 from tl_core.config import load_spec
 from tl_core.errors import DataError
-from tl_core.runs import RunContext
+from tl_core.runs import RunContext, artifact_rel
 
 
 def _ctx(spec_path: str, run_id: str, step: str | None = None, part: str = "") -> RunContext:
@@ -65,6 +65,16 @@ def step_split(spec_path: str, run_id: str) -> str:
     return run_split(_ctx(spec_path, run_id, "split"))
 
 
+def step_label_issues(spec_path: str, run_id: str, device: str | None = None) -> str:
+    """The label-issue finding on the split (frozen-backbone embeddings through the baseline's cache): written
+    once, read by every train task; BlockingAuditFinding stops the run before any training."""
+    from tl_core.train.label_check import ensure_label_issues
+
+    ctx = _ctx(spec_path, run_id, "label-issues")
+    ensure_label_issues(ctx, device)
+    return ctx.uri(artifact_rel(LabelIssues))
+
+
 def step_plan(spec_path: str, run_id: str, strategies: list[str] | None = None) -> dict[str, Any]:
     """The models this run trains (all of the spec's, or the ``strategies`` subset), frozen apart from tuned."""
     from tl_core.train.plan import run_plan
@@ -73,10 +83,13 @@ def step_plan(spec_path: str, run_id: str, strategies: list[str] | None = None) 
 
 
 def step_train(spec_path: str, run_id: str, strategy: str, device: str | None = None) -> str:
-    """``device`` ('auto', 'cuda', 'cpu') overrides the spec's train.device for this call."""
+    """``device`` ('auto', 'cuda', 'cpu') overrides the spec's train.device for this call. The label-issue step
+    must have run (ArtifactMissing names it): training never computes the finding on its own."""
     from tl_core.train.run import run_train
 
-    return run_train(_ctx(spec_path, run_id, "train", strategy), strategy, device=device)
+    ctx = _ctx(spec_path, run_id, "train", strategy)
+    ctx.read(LabelIssues)  # the explicit step's finding, or ArtifactMissing naming `tl label-issues`
+    return run_train(ctx, strategy, device=device)
 
 
 def step_select(spec_path: str, run_id: str) -> str:
@@ -293,8 +306,8 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
               progress: Any = None, strategies: list[str] | None = None) -> dict[str, Any]:
     """A whole retrain without Airflow, through the same step functions the DAG calls, in the DAG's order.
 
-    snapshot -> audit -> split -> plan (all models, or ``strategies``) -> train (each) -> select -> export ->
-    evaluate -> gate, and with ``register`` the registration of a passed candidate (a FAIL is recorded in the
+    snapshot -> audit -> split -> label-issues -> plan (all models, or ``strategies``) -> train (each) -> select
+    -> export -> evaluate -> gate, and with ``register`` the registration of a passed candidate (a FAIL is recorded in the
     ledger as the DAG does).
     Promotion stays approval-gated (`promote_<model>` or `tl registry promote`). ``progress(step, result)`` is
     called after each step. Returns each step's result; a step that raises stops the run with its error.
@@ -310,6 +323,7 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
     step("snapshot", step_snapshot, spec_path, run_id, logical_date)
     step("audit", step_audit, spec_path, run_id)
     step("split", step_split, spec_path, run_id)
+    step("label-issues", step_label_issues, spec_path, run_id)
     plan = step("plan", step_plan, spec_path, run_id, strategies)
     for model_id in [*plan["frozen"], *plan["tuned"]]:
         step(f"train_{model_id}", step_train, spec_path, run_id, model_id)

@@ -73,7 +73,8 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "calibration", "test")
 # The order in which steps consume each other's artifacts (train's strategies share one rank).
-STEP_ORDER = ("snapshot", "audit", "split", "plan", "train", "select", "export", "evaluate", "gate", "register")
+STEP_ORDER = ("snapshot", "audit", "split", "label-issues", "plan", "train", "select", "export", "evaluate", "gate",
+              "register")
 STEPS_DIR = "steps"
 SPEC_FILE = "spec.json"
 EXAMPLES_FILE = "split/examples.parquet"

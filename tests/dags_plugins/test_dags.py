@@ -71,12 +71,14 @@ def test_expected_dags_and_tasks(parsed: dict) -> None:
     for s in specs:
         d = parsed["dags"][f"retrain_{s['name']}"]
         trains = {"train_frozen", "train_tuned"}  # mapped over the run's plan: one task instance per model
-        assert trains | {"snapshot", "audit", "split", "plan_frozen", "plan_tuned",
+        assert trains | {"snapshot", "audit", "split", "label_issues", "plan_frozen", "plan_tuned",
                          "select", "export", "evaluate", "gate", "route", "register",
                          "approval", "check_evidence", "promote", "reject_candidate", "record_no_promotion",
                          "route_shadow", "shadow_recorded", "wait_for_data"} == set(d["tasks"])
-        for t in trains | {"export", "evaluate"}:
+        for t in trains | {"label_issues", "export", "evaluate"}:
             assert d["queues"][t] == "gpu" and d["pools"][t] == "gpu"
+        # label issues: an explicit step between split and the plans (train tasks read its finding)
+        assert d["upstream"]["label_issues"] == ["split"] and d["upstream"]["plan_frozen"] == ["label_issues"]
         assert d["queues"]["snapshot"] != "gpu"
         assert d["params"] == ["allow_promotion", "strategies", "window_days"]
         models = [*s["train"]["strategies"], *(f"{x}-{c['name']}" for c in s.get("candidates") or []

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from eval_fixtures import LABELS, make_synthetic_run, spec_dict
+from tl_core.artifacts import Selection
 from tl_core.config import parse_spec
 from tl_core.evaluate.label_space import LabelSpace
 from tl_core.evaluate.run import ChampionScores, run_evaluate
@@ -252,7 +253,7 @@ def test_label_space_registered_champion_rescored_under_a_reordered_spec(tmp_pat
         for split in ("calibration", "test"):
             z = trained.read_npz(f"models/frozen/logits/{split}.npz")
             ctx.write_npz(f"models/frozen/logits/{split}.npz", example_id=z["example_id"], logits=z["logits"][:, cols])
-        ctx.write_json("candidate.json", {"selected": "frozen", "strategies": {"frozen": {"val_metric": 0.9}}})
+        ctx.write(trained.read(Selection))  # the champion's run selected its frozen model
         reports.append(_evaluate(ctx, champion))
     same, moved = reports
     assert moved["label_space"]["status"] == "reordered" and same["label_space"]["status"] == "same"

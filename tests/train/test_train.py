@@ -72,7 +72,7 @@ def test_every_text_strategy_beats_chance(tmp_path: Path, bert_dir: Path) -> Non
         test = ctx.read_npz(f"models/{strategy}/logits/test.npz")
         assert test["logits"].shape == (len(test["example_id"]), 3)
         if strategy != "frozen":
-            assert len(report["curves"]) >= 2 and report["curves"][0]["epoch"] == 1
+            assert len(report.curves) >= 2 and report.curves[0].epoch == 1
     run_select(ctx)
     candidate = ctx.read(Selection)
     assert candidate.selected != "scratch"

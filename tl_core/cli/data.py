@@ -108,7 +108,7 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     from tl_core.pipeline import _ctx
     from tl_core.train.label_check import ensure_label_issues
 
-    ctx = _ctx(args.spec, args.run, "train", "label-issues")
+    ctx = _ctx(args.spec, args.run, "label-issues")
     try:
         finding = ensure_label_issues(ctx)
     except BlockingAuditFinding:  # written before it raised: show it, then the error (exit 1)
@@ -161,7 +161,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     add_spec_run(p)
     p.set_defaults(handler=cmd_split)
 
-    p = sub.add_parser("label-issues", help="label issues on the frozen embeddings (what every train task runs "
-                                            "first); blocking findings exit 1")
+    p = sub.add_parser("label-issues", help="label issues on the frozen embeddings (the step between split and "
+                                            "plan; every train task reads it); blocking findings exit 1")
     add_spec_run(p)
     p.set_defaults(handler=cmd_label_issues)

@@ -9,7 +9,7 @@ from tl_core.cli.util import add_spec_run, emit, positive_int
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tl_core.config import STRATEGIES, load_spec
-    from tl_core.pipeline import step_select, step_train
+    from tl_core.pipeline import step_label_issues, step_select, step_train
     from tl_core.store import new_run_id
 
     spec = load_spec(args.spec)
@@ -19,6 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--strategy {unknown[0]!r} is not a transfer strategy: expected one of {STRATEGIES}{extra}")
     run_id = args.run or new_run_id()
     strategies = args.strategy or spec.training_order()
+    step_label_issues(args.spec, run_id, args.device)  # the step before training (a no-op once it has run)
     uris = {s: step_train(args.spec, run_id, s, device=args.device) for s in strategies}
     candidate = step_select(args.spec, run_id) if not args.strategy else None
     emit(args, {"run": run_id, "models": uris, "candidate": candidate},

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import uuid
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tl_core.artifacts import VersionManifest, weights_file
+from tl_core.artifacts import ArtifactError, ModelConfig, VersionManifest, parse_artifact, weights_file
 from tl_core.errors import IntegrityError, MetadataError, NoSuchKey
 from tl_core.registry.layout import Layout, sha256
 from tl_core.registry.names import check_relpath, is_strategy
@@ -38,8 +37,9 @@ def check_model_files(where: str, model_dir: Path, strategy: str) -> None:
     from safetensors.numpy import load as load_safetensors
 
     try:
-        config = json.loads((model_dir / "model_config.json").read_text())
-    except (OSError, ValueError) as exc:
+        config = parse_artifact(ModelConfig, (model_dir / "model_config.json").read_bytes(),
+                                f"{where}: models/{strategy}/model_config.json")
+    except (OSError, ArtifactError) as exc:
         raise IntegrityError(f"{where}: models/{strategy}/model_config.json does not load: {exc}") from None
     name = weights_file(strategy, config)  # a LoRA model may be stored as adapters naming its base
     try:

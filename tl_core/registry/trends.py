@@ -9,29 +9,33 @@ run) and ``snapshot/manifest.json`` (the logical date). A run whose files cannot
 from __future__ import annotations
 
 import io
-import json
 import logging
 from typing import Any
 
+from tl_core.artifacts import A, ArtifactError, EvaluationReport, GateDecision, SnapshotManifest, parse_artifact
 from tl_core.config import ModelSpec
 from tl_core.errors import StoreError
+from tl_core.runs import artifact_rel
 from tl_core.store import ObjectStore, join_key, open_store
 
 logger = logging.getLogger(__name__)
-DECISION = "gate/decision.json"
+DECISION = artifact_rel(GateDecision)
 MAX_RUNS = 120
 
 
-def _read(store: ObjectStore, key: str) -> dict[str, Any] | None:
+def _read(store: ObjectStore, run_key: str, model: type[A]) -> A | None:
+    """A run's artifact, or None when it is missing or unreadable (that run is then skipped or shown without it)."""
+    key = join_key(run_key, artifact_rel(model))
     try:
-        value = json.loads(store.get_bytes(key))
-    except (StoreError, ValueError):
+        return parse_artifact(model, store.get_bytes(key), store.url(key))
+    except (StoreError, ArtifactError) as exc:
+        logger.debug("trends: %s", exc)
         return None
-    return value if isinstance(value, dict) else None
 
 
-def _metric(report: dict[str, Any] | None, model: str | None, metric: str) -> float | None:
-    value = (((report or {}).get("models") or {}).get(model or "") or {}).get("overall", {}).get(metric)
+def _metric(report: EvaluationReport | None, model: str | None, metric: str) -> float | None:
+    evaluated = report.models.get(model or "") if report is not None else None
+    value = evaluated.overall.get(metric) if evaluated is not None else None
     return float(value) if isinstance(value, int | float) else None
 
 
@@ -46,17 +50,17 @@ def collect_trends(spec: ModelSpec, limit: int = MAX_RUNS) -> dict[str, Any]:
         if not key.endswith("/" + DECISION):
             continue
         run_key = key[: -len(DECISION) - 1]
-        decision = _read(store, key)
+        decision = _read(store, run_key, GateDecision)
         if decision is None:
             skipped += 1
             continue
-        report = _read(store, join_key(run_key, "evaluation/report.json"))
-        manifest = _read(store, join_key(run_key, "snapshot/manifest.json")) or {}
-        rows.append({"run_id": (report or {}).get("run_id") or run_key[len(prefix):],
-                     "logical_date": str(manifest.get("logical_date") or ""),
-                     "passed": bool(decision.get("passed")), "candidate": decision.get("candidate"),
-                     "champion_version": decision.get("champion_version"),
-                     "candidate_value": _metric(report, decision.get("candidate"), metric),
+        report = _read(store, run_key, EvaluationReport)
+        manifest = _read(store, run_key, SnapshotManifest)
+        rows.append({"run_id": report.run_id if report is not None else run_key[len(prefix):],
+                     "logical_date": manifest.logical_date if manifest is not None else "",
+                     "passed": decision.passed, "candidate": decision.candidate,
+                     "champion_version": decision.champion_version,
+                     "candidate_value": _metric(report, decision.candidate, metric),
                      "champion_value": _metric(report, "champion", metric)})
     if skipped:
         logger.warning("trends of %s: %d run(s) with an unreadable %s skipped", spec.name, skipped, DECISION)

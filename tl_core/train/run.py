@@ -188,7 +188,9 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
             return ctx.uri("models", model_id)
     lease = TrainLease.take(ctx, model_id)  # a training still running from an earlier try stops at its next check
     dev = choose_device(device or spec.train.device)
-    label_issues = ensure_label_issues(ctx, dev.type)  # before any fine-tuning (tl_core/train/label_check.py)
+    # The label-issue step's finding (the DAG and `tl run` run it first; called directly, the function computes
+    # it once, create-only, the same way): before any fine-tuning (tl_core/train/label_check.py).
+    label_issues = ensure_label_issues(ctx, dev.type)
     mctx = dataclasses.replace(ctx, spec=model_spec)  # the model's backbone; keys stay the run's
     prep = _prepare(mctx, strategy, label_issues)
     t0 = time.perf_counter()
