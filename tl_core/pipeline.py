@@ -307,8 +307,8 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
     """A whole retrain without Airflow, through the same step functions the DAG calls, in the DAG's order.
 
     snapshot -> audit -> split -> label-issues -> plan (all models, or ``strategies``) -> train (each) -> select
-    -> export -> evaluate -> gate, and with ``register`` the registration of a passed candidate (a FAIL is recorded in the
-    ledger as the DAG does).
+    -> export -> evaluate -> gate, and with ``register`` the registration of a passed candidate (a FAIL is recorded
+    in the ledger as the DAG does).
     Promotion stays approval-gated (`promote_<model>` or `tl registry promote`). ``progress(step, result)`` is
     called after each step. Returns each step's result; a step that raises stops the run with its error.
     """
