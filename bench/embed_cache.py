@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from tl_core.artifacts import TrainReport
 from tl_core.config import parse_spec
 from tl_core.demo.data import write_demo_data
 from tl_core.pipeline import step_audit, step_snapshot, step_split, step_train
@@ -47,7 +48,8 @@ def main() -> None:
             step_audit(str(spec_path), run_id)
             step_split(str(spec_path), run_id)
             step_train(str(spec_path), run_id, "frozen")
-            cache = RunContext.open(spec, run_id).read_json("models/frozen/train_report.json")["cache"]
+            used = RunContext.open(spec, run_id).read(TrainReport, "frozen").cache
+            cache = used.model_dump() if used is not None else {"hits": 0, "misses": 0, "embed_s": 0.0}
             rows.append((d, cache))
     print(f"text demo, {spec.backbone.name}, frozen strategy, CPU")
     print(f"{'logical date':<14}{'examples':>9}{'hits':>7}{'misses':>8}{'embed s':>9}")

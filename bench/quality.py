@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tl_core.artifacts import TrainReport
 from tl_core.config import ModelSpec, parse_spec
 from tl_core.demo.data import write_demo_data
 from tl_core.evaluate.metrics import confusion, scores_from_confusion
@@ -103,13 +104,13 @@ def measure(spec: ModelSpec, examples: pd.DataFrame, size: str, seed: int, strat
     label_of = dict(zip(examples["example_id"], examples["label"], strict=True))
     index = {name: i for i, name in enumerate(spec.labels)}
     y = np.array([index[label_of[str(i)]] for i in test["example_id"]])
-    report = ctx.read_json(f"models/{strategy}/train_report.json")
+    report = ctx.read(TrainReport, strategy)
     train_rows = rows[rows["split"] == "train"]
     scores = scores_from_confusion(confusion(y, test["logits"].argmax(1), len(spec.labels)))
     return {"size": size, "seed": seed, "strategy": strategy, "macro_f1": float(scores["macro_f1"]),
             "train_examples": int(len(train_rows)), "min_per_class": int(train_rows["label"].value_counts().min()),
-            "test_examples": int(len(y)), "wall_s": round(float(report["wall_s"]), 2),
-            "best_epoch": report.get("best_epoch")}
+            "test_examples": int(len(y)), "wall_s": round(float(report.wall_s or 0.0), 2),
+            "best_epoch": report.best_epoch}
 
 
 def print_table(modality: str, backbone: str, results: list[dict[str, Any]], sizes: list[str],

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tl_core.artifacts import AuditReport, SplitCheck
 from tl_core.config import parse_spec
 from tl_core.data.partitions import partition_key, write_marker
 from tl_core.runs import RunContext
@@ -106,11 +107,11 @@ def main() -> int:
         run_audit(ctx, timings)
         t3 = time.perf_counter()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        report = ctx.read_json("audit/report.json")
+        report = ctx.read(AuditReport)
         total = t3 - t1
         print(f"snapshot: {t2 - t1:.1f}s ({args.rows / (t2 - t1):,.0f} rows/s)")
         print(f"audit:    {t3 - t2:.1f}s ({args.rows / (t3 - t2):,.0f} rows/s); "
-              f"{report['usable_rows']:,} usable, {report['quarantined_rows']:,} quarantined")
+              f"{report.usable_rows:,} usable, {report.quarantined_rows:,} quarantined")
         for name, secs in timings.items():
             print(f"  audit {name:<20} {secs:6.1f}s")
         print(f"total:    {total:.1f}s ({args.rows / total:,.0f} rows/s)   target < 120 s")
@@ -126,13 +127,13 @@ def main() -> int:
 
 
 def _split(ctx: RunContext) -> None:
-    from tl_core.data.split import SPLIT_REPORT, run_split
+    from tl_core.data.split import run_split
 
     t0 = time.perf_counter()
     run_split(ctx)
-    rep = ctx.read_json(SPLIT_REPORT)
-    shares = ", ".join(f"{k} {v['share']:.1%}" for k, v in rep["achieved"].items())
-    print(f"split:    {time.perf_counter() - t0:.1f}s ({shares}; test requested {rep['requested']['test']:.1%})")
+    rep = ctx.read(SplitCheck)
+    shares = ", ".join(f"{k} {v.share:.1%}" for k, v in rep.achieved.items())
+    print(f"split:    {time.perf_counter() - t0:.1f}s ({shares}; test requested {rep.requested['test']:.1%})")
 
 
 def _label_issues(ctx: RunContext) -> None:

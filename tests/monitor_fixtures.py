@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from model_fixtures import make_run, text_examples, text_spec
+from tl_core.artifacts import PromotionOverride
 from tl_core.config import ModelSpec, parse_spec
 from tl_core.store import open_store
 
@@ -60,7 +61,9 @@ def build_champion(root: Path, bert_dir: Path, challenger: bool = True, **monito
     spec = monitored_spec(root, bert_dir, **monitor)
     examples = text_examples(n_per_class=100)
     assert train_and_register(spec, examples, "champion-run") == "v0001"
-    Registry.for_spec(spec).promote("v0001", None, {"by": "test"}, "test")
+    # Registered without `tl gate` (evaluation only): the promotion policy needs an override saying so.
+    override = PromotionOverride(actor="test", reason="monitoring fixture: a champion registered without a gate run")
+    Registry.for_spec(spec).promote("v0001", None, {"by": "test"}, "test", override=override)
     if challenger:
         other = text_examples(n_per_class=30, seed=7)
         assert train_and_register(spec, other, "challenger-run") == "v0002"

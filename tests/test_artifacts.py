@@ -14,8 +14,6 @@ from tl_core.artifacts import (
     GateDecision,
     VersionManifest,
     check_artifact,
-    read_evaluation_report,
-    read_gate_decision,
 )
 from tl_core.config import parse_spec
 from tl_core.evaluate.run import run_evaluate
@@ -26,17 +24,16 @@ from tl_core.gate.step import run_gate
 def test_the_steps_write_artifacts_that_match_their_schemas(tmp_path: Path) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())))
     run_evaluate(ctx, champion_for(ctx))
-    report = read_evaluation_report(ctx)
-    assert EvaluationReport.model_validate(report).champion.status == "none"
+    assert ctx.read(EvaluationReport).champion.status == "none"
     run_gate(ctx)
-    decision = GateDecision.model_validate(read_gate_decision(ctx))
+    decision = ctx.read(GateDecision)
     assert decision.schema_version == 1 and decision.passed == (decision.decision == "PASS")
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda r: r.update(schema_version=1), r"schema_version: Input should be 2"),
+    (lambda r: r.update(schema_version=1), r"is a EvaluationReport of schema version 1; this tl_core reads version 2"),
     (lambda r: r.pop("champion"), r"champion: Field required"),
-    (lambda r: r["champion"].update(status="maybe"), r"champion\.status: Input should be 'ok', 'none' or 'unreadable'"),
+    (lambda r: r["champion"].update(status="maybe"), r"champion\.status: Input should be 'ok', 'none', 'unreadable' or 'incomparable'"),
     (lambda r: r.update(extra_field=1), r"extra_field: Extra inputs are not permitted"),
     (lambda r: r["models"]["frozen"].update(role="boss"), r"models\.frozen\.role: Input should be"),
 ])
@@ -47,7 +44,7 @@ def test_a_report_of_another_schema_stops_the_gate_naming_the_file_and_field(tmp
     report = json.loads(ctx.store.get_bytes(ctx.key("evaluation/report.json")))
     edit(report)  # type: ignore[operator]
     ctx.store.put_bytes(ctx.key("evaluation/report.json"), json.dumps(report).encode())
-    with pytest.raises(ArtifactError, match=r"evaluation/report\.json is not a valid EvaluationReport .*" + message):
+    with pytest.raises(ArtifactError, match=r"evaluation/report\.json (is not a valid EvaluationReport .*)?" + message):
         run_gate(ctx)
     assert not ctx.store.exists(ctx.key("gate/decision.json"))  # nothing decided on a report it could not read
 
@@ -65,7 +62,7 @@ def test_a_version_manifest_is_checked_before_it_is_written(tmp_path: Path) -> N
     registry = Registry((tmp_path / "reg").as_uri(), "reg-test", cache_dir=tmp_path / "cache")
     version = registry.register(fake_run((tmp_path / "runs").as_uri(), "r1"))
     manifest = registry.show(version)
-    assert VersionManifest.model_validate(manifest).schema_version == 1
+    assert VersionManifest.model_validate(manifest).schema_version == 2
     with pytest.raises(ArtifactError, match=r"manifest\.json is not a valid VersionManifest .*shadow: Input should "
                                             r"be a valid boolean"):
         check_artifact(VersionManifest, {**manifest, "shadow": "maybe"}, "reg-test v0001 manifest.json")

@@ -41,12 +41,9 @@ NOT_STEP_ARTIFACTS: dict[str, str] = {
     "models/backbones.py": "a Hugging Face / timm checkpoint's own config.json (not written by a step)",
     "store.py": "the store's own lock claim records",
     "train/lease.py": "the train lease record (who trains a model now), a lock, not a step artifact",
-    "runs.py": "spec.json (the run's binding to its spec, checked by fingerprint); RunContext.read_json, which no "
-               "step calls (this test), kept for the tests that still read reports by hand (PENDING)",
+    "runs.py": "spec.json: the run's binding to its spec (a ModelSpec dump with its fingerprint, not a step's output)",
     "registry/layout.py": "registry records (ledger, champion pointer, claims) read through the registry's layout",
     # PENDING: owned by other engineers; to be converted to the models in tl_core.artifacts.
-    "registry/integrity.py": "PENDING (registry owner): a version's model_config.json read by hand on verify",
-    "registry/trends.py": "PENDING (registry owner): the versions' evaluation reports read by hand for trends",
     "monitor/drift.py": "PENDING (monitor owner): a registered version's model_config.json read by hand",
     "monitor/score.py": "PENDING (monitor owner): the scoring record read by hand",
 }
@@ -69,6 +66,7 @@ def _hand_reads(path: Path) -> list[tuple[int, str]]:
 
 
 def test_step_contract_no_step_reads_json_by_hand() -> None:
+    assert not hasattr(RunContext, "read_json")  # removed: a step reads an artifact with RunContext.read(Model)
     hits = {str(p.relative_to(TL_CORE)): _hand_reads(p) for p in sorted(TL_CORE.rglob("*.py"))}
     hits = {k: v for k, v in hits.items() if v}
     unexpected = {k: v for k, v in hits.items() if k not in NOT_STEP_ARTIFACTS}

@@ -270,14 +270,12 @@ class RunContext:
         self.store.put_bytes(self.key(rel), dump_artifact(artifact), if_none_match="*" if create_only else None)
         return self.uri(rel)
 
-    # JSON and arrays: the two formats every step shares.
+    # Arrays, and raw JSON. A step artifact is written with write() and read with read() (there is no read_json:
+    # no step reads another step's JSON as a dict); write_json is for other JSON (and for tests crafting files).
     def write_json(self, rel: str, payload: Any) -> str:
         data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
         self.store.put_bytes(self.key(rel), data)
         return self.uri(rel)
-
-    def read_json(self, rel: str) -> Any:
-        return json.loads(self.store.get_bytes(self.key(rel)))
 
     def write_npz(self, rel: str, **arrays: np.ndarray) -> str:
         buf = io.BytesIO()

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from tl_core.artifacts import EvaluationReport
 from tl_core.config import load_spec
 from tl_core.registry import Registry
 from tl_core.runs import RunContext
@@ -162,7 +163,7 @@ def _register_with_card(spec_path: Path, tmp_path: Path) -> tuple[Registry, str]
 
     registry = Registry.for_spec(load_spec(spec_path))
     run = fake_run((tmp_path / "runs").as_uri(), "run-1")
-    report = run.read_json("evaluation/report.json")
+    report = run.read(EvaluationReport).model_dump(mode="json")
     run.write_json("evaluation/report.json", {
         **report, "run_id": "run-1", "primary_metric": "macro_f1",
         "audit": {"findings": [{"check": "label_shift", "severity": "warning",

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from airflow_fixtures import ROOT, WebhookRecorder, airflow_env
+from tl_core.artifacts import SnapshotManifest
 from tl_core.config import parse_spec
 from tl_core.data.partitions import mark_complete
 from tl_core.demo.data import write_demo_data
@@ -103,7 +104,7 @@ def test_retrain_waits_for_the_marker_then_times_out_naming_the_partition(tmp_pa
         out = _finish(proc, lines)
         assert "STATE success" in out, out[-3000:]
         run_id = next(line.split(" ", 1)[1].strip() for line in out.splitlines() if line.startswith("RUN "))
-        manifest = RunContext.open(spec, run_id).read_json("snapshot/manifest.json")  # type: ignore[arg-type]
+        manifest = RunContext.open(spec, run_id).read(SnapshotManifest).model_dump(mode="json")  # type: ignore[arg-type]
         assert manifest["partitions"][-1]["dt"] == str(DAY) and manifest["completion_marker"] == "_SUCCESS"
         assert hook.received == []  # nothing failed
 

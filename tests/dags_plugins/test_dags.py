@@ -125,6 +125,7 @@ def test_window_days_param_overrides_the_snapshot_window(tmp_path: Path) -> None
 
     import yaml
 
+    from tl_core.artifacts import SnapshotManifest
     from tl_core.config import load_spec
     from tl_core.demo.data import write_demo_data
     from tl_core.pipeline import step_snapshot
@@ -140,8 +141,8 @@ def test_window_days_param_overrides_the_snapshot_window(tmp_path: Path) -> None
 
     step_snapshot(str(path), "nightly", "2026-11-01T00:00:00+00:00")
     step_snapshot(str(path), "override", "2026-11-01T00:00:00+00:00", 1)
-    nightly = RunContext.open(spec, "nightly").read_json("snapshot/manifest.json")
-    override = RunContext.open(spec, "override").read_json("snapshot/manifest.json")
+    nightly = RunContext.open(spec, "nightly").read(SnapshotManifest).model_dump(mode="json")
+    override = RunContext.open(spec, "override").read(SnapshotManifest).model_dump(mode="json")
     assert [p["dt"] for p in nightly["partitions"]] == [f"2026-10-{d}" for d in (28, 29, 30, 31)] + ["2026-11-01"]
     assert [p["dt"] for p in override["partitions"]] == ["2026-10-31", "2026-11-01"]
     assert override["window_days"] == 1 and nightly["window_days"] == 4

@@ -29,10 +29,11 @@ from data_fixtures import (
     text_rows,
     text_spec,
 )
+from tl_core.artifacts import AuditReport, SnapshotManifest
 from tl_core.config import ModelSpec
 from tl_core.data.audit import label_shift, run_audit
 from tl_core.data.partitions import MAX_IMAGE_PIXELS, confine_image_uri
-from tl_core.data.snapshot import run_snapshot
+from tl_core.data.snapshot import read_image_hashes, run_snapshot
 from tl_core.data.split import run_split
 from tl_core.errors import BlockingAuditFinding, DataError, UnsafeImageUri
 from tl_core.runs import RunContext
@@ -45,7 +46,7 @@ def _audit(spec: ModelSpec, run: str = "r", day: date = D4) -> tuple[RunContext,
     ctx = RunContext.open(spec, run)
     run_snapshot(ctx, day)
     run_audit(ctx)
-    return ctx, ctx.read_json("audit/report.json")
+    return ctx, ctx.read(AuditReport).model_dump(mode="json")
 
 
 def test_quarantined_findings_are_counted_and_never_dropped(store_uri: str) -> None:
@@ -93,7 +94,7 @@ def test_blocking_unknown_labels_name_partition_column_count_and_ids(tmp_path: P
                        r"\['u-1104-0', 'u-1104-1', 'u-1104-2', 'u-1104-3', 'u-1104-4'\]"):
         _audit(spec)
     ctx = RunContext.open(spec, "r")
-    report = ctx.read_json("audit/report.json")  # written before stopping
+    report = ctx.read(AuditReport).model_dump(mode="json")  # written before stopping
     assert report["blocking"] is True and finding(report, "unknown_label")["severity"] == "blocking"
     assert len(quarantine(ctx)) == 20
     with pytest.raises(BlockingAuditFinding, match="refusing to split"):
@@ -155,7 +156,7 @@ def test_label_shift_matches_scipy_and_picks_previous_run(tmp_path: Path) -> Non
     shift = report["label_shift"]
     assert shift["previous_run"] == "prev" and shift["previous_logical_date"] == "2026-11-03"
     current = report["class_counts"]
-    prev = RunContext.open(spec, "prev").read_json("snapshot/manifest.json")["rows_per_label"]
+    prev = RunContext.open(spec, "prev").read(SnapshotManifest).rows_per_label
     a = np.array([current[k] for k in spec.labels], float)
     b = np.array([prev[k] for k in spec.labels], float)
     assert shift["tvd"] == pytest.approx(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())
@@ -268,7 +269,7 @@ def test_image_uri_outside_the_data_root_is_quarantined_unread(store_uri: str) -
     q = quarantine(ctx)
     assert set(q["example_id"]) == {f"i-{12 + i}" for i in range(len(refused))}
     assert set(q["reason"]) == {"image_uri outside the data root"}
-    images = ctx.read_json(ctx.read_json("snapshot/manifest.json")["images"]["key"])["images"]
+    images = read_image_hashes(ctx, ctx.read(SnapshotManifest))
     assert sorted(images) == sorted(uris)  # nothing outside the root was read or listed
 
 
@@ -410,7 +411,7 @@ def test_categorical_label_column_is_accepted(tmp_path: Path) -> None:
         df["region"] = df["region"].astype("category")
         put(spec, date(2026, 11, d), df)
     ctx, report = _audit(spec)
-    assert ctx.read_json("snapshot/manifest.json")["rows_per_label"] == {"billing": 16, "login": 16, "shipping": 16}
+    assert ctx.read(SnapshotManifest).rows_per_label == {"billing": 16, "login": 16, "shipping": 16}
     assert report["class_counts"] == {"billing": 16, "login": 16, "shipping": 16} and report["usable_rows"] == 48
     run_split(ctx)
     assert examples(ctx)["label"].astype(str).isin(LABELS).all()

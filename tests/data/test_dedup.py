@@ -13,6 +13,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from data_fixtures import examples, finding, icon_spec, put_days, real_frame
+from tl_core.artifacts import AuditReport, SplitCheck
 from tl_core.data.audit import run_audit
 from tl_core.data.dedup import (
     NearRule,
@@ -25,7 +26,7 @@ from tl_core.data.dedup import (
 )
 from tl_core.data.partitions import hamming
 from tl_core.data.snapshot import run_snapshot
-from tl_core.data.split import SPLIT_REPORT, run_split
+from tl_core.data.split import run_split
 from tl_core.models.preprocessing import decode_images, model_rgb
 from tl_core.runs import RunContext
 
@@ -45,13 +46,13 @@ def test_real_icons_through_snapshot_audit_and_split_keep_clusters_small(tmp_pat
     ctx = RunContext.open(spec, "icons")
     run_snapshot(ctx, LAST)
     run_audit(ctx)
-    report = ctx.read_json("audit/report.json")
+    report = ctx.read(AuditReport).model_dump(mode="json")
     near = finding(report, "near_duplicates")
     print(f"\nicons: {len(df)} rows; near-duplicate clusters {near['clusters']}, largest {near['largest_cluster']} "
           f"({near['largest_cluster_ids']})")
     assert report["usable_rows"] == len(df) and near["largest_cluster"] <= 4
     run_split(ctx)
-    rep = ctx.read_json(SPLIT_REPORT)
+    rep = ctx.read(SplitCheck).model_dump(mode="json")
     shares = {s: round(v["share"], 3) for s, v in rep["achieved"].items()}
     print(f"icons split: requested {({k: round(v, 3) for k, v in rep['requested'].items()})}, achieved {shares}, "
           f"pulled into test {rep['pulled_into_test']}")

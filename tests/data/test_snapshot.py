@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from data_fixtures import base, distinct_image, image_frame, image_spec, png, put, text_rows, text_spec
+from tl_core.artifacts import AuditReport, ImageList, SnapshotManifest, parse_artifact
 from tl_core.data.audit import run_audit
 from tl_core.data.partitions import mark_complete
 from tl_core.data.snapshot import run_snapshot
@@ -27,7 +28,7 @@ def test_manifest_window_counts_hashes_and_determinism(store_uri: str) -> None:
     a = RunContext.open(spec, "a")
     uri = run_snapshot(a, date(2026, 11, 4))
     assert uri == a.uri("snapshot/manifest.json")
-    m = a.read_json("snapshot/manifest.json")
+    m = a.read(SnapshotManifest).model_dump(mode="json")
     # window_days=3: [Nov 1, Nov 4] inclusive.
     assert m["window"] == {"start": "2026-11-01", "end": "2026-11-04"}
     assert [p["dt"] for p in m["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
@@ -51,24 +52,24 @@ def test_late_partitions_only_in_runs_covering_them(store_uri: str) -> None:
     base(spec)
     a = RunContext.open(spec, "a")
     run_snapshot(a, date(2026, 11, 4))
-    first = a.read_json("snapshot/manifest.json")
+    first = a.read(SnapshotManifest).model_dump(mode="json")
     # Late labels for Nov 2 land after run a.
     put(spec, date(2026, 11, 2), text_rows(date(2026, 11, 2), n=5, prefix="late-"), "part-1.parquet")
     c = RunContext.open(spec, "c")
     run_snapshot(c, date(2026, 11, 4))
-    later = c.read_json("snapshot/manifest.json")
+    later = c.read(SnapshotManifest).model_dump(mode="json")
     assert later["content_hash"] != first["content_hash"] and later["total_rows"] == 53
     assert [len(p["files"]) for p in later["partitions"]] == [1, 2, 1, 1]
     # run a keeps its snapshot; re-snapshotting it with the new data is refused
     with pytest.raises(DataError, match="already has a snapshot with content hash .* start a new run"):
         run_snapshot(a, date(2026, 11, 4))
-    assert a.read_json("snapshot/manifest.json") == first
+    assert a.read(SnapshotManifest).model_dump(mode="json") == first
     run_audit(a)  # the audit of run a reads only the files its manifest lists
-    assert a.read_json("audit/report.json")["total_rows"] == 48
+    assert a.read(AuditReport).total_rows == 48
     # A run for Oct 31 (window [Oct 28, Oct 31]) covers none of it; one for Nov 1 does not see Nov 2.
     d = RunContext.open(spec, "d")
     run_snapshot(d, date(2026, 11, 1))
-    assert [p["dt"] for p in d.read_json("snapshot/manifest.json")["partitions"]] == ["2026-11-01"]
+    assert [p["dt"] for p in d.read(SnapshotManifest).model_dump(mode="json")["partitions"]] == ["2026-11-01"]
 
 
 def test_empty_window_blocks(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_null_labels_are_counted_as_missing(tmp_path: Path) -> None:
     put(spec, date(2026, 11, 1), df)
     ctx = RunContext.open(spec, "n")
     run_snapshot(ctx, date(2026, 11, 1))
-    assert ctx.read_json("snapshot/manifest.json")["rows_per_label"] == {
+    assert ctx.read(SnapshotManifest).rows_per_label == {
         "<missing>": 3, "billing": 3, "login": 3, "shipping": 3}
 
 
@@ -138,7 +139,7 @@ def test_keys_that_are_not_partition_files_are_listed_as_ignored(tmp_path: Path,
     ctx = RunContext.open(spec, "i")
     with caplog.at_level("WARNING", logger="tl_core.data.snapshot"):
         run_snapshot(ctx, date(2026, 11, 4))
-    m = ctx.read_json("snapshot/manifest.json")
+    m = ctx.read(SnapshotManifest).model_dump(mode="json")
     assert m["total_rows"] == 48 and m["ignored_count"] == 6
     assert m["ignored"] == [  # listing order; the dt=2026-10-01 folder is outside the window
         {"key": "t/dt=2026-11-02/_started", "dt": "2026-11-02",
@@ -175,7 +176,7 @@ def test_partition_without_its_completion_marker_is_refused(store_uri: str) -> N
     mark_complete(spec, date(2026, 11, 5))
     ctx = RunContext.open(spec, "early")
     run_snapshot(ctx, date(2026, 11, 5))
-    m = ctx.read_json("snapshot/manifest.json")
+    m = ctx.read(SnapshotManifest).model_dump(mode="json")
     assert [p["dt"] for p in m["partitions"]] == ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
     assert m["completion_marker"] == "_SUCCESS" and m["ignored"] == [] and m["ignored_count"] == 0
 
@@ -187,7 +188,7 @@ def test_markers_not_used_and_a_custom_marker_name(tmp_path: Path) -> None:
     assert not open_store(spec.data.root).exists("t/dt=2026-11-01/_SUCCESS")
     ctx = RunContext.open(spec, "n")
     run_snapshot(ctx, date(2026, 11, 1))
-    assert ctx.read_json("snapshot/manifest.json")["completion_marker"] is None
+    assert ctx.read(SnapshotManifest).completion_marker is None
     done = text_spec(tmp_path.as_uri(), completion_marker="_DONE", dataset="d")
     put(done, date(2026, 11, 1), text_rows(date(2026, 11, 1)))
     open_store(done.data.root).put_bytes("d/dt=2026-11-02/part-0.parquet",
@@ -222,8 +223,8 @@ def test_image_bytes_are_in_the_content_hash(store_uri: str) -> None:
                                              column="image_uri"))
     a = RunContext.open(spec, "a")
     run_snapshot(a, date(2026, 11, 4))
-    first = a.read_json("snapshot/manifest.json")
-    listed = a.read_json(first["images"]["key"])
+    first = a.read(SnapshotManifest).model_dump(mode="json")
+    listed = parse_artifact(ImageList, a.store.get_bytes(a.key(first["images"]["key"])), "images").model_dump()
     assert listed == {"schema_version": 1, "images": {
         u: hashlib.sha256(data.get_bytes(f"images/img-{i}.png")).hexdigest() for i, u in enumerate(uris)}}
     assert first["images"]["count"] == 4 and first["images"]["unreadable"] == 0
@@ -234,7 +235,7 @@ def test_image_bytes_are_in_the_content_hash(store_uri: str) -> None:
     data.put_bytes("images/img-2.png", png(distinct_image(42)))  # the partition file is unchanged
     c = RunContext.open(spec, "c")
     run_snapshot(c, date(2026, 11, 4))
-    assert c.read_json("snapshot/manifest.json")["content_hash"] != first["content_hash"]
+    assert c.read(SnapshotManifest).content_hash != first["content_hash"]
     with pytest.raises(DataError, match="already has a snapshot with content hash .* start a new run"):
         run_snapshot(a, date(2026, 11, 4))
 
@@ -246,4 +247,4 @@ def test_categorical_label_column_passes_the_schema_check(tmp_path: Path) -> Non
     put(spec, date(2026, 12, 1), df)
     ctx = RunContext.open(spec, "cat")
     run_snapshot(ctx, date(2026, 12, 1))
-    assert ctx.read_json("snapshot/manifest.json")["rows_per_label"] == {"billing": 4, "login": 4, "shipping": 4}
+    assert ctx.read(SnapshotManifest).rows_per_label == {"billing": 4, "login": 4, "shipping": 4}

@@ -27,10 +27,11 @@ from data_fixtures import (
     text_rows,
     text_spec,
 )
+from tl_core.artifacts import SplitCheck, SplitReport
 from tl_core.config import ModelSpec
 from tl_core.data.audit import run_audit
 from tl_core.data.snapshot import run_snapshot
-from tl_core.data.split import SPLIT_REPORT, assign_splits, run_split
+from tl_core.data.split import assign_splits, run_split
 from tl_core.errors import BlockingAuditFinding, DataError
 from tl_core.runs import SPLITS, RunContext
 from tl_core.store import ObjectStore, open_store
@@ -42,7 +43,7 @@ def _split(ctx: RunContext) -> dict[str, object]:
     run_snapshot(ctx, D4)
     run_audit(ctx)
     run_split(ctx)
-    out: dict[str, object] = ctx.read_json("split/split.json")
+    out: dict[str, object] = ctx.read(SplitReport).model_dump(mode="json")
     return out
 
 
@@ -214,7 +215,7 @@ def test_a_cluster_pulled_into_test_refuses_the_split_naming_the_cluster(tmp_pat
                                                    rf"clusters .* the largest has {len(members)} rows, e.g. example "
                                                    rf"ids \[{re.escape(repr(members[0]))}.*data.split_tolerance 10%"):
         run_split(ctx)
-    rep = ctx.read_json(SPLIT_REPORT)
+    rep = ctx.read(SplitCheck).model_dump(mode="json")
     assert rep["pulled_into_test"]["largest_cluster"] == len(members) and rep["pulled_into_test"]["clusters"] >= 1
     assert rep["pulled_into_test"]["largest_cluster_ids"] == members[:5]
     assert not ctx.store.exists(ctx.key("split/examples.parquet"))  # fails closed: nothing for training to read
@@ -223,10 +224,10 @@ def test_a_cluster_pulled_into_test_refuses_the_split_naming_the_cluster(tmp_pat
 def test_split_tolerance_is_the_specs(tmp_path: Path) -> None:
     ctx, members = _icons_with_one_swallowing_cluster(tmp_path, split_tolerance=0.5)
     run_split(ctx)
-    rep = ctx.read_json(SPLIT_REPORT)
+    rep = ctx.read(SplitCheck).model_dump(mode="json")
     assert not rep["blocking"] and rep["pulled_into_test"]["largest_cluster"] == len(members)
     assert rep["achieved"]["test"]["share"] > rep["requested"]["test"] + 0.1
-    assert ctx.read_json("split/split.json")["achieved"] == rep["achieved"]
+    assert ctx.read(SplitReport).model_dump(mode="json")["achieved"] == rep["achieved"]
 
 
 def test_class_without_train_rows_and_missing_required_slice_refuse_the_split(tmp_path: Path) -> None:
@@ -245,5 +246,5 @@ def test_class_without_train_rows_and_missing_required_slice_refuse_the_split(tm
     assert "class 'shipping' has no calibration rows" in str(err.value)
     assert re.search(r"required_slice_missing: gate.required_slices names 'region=apac', which has no test rows "
                      r"\(12 test rows\)", str(err.value))
-    per_class = ctx.read_json(SPLIT_REPORT)["per_class"]
+    per_class = ctx.read(SplitCheck).model_dump(mode="json")["per_class"]
     assert per_class["shipping"] == {"train": 0, "validation": 0, "calibration": 0, "test": 4}

@@ -35,6 +35,7 @@ import yaml
 from browser import ARTIFACTS, Chromium, png_size
 from model_fixtures import tiny_bert_dir
 from tl_core.airflow_api import AirflowAPIError, AirflowClient
+from tl_core.artifacts import Plan, TrainReport
 from tl_core.config import parse_spec
 from tl_core.demo.data import write_demo_data
 from tl_core.registry import Registry
@@ -211,7 +212,7 @@ def _check_nightly(af: CeleryAirflow, client: AirflowClient, run_id: str, run: R
     # the killed training was retried, and the retry resumed from the last epoch checkpoint
     tuned = tis["train_tuned[0]"]
     assert tuned["try_number"] >= 2, tuned
-    report = run.read_json("models/full/train_report.json")
+    report = run.read(TrainReport, "full").model_dump(mode="json")
     assert 1 <= report["resumed_from_epoch"] < EPOCHS, report
     log = _attempt_log(af, run_id, "train_tuned", 0, tuned["try_number"])
     assert f"full: resuming after epoch {report['resumed_from_epoch']} " in log
@@ -286,7 +287,7 @@ def test_celery_topology_nightly_with_faults_then_shadow_backfill(tmp_path: Path
             tis = _tis(client, backfill_run)
             assert tis["shadow_recorded"]["state"] == "success" and tis["promote"]["state"] == "skipped"
             assert tis["train_tuned"]["state"] == "skipped" and tis["train_frozen[0]"]["hostname"] == "worker-gpu"
-            assert RunContext.open(spec, backfill_run).read_json("plan.json")["model_ids"] == ["frozen"]
+            assert RunContext.open(spec, backfill_run).read(Plan).model_ids == ["frozen"]
         history = registry.history()
         assert [r["action"] for r in history] == ["register", "promote", "register", "register"]
         assert [r.get("shadow") for r in history[2:]] == [True, True]
@@ -295,7 +296,7 @@ def test_celery_topology_nightly_with_faults_then_shadow_backfill(tmp_path: Path
         assert pointer["version"] == "v0001" and pointer["actor"] == "admin"
         summary = {"seconds": round(time.monotonic() - started),
                    "train_tuned_try": _tis(client, run_id)["train_tuned[0]"]["try_number"],
-                   "resumed_after_epoch": run.read_json("models/full/train_report.json")["resumed_from_epoch"],
+                   "resumed_after_epoch": run.read(TrainReport, "full").resumed_from_epoch,
                    "ledger": [r["action"] for r in history]}
         ARTIFACTS.mkdir(exist_ok=True)  # what the run did, for the reader of a CI log (pytest hides the print)
         (ARTIFACTS / "celery-topology.json").write_text(json.dumps(summary, indent=1))

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from eval_fixtures import LABELS, logits_for, make_synthetic_run, spec_dict
-from tl_core.artifacts import LabelIssues, Selection
+from tl_core.artifacts import EvaluationReport, GateDecision, LabelIssues, Selection
 from tl_core.cli import main as tl_main
 from tl_core.config import parse_spec
 from tl_core.errors import TLError
@@ -31,7 +31,7 @@ def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(store_uri)))
     uri = run_evaluate(ctx, champion_for(ctx))
     assert uri == ctx.uri("evaluation/report.json")
-    report = ctx.read_json("evaluation/report.json")
+    report = ctx.read(EvaluationReport).model_dump(mode="json")
     assert report["schema_version"] == 2 and report["champion"]["status"] == "none"
     assert set(report["models"]) == {"frozen", "full", "majority"} and report["candidate"] == "full"
     assert report["test_size"] == 600
@@ -54,10 +54,10 @@ def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     assert report["curves"]["full"][2]["val_metric"] == pytest.approx(0.75)
     assert report["audit"]["findings"][0]["check"] == "class_balance"
 
-    result = run_gate(ctx)
+    result = run_gate(ctx).model_dump(mode="json")
     assert result["passed"] is True and result["bootstrap"] is True, result["reasons"]
     assert result["champion_version"] is None and result["champion_etag"] is None
-    decision = ctx.read_json("gate/decision.json")
+    decision = ctx.read(GateDecision).model_dump(mode="json")
     assert decision["passed"] is True and decision["evidence_hash"] == result["evidence_hash"]
     assert current_evidence_hash(ctx) == result["evidence_hash"]
     assert result["summary_markdown"].startswith("**Decision: PASS** (bootstrap")
@@ -88,19 +88,19 @@ def test_champion_comparison_and_pointer_check(tmp_path: Path) -> None:
     champion = ChampionScores("v0001", "etag-1", {"calibration": rows(cal, "calibration"), "test": rows(test, "test")},
                               LABELS)
     run_evaluate(ctx, champion)
-    report = ctx.read_json("evaluation/report.json")
+    report = ctx.read(EvaluationReport).model_dump(mode="json")
     assert report["champion"] == {"status": "ok", "version": "v0001", "etag": "etag-1", "reason": ""}
     champ_vs_frozen = report["models"]["champion"]["overall"]["macro_f1"]
     assert champ_vs_frozen == pytest.approx(report["models"]["frozen"]["overall"]["macro_f1"])
     assert set(report["comparisons"]["champion"]["macro_f1"]) == {"overall", *report["slices"]}
     assert report["comparisons"]["champion"]["macro_f1"]["overall"]["diff"] > 0
     # No champion is registered in this store: the pointer moved (to none) after the evaluation -> FAIL.
-    result = run_gate(ctx)
+    result = run_gate(ctx).model_dump(mode="json")
     assert not result["passed"]
     assert any("champion pointer changed after evaluation (evaluated v0001 etag etag-1, now None" in r
                for r in result["reasons"])
     assert result["champion_version"] == "v0001" and result["champion_etag"] == "etag-1"
-    decision = ctx.read_json("gate/decision.json")
+    decision = ctx.read(GateDecision).model_dump(mode="json")
     slice_reasons = [r for r in decision["reasons"] if r["check"] == "slice"]
     assert sorted(r["slice"] for r in slice_reasons) == sorted(report["slices"])
     assert all(re.search(r"candidate - champion in \[.*\] \(95%\), margin -0.05, holm p\(non-inferior\)=.* "
@@ -121,24 +121,24 @@ def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
     # A hand-written pointer (no promotion made it): unreadable evidence, and the gate fails closed naming it.
     ctx.store.put_bytes("registry/eval-demo/champion.json", json.dumps({"version": "v0007"}).encode())
     run_evaluate(ctx, champion_for(ctx))
-    champion = ctx.read_json("evaluation/report.json")["champion"]
+    champion = ctx.read(EvaluationReport).model_dump(mode="json")["champion"]
     assert champion["status"] == "unreadable" and champion["version"] is None
     assert "champion pointer unreadable" in champion["reason"] and "champion.json" in champion["reason"]
-    result = run_gate(ctx)
+    result = run_gate(ctx).model_dump(mode="json")
     assert not result["passed"] and not result["bootstrap"]
     assert any("could not be re-scored" in r and "champion.json is not a valid champion pointer" in r
                for r in result["reasons"]), result["reasons"]
-    evidence = ctx.read_json("gate/decision.json")["evidence"]
+    evidence = ctx.read(GateDecision).model_dump(mode="json")["evidence"]
     assert "champion.json is not a valid champion pointer" in evidence["champion_error"]
     # A corrupt pointer is unreadable too (never a silent bootstrap).
     ctx.store.put_bytes("registry/eval-demo/champion.json", b"{not json")
     run_evaluate(ctx, champion_for(ctx))
-    champion = ctx.read_json("evaluation/report.json")["champion"]
+    champion = ctx.read(EvaluationReport).model_dump(mode="json")["champion"]
     assert champion["status"] == "unreadable" and "champion pointer unreadable" in champion["reason"]
     # Champion logits of the wrong shape are unreadable evidence, not a crash.
     bad = ChampionScores("v0002", "e", {"calibration": np.zeros((300, 3)), "test": np.zeros((10, 3))}, LABELS)
     run_evaluate(ctx, bad)
-    champion = ctx.read_json("evaluation/report.json")["champion"]
+    champion = ctx.read(EvaluationReport).model_dump(mode="json")["champion"]
     assert champion["status"] == "unreadable"
     assert champion["reason"] == "champion logits: test logits have shape (10, 3), expected (600, 3)"
 
@@ -146,9 +146,9 @@ def test_unreadable_champion_fails_closed(tmp_path: Path) -> None:
 def test_empty_test_set_fails_closed(tmp_path: Path) -> None:
     ctx = make_synthetic_run(parse_spec(spec_dict(tmp_path.as_uri())), n_test=0)
     run_evaluate(ctx, champion_for(ctx))
-    report = ctx.read_json("evaluation/report.json")
+    report = ctx.read(EvaluationReport).model_dump(mode="json")
     assert report["test_size"] == 0 and report["comparisons"] == {}
-    result = run_gate(ctx)
+    result = run_gate(ctx).model_dump(mode="json")
     assert not result["passed"] and result["reasons"][0].startswith("empty test set: 0 labelled test examples")
 
 
@@ -169,7 +169,7 @@ def test_bad_run_inputs_name_the_file(tmp_path: Path) -> None:
         run_evaluate(ctx, champion_for(ctx))
     ctx.store.delete(ctx.key("evaluation/report.json")) if ctx.store.exists(ctx.key("evaluation/report.json")) \
         else None
-    with pytest.raises(TLError, match=r"evaluation/report\.json is missing: run `tl evaluate` first"):
+    with pytest.raises(TLError, match=r"evaluation/report\.json \(EvaluationReport\) is missing: run `tl evaluate`"):
         run_gate(ctx)
 
 
@@ -254,12 +254,12 @@ def test_evaluate_and_gate_on_really_trained_strategies(tmp_path: Path) -> None:
         run_train(ctx, s)
     run_select(ctx)
     run_evaluate(ctx, champion_for(ctx))
-    report = ctx.read_json("evaluation/report.json")
+    report = ctx.read(EvaluationReport).model_dump(mode="json")
     assert report["champion"]["status"] == "none"
     assert set(report["models"]) == {"frozen", "full", "majority"}
     assert set(report["slices"]) == {"region=eu", "region=us"}
     assert report["test_size"] == sum(report["slices"].values()) == 36
     assert [sorted(c) for c in report["curves"]["full"]][:1] == [["epoch", "train_loss", "val_loss", "val_metric"]]
-    result = run_gate(ctx)
+    result = run_gate(ctx).model_dump(mode="json")
     assert result["bootstrap"] is True and len(result["evidence_hash"]) == 64
-    assert ctx.read_json("gate/decision.json")["passed"] == result["passed"]
+    assert ctx.read(GateDecision).model_dump(mode="json")["passed"] == result["passed"]

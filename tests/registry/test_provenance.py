@@ -28,7 +28,7 @@ def test_the_manifest_records_the_source_checkpoint_and_the_ledger_an_override(t
     reg = Registry((tmp_path / "reg").as_uri(), MODEL, cache_dir=tmp_path / "cache")
     spec = lite0_spec(licence_override="legal: research use approved, LEGAL-42")
     run = fake_run((tmp_path / "runs").as_uri(), "run-1")
-    report = run.read_json("evaluation/report.json")
+    report = run.read(EvaluationReport).model_dump(mode="json")
     run.write_json("evaluation/report.json", {**report, "provenance": provenance(spec)})  # type: ignore[arg-type]
     version = reg.register(run, actor="ci")
     backbone = reg.show(version)["backbone"]
@@ -56,7 +56,7 @@ def test_the_provenance_section_fits_report_schema_2_with_and_without_it() -> No
 def test_every_version_carries_a_model_card_generated_from_its_reports(tmp_path: Path) -> None:
     reg = Registry((tmp_path / "reg").as_uri(), MODEL, cache_dir=tmp_path / "cache")
     run = fake_run((tmp_path / "runs").as_uri(), "run-1")
-    report = run.read_json("evaluation/report.json")
+    report = run.read(EvaluationReport).model_dump(mode="json")
     frozen = {**report["models"]["frozen"], "slices": {"scanner=fax": {"accuracy": 0.61, "macro_f1": 0.55}},
               "intervals": {"accuracy": {"overall": [0.74, 0.85], "scanner=fax": [0.5, 0.72]}},
               "before_temperature": {"ece": 0.12, "log_loss": 0.9}}

@@ -64,6 +64,7 @@ def worker(case: str, threads: int, mkldnn: bool, overrides: dict[str, Any]) -> 
     torch.backends.mkldnn.enabled = mkldnn
     sys.path.insert(0, str(HERE.parent))
     from model_fixtures import make_run, reference_case, tiny_bert_dir
+    from tl_core.artifacts import TrainReport
     from tl_core.train.run import run_train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +72,7 @@ def worker(case: str, threads: int, mkldnn: bool, overrides: dict[str, Any]) -> 
         ctx = make_run(spec, examples)
         strategy = spec.train.strategies[0]
         run_train(ctx, strategy)
-        curves = ctx.read_json(f"models/{strategy}/train_report.json")["curves"]
+        curves = [c.model_dump() for c in ctx.read(TrainReport, strategy).curves]
     print(json.dumps({"curves": curves, "capability": torch.backends.cpu.get_cpu_capability()}))
 
 

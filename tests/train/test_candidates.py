@@ -13,7 +13,7 @@ import pytest
 
 from browser import ARTIFACTS, Chromium
 from model_fixtures import make_run, text_examples, text_spec, tiny_bert_dir
-from tl_core.artifacts import Selection, ServingCost, TrainReport
+from tl_core.artifacts import EvaluationReport, Selection, ServingCost, TrainReport
 from tl_core.config import parse_spec
 from tl_core.errors import DataError
 from tl_core.evaluate.run import run_evaluate
@@ -91,7 +91,7 @@ def test_the_report_shows_the_candidates_table_and_plot(trained: RunContext) -> 
     top = max(v.val_metric for v in scores.values())
     assert scores[chosen.selected].val_metric == top
     run_evaluate(trained, None)
-    report = trained.read_json("evaluation/report.json")
+    report = trained.read(EvaluationReport).model_dump(mode="json")
     frozen = {m: v.val_metric for m, v in scores.items() if m.startswith("frozen")}
     assert report["baseline"] == max(frozen, key=frozen.__getitem__)
     assert set(report["backbones"]) == {"default", "wide"}
