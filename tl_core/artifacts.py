@@ -332,6 +332,36 @@ class GateOutcome(_Artifact):
     report_uri: str
 
 
+class ScoredInput(_Artifact):
+    """One input file of a scored partition and its etag when it was scored."""
+
+    key: str
+    etag: str
+
+
+class ScoringRecord(Artifact):
+    """scores/<model>/dt=<day>/scoring.json (tl_core.monitor.score): the commit record of a scored partition,
+    written last; read by the drift step, the evidence step and an idempotent re-run."""
+
+    schema_version: Literal[1] = 1
+    model: str
+    dt: str
+    run_id: str
+    champion_version: str
+    challenger_version: str | None
+    inputs: list[ScoredInput]
+    chunk_rows: int
+    rows: int
+    chunks: int
+    max_chunk_rows: int
+    files: dict[str, str]  # predictions.parquet / shadow.parquet -> URI
+    slice_columns: list[str]
+    labels: list[str]  # the champion's class names in logit order
+    challenger_labels: list[str] | None = None
+    disagreement: dict[str, Any] | None = None  # {rate, rows, slices: {slice: {rows, rate}}} (challenger only)
+    scored_at: str
+
+
 class EmbeddingDrift(_Artifact):
     """Input drift: MMD two-sample test of frozen-backbone embeddings, training snapshot vs the partition."""
 

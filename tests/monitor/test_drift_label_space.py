@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from eval_fixtures import spec_dict
+from tl_core.artifacts import VersionManifest
 from tl_core.config import parse_spec
 from tl_core.errors import MonitorError
 from tl_core.monitor.drift import ChampionReference, load_reference, prediction_sections, tally_predictions
@@ -57,13 +58,18 @@ def test_label_space_drift_refuses_a_class_the_champion_lacks(tmp_path: Path) ->
 
 
 class _Versions:
-    """The two registry calls load_reference makes, over one version folder."""
+    """The two registry calls load_reference makes, over one version folder (a schema-1 manifest: no class
+    names of its own)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def show(self, version: str) -> dict[str, Any]:
-        return {"strategy": "frozen", "run_id": "champion-run", "temperature": 1.0, "metrics": {"accuracy": 0.9}}
+    def manifest(self, version: str) -> VersionManifest:
+        return VersionManifest.model_validate({
+            "model": "eval-demo", "version": version, "run_id": "champion-run", "shadow": False,
+            "created_at": "2026-11-01T00:00:00Z", "snapshot_hash": None, "backbone": {}, "strategy": "frozen",
+            "strategy_config": {}, "seeds": {}, "candidate_selection": {}, "library_versions": {},
+            "metrics": {"accuracy": 0.9}, "temperature": 1.0, "gate": {"passed": True}, "files": {}})
 
     def load_version(self, version: str) -> Path:
         return self.root
@@ -75,7 +81,11 @@ def _version(root: Path, spec_labels: list[str] | None, config_labels: list[str]
     (model / "logits").mkdir(parents=True)
     logits = np.eye(3)[[0, 0, 0, 1]] * 5.0
     np.savez(model / "logits" / "test.npz", example_id=np.array(["a", "b", "c", "d"]), logits=logits)
-    (model / "model_config.json").write_text(json.dumps({"labels": config_labels} if config_labels else {}))
+    if config_labels:  # a model_config.json as a model written before configs had a schema version
+        (model / "model_config.json").write_text(json.dumps({
+            "format": "tl-classifier/1", "model": "eval-demo", "strategy": "frozen", "labels": config_labels,
+            "kind": "transformers", "num_features": 8, "backbone": {}, "preprocessing": {}, "input_column": "text",
+            "seed": 0, "train": {}, "spec_fingerprint": "f"}))
     if spec_labels:
         (root / "spec.json").write_text(json.dumps({**spec_dict(root.as_uri()), "labels": spec_labels}))
     return root

@@ -32,7 +32,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tl_core.artifacts import DRIFT_SCHEMA_VERSION, DriftReport, check_artifact
+from tl_core.artifacts import (
+    DRIFT_SCHEMA_VERSION,
+    A,
+    DriftReport,
+    EvaluationReport,
+    ModelConfig,
+    ParityReport,
+    check_artifact,
+    parse_artifact,
+)
 from tl_core.config import ModelSpec, MonitorSpec, parse_spec
 from tl_core.errors import DataError, MonitorError, NoSuchKey, SpecError
 from tl_core.monitor import stats
@@ -58,7 +67,13 @@ class ChampionReference:
     run_spec: ModelSpec
 
 
-def _json(path: Path) -> dict[str, Any]:
+def _version_file(path: Path, model: type[A]) -> A | None:
+    """A typed file of the champion's version folder (None when the version has none)."""
+    return parse_artifact(model, path.read_bytes(), str(path)) if path.is_file() else None
+
+
+def _bound_spec(path: Path) -> dict[str, Any]:
+    """The version's spec.json (the spec its run was bound to; validated by parse_spec), {} when absent."""
     value = json.loads(path.read_text()) if path.is_file() else {}
     return value if isinstance(value, dict) else {}
 
@@ -66,7 +81,7 @@ def _json(path: Path) -> dict[str, Any]:
 def _run_spec(spec: ModelSpec, root: Path, version: str) -> tuple[ModelSpec, bool]:
     """(the spec the champion was trained with, whether it came from the version's spec.json) - the current spec
     when the version has none or it does not validate."""
-    bound = _json(root / "spec.json")
+    bound = _bound_spec(root / "spec.json")
     bound.pop("fingerprint", None)
     if not bound:
         return spec, False
@@ -77,10 +92,11 @@ def _run_spec(spec: ModelSpec, root: Path, version: str) -> tuple[ModelSpec, boo
         return spec, False
 
 
-def _reference_labels(config: dict[str, Any], run_spec: ModelSpec | None, version: str, width: int) -> list[str]:
-    """The champion's class names in its logit order: its model_config.json, else its own spec.json (never the
-    current spec: its order may have changed since); MonitorError when neither says, or the width differs."""
-    labels = [str(n) for n in (config.get("labels") or (run_spec.labels if run_spec is not None else []))]
+def _reference_labels(classes: list[str] | None, run_spec: ModelSpec | None, version: str, width: int) -> list[str]:
+    """The champion's class names in its logit order: its manifest or model_config.json, else its own spec.json
+    (never the current spec: its order may have changed since); MonitorError when none says, or the width
+    differs."""
+    labels = [str(n) for n in (classes or (run_spec.labels if run_spec is not None else []))]
     if not labels:
         raise MonitorError(f"champion {version}: neither its model_config.json nor its spec.json names its classes, "
                            "so its reference predictions cannot be keyed by class name")
@@ -93,29 +109,31 @@ def _reference_labels(config: dict[str, Any], run_spec: ModelSpec | None, versio
 def load_reference(spec: ModelSpec, registry: Registry, version: str) -> ChampionReference:
     """The champion's test predictions (keyed by its own class names), test accuracy (overall, per slice) and
     training spec."""
-    manifest = registry.show(version)
+    manifest = registry.manifest(version)
     root = registry.load_version(version)
-    strategy = manifest["strategy"]
+    strategy = manifest.strategy
     logits_file = root / "models" / strategy / "logits" / "test.npz"
     if not logits_file.is_file():
         raise MonitorError(f"champion {version}: models/{strategy}/logits/test.npz is missing from the version, so "
                            "there are no reference predictions to compare the partition's with")
     with np.load(logits_file, allow_pickle=False) as z:
         logits = z["logits"].astype(np.float64)
-    config = _json(root / "models" / strategy / "model_config.json")
+    config = _version_file(root / "models" / strategy / "model_config.json", ModelConfig)
     run_spec, own = _run_spec(spec, root, version)
-    labels = _reference_labels(config, run_spec if own else None, version, logits.shape[1])
-    temperature = float(manifest.get("temperature") or _json(root / "export" / "parity.json").get("temperature")
-                        or 1.0)
+    labels = _reference_labels(manifest.classes or (config.labels if config is not None else None),
+                               run_spec if own else None, version, logits.shape[1])
+    parity = _version_file(root / "export" / "parity.json", ParityReport)
+    temperature = manifest.temperature or (parity.temperature if parity is not None else None) or 1.0
     z_t = logits / temperature
     probs = np.exp(z_t - z_t.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    evaluated = _json(root / "evaluation" / "report.json").get("models", {}).get(strategy, {})
-    slice_acc = {s: float(m["accuracy"]) for s, m in (evaluated.get("slices") or {}).items()
-                 if isinstance(m, dict) and isinstance(m.get("accuracy"), int | float)}
-    accuracy = (manifest.get("metrics") or {}).get("accuracy")
+    report = _version_file(root / "evaluation" / "report.json", EvaluationReport)
+    evaluated = report.models.get(strategy) if report is not None else None
+    slice_acc = {s: float(value) for s, m in (evaluated.slices if evaluated is not None else {}).items()
+                 if isinstance(value := m.get("accuracy"), int | float)}
+    accuracy = manifest.metrics.get("accuracy")
     return ChampionReference(
-        version=version, run_id=str(manifest["run_id"]), labels=labels,
+        version=version, run_id=manifest.run_id, labels=labels,
         test_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None, slice_accuracy=slice_acc,
         test_counts=np.bincount(probs.argmax(1), minlength=len(labels)) if len(probs) else np.zeros(len(labels)),
         test_expected_accuracy=stats.expected_accuracy(probs) if len(probs) else None, run_spec=run_spec)
@@ -238,17 +256,17 @@ def measure(spec: ModelSpec, day: date, run_id: str = "manual") -> dict[str, Any
     """Every drift measurement of the scored partition ``dt=day`` (the report without its alerts)."""
     record = read_record(spec, day)
     registry = Registry.for_spec(spec)
-    ref = load_reference(spec, registry, record["champion_version"])
+    ref = load_reference(spec, registry, record.champion_version)
     out = open_store(spec.store)
     prefix = scores_prefix(spec, day)
-    slice_columns = list(record.get("slice_columns") or [])
+    slice_columns = list(record.slice_columns)
     tally = tally_predictions(out, join_key(prefix, PREDICTIONS), ref.labels, slice_columns, spec.monitor.chunk_rows)
     shift, accuracy = prediction_sections(ref, tally)
     monitor = spec.monitor
     return {"schema_version": DRIFT_SCHEMA_VERSION, "model": spec.name, "dt": day.isoformat(), "run_id": run_id,
-            "champion_version": ref.version, "challenger_version": record.get("challenger_version"),
+            "champion_version": ref.version, "challenger_version": record.challenger_version,
             "rows": tally.rows, "scores_uri": out.url(prefix), "embedding": measure_embedding(spec, ref, day),
-            "predictions": shift, "accuracy": accuracy, "disagreement": record.get("disagreement"),
+            "predictions": shift, "accuracy": accuracy, "disagreement": record.disagreement,
             "thresholds": {"embedding_alpha": monitor.embedding_alpha, "chi2_alpha": monitor.chi2_alpha,
                            "psi_threshold": monitor.psi_threshold, "accuracy_drop": monitor.accuracy_drop,
                            "min_slice_rows": float(monitor.min_slice_rows)},

@@ -20,7 +20,6 @@ inputs and versions finds the record and returns without scoring; anything else 
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from tl_core.artifacts import ArtifactError, ScoringRecord, check_artifact, dump_artifact, parse_artifact
 from tl_core.config import ModelSpec
 from tl_core.errors import MonitorError, NoSuchKey
 from tl_core.export.predict import ServedModel, open_model_dir, predictions_frame, score
@@ -42,7 +42,6 @@ from tl_core.store import ObjectStore, join_key, local_file, open_store, put_fil
 
 logger = logging.getLogger(__name__)
 
-SCORING_SCHEMA_VERSION = 1
 PREDICTIONS = "predictions.parquet"
 SHADOW = "shadow.parquet"
 RECORD = "scoring.json"
@@ -173,13 +172,15 @@ def _score_files(spec: ModelSpec, store: ObjectStore, keys: list[str], models: l
     return tally
 
 
-def _existing(out: ObjectStore, key: str, expected: dict[str, Any]) -> dict[str, Any] | None:
-    """The committed record when it was made from the same inputs and versions (an idempotent re-run)."""
+def _existing(out: ObjectStore, key: str, expected: dict[str, Any]) -> ScoringRecord | None:
+    """The committed record when it was made from the same inputs and versions (an idempotent re-run); a record
+    of another schema version is scored again."""
     try:
-        record = json.loads(out.get_bytes(key))
-    except NoSuchKey:
+        record = parse_artifact(ScoringRecord, out.get_bytes(key), out.url(key))
+    except (NoSuchKey, ArtifactError):
         return None
-    same = all(record.get(k) == v for k, v in expected.items())
+    stored = record.model_dump(mode="json")
+    same = all(stored.get(k) == v for k, v in expected.items())
     return record if same else None
 
 
@@ -190,7 +191,7 @@ def score_partition(spec: ModelSpec, day: date, run_id: str = "manual") -> str:
     out = open_store(spec.store)
     prefix = scores_prefix(spec, day)
     inputs = [{"key": in_store.url(k), "etag": in_store.etag(k)} for k in keys]
-    expected = {"schema_version": SCORING_SCHEMA_VERSION, "champion_version": champion,
+    expected = {"schema_version": ScoringRecord.written_version(), "champion_version": champion,
                 "challenger_version": challenger, "inputs": inputs, "chunk_rows": spec.monitor.chunk_rows}
     if _existing(out, join_key(prefix, RECORD), expected) is not None:
         logger.info("%s dt=%s already scored by %s from the same inputs; nothing to do", spec.name, day, champion)
@@ -203,26 +204,27 @@ def score_partition(spec: ModelSpec, day: date, run_id: str = "manual") -> str:
         for name in (PREDICTIONS, SHADOW)[: len(models)]:
             if (Path(tmp) / name).is_file():
                 files[name] = put_file(out, join_key(prefix, name), Path(tmp) / name)
-    record: dict[str, Any] = {
+    record = check_artifact(ScoringRecord, {
               **expected, "model": spec.name, "dt": day.isoformat(), "run_id": run_id, "rows": tally.rows,
               "chunks": tally.chunks, "max_chunk_rows": tally.max_chunk_rows, "files": files,
               "slice_columns": list(spec.data.slice_columns), "labels": models[0].labels,
               "challenger_labels": models[1].labels if challenger else None,
               "disagreement": tally.disagreement() if challenger else None,
-              "scored_at": datetime.now(UTC).isoformat()}
-    out.put_bytes(join_key(prefix, RECORD), json.dumps(record, indent=2, sort_keys=True).encode())
+              "scored_at": datetime.now(UTC).isoformat()}, out.url(join_key(prefix, RECORD)))
+    out.put_bytes(join_key(prefix, RECORD), dump_artifact(record))
     logger.info("scored %d rows of %s dt=%s with %s%s -> %s", tally.rows, spec.name, day, champion,
-                f" (shadow {challenger}: disagreement {record['disagreement']['rate']:.3f})" if challenger else "",
-                out.url(prefix))
+                f" (shadow {challenger}: disagreement {record.disagreement['rate']:.3f})"
+                if record.disagreement else "", out.url(prefix))
     return out.url(prefix)
 
 
-def read_record(spec: ModelSpec, day: date) -> dict[str, Any]:
-    """The committed scoring record of ``dt=day``; MonitorError when the partition has not been scored."""
+def read_record(spec: ModelSpec, day: date) -> ScoringRecord:
+    """The committed scoring record of ``dt=day``; MonitorError when the partition has not been scored,
+    ArtifactError naming the file when it is not a ScoringRecord of this schema."""
     out = open_store(spec.store)
     key = join_key(scores_prefix(spec, day), RECORD)
     try:
-        return json.loads(out.get_bytes(key))  # type: ignore[no-any-return]
+        return parse_artifact(ScoringRecord, out.get_bytes(key), out.url(key))
     except NoSuchKey:
         raise MonitorError(f"{out.url(key)} does not exist: dt={day.isoformat()} has not been scored; run "
                            "`tl score` (step_score) first") from None
