@@ -168,7 +168,7 @@ def test_label_shift_matches_scipy_and_picks_previous_run(tmp_path: Path) -> Non
 
 
 def test_label_shift_is_against_the_champion_per_class_and_slice(tmp_path: Path) -> None:
-    from registry_fixtures import MODEL, fake_run
+    from registry_fixtures import MODEL, evidence_of, fake_run
     from tl_core.registry import Registry
 
     spec = text_spec(tmp_path.as_uri()).model_copy(update={"name": MODEL})
@@ -178,7 +178,7 @@ def test_label_shift_is_against_the_champion_per_class_and_slice(tmp_path: Path)
     run_audit(champion_run)  # its report keeps class and slice x label counts
     reg = Registry.for_spec(spec)
     version = reg.register(fake_run(spec.store, "champ-run"))
-    reg.promote(version, None, {"approver": "t"}, "t", "first model", "h1")
+    reg.promote(version, None, {"approver": "t"}, "t", "first model", evidence_of("champ-run"))
     put(spec, D4, text_rows(D4, n=40, prefix="s-", label="billing", region="eu"), "part-1.parquet")  # same date
     _, report = _audit(spec, run="now")
     shift = report["label_shift"]
