@@ -885,6 +885,9 @@ class ModelConfig(Artifact):
     storage: Literal["merged", "adapter"] = "merged"
     base: AdapterBase | None = None
     lora: dict[str, Any] | None = None  # the LoRA settings the adapters were trained with (peft's)
+    # The temperature, fitted once by training on the calibration split (export folds it into the ONNX graph,
+    # evaluation reports with it, the registry records it); None: a model trained before it was stored.
+    temperature: float | None = None
 
 
 class WorstExample(_Artifact):

@@ -115,3 +115,32 @@ def test_preprocessing_mismatch_fails_parity_gate(tmp_path: Path, bert_dir: Path
         run_export(ctx)
     assert not ctx.store.exists(ctx.key("export/model.onnx"))
     assert ctx.read(ParityReport).passed is False
+
+
+def test_the_temperature_is_fitted_once_by_training_and_reused(tmp_path: Path, bert_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training fits the temperature on the calibration split and stores it in model_config.json; export folds
+    that number into the ONNX graph and evaluation reports with it: neither fits one again."""
+    from tl_core.artifacts import EvaluationReport
+    from tl_core.evaluate.calibration import fit_on_labelled
+    from tl_core.evaluate.run import run_evaluate
+
+    spec = text_spec(tmp_path.as_uri(), bert_dir, strategies=["full"], epochs=1)
+    ex = text_examples()
+    ctx = _trained(tmp_path, spec, ex, "full")
+    stored = ctx.read(ModelConfig, "full").temperature
+    cal = ctx.read_npz("models/full/logits/calibration.npz")
+    labels = dict(zip(ex["example_id"].astype(str), ex["label"], strict=True))
+    y = np.array([spec.labels.index(labels[str(e)]) for e in cal["example_id"]])
+    assert stored is not None and stored == pytest.approx(fit_on_labelled(cal["logits"], y), rel=1e-6)
+    assert stored != pytest.approx(1.0, abs=1e-3)  # a fitted value, not the neutral one
+
+    def refit(*args: object) -> float:
+        raise AssertionError("the temperature was fitted again")
+
+    monkeypatch.setattr("tl_core.export.onnx_export.fit_temperature_for", refit)
+    monkeypatch.setattr("tl_core.evaluate.run.fit_temperature", refit)  # no champion: only stored temperatures
+    run_export(ctx)
+    run_evaluate(ctx, None)
+    assert ctx.read(ParityReport).temperature == stored
+    assert ctx.read(EvaluationReport).models["full"].temperature == stored

@@ -21,3 +21,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     res = minimize_scalar(lambda log_t: nll(logits, y, float(np.exp(log_t))), bounds=(np.log(0.05), np.log(20.0)),
                           method="bounded", options={"xatol": 1e-5})
     return float(np.exp(res.x))
+
+
+def fit_on_labelled(logits: np.ndarray, y: np.ndarray) -> float:
+    """fit_temperature on the rows whose label is known (``y >= 0``; -1 marks a label outside the spec)."""
+    keep = np.asarray(y) >= 0
+    return fit_temperature(np.asarray(logits)[keep], np.asarray(y)[keep])

@@ -26,6 +26,9 @@ tl_core.artifacts.EvaluationReport before it is written and whenever it is read)
                              intervals {metric: {group: [lo, hi]}}   (bootstrap, groups "overall" + slices),
                              reliability {before, after: {count, confidence, accuracy} per ECE bin}}}
                      names: every trained strategy, "champion" (when re-scored) and "majority" (training prior)
+                     temperature: a trained model's own, fitted once by training on the calibration split and
+                     stored in its model_config.json (export folds the same number); the champion's is fitted on
+                     this run's calibration rows (it is compared as calibrated on today's data); majority 1.0
   comparisons        {other model: {metric: {group: {diff, lo, hi, quantiles}}}}: candidate minus other, oriented so
                      that positive means the candidate is better (lower-is-better metrics are negated); quantiles
                      of the bootstrap difference at bootstrap.quantile_levels
@@ -65,6 +68,7 @@ from tl_core.artifacts import (
     AuditReport,
     EvaluationReport,
     LabelIssues,
+    ModelConfig,
     Selection,
     TrainReport,
     check_artifact,
@@ -227,10 +231,14 @@ def _model_logits(ctx: RunContext, frames: dict[str, pd.DataFrame], index: dict[
 
 
 def _model_entry(name: str, role: str, is_strategy: bool, cal: tuple[np.ndarray, np.ndarray], logits_test: np.ndarray,
-                 y: np.ndarray, labels: list[str], masks: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
+                 y: np.ndarray, labels: list[str], masks: dict[str, np.ndarray],
+                 temperature: float | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """One model's report entry (intervals still empty) and its test probabilities after temperature.
-    ``cal`` is (calibration logits, labels) of the labelled calibration rows."""
-    temperature = fit_temperature(*cal) if name != "majority" else 1.0
+    ``temperature``: the model's own (fitted once by training, stored in its config); None fits one on ``cal``,
+    (calibration logits, labels) of the labelled calibration rows: the champion, re-calibrated on this run's rows,
+    and models trained before the temperature was stored."""
+    if temperature is None:
+        temperature = fit_temperature(*cal) if name != "majority" else 1.0
     before, after = softmax(logits_test), softmax(logits_test, temperature)
     m_before = all_metrics(before, y, labels)
     overall = all_metrics(after, y, labels)
@@ -345,6 +353,12 @@ def _curves(ctx: RunContext, strategies: list[str]) -> dict[str, list[dict[str, 
     return curves
 
 
+def _stored_temperatures(ctx: RunContext, strategies: list[str]) -> dict[str, float | None]:
+    """Each trained model's temperature as training stored it in its config (None: not stored, fitted here)."""
+    configs = {s: ctx.read_optional(ModelConfig, s) for s in strategies}
+    return {s: c.temperature if c is not None else None for s, c in configs.items()}
+
+
 def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info: dict[str, Any]) -> dict[str, Any]:
     """Every model of the run (and the champion) on the same labelled test rows; see the module docstring."""
     spec = ctx.spec
@@ -360,6 +374,7 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
     # Same classes (any order): the champion joins the one bootstrap of every model on every row.
     joint = aligned if space is not None and space.status in ("same", "reordered") else None
     logits, roles = _model_logits(ctx, frames, index, selected, strategies, joint)
+    stored = _stored_temperatures(ctx, strategies)
     masks = slice_masks(test[keep_t].reset_index(drop=True), spec.data.slice_columns, spec.data.slice_crosses)
     y = y_test[keep_t]
     rows = _Rows(y_cal[keep_c], y, masks)
@@ -367,7 +382,8 @@ def build_report(ctx: RunContext, champion: ChampionScores | None, champion_info
     probs_after: dict[str, np.ndarray] = {}
     for name, (lc, lt) in logits.items():
         models[name], probs_after[name] = _model_entry(name, roles[name], name in strategies,
-                                                       (lc[keep_c], y_cal[keep_c]), lt[keep_t], y, labels, masks)
+                                                       (lc[keep_c], y_cal[keep_c]), lt[keep_t], y, labels, masks,
+                                                       stored.get(name))
     comparisons, bootstrap = _bootstrap(spec.gate, y, masks, probs_after, selected, models)
     facts: dict[str, Any] = {}
     if space is not None and space.status == "added" and aligned is not None:  # its own bootstrap, shared rows

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tl_core.artifacts import ParityReport, Selection
+from tl_core.artifacts import ModelConfig, ParityReport, Selection
 from tl_core.errors import TLError
 from tl_core.evaluate.metrics import ece, softmax
 from tl_core.models.artifacts import LoadedModel, load_model_dir
@@ -135,8 +135,19 @@ def parity_report(loaded: LoadedModel, session: Any, df: pd.DataFrame, temperatu
     }
 
 
+def stored_temperature(ctx: RunContext, strategy: str) -> float:
+    """The temperature training fitted and stored in the model's config (one number: export folds it, evaluation
+    reports with it); a model trained before it was stored is fitted here the same way, once, with a warning."""
+    stored = ctx.read(ModelConfig, strategy).temperature
+    if stored is not None:
+        return stored
+    logger.warning("%s: model_config.json has no temperature (trained before it was stored); fitting it on the "
+                   "calibration split", strategy)
+    return fit_temperature_for(ctx, strategy)
+
+
 def fit_temperature_for(ctx: RunContext, strategy: str) -> float:
-    """Temperature on the calibration split (the same fit the evaluation reports)."""
+    """Temperature on the calibration split (what training stores; for models trained before it did)."""
     from tl_core.evaluate.calibration import fit_temperature
 
     cal = ctx.read_npz(f"models/{strategy}/logits/calibration.npz")
@@ -168,7 +179,7 @@ def run_export(ctx: RunContext) -> str:
     import onnxruntime as ort
 
     strategy = ctx.read(Selection).selected
-    temperature = fit_temperature_for(ctx, strategy)
+    temperature = stored_temperature(ctx, strategy)
     examples = ctx.read_examples()
     held_out = examples[examples["split"] == "test"].head(PARITY_EXAMPLES).reset_index(drop=True)
     if held_out.empty:

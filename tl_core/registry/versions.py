@@ -149,7 +149,9 @@ def build_manifest(run: RunContext, model: str, version: str, strategy: str, fil
         "candidate_selection": candidate, "library_versions": library_versions(),
         "metrics": ({k: v for k, v in evaluated.overall.items() if isinstance(v, int | float)}
                     if evaluated is not None else {}),
-        "temperature": evaluated.temperature if evaluated is not None else None,
+        # the model's own temperature, fitted once by training (older runs: the one the evaluation reported)
+        "temperature": config.temperature if config.temperature is not None else (
+            evaluated.temperature if evaluated is not None else None),
         "gate": version_gate(run.read_optional(GateDecision)),
         "classes": list(config.labels),  # the class names in logit order, as trained
         "files": files,

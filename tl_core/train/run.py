@@ -15,6 +15,7 @@ import torch
 
 from tl_core.artifacts import LabelIssues, TrainReport
 from tl_core.errors import DataError
+from tl_core.evaluate.calibration import fit_on_labelled
 from tl_core.evaluate.metrics import rank_key
 from tl_core.models.adapters import adapter_storable, base_fingerprint
 from tl_core.models.artifacts import model_config, save_adapter, save_model
@@ -202,7 +203,9 @@ def run_train(ctx: RunContext, model_id: str, device: str | None = None) -> str:
         primary_metric=spec.train.primary_metric, wall_s=wall, samples_per_s=trained.samples / wall if wall else 0.0,
         peak_memory_mb=_peak_memory_mb(dev), device=str(dev), trainable_parameters=trained.trainable,
         total_parameters=sum(p.numel() for p in trained.model.parameters()))
-    config = model_config(model_spec, prep.backbone, strategy)
+    # The model's temperature: fitted once, here, and stored with it (export, evaluation, registry read it).
+    temperature = fit_on_labelled(trained.logits["calibration"], prep.encoded["calibration"].labels)
+    config = model_config(model_spec, prep.backbone, strategy).model_copy(update={"temperature": temperature})
     lease.check("writing the model files")
     if trained.adapter is not None:
         save_adapter(ctx.store, ctx.model_key(model_id), trained.adapter, prep.backbone, config)
