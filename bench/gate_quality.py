@@ -50,8 +50,9 @@ from tl_core.evaluate.metrics import softmax
 from tl_core.evaluate.run import report_from_probs
 from tl_core.gate import decide
 from tl_core.models.backbones import Classifier, load_backbone
+from tl_core.models.embeddings import embed
 from tl_core.models.preprocessing import encode_split
-from tl_core.train.frozen import embed, fit_head
+from tl_core.train.frozen import fit_head
 
 PLANT_SLICE = "multiarch=foreign"
 RELABEL = (0.10, 0.25, 0.50)

@@ -121,8 +121,8 @@ def fmt(ln: Line) -> str:
 
 
 def frozen_embedding(tm: TextModel, df: Any, batch: int, runs: int, device: str) -> list[Line]:
+    from tl_core.models.embeddings import CacheStats, EmbeddingCache, embed_with_cache
     from tl_core.store import FileStore
-    from tl_core.train.frozen import CacheStats, EmbeddingCache, embed_with_cache
 
     workload = f"frozen embedding ({len(df)} texts, batch {batch}, max len {tm.spec.backbone.max_length})"
     try:

@@ -26,9 +26,9 @@ from torch import nn
 
 from tl_core.config import parse_spec
 from tl_core.models.backbones import Backbone, Classifier
+from tl_core.models.embeddings import embed
 from tl_core.models.preprocessing import Encoded
 from tl_core.train.finetune import finetune
-from tl_core.train.frozen import embed
 
 
 def text_backbone(layers: int, hidden: int, heads: int) -> Backbone:

@@ -33,7 +33,8 @@ def test_the_steps_write_artifacts_that_match_their_schemas(tmp_path: Path) -> N
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda r: r.update(schema_version=1), r"is a EvaluationReport of schema version 1; this tl_core reads version 2"),
     (lambda r: r.pop("champion"), r"champion: Field required"),
-    (lambda r: r["champion"].update(status="maybe"), r"champion\.status: Input should be 'ok', 'none', 'unreadable' or 'incomparable'"),
+    (lambda r: r["champion"].update(status="maybe"),
+     r"champion\.status: Input should be 'ok', 'none', 'unreadable' or 'incomparable'"),
     (lambda r: r.update(extra_field=1), r"extra_field: Extra inputs are not permitted"),
     (lambda r: r["models"]["frozen"].update(role="boss"), r"models\.frozen\.role: Input should be"),
 ])

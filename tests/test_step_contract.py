@@ -209,3 +209,17 @@ def test_step_contract_a_model_config_from_before_schema_versions_is_read(tmp_pa
                                             r"version 2; this tl_core reads version 1 or None"):
         parse_artifact(ModelConfig, json.dumps({**legacy, "schema_version": 2}),
                        "v0009/models/frozen/model_config.json")
+
+
+@pytest.mark.parametrize("room", ["monitor", "export", "evaluate", "registry", "data"])
+def test_step_contract_serving_and_monitoring_never_import_the_training_recipe(room: str) -> None:
+    """Shared code (the embedding cache, the device choice) lives in tl_core.models; these rooms import nothing
+    from tl_core.train, at module level or inside a function."""
+    found = []
+    for path in sorted((TL_CORE / room).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            found += [f"{path.relative_to(TL_CORE)}:{node.lineno} {n}" for n in names
+                      if n == "tl_core.train" or n.startswith("tl_core.train.")]
+    assert found == []

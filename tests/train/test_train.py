@@ -435,8 +435,8 @@ def test_pretrain_source_backbone_loads_from_store_and_refreshes(tmp_path: Path)
     from safetensors.torch import load
 
     from tl_core.demo.pretrain_source import pretrain_source
+    from tl_core.models.embeddings import cache_key
     from tl_core.store import split_uri
-    from tl_core.train.frozen import cache_key
 
     spec = _store_image_spec(tmp_path.as_uri())
     first = pretrain_source(spec, per_class=4, epochs=1, seed=0)

@@ -1,7 +1,7 @@
 """The preprocessing contract, the one source of truth from training to serving: split rows turned into
 model inputs (tokenisation with dynamic padding for text; decoding + the backbone's timm transforms for
 images), and the content hash of each example. Used by training, embedding, export and scoring; batching
-for training (shuffling, length bucketing) lives in tl_core.train.data."""
+for training (shuffling, length bucketing) lives in tl_core.models.embeddings (iterate)."""
 
 from __future__ import annotations
 

@@ -190,11 +190,10 @@ def sample_rows(store: ObjectStore, keys: list[str], columns: list[str], k: int,
 
 
 def embed_rows(run_spec: ModelSpec, store: ObjectStore, df: pd.DataFrame, shard: str) -> np.ndarray:
-    """Frozen-backbone embeddings of ``df`` through the run's embedding cache (tl_core.train.frozen)."""
+    """Frozen-backbone embeddings of ``df`` through the run's embedding cache (tl_core.models.embeddings)."""
     from tl_core.models.backbones import Classifier, load_backbone
+    from tl_core.models.embeddings import CacheStats, EmbeddingCache, cache_key, choose_device, embed_with_cache
     from tl_core.models.preprocessing import content_hashes, encode_split, image_transform
-    from tl_core.train.finetune import choose_device
-    from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache
 
     backbone = load_backbone(run_spec, pretrained=True)
     model = Classifier(backbone.module, backbone.kind, backbone.num_features, len(run_spec.labels))

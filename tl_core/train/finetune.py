@@ -33,8 +33,8 @@ from tl_core.config import ModelSpec
 from tl_core.errors import ResumeError
 from tl_core.models.adapters import adapter_state, apply_lora, merge_lora
 from tl_core.models.backbones import Backbone, Classifier
+from tl_core.models.embeddings import choose_device, iterate
 from tl_core.models.preprocessing import Encoded
-from tl_core.train.data import iterate
 from tl_core.train.objective import improves, validation_score
 
 logger = logging.getLogger(__name__)
@@ -61,15 +61,6 @@ def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | 
     counts = np.bincount(y[y >= 0], minlength=num_classes).astype(float)
     weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def choose_device(preference: str) -> torch.device:
-    """The device for ``preference`` ('auto': CUDA when present, 'cuda', 'cpu')."""
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _param_blocks(model: Classifier, backbone: Backbone) -> list[list[nn.Parameter]]:

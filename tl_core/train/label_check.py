@@ -37,9 +37,8 @@ def frozen_embeddings(ctx: RunContext, df: pd.DataFrame, counts: dict[str, int] 
     """The pretrained backbone's features of ``df`` through the frozen baseline's embedding cache (on ``device``,
     default the spec's train.device); ``counts`` (if given) receives the cache's hits and misses."""
     from tl_core.models.backbones import Classifier, load_backbone
+    from tl_core.models.embeddings import CacheStats, EmbeddingCache, cache_key, choose_device, embed_with_cache
     from tl_core.models.preprocessing import content_hashes, encode_split, image_transform
-    from tl_core.train.finetune import choose_device
-    from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache
 
     spec = ctx.spec
     backbone = load_backbone(spec, pretrained=True)

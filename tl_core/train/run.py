@@ -20,11 +20,12 @@ from tl_core.evaluate.metrics import rank_key
 from tl_core.models.adapters import adapter_storable, base_fingerprint
 from tl_core.models.artifacts import model_config, save_adapter, save_model
 from tl_core.models.backbones import Backbone, Classifier, load_backbone
+from tl_core.models.embeddings import CacheStats, EmbeddingCache, cache_key, choose_device, embed_with_cache
 from tl_core.models.preprocessing import Encoded, content_hashes, encode_split, image_transform
 from tl_core.runs import SPLITS, RunContext
 from tl_core.train.candidates import measure_cost, shortlist_reason
-from tl_core.train.finetune import choose_device, finetune, predict_logits
-from tl_core.train.frozen import CacheStats, EmbeddingCache, cache_key, embed_with_cache, fit_head
+from tl_core.train.finetune import finetune, predict_logits
+from tl_core.train.frozen import fit_head
 from tl_core.train.label_check import drop_quarantined, ensure_label_issues
 from tl_core.train.lease import TrainLease
 
