@@ -18,6 +18,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from eval_fixtures import snapshot_manifest
+from registry_fixtures import evaluation_report, gate_decision
 from tl_core.artifacts import EvaluationReport
 from tl_core.config import load_spec
 from tl_core.registry import Registry
@@ -204,15 +206,17 @@ def test_model_card_errors_name_the_version(plugin: tuple[Any, Path], tmp_path: 
 
 def _gated_run(spec: Any, run_id: str, day: str, passed: bool, candidate: str, cand: float,
                champion: float | None) -> None:
-    """What a gated run leaves behind, as far as the trends read it."""
+    """What a gated run leaves behind, as far as the trends read it (typed artifacts, as the steps write them)."""
     ctx = RunContext.open(spec, run_id)
-    models = {candidate: {"overall": {"macro_f1": cand}}}
+    report = evaluation_report(run_id, 0.0)
+    entry = report.models["frozen"]
+    models = {candidate: entry.model_copy(update={"overall": {"macro_f1": cand}})}
     if champion is not None:
-        models["champion"] = {"overall": {"macro_f1": champion}}
-    ctx.write_json("evaluation/report.json", {"run_id": run_id, "candidate": candidate, "models": models})
-    ctx.write_json("snapshot/manifest.json", {"logical_date": day})
-    ctx.write_json("gate/decision.json", {"passed": passed, "candidate": candidate,
-                                          "champion_version": "v0001" if champion is not None else None})
+        models["champion"] = entry.model_copy(update={"role": "champion", "overall": {"macro_f1": champion}})
+    ctx.write(report.model_copy(update={"run_id": run_id, "candidate": candidate, "models": models}))
+    ctx.write(snapshot_manifest(ctx, f"hash-{run_id}", day))
+    ctx.write(gate_decision(run_id, passed).model_copy(update={
+        "candidate": candidate, "champion_version": "v0001" if champion is not None else None}))
 
 
 def test_registry_page_shows_trends_rendered_in_a_browser(plugin: tuple[Any, Path], tmp_path: Path) -> None:

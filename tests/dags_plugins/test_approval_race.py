@@ -44,7 +44,7 @@ with DAG("{DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
     @task
     def promote(**context) -> str:
         answer = context["ti"].xcom_pull(task_ids="approval", key="answer") or {{}}
-        if answer.get("chosen_options") != ["Approve"]:
+        if answer.get("chosen") != "Approve":
             raise ValueError(f"no Approve answer: {{answer}}")
         return "promoted"
 

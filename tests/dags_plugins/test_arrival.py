@@ -158,7 +158,7 @@ print("EVENTS", json.dumps([list(e) for e in events]))
 def test_rollback_emits_the_champion_asset_and_notifies(tmp_path: Path) -> None:
     """The rollback DAG moves the champion, emits tl://<model>/champion (extra: the new champion) for the score DAG
     to react to, and tells the spec's webhook."""
-    from registry_fixtures import fake_run, make_spec
+    from registry_fixtures import evidence_of, fake_run, make_spec
     from tl_core.registry import Registry
 
     hook = WebhookRecorder()
@@ -172,8 +172,8 @@ def test_rollback_emits_the_champion_asset_and_notifies(tmp_path: Path) -> None:
         (configs / "reg.yaml").write_text(yaml.safe_dump(raw))
         reg = Registry.for_spec(parse_spec(raw))
         v1, v2 = reg.register(fake_run(store, "r1")), reg.register(fake_run(store, "r2", seed=1))
-        reg.promote(v1, None, {"approver": "alice"}, "alice", "first", "f" * 64)
-        reg.promote(v2, v1, {"approver": "alice"}, "alice", "second", "f" * 64)
+        reg.promote(v1, None, {"approver": "alice"}, "alice", "first", evidence_of("r1"))
+        reg.promote(v2, v1, {"approver": "alice"}, "alice", "second", evidence_of("r2"))
         env = airflow_env(tmp_path / "airflow")
         env["TL_CONFIGS_DIR"] = str(configs)
         (tmp_path / "airflow").mkdir()

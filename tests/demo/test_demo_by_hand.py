@@ -141,8 +141,9 @@ def test_the_readme_by_hand_commands_work_against_the_demo_airflow(tmp_path: Pat
                   ("success",), timeout=240)
         assert registry.champion().version == shadow  # type: ignore[union-attr]
         promote = [r for r in registry.history() if r["action"] == "promote"][-1]
-        assert promote["version"] == shadow and promote["approval"]["chosen"] == ["Approve"]
-        assert promote["approval"]["override"]["reason"] == "demo: reviewed the shadow run's evidence"
+        assert promote["version"] == shadow and promote["approval"]["chosen"] == "Approve"
+        assert promote["override"]["reason"] == "demo: reviewed the shadow run's evidence"
+        assert any("shadow version" in p for p in promote["override"]["overrides"])
 
         # 4. the rollback: back to the champion before
         _sh(tmp_path, env, source, rollback)
