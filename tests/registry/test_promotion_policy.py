@@ -40,10 +40,12 @@ def _refused_version(reg: Registry, case: str) -> tuple[str, str | None, str]:
     if case == "shadow":
         return (reg.register(fake_run(uri, "backfill-1"), shadow=True), None,
                 r"it is a shadow version \(registered by backfill run backfill-1\)")
-    if case == "rejected":
-        version = reg.register(fake_run(uri, "r-rejected"))
-        reg.record_rejection("r-rejected", ["not promoted: rejected by ana; comment: wrong labels"], "ana")
-        return version, None, r"its run r-rejected was rejected by ana at .*not promoted: rejected by ana"
+    if case == "rejected":  # an Airflow run id: the ledger keeps it as given, the version as a key
+        run_id = "scheduled__2026-11-01T00:00:00+00:00"
+        version = reg.register(fake_run(uri, run_id))
+        reg.record_rejection(run_id, ["not promoted: rejected by ana; comment: wrong labels"], "ana")
+        return version, None, (r"its run scheduled__2026-11-01T00_00_00_00_00 was rejected by ana at .*not "
+                               "promoted: rejected by ana")
     version = reg.register(fake_run(uri, "r-changed"))
     return (version, "0" * 64, r"the evidence approved \(hash 000000000000\.\.\.\) is not the evidence registered "
                                rf"with it \(hash {evidence_of('r-changed')[:12]}\.\.\.\)")

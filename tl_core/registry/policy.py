@@ -14,6 +14,7 @@ from typing import Any
 
 from tl_core.artifacts import PromotionOverride, VersionManifest
 from tl_core.errors import PromotionRefused
+from tl_core.store import key_safe
 
 OVERRIDE_HINT = ("to promote it anyway, give an override with who and why (a reason of at least 10 characters): "
                  "`tl registry promote ... --override-reason TEXT`, or override_gate and override_reason in "
@@ -25,8 +26,11 @@ def rejection_of(records: list[dict[str, Any]], run_id: str) -> dict[str, Any] |
 
     A run that only went unanswered (timed out, stopped) is recorded with ``rejected: false``: not promoted is
     not rejected."""
+    # Ledger records keep the run id as given (Airflow's, e.g. with ':' and '+'); a version's, as its key.
+    wanted = key_safe(run_id)
     for record in reversed(records):
-        if record.get("action") == "reject" and record.get("run_id") == run_id and record.get("rejected", True):
+        if (record.get("action") == "reject" and key_safe(str(record.get("run_id"))) == wanted
+                and record.get("rejected", True)):
             return record
     return None
 
