@@ -273,6 +273,10 @@ class DataSpec(_Strict):
     arrival_poke_seconds: PositiveFloat = Field(
         300.0, description="How often the (deferred) wait for the marker looks for it."
     )
+    missing_day: Literal["warn", "fail"] = Field(
+        "warn", description="A run whose own day has no data file (marker but no file, or no folder): warn naming "
+        "the day and train on the earlier days, or fail.",
+    )
     input_column: str = Field("text", description="Input column: text, image or image_uri.")
     slice_columns: list[str] = Field(default_factory=list, description="Columns whose values define slices.")
     slice_crosses: list[list[str]] = Field(default_factory=list, description="Pairs of slice columns to cross.")
@@ -598,6 +602,9 @@ class MonitorSpec(_Strict):
     )
     min_slice_rows: PositiveInt = Field(
         30, description="Slices with fewer scored rows are reported but never alert."
+    )
+    min_rows: PositiveInt = Field(
+        100, description="A partition with fewer scored rows is reported but raises no overall drift alert."
     )
     permutations: PositiveInt = Field(200, description="Permutations of the embedding two-sample test.")
     seed: NonNegativeInt = Field(0, description="Seed of the row sampling and the permutations.")
