@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 import re
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -101,6 +103,15 @@ def _open_fraction(value: float) -> float:
     return value
 
 
+def _at_least(low: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        return value
+
+    return check
+
+
 def _window_days(value: int) -> int:
     if value > MAX_WINDOW_DAYS:
         raise ValueError(f"must be at most {MAX_WINDOW_DAYS} days (10 years), got {value}")
@@ -110,7 +121,26 @@ def _window_days(value: int) -> int:
 def _label(value: str) -> str:
     if not value.strip():
         raise ValueError(f"a label must be a non-empty string, got {value!r}")
+    invisible = sorted({f"U+{ord(ch):04X}" for ch in value if unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cs")})
+    if invisible:
+        # Bidi overrides and zero-width characters make two different labels look identical to an approver.
+        raise ValueError(f"a label must hold no control, format (bidi, zero-width) or private-use characters, got "
+                         f"{value!r} with {', '.join(invisible)}; remove them")
+    if unicodedata.normalize("NFC", value) != value:
+        raise ValueError(f"a label must be in Unicode NFC form (composed characters), got {value!r}; "
+                         f"write it as {unicodedata.normalize('NFC', value)!r}")
     return value
+
+
+def _at_most(limit: float, why: str) -> Callable[[Any], Any]:
+    """A ceiling for a setting whose size is memory or time (a huge value would fail hours later, or never end)."""
+
+    def check(value: Any) -> Any:
+        if value > limit:
+            raise ValueError(f"must be at most {limit:g} ({why}), got {value:g}")
+        return value
+
+    return check
 
 
 def _name(value: str) -> str:
@@ -160,6 +190,20 @@ NonNegativeInt = Annotated[StrictInt, AfterValidator(_non_negative)]
 NonNegativeFloat = Annotated[FiniteFloat, AfterValidator(_non_negative)]
 WindowDays = Annotated[PositiveInt, AfterValidator(_window_days)]
 Label = Annotated[str, AfterValidator(_label)]
+# Ceilings on settings whose size is memory or time: a huge value fails hours into a run (or never ends).
+ArrivalMinutes = Annotated[PositiveFloat, AfterValidator(_at_most(10_080, "7 days: a nightly run waits no longer"))]
+PokeSeconds = Annotated[PositiveFloat, AfterValidator(_at_most(3600, "one hour"))]
+Folds = Annotated[PositiveInt, AfterValidator(_at_least(2)), AfterValidator(_at_most(20, "each fold refits"))]
+SampleRows = Annotated[PositiveInt, AfterValidator(_at_most(1_000_000, "embeddings held in memory"))]
+Epochs = Annotated[PositiveInt, AfterValidator(_at_most(1000, "training time"))]
+Replicates = Annotated[PositiveInt, AfterValidator(_at_most(100_000, "evaluation time grows with it"))]
+TimedRuns = Annotated[PositiveInt, AfterValidator(_at_most(10_000, "export time"))]
+ApprovalHours = Annotated[PositiveFloat, AfterValidator(_at_most(720, "30 days: older evidence is stale"))]
+WebhookSeconds = Annotated[PositiveFloat, AfterValidator(_at_most(300, "a task waits for it"))]
+ChunkRows = Annotated[PositiveInt, AfterValidator(_at_most(1_000_000, "rows held in memory at once"))]
+Permutations = Annotated[PositiveInt, AfterValidator(_at_most(100_000, "drift time"))]
+KernelRows = Annotated[PositiveInt, AfterValidator(_at_most(10_000, "the kernel matrix holds (2 x rows)^2 floats"))]
+BatchSize = Annotated[PositiveInt, AfterValidator(_at_most(65_536, "rows held in memory at once"))]
 ModelName = Annotated[str, AfterValidator(_name)]
 StoreUri = Annotated[str, AfterValidator(_store_uri)]
 MarkerName = Annotated[str | None, AfterValidator(_marker_name)]
@@ -266,11 +310,11 @@ class DataSpec(_Strict):
     completion_marker: MarkerName = Field(
         "_SUCCESS", description="File a partition's writer puts in its dt= folder last; null: markers not used."
     )
-    arrival_timeout_minutes: PositiveFloat = Field(
+    arrival_timeout_minutes: ArrivalMinutes = Field(
         1560.0, description="retrain_<name> waits this long for the logical date's marker, then fails naming it "
         "(26 h: a @daily run starts at 00:00 on day D, whose labels complete about a day later).",
     )
-    arrival_poke_seconds: PositiveFloat = Field(
+    arrival_poke_seconds: PokeSeconds = Field(
         300.0, description="How often the (deferred) wait for the marker looks for it."
     )
     missing_day: Literal["warn", "fail"] = Field(
@@ -315,8 +359,9 @@ class DataSpec(_Strict):
     label_issues_max_fraction: Fraction = Field(
         1.0, description="Overall flagged share that trips it (1.0: never; weak embeddings flag 60-80% of clean rows)."
     )
-    label_issues_folds: PositiveInt = Field(5, description="Cross-validation folds for out-of-fold probabilities.")
-    label_issues_max_rows: PositiveInt = Field(
+    label_issues_folds: Folds = Field(
+        5, description="Cross-validation folds for out-of-fold probabilities.")
+    label_issues_max_rows: SampleRows = Field(
         100_000, description="Label issues run on a seeded sample of at most this many non-test rows (~15 s at 384-d)."
     )
     label_issues_min_slice: PositiveInt = Field(
@@ -375,10 +420,10 @@ class TrainSpec(_Strict):
         default=["frozen", "lora"], description="Transfer strategies to train; all are compared."
     )
     seed: NonNegativeInt = Field(0, description="Seed for weights, sampling and augmentation.")
-    epochs: PositiveInt = Field(6, description="Maximum epochs after warm-up.")
+    epochs: Epochs = Field(6, description="Maximum epochs after warm-up.")
     warmup_epochs: NonNegativeInt = Field(1, description="Head-only epochs before unfreezing.")
-    batch_size: PositiveInt = Field(32, description="Training batch size.")
-    eval_batch_size: PositiveInt = Field(128, description="Batch size for embedding and evaluation.")
+    batch_size: BatchSize = Field(32, description="Training batch size.")
+    eval_batch_size: BatchSize = Field(128, description="Batch size for embedding and evaluation.")
     lr: PositiveFloat = Field(1e-3, description="Learning rate of the head; lower layers decay from it.")
     backbone_lr: PositiveFloat = Field(1e-4, description="Learning rate of the top backbone block.")
     scratch_lr: PositiveFloat | None = Field(
@@ -419,7 +464,8 @@ class GateSpec(_Strict):
     """The promotion policy. Thresholds live only here."""
 
     confidence: OpenFraction = Field(0.95, description="Two-sided confidence level of the bootstrap intervals.")
-    n_bootstrap: PositiveInt = Field(1000, description="Paired bootstrap replicates.")
+    n_bootstrap: Replicates = Field(
+        1000, description="Paired bootstrap replicates.")
     bootstrap_seed: NonNegativeInt = Field(0, description="Seed of the bootstrap resampling.")
     # Defaults chosen with bench/gate_quality.py on real data (docs/gate.md): at 0.02 overall, equal retrains on
     # disjoint data were rejected in 42% of pairs; per-slice accuracy judges a few hundred rows with less noise
@@ -509,15 +555,15 @@ class SelectionSpec(_Strict):
         None, description="Budget: onnxruntime latency at batch 1 (median, ms) on the worker that trained it."
     )
     max_model_mb: PositiveFloat | None = Field(None, description="Budget: size of the model's ONNX file (MB).")
-    serving_batch: PositiveInt = Field(32, description="The serving batch size whose latency is measured too.")
-    latency_runs: PositiveInt = Field(20, description="Timed onnxruntime runs per batch size (the median counts).")
+    serving_batch: BatchSize = Field(32, description="The serving batch size whose latency is measured too.")
+    latency_runs: TimedRuns = Field(20, description="Timed onnxruntime runs per batch size (the median counts).")
 
 
 class ApprovalSpec(_Strict):
     """Human approval in Airflow."""
 
     assigned_users: list[str] = Field(default=["admin"], description="Who may approve.")
-    response_timeout_hours: PositiveFloat = Field(24.0, description="No answer within this means no promotion.")
+    response_timeout_hours: ApprovalHours = Field(24.0, description="No answer within this means no promotion.")
 
 
 NotifyEvent = Literal["failure", "gate_fail", "pending_approval", "promotion", "drift"]
@@ -530,7 +576,8 @@ class WebhookSpec(_Strict):
     url: WebhookUrl = Field(None, description="http(s) URL to POST to (or give url_env to keep it out of the spec).")
     url_env: str | None = Field(None, description="Environment variable holding the URL (secrets stay out of git).")
     events: list[NotifyEvent] = Field(default=list(NOTIFY_EVENTS), description="Events this channel receives.")
-    timeout_seconds: PositiveFloat = Field(10.0, description="Per-POST timeout; a failed POST is logged, never raised.")
+    timeout_seconds: WebhookSeconds = Field(
+        10.0, description="Deadline of a whole POST; a failed POST is logged, never raised.")
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookSpec:
@@ -585,8 +632,8 @@ class MonitorSpec(_Strict):
     scoring_root: StoreUri = Field(
         "file://.tl/scoring", description="Store URI holding unlabeled partitions <dataset>/dt=YYYY-MM-DD/*.parquet."
     )
-    chunk_rows: PositiveInt = Field(8192, description="Rows read from Parquet and scored per chunk (bounds memory).")
-    batch_size: PositiveInt = Field(256, description="Rows per onnxruntime call inside a chunk.")
+    chunk_rows: ChunkRows = Field(8192, description="Rows read from Parquet and scored per chunk (bounds memory).")
+    batch_size: BatchSize = Field(256, description="Rows per onnxruntime call inside a chunk.")
     shadow: bool = Field(True, description="Also score the newest registered non-champion version (challenger).")
     embedding_alpha: OpenFraction = Field(
         0.01, description="Input drift: alert when the embedding MMD permutation test's p-value is below this."
@@ -606,9 +653,9 @@ class MonitorSpec(_Strict):
     min_rows: PositiveInt = Field(
         100, description="A partition with fewer scored rows is reported but raises no overall drift alert."
     )
-    permutations: PositiveInt = Field(200, description="Permutations of the embedding two-sample test.")
+    permutations: Permutations = Field(200, description="Permutations of the embedding two-sample test.")
     seed: NonNegativeInt = Field(0, description="Seed of the row sampling and the permutations.")
-    embedding_max_rows: PositiveInt = Field(
+    embedding_max_rows: KernelRows = Field(
         1000, description="Rows sampled from each side (training snapshot, partition) for the embedding test."
     )
 
