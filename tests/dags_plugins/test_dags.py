@@ -111,7 +111,7 @@ def test_expected_dags_and_tasks(parsed: dict) -> None:
 def test_shadow_rule() -> None:
     sys.path[:0] = [str(ROOT / "dags"), str(ROOT / "plugins")]  # the DAG file imports our operators by name
     try:
-        from tl_dags import is_shadow
+        from tl_dag_factory import is_shadow
     finally:
         del sys.path[:2]
     assert is_shadow("backfill", False) and is_shadow("DagRunType.BACKFILL_JOB", False)

@@ -271,7 +271,7 @@ def test_workers_take_their_queues_and_the_gpu_worker_reserves_a_gpu(compose: di
     assert "deploy" not in services["airflow-worker"]
     # the pool the DAG's heavy tasks use exists after init
     assert "airflow pools set gpu" in _argv(services["airflow-init"]["command"])[2]
-    dag_text = (REPO / "dags" / "tl_dags.py").read_text()
+    dag_text = (REPO / "plugins" / "tl_dag_factory.py").read_text()
     assert 'queue="gpu"' in dag_text and 'pool="gpu"' in dag_text
 
 
