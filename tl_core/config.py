@@ -13,6 +13,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -861,8 +862,53 @@ def load_spec(path: str | Path) -> ModelSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{p}: cannot read the spec file: {exc}") from None
     raw = load_yaml(text, str(p))
+    if isinstance(raw, dict) and "name" not in raw:  # a file's model must be named, never the default "model"
+        raise SpecError(f"{p}: invalid model spec:\n  name: is required in a spec file (the model's name: it becomes "
+                        f"its DAG ids and store keys), e.g. name: {p.stem}")
     raw, applied = apply_env_overrides(raw, os.environ)
     return parse_spec(raw, source=f"{p} (with {', '.join(applied)})" if applied else str(p))
+
+
+@dataclass(frozen=True)
+class SpecFolder:
+    """The specs of a configs folder, each judged on its own: one broken file never hides the others."""
+
+    specs: dict[str, tuple[Path, ModelSpec]]  # model name -> (file, validated spec)
+    errors: dict[Path, str]  # file -> why it gives no model (validation error, or a name another file holds)
+    claimed: dict[str, Path]  # model name a broken file's raw YAML gives -> that file (to say "its spec is broken")
+
+
+def _raw_name(path: Path) -> str | None:
+    """The ``name`` a spec file's YAML gives, when it can be read at all (for naming a broken spec's model)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def load_spec_folder(directory: str | Path) -> SpecFolder:
+    """Every ``*.yaml`` of ``directory`` validated on its own. Two files that give one model name: the file named
+    after the model (``<name>.yaml``) keeps it, else the first by file name; the other is an error naming both."""
+    specs: dict[str, tuple[Path, ModelSpec]] = {}
+    errors: dict[Path, str] = {}
+    claimed: dict[str, Path] = {}
+    loaded: list[tuple[Path, ModelSpec]] = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        try:
+            loaded.append((path, load_spec(path)))
+        except SpecError as exc:
+            errors[path] = str(exc)
+            if (name := _raw_name(path)) is not None:
+                claimed.setdefault(name, path)
+    for path, spec in sorted(loaded, key=lambda item: (item[0].stem != item[1].name, item[0].name)):
+        if spec.name in specs:
+            errors[path] = (f"{path}: model name {spec.name!r} is already given by {specs[spec.name][0].name}, whose "
+                            "DAGs and pages it keeps; give this spec another name")
+            continue
+        specs[spec.name] = (path, spec)
+    return SpecFolder(specs=specs, errors=dict(sorted(errors.items())), claimed=claimed)
 
 
 def load_specs(directory: str | Path) -> list[ModelSpec]:

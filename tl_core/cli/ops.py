@@ -41,7 +41,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 def spec_by_name(model: str | None) -> Any:
     """The spec named ``model`` in TL_CONFIGS_DIR (default: the source checkout's configs/)."""
-    from tl_core.config import configs_dir, load_specs
+    from tl_core.config import configs_dir, load_spec_folder
 
     if not model:
         raise SpecError("tl status needs a MODEL name or --spec PATH")
@@ -49,11 +49,12 @@ def spec_by_name(model: str | None) -> Any:
     if not folder.is_dir():
         raise SpecError(f"no configs folder at {folder} to look up model {model!r} in: set TL_CONFIGS_DIR to the "
                         "folder of the model specs, or pass --spec PATH")
-    specs = load_specs(folder)
-    for spec in specs:
-        if spec.name == model:
-            return spec
-    raise SpecError(f"no spec named {model!r} in {folder} (TL_CONFIGS_DIR); found {[s.name for s in specs]}")
+    found = load_spec_folder(folder)  # another model's broken spec does not stop this one
+    if model in found.specs:
+        return found.specs[model][1]
+    if model in found.claimed:
+        raise SpecError(found.errors[found.claimed[model]])
+    raise SpecError(f"no spec named {model!r} in {folder} (TL_CONFIGS_DIR); found {sorted(found.specs)}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
