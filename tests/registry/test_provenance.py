@@ -76,7 +76,7 @@ def test_every_version_carries_a_model_card_generated_from_its_reports(tmp_path:
     assert "| overall | 50 | 0.800 [0.740, 0.850] | 0.700 n/a |" in card
     assert "| scanner=fax | 40 | 0.610 [0.500, 0.720] | 0.550 n/a |" in card
     assert "ECE 0.120 before" in card and "temperature 1.300" in card.lower()
-    assert "- audit warning: label_shift: fax share 8% -> 30%" in card
+    assert "- audit warning: label\\_shift: fax share 8% \\-\\> 30%" in card  # data as literal Markdown text
     assert "- snapshot content hash `hash-run-1`" in card
     # the local copy of the version holds the card, verified against the manifest like every other file
     assert (reg.load_version(version) / "MODEL_CARD.md").read_text() == card

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 import numpy as np
 
+from tl_core.textsafe import plain_text_png
+
 
 def _png(fig: Any, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    """``fig`` as an inline PNG ``<img>`` (closed afterwards), every text in it drawn as plain text."""
+    png = plain_text_png(fig, dpi=80, bbox_inches="tight")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _figure(w: float, h: float) -> tuple[Any, Any]:
@@ -76,7 +74,7 @@ def _slice_chart(report: dict[str, Any], metric: str) -> str:
     ax2.set_yticks(y, [""] * len(names))
     ax2.invert_yaxis()
     ax2.set_xlabel(f"{metric}: candidate - champion ({conf:.0%} paired interval)")
-    return _png(fig, f"{metric} per slice with intervals, candidate vs champion")
+    return _png(fig, f"{metric} per slice with intervals, candidate vs champion: {', '.join(names)}")
 
 
 def _margin(report: dict[str, Any], metric: str) -> float:
@@ -112,7 +110,7 @@ def _confusion(model: dict[str, Any], labels: list[str], title: str) -> str:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _png(fig, f"confusion matrix of the {title}")
+    return _png(fig, f"confusion matrix of the {title} over {', '.join(labels)}")
 
 
 def _curves(curves: dict[str, list[dict[str, float]]]) -> str:

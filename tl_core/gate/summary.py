@@ -1,4 +1,9 @@
-"""The gate decision for people: key figures (``summary``) and the approval body (``summary_markdown``)."""
+"""The gate decision for people: key figures (``summary``) and the approval body (``summary_markdown``).
+
+Airflow's UI renders the approval body as Markdown: values from the data (slice values, model and version names,
+the reasons' texts that quote them) go in as literal text (tl_core.textsafe), never as links, emphasis or extra
+table cells. Metric names, outcomes and statuses are the gate's own closed vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Any
 
 from tl_core.artifacts import GateDecision
 from tl_core.gate.reasons import Reason, finite, fmt_interval
+from tl_core.textsafe import code_span, escape_markdown
 
 
 def summary(report: dict[str, Any], reasons: list[Reason]) -> dict[str, Any]:
@@ -41,7 +47,7 @@ def _interval_rows(decision: GateDecision, limit: int, baseline: str = "frozen")
         ref = {"ladder": "majority-class" if "majority" in r.text else baseline}.get(r.check, "champion")
         threshold = f"{r.threshold:+.3f}" if r.threshold is not None else ""
         detects = f"{r.detectable:.3f}" if r.detectable is not None else ""
-        rows.append(f"| {ref} | {r.metric} | {r.slice or 'overall'} | "
+        rows.append(f"| {ref} | {r.metric} | {escape_markdown(r.slice or 'overall')} | "
                     f"{fmt_interval(r.interval) if r.interval else ''} | {threshold} | {r.outcome or ''} | {detects} "
                     f"| {r.status} |")
     return rows
@@ -55,12 +61,13 @@ def summary_markdown(decision: GateDecision, report: dict[str, Any], limit: int 
         f"**Decision: {'PASS' if decision.passed else 'FAIL'}**"
         + (" (bootstrap: first model, no champion to compare with)" if decision.bootstrap else ""),
         "",
-        f"Candidate: `{report.get('candidate')}` | champion: `{champ.get('version') or 'none'}` "
-        f"({champ.get('status', 'unknown')}) | test examples: {report.get('test_size')}",
+        f"Candidate: {code_span(report.get('candidate'))} | champion: {code_span(champ.get('version') or 'none')} "
+        f"({escape_markdown(str(champ.get('status', 'unknown')))}) "
+        f"| test examples: {escape_markdown(str(report.get('test_size')))}",
         "",
         f"| candidate minus | metric | slice | {conf:.0%} interval | threshold | outcome | detects drops >= | status |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *_interval_rows(decision, limit, report.get("baseline") or "frozen"),
+        *_interval_rows(decision, limit, escape_markdown(str(report.get("baseline") or "frozen"))),
     ]
     ece = decision.summary.get("ece") or {}
     cand_ece, champ_ece = ece.get("candidate"), ece.get("champion")
@@ -68,9 +75,9 @@ def summary_markdown(decision: GateDecision, report: dict[str, Any], limit: int 
               + (f" (champion {champ_ece:.4f})" if finite(champ_ece) else "")]
     fails, warns = decision.failures, decision.warnings
     if fails:
-        lines += ["", f"Failing checks ({len(fails)}):"] + [f"- {r.text}" for r in fails[:limit]]
+        lines += ["", f"Failing checks ({len(fails)}):"] + [f"- {escape_markdown(r.text)}" for r in fails[:limit]]
         if len(fails) > limit:
             lines.append(f"- ... and {len(fails) - limit} more (see the report)")
     if warns:
-        lines += ["", f"Warnings ({len(warns)}):"] + [f"- {r.text}" for r in warns[:limit]]
+        lines += ["", f"Warnings ({len(warns)}):"] + [f"- {escape_markdown(r.text)}" for r in warns[:limit]]
     return "\n".join(lines)

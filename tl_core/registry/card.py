@@ -3,12 +3,16 @@ use, source checkpoint and licence, training data, strategies compared, metrics 
 intervals, calibration, known limits from the audit, the gate's decision), generated from the run's reports only.
 
 Deterministic (no clock, no host): a registration resumed after a crash writes the same bytes, create-only.
+Every value from the run's data (labels, slice values, audit findings, gate reasons, provenance strings) goes in as
+literal text (tl_core.textsafe): Markdown in a label is no link on the approver's page, a ``|`` no extra cell.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from tl_core.textsafe import code_span, escape_markdown
 
 CARD = "MODEL_CARD.md"
 CARD_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "log_loss", "ece")
@@ -39,7 +43,7 @@ def _metrics(evaluated: dict[str, Any], slices: dict[str, int]) -> list[str]:
     for group, n, values in [("overall", overall.get("n"), overall),
                              *((s, slices.get(s), per_slice.get(s) or {}) for s in sorted(per_slice))]:
         cells = [f"{_num(values.get(m))} {_interval(intervals, m, group)}" for m in CARD_METRICS]
-        lines.append(f"| {group} | {n if n is not None else 'n/a'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {escape_markdown(group)} | {n if n is not None else 'n/a'} | " + " | ".join(cells) + " |")
     before = evaluated.get("before_temperature") or {}
     return [*lines, "", "## Calibration", "",
             f"Temperature {_num(evaluated.get('temperature'))} (fitted on the calibration split): ECE "
@@ -47,32 +51,38 @@ def _metrics(evaluated: dict[str, Any], slices: dict[str, int]) -> list[str]:
             f"{_num(before.get('log_loss'))} before, {_num(overall.get('log_loss'))} after.", ""]
 
 
+def _text(value: Any) -> str:
+    return escape_markdown(str(value))
+
+
 def _source(source: dict[str, Any], snapshot: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     data = spec.get("data") or {}
+    get = source.get
+    weights = (f"- weights: {_text(get('weights'))}"
+               + (f", package {code_span(get('package'))} {_text(get('package_version'))}" if get("package") else "")
+               + (f", path {code_span(get('path'))}" if get("path") else ""))
     return ["## Source checkpoint", "",
-            f"- id: `{source.get('id')}`, revision `{source.get('revision')}` ({source.get('library')})",
-            f"- weights: {source.get('weights')}" + (f", package `{source.get('package')}` "
-                                                     f"{source.get('package_version')}" if source.get("package")
-                                                     else "") + (f", path `{source.get('path')}`"
-                                                                 if source.get("path") else ""),
-            f"- licence: {source.get('licence') or 'unknown'} (from {source.get('licence_source') or 'nowhere'})"
-            + (f"; override recorded: {source['licence_override']}" if source.get("licence_override") else ""),
-            f"- weights fingerprint: `{source.get('fingerprint') or 'n/a'}`", "",
+            f"- id: {code_span(get('id'))}, revision {code_span(get('revision'))} ({_text(get('library'))})",
+            weights,
+            f"- licence: {_text(get('licence') or 'unknown')} (from {_text(get('licence_source') or 'nowhere')})"
+            + (f"; override recorded: {_text(source['licence_override'])}" if get("licence_override") else ""),
+            f"- weights fingerprint: {code_span(get('fingerprint') or 'n/a')}", "",
             "## Training data", "",
-            f"- dataset `{data.get('dataset')}`, window {data.get('window_days')} days up to the run's logical date, "
-            f"test = newest {data.get('test_days')} labeling days",
-            f"- snapshot content hash `{snapshot.get('content_hash')}`, "
+            f"- dataset {code_span(data.get('dataset'))}, window {_text(data.get('window_days'))} days up to the "
+            f"run's logical date, test = newest {_text(data.get('test_days'))} labeling days",
+            f"- snapshot content hash {code_span(snapshot.get('content_hash'))}, "
             f"{len(snapshot.get('partitions') or [])} partitions", ""]
 
 
 def _limits(audit: dict[str, Any] | None, gate: dict[str, Any]) -> list[str]:
     findings = (audit or {}).get("findings") or []
     lines = ["## Known limits", ""]
-    lines += [f"- audit {f.get('severity')}: {f.get('check')}: {f.get('message')}" for f in findings] or [
+    lines += [f"- audit {_text(f.get('severity'))}: {_text(f.get('check'))}: {_text(f.get('message'))}"
+              for f in findings] or [
         "- the audit recorded no findings" if audit else "- no audit summary in the evaluation report"]
     reasons = [r for r in gate.get("reasons") or [] if r.get("status") in ("FAIL", "WARN")]
-    lines += ["", "## Gate", "", f"Decision: {gate.get('decision', 'n/a')}"]
-    lines += [f"- {r.get('status')}: {r.get('text')}" for r in reasons]
+    lines += ["", "## Gate", "", f"Decision: {_text(gate.get('decision', 'n/a'))}"]
+    lines += [f"- {_text(r.get('status'))}: {_text(r.get('text'))}" for r in reasons]
     return [*lines, ""]
 
 
@@ -82,16 +92,17 @@ def render_card(model: str, version: str, strategy: str, run: dict[str, Any]) ->
     source = report.get("provenance") or {"id": (spec.get("backbone") or {}).get("name")}
     evaluated = (report.get("models") or {}).get(strategy) or {}
     strategies = (run.get("candidate") or {}).get("strategies") or {}
-    lines = [*_front_matter(model, version, source, evaluated), f"# {model} {version}", "",
+    labels = ", ".join(_text(label) for label in spec.get("labels") or report.get("labels") or [])
+    lines = [*_front_matter(model, version, source, evaluated), f"# {_text(model)} {_text(version)}", "",
              "## Intended use", "", spec.get("description") or "(the spec has no description)", "",
-             f"Labels: {', '.join(spec.get('labels') or report.get('labels') or [])}. Trained by run "
-             f"`{report.get('run_id')}`; transfer strategy `{strategy}`.", "",
+             f"Labels: {labels}. Trained by run {code_span(report.get('run_id'))}; transfer strategy "
+             f"{code_span(strategy)}.", "",
              *_source(source, run.get("snapshot") or {}, spec),
              "## Strategies compared", "", "| strategy | validation metric | test " +
-             str(report.get("primary_metric")) + " |", "|---|---|---|"]
+             _text(report.get("primary_metric")) + " |", "|---|---|---|"]
     for name in sorted(strategies):
         test = ((report.get("models") or {}).get(name) or {}).get("overall") or {}
-        lines.append(f"| {name}{' (selected)' if name == strategy else ''} | "
+        lines.append(f"| {_text(name)}{' (selected)' if name == strategy else ''} | "
                      f"{_num((strategies[name] or {}).get('val_metric'))} | "
                      f"{_num(test.get(report.get('primary_metric') or 'macro_f1'))} |")
     lines += ["", *_metrics(evaluated, report.get("slices") or {}),

@@ -8,7 +8,6 @@ run) and ``snapshot/manifest.json`` (the logical date). A run whose files cannot
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
@@ -17,6 +16,7 @@ from tl_core.config import ModelSpec
 from tl_core.errors import StoreError
 from tl_core.runs import artifact_rel
 from tl_core.store import ObjectStore, join_key, open_store
+from tl_core.textsafe import plain_text_png
 
 logger = logging.getLogger(__name__)
 DECISION = artifact_rel(GateDecision)
@@ -79,24 +79,22 @@ def render_trends_png(trends: dict[str, Any], title: str) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = list(range(len(runs)))
-    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
-    champ = [(i, r["champion_value"]) for i, r in enumerate(runs) if r["champion_value"] is not None]
-    if champ:
-        ax.plot([i for i, _ in champ], [v for _, v in champ], "-o", color="#1f4e9c", label="champion (re-scored)")
-    for passed, marker, colour, label in ((True, "o", "#2e8b57", "candidate, gate PASS"),
-                                          (False, "x", "#c0392b", "candidate, gate FAIL")):
-        pts = [(i, r["candidate_value"]) for i, r in enumerate(runs) if r["passed"] is passed
-               and r["candidate_value"] is not None]
-        if pts:
-            ax.scatter([i for i, _ in pts], [v for _, v in pts], s=40, label=label, marker=marker, color=colour)
-    ax.set_xticks(x, [r["logical_date"] or r["run_id"][:16] for r in runs], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(trends["metric"])
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # data drawn as typed
+        x = list(range(len(runs)))
+        fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+        champ = [(i, r["champion_value"]) for i, r in enumerate(runs) if r["champion_value"] is not None]
+        if champ:
+            ax.plot([i for i, _ in champ], [v for _, v in champ], "-o", color="#1f4e9c", label="champion (re-scored)")
+        for passed, marker, colour, label in ((True, "o", "#2e8b57", "candidate, gate PASS"),
+                                              (False, "x", "#c0392b", "candidate, gate FAIL")):
+            pts = [(i, r["candidate_value"]) for i, r in enumerate(runs) if r["passed"] is passed
+                   and r["candidate_value"] is not None]
+            if pts:
+                ax.scatter([i for i, _ in pts], [v for _, v in pts], s=40, label=label, marker=marker, color=colour)
+        ax.set_xticks(x, [r["logical_date"] or r["run_id"][:16] for r in runs], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(trends["metric"])
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+    return plain_text_png(fig)  # run ids and model names are drawn as typed ("$" is no math markup)
