@@ -111,3 +111,9 @@ class MonitorError(TLError):
 class PromotionRefused(RegistryError):
     """The registry's promotion policy refuses the version (gate not passed, shadow, rejected, other evidence);
     the message names every reason and how to override it."""
+
+
+class LedgerCorrupt(MetadataError):
+    """A ledger record is unreadable, or was changed after a later record was appended (its sha256 no longer
+    matches the later record's link): nothing is appended behind it; the message names the first bad record and
+    how to restore it."""

@@ -480,28 +480,29 @@ def test_gc_keeps_champion_last_n_and_pending(reg: Registry, runs_uri: str) -> N
         reg.promote(v, prev, {}, "a")
         prev = v
     reg.rollback(versions[1], "v2 and v3 misbehave", "a")  # champions, newest first: v1, v3, v2, v0
+    # versions[2] is the rollback target (the latest earlier champion never rolled back from): always kept.
     plan = reg.gc(keep=2, dry_run=True, pending_runs=("r5",))
-    assert plan == {"would_delete": [versions[0], versions[2], versions[4]],
-                    "kept": [versions[1], versions[3], versions[5]]}
+    assert plan == {"would_delete": [versions[0], versions[4]],
+                    "kept": [versions[1], versions[2], versions[3], versions[5]], "rollback_target": versions[2]}
     assert reg.list_versions() == versions
     result = reg.gc(keep=2, pending_runs=("r5",))
-    assert result["deleted"] == [versions[0], versions[2], versions[4]]
-    assert reg.list_versions() == [versions[1], versions[3], versions[5]]
+    assert result["deleted"] == [versions[0], versions[4]]
+    assert reg.list_versions() == [versions[1], versions[2], versions[3], versions[5]]
     assert reg.champion().version == versions[1]  # type: ignore[union-attr]
     gc_record = reg.history()[-1]
     assert (gc_record["action"], gc_record["deleted"]) == ("gc", result["deleted"])
     # keep=1 still never deletes the champion; numbers are never reused, a collected run registers anew.
     assert reg.gc(keep=1)["deleted"] == [versions[3], versions[5]]
-    assert reg.list_versions() == [versions[1]]
+    assert reg.list_versions() == versions[1:3]
     assert reg.register(fake_run(runs_uri, "r4", seed=4, minimal=True)) == "v0007"
     # A gc interrupted after marking a version (its run mapping still there) never hands that version out again.
     reg.store.put_bytes(vkey("v0007", "gc.json"), b"{}")
-    assert reg.list_versions() == [versions[1]]
+    assert reg.list_versions() == versions[1:3]
     with pytest.raises(RegistryError, match="v0007 was garbage-collected"):
         reg.show("v0007")
     assert reg.register(fake_run(runs_uri, "r4", seed=4, minimal=True)) == "v0008"
     reg.gc(keep=1)
-    assert reg.list_versions() == [versions[1]] and reg.list_versions(include_incomplete=True)[-2:] == ["v0007",
+    assert reg.list_versions() == versions[1:3] and reg.list_versions(include_incomplete=True)[-2:] == ["v0007",
                                                                                                       "v0008"]
     for bad in (0, -1):
         with pytest.raises(ValueError, match=f"at least 1, got {bad}"):

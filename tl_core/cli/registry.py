@@ -1,4 +1,4 @@
-"""`tl registry list|show|history|register|promote|rollback|gc` (every action takes --json).
+"""`tl registry list|show|history|register|promote|rollback|gc|repair` (every action takes --json).
 
 The registry is located by ``--spec FILE`` (its ``registry`` or ``store`` URI and its model name), or by
 ``--registry URI`` / ``$TL_REGISTRY_URI`` plus a model name, so an operator can read the history of a model
@@ -17,7 +17,7 @@ from typing import Any
 
 from tl_core.cli.util import emit
 
-ACTIONS = ("list", "show", "history", "register", "promote", "rollback", "gc")
+ACTIONS = ("list", "show", "history", "register", "promote", "rollback", "gc", "repair")
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     from tl_core.registry import RegistryError
 
     reg = _registry(args)
-    actor = getattr(args, "actor", None) or getpass.getuser()
+    actor = getattr(args, "actor", None) or os.environ.get("USER") or getpass.getuser()
     if args.action == "list":
         return _list(args, reg)
     if args.action == "show":
@@ -128,8 +128,33 @@ def _run(args: argparse.Namespace) -> int:
         result = reg.gc(args.keep, dry_run=args.dry_run, pending_runs=tuple(args.pending_run or ()))
         gone = result.get("deleted", result.get("would_delete", []))
         verb = "would delete" if args.dry_run else "deleted"
-        emit(args, result, f"{verb}: {', '.join(gone) or 'nothing'}; kept: {', '.join(result['kept']) or 'none'}")
+        target = f"; kept {result['rollback_target']}: rollback target" if result.get("rollback_target") else ""
+        emit(args, result, f"{verb}: {', '.join(gone) or 'nothing'}; kept: {', '.join(result['kept']) or 'none'}"
+                           f"{target}")
+    elif args.action == "repair":
+        result = reg.repair_pointer(apply=args.apply, actor=actor)
+        emit(args, result, repair_text(reg.model, result))
     return 0
+
+
+def repair_text(model: str, result: dict[str, Any]) -> str:
+    """`tl registry repair` in words: nothing to do, what it would write, or what it wrote."""
+    key = result["pointer"]
+    if result["status"] == "consistent":
+        if result["champion"] is None:
+            return f"{model}: there is no champion pointer and the ledger records no promotion; nothing to repair"
+        where = (f"agrees with ledger record {result['seq']}" if result["seq"] is not None
+                 else "holds an interrupted move that the next registry call records in the ledger")
+        return f"{model}: {key} {where} (champion {result['champion']}); nothing to repair"
+    if result["status"] == "would_repair":
+        return (f"{model}: {key} is wrong: {result['problem']}\n"
+                f"would write {key} from ledger record {result['seq']} (champion {result['champion']}):\n"
+                f"{result['write']}\n"
+                "nothing was written; re-run with --apply to write it")
+    previous = result["previous_pointer_sha256"]
+    return (f"repaired {key}: champion is {result['champion']} again, as ledger record {result['seq']} says "
+            f"(replaced {'sha256 ' + previous if previous else 'a missing pointer'}); ledger record "
+            f"{result['repair_seq']} records the repair")
 
 
 def _list(args: argparse.Namespace, reg: Any) -> int:
@@ -163,7 +188,8 @@ def _list(args: argparse.Namespace, reg: Any) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("registry", help="model registry: list, show, history, register, promote, rollback, gc")
+    p = sub.add_parser("registry", help="model registry: list, show, history, register, promote, rollback, gc, "
+                                        "repair")
     rsub = p.add_subparsers(dest="action", required=True, metavar="<action>")
 
     def common(q: argparse.ArgumentParser, positional_model: bool = False) -> None:
@@ -202,8 +228,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     q.add_argument("--reason", required=True)
     q.add_argument("--actor")
     common(q)
-    q = rsub.add_parser("gc", help="delete versions outside the last N champions (never the champion)")
+    q = rsub.add_parser("gc", help="delete versions outside the last N champions (never the champion or its "
+                                   "rollback target)")
     q.add_argument("--keep", type=int, required=True)
     q.add_argument("--dry-run", action="store_true")
     q.add_argument("--pending-run", action="append", help="run id whose version must be kept (repeatable)")
     common(q)
+    q = rsub.add_parser("repair", help="restore a champion pointer the ledger does not explain (unreadable, "
+                                       "hand-edited, deleted) from the ledger's latest move")
+    q.add_argument("--from-ledger", action="store_true", required=True,
+                   help="restore the pointer exactly as the ledger's latest promote/rollback record says")
+    q.add_argument("--apply", action="store_true", help="write it (default: a dry run that only prints the fix)")
+    q.add_argument("--actor", help="who repairs it, recorded in the ledger (default $USER)")
+    common(q, positional_model=True)

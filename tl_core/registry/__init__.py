@@ -9,6 +9,7 @@ with one concept each.
     pointer     the champion pointer, trusted only when the ledger (or a crashed move's intent) explains it
     moves       compare-and-swap of the pointer: promote, rollback
     gc          collecting old versions without ever corrupting one
+    repair      restoring a champion pointer the ledger does not explain from the ledger's latest move
 
 Commit points: a version exists once its manifest is written; a promotion or rollback happens when the
 pointer's compare-and-swap succeeds (see :mod:`tl_core.registry.pointer` for how a crash in between is repaired).
@@ -45,6 +46,7 @@ from tl_core.registry.names import (
 )
 from tl_core.registry.pointer import Champion, Pointer
 from tl_core.registry.policy import promotion_problems, rejection_of
+from tl_core.registry.repair import Repairer
 from tl_core.registry.versions import OPTIONAL_RUN_FILES, Versions
 from tl_core.store import ObjectStore, open_store
 
@@ -78,6 +80,7 @@ class Registry:
         self._pointer = Pointer(self._layout, self._ledger, self._integrity)
         self._moves = Moves(self._pointer, self._ledger, self._versions, self._integrity)
         self._collector = Collector(self._layout, self._ledger, self._pointer)
+        self._repairer = Repairer(self._layout, self._ledger, self._pointer)
 
     @classmethod
     def for_spec(cls, spec: ModelSpec) -> Registry:
@@ -206,11 +209,23 @@ class Registry:
     def gc(self, keep: int, dry_run: bool = False, pending_runs: tuple[str, ...] = ()) -> dict[str, Any]:
         """Delete versions that are neither among the last ``keep`` champions nor referenced by a pending run.
 
-        The champion is never deleted. A collected version is marked (gc.json) before anything is deleted, so an
-        interrupted gc leaves a collected version, never a corrupt one; it keeps its claim.json and marker, so its
-        number is never reused. A collected run registers again as a new version. Racing a promotion or rollback
-        is safe: gc marks first, then rewrites the pointer by compare-and-swap and deletes only if that succeeded,
-        while a pointer move refuses a marked version after reading the pointer it swaps (with no champion yet,
-        run gc when no first promotion is in flight).
+        The champion is never deleted, nor its rollback target (the version ``rollback`` without a target would
+        restore): it is in ``kept`` and named by ``rollback_target`` in the result (absent when there is none).
+        A collected version is marked (gc.json) before anything is deleted, so an interrupted gc leaves a collected
+        version, never a corrupt one; it keeps its claim.json and marker, so its number is never reused. A
+        collected run registers again as a new version. Racing a promotion or rollback is safe: gc marks first,
+        then rewrites the pointer by compare-and-swap and deletes only if that succeeded, while a pointer move
+        refuses a marked version after reading the pointer it swaps (with no champion yet, run gc when no first
+        promotion is in flight).
         """
         return self._collector.gc(keep, dry_run, pending_runs)
+
+    def repair_pointer(self, apply: bool = False, actor: str = "tl") -> dict[str, Any]:
+        """Restore a champion pointer the ledger does not explain (unreadable, hand-edited, deleted) from the
+        ledger's latest move, by compare-and-swap, recording a ``repair`` ledger record by ``actor``.
+
+        Without ``apply`` nothing is written: ``status`` is 'would_repair' (with the ``problem`` and the bytes it
+        would ``write``) or 'consistent' (nothing to repair); with it, 'repaired' or 'consistent'. RegistryError
+        when the ledger records no promotion to restore, LedgerCorrupt when the ledger itself is damaged.
+        """
+        return self._repairer.repair(apply, actor)

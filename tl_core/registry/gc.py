@@ -1,16 +1,20 @@
-"""Garbage collection: delete versions that are neither among the last ``keep`` champions, the champion, nor
-referenced by a pending run - marking first, fencing pointer moves by compare-and-swap, deleting last."""
+"""Garbage collection: delete versions that are neither among the last ``keep`` champions, the champion, its
+rollback target (what ``rollback`` without a target would restore), nor referenced by a pending run - marking
+first, fencing pointer moves by compare-and-swap, deleting last."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Any
 
 from tl_core.errors import ConflictError, PreconditionFailed
 from tl_core.registry.layout import GC_MARKER, KEPT_AFTER_GC, POINTER_ACTIONS, Layout, now
-from tl_core.registry.ledger import Ledger
+from tl_core.registry.ledger import Ledger, rollback_target
 from tl_core.registry.pointer import Champion, Pointer
+
+logger = logging.getLogger(__name__)
 
 
 class Collector:
@@ -25,24 +29,33 @@ class Collector:
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"gc --keep must be an integer of at least 1, got {keep!r}")
         champion = self.pointer.champion()
-        protected = self._protected(champion, keep, pending_runs)
+        records = self.ledger.records() if dry_run else [self.ledger.record(k) for k in self.ledger.verify()]
         keys = self.layout.version_keys()
+        complete = {v for v, rels in keys.items() if "manifest.json" in rels and GC_MARKER not in rels}
+        target = rollback_target(records, champion.version if champion else None, complete)
+        protected = self._protected(records, champion, keep, pending_runs) | ({target} if target else set())
         doomed = sorted(v for v, rels in keys.items() if v not in protected and set(rels) - KEPT_AFTER_GC)
+        result: dict[str, Any] = {"would_delete" if dry_run else "deleted": doomed, "kept": sorted(protected),
+                                  **({"rollback_target": target} if target else {})}
+        if target:
+            logger.info("%s: gc keeps %s: it is the rollback target of champion %s", self.model, target,
+                        champion.version if champion else None)
         if dry_run or not doomed:
-            return {"would_delete" if dry_run else "deleted": doomed, "kept": sorted(protected)}
+            return result
         marked = self._mark([v for v in doomed if GC_MARKER not in keys[v]], keep)
         if champion is not None:
             self._fence(champion, marked)
         for v in doomed:
             self._delete(v, keys[v])
         self.ledger.append({"action": "gc", "deleted": doomed, "kept": sorted(protected), "keep": keep,
-                            "actor": "gc", "reason": f"gc --keep {keep}"})
-        return {"deleted": doomed, "kept": sorted(protected)}
+                            "rollback_target": target, "actor": "gc", "reason": f"gc --keep {keep}"})
+        return result
 
-    def _protected(self, champion: Champion | None, keep: int, pending_runs: tuple[str, ...]) -> set[str]:
+    def _protected(self, records: list[dict[str, Any]], champion: Champion | None, keep: int,
+                   pending_runs: tuple[str, ...]) -> set[str]:
         """The last ``keep`` champions, the champion, and the versions of pending runs."""
         champions: list[str] = []
-        for r in reversed(self.ledger.records()):
+        for r in reversed(records):
             if r.get("action") in POINTER_ACTIONS and r.get("version") not in champions:
                 champions.append(str(r.get("version")))
         protected = set(champions[:keep]) | ({champion.version} if champion else set())

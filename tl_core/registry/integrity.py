@@ -110,6 +110,13 @@ class Integrity:
             self.get_verified(version, rel, meta)
         return manifest
 
+    def local_dir(self, version: str) -> Path:
+        """Where the verified local copy of ``version`` lives: keyed by the registry (a short hash of where it is
+        stored), the model and the version, so two registries' ``v0001`` (staging and production) never share one.
+        """
+        registry = sha256(self.layout.store.url(self.layout.prefix).encode())[:16]
+        return self.cache_dir / self.model / registry / version
+
     def load_version(self, version: str, verify_store: bool = False) -> Path:
         """A verified local copy of a version (only safetensors, JSON, ONNX, npz, tokenizer files; no pickles).
 
@@ -117,7 +124,7 @@ class Integrity:
         checks every file in the store (the rollback precondition).
         """
         _, files = self.manifest_files(version)
-        dest = self.cache_dir / self.model / version
+        dest = self.local_dir(version)
         for rel, meta in sorted(files.items()):
             path = dest / rel
             local_ok = path.is_file() and sha256(path.read_bytes()) == meta.get("sha256")

@@ -15,8 +15,8 @@ from typing import Any
 from tl_core.artifacts import PromotionOverride
 from tl_core.errors import ConflictError, PreconditionFailed, RegistryError
 from tl_core.registry.integrity import Integrity
-from tl_core.registry.layout import POINTER_ACTIONS, now
-from tl_core.registry.ledger import Ledger
+from tl_core.registry.layout import now
+from tl_core.registry.ledger import Ledger, rollback_target
 from tl_core.registry.names import check_version
 from tl_core.registry.pointer import Champion, Pointer
 from tl_core.registry.policy import check_promotion, rejection_of
@@ -52,6 +52,7 @@ class Moves:
             raise RegistryError(f"{self.model}: {version} is already the champion")
         if self.layout.collected(version):  # see gc: checked after reading the pointer
             raise RegistryError(f"{self.model}: version {version} was garbage-collected")
+        self.ledger.verify()  # a ledger that refuses our record must refuse it before the pointer moves
         generation = int(current.record.get("generation") or 0) + 1 if current else 1
         record = {"action": action, "record_id": uuid.uuid4().hex, "version": version, "previous": current_version,
                   "generation": generation, "actor": actor, "reason": reason, "at": now(), **extra}
@@ -123,14 +124,7 @@ class Moves:
         current = self.pointer.champion()
         if current is None:
             return None
-        moves = [r for r in self.ledger.records() if r.get("action") in POINTER_ACTIONS]
-        rolled_back_from = {r.get("previous") for r in moves if r["action"] == "rollback"}
-        existing = set(self.versions.list_versions())
-        for r in reversed(moves):
-            v = r.get("version")
-            if isinstance(v, str) and v != current.version and v not in rolled_back_from and v in existing:
-                return str(v)
-        return None
+        return rollback_target(self.ledger.records(), current.version, set(self.versions.list_versions()))
 
     def rollback(self, to: str | None, reason: str, actor: str) -> dict[str, Any]:
         """Point the champion at ``to`` (default: the previous champion) after checking that it loads."""

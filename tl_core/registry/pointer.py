@@ -20,12 +20,14 @@ from typing import Any
 from tl_core.errors import AccessDenied, ConflictError, MetadataError, NoSuchKey, RegistryError, UnexplainedPointer
 from tl_core.registry.integrity import Integrity
 from tl_core.registry.layout import POINTER_ACTIONS, Layout, parse_object
-from tl_core.registry.ledger import Ledger
+from tl_core.registry.ledger import LEDGER_FIELDS, Ledger
 from tl_core.registry.names import RECORD_ID_PATTERN, is_version
 
 logger = logging.getLogger(__name__)
 
 CHAMPION_SHAPE = "the champion record (version, previous, action, generation, record_id)"
+# How a pointer the ledger does not explain is put right (see tl_core.registry.repair).
+REPAIR_COMMAND = "`tl registry repair --from-ledger` (a dry run; add --apply to write it)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def pointer_problems(record: dict[str, Any]) -> list[str]:
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The fields (ledger bookkeeping aside) in which two move records differ."""
-    return sorted(k for k in (set(a) | set(b)) - {"seq", "model"} if a.get(k) != b.get(k))
+    return sorted(k for k in (set(a) | set(b)) - set(LEDGER_FIELDS) if a.get(k) != b.get(k))
 
 
 def same_etag(a: Champion | None, b: Champion | None) -> bool:
@@ -88,10 +90,18 @@ class Pointer:
             data, etag = self.layout.store.get_with_etag(self.key)
         except NoSuchKey:
             return None
-        record = parse_object(self.model, self.key, data, CHAMPION_SHAPE)
+        return self.parse(data, etag)
+
+    def parse(self, data: bytes, etag: str) -> Champion:
+        """The pointer's bytes as a well-formed champion; MetadataError names the key, the problem and the fix."""
+        try:
+            record = parse_object(self.model, self.key, data, CHAMPION_SHAPE)
+        except MetadataError as exc:
+            raise MetadataError(f"{exc}; restore it from the ledger with {REPAIR_COMMAND}") from None
         problems = pointer_problems(record)
         if problems:
-            raise MetadataError(f"{self.model}: {self.key} is not a valid champion pointer: {'; '.join(problems)}")
+            raise MetadataError(f"{self.model}: {self.key} is not a valid champion pointer: {'; '.join(problems)}; "
+                                f"restore it from the ledger with {REPAIR_COMMAND}")
         return Champion.from_record(record, etag)
 
     def champion(self, repair: bool = True) -> Champion | None:
@@ -132,8 +142,8 @@ class Pointer:
         last = self.ledger.last_move(keys)
         latest = (f"the ledger's latest move (seq {last['seq']}) made {last.get('version')} champion" if last
                   else "the ledger records no promotion yet")
-        fix = (f"; restore the pointer from ledger record {last['seq']} or investigate who wrote it" if last
-               else "; investigate who wrote it")
+        fix = (f"; restore the pointer from ledger record {last['seq']} with {REPAIR_COMMAND}, or investigate who "
+               "wrote it" if last else "; investigate who wrote it")
         if champ is None:
             if last is not None:
                 raise UnexplainedPointer(f"{self.model}: {self.key} is missing, but {latest}{fix}")

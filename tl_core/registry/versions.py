@@ -214,6 +214,7 @@ class Versions:
 
     def register(self, run: RunContext, shadow: bool = False, actor: str = "tl") -> str:
         """Copy a run's selected model and evidence into a new immutable version (idempotent per run)."""
+        self.ledger.verify()  # refuse before copying anything when the ledger cannot take the register record
         version = self.layout.version_of_run(run.run_id)
         if version is not None and self.layout.collected(version):
             self.layout.store.delete(self.layout.run_key(run.run_id))  # an interrupted gc collected it: anew
