@@ -432,6 +432,7 @@ class DriftReport(Artifact):
     thresholds: dict[str, float]
     alerts: list[DriftAlert]
     created_at: str
+    not_judged: str | None = None  # why the overall checks raised no alert (rows below monitor.min_rows)
 
 
 def _problems(exc: ValidationError) -> str:
@@ -549,6 +550,7 @@ class SnapshotManifest(Artifact):
     ignored_count: int
     completion_marker: str | None
     images: SnapshotImages | None = None  # image_uri specs only
+    missing_day: str | None = None  # the logical date, when it had no data file (data.missing_day: warn)
 
 
 class ImageList(Artifact):
@@ -583,6 +585,16 @@ class SliceShift(_Artifact):
     flagged: bool
 
 
+class LabelConflict(_Artifact):
+    """One input (exact duplicate rows) that carries more than one label: its rows, rows per label (most first),
+    a short excerpt of the input and its first example ids."""
+
+    rows: int
+    labels: dict[str, int]
+    input: str
+    example_ids: list[str]
+
+
 class AuditFinding(_Artifact):
     """One audit check: severity, rows flagged, where and the message; the check's own figures when it has them."""
 
@@ -600,6 +612,7 @@ class AuditFinding(_Artifact):
     timezones: list[str] | None = None  # labeled_at_timezone
     max_pixels: int | None = None  # oversized_image
     conflicting_label_groups: int | None = None  # exact_duplicates
+    conflicts: list[LabelConflict] | None = None  # conflicting_labels (largest first, up to 20)
     clusters: int | None = None  # near_duplicates, duplicates_straddle_test
     largest_cluster: int | None = None
     largest_cluster_ids: list[str] | None = None

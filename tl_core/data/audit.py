@@ -8,13 +8,21 @@ with their ``reason`` (and their file ``partition`` and ``row_in_file``), so not
 
 Checks: empty_window, missing_example_id, missing_labeled_at, invalid_utf8, labeled_at_timezone,
 missing_label, unknown_label, empty_text | zero_size_image / undecodable_image / oversized_image /
-unreadable_image / image_uri_outside_root, duplicate_example_id, exact_duplicates, near_duplicates,
+unreadable_image / image_uri_outside_root, duplicate_example_id, exact_duplicates, conflicting_labels, near_duplicates,
 duplicates_straddle_test, class_too_small, class_imbalance, slice_sizes, label_shift. ``report.json`` is
 strict JSON (no NaN).
+
+``conflicting_labels`` (one input - exact duplicate rows - under more than one label) names each input (a short
+excerpt), its rows per label and example ids, and is a warning, not blocking: a short generic input ("hi",
+"see attached") under several labels is ordinary noise in production labels, no spec field could tune a
+spec-free rule, and the run already fails closed where such a cluster matters: the split refuses a split it
+degenerates and names the input and its labels (tl_core.data.split), and the label-issue step
+(data.label_issues) judges the labels themselves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -280,6 +288,64 @@ def _cluster_sizes(rows: pd.DataFrame, cid: np.ndarray, members: np.ndarray) -> 
             "largest_cluster_ids": [str(x) for x in ids[:5]]}
 
 
+MAX_CONFLICTS_LISTED = 20  # conflicting_labels: the largest inputs listed in the finding
+
+
+def label_conflicts(exact: np.ndarray, labels: pd.Series) -> list[np.ndarray]:
+    """Row positions of each input (rows sharing an exact-input key) that carries more than one label, largest
+    first (ties: the input whose first row comes first)."""
+    if not len(exact):
+        return []
+    frame = pd.DataFrame({"k": exact, "label": labels.astype(str).to_numpy()})
+    several = frame.groupby("k", sort=False)["label"].transform("nunique").to_numpy() > 1
+    pos = np.flatnonzero(several)
+    groups = [g.to_numpy() for _, g in pd.Series(pos).groupby(exact[pos], sort=False)]
+    return sorted(groups, key=lambda p: (-len(p), int(p[0])))
+
+
+def input_excerpt(value: Any, column: str) -> str:
+    """A short, printable stand-in for one input value: the quoted text (80 characters at most), the image URI,
+    or an image's size and sha256 prefix."""
+    if column == "image" and isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return f"image of {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:12]}"
+    text = "" if value is None else str(value)
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
+def describe_conflict(rows: pd.DataFrame, positions: np.ndarray, column: str) -> dict[str, Any]:
+    """A LabelConflict (as a dict) of the rows at ``positions`` (one input): rows, rows per label (most first,
+    then by name), the input's excerpt and the first five example ids in row order."""
+    counts = pd.Series(rows["label"].astype(str).to_numpy()[positions]).value_counts()
+    labels = dict(sorted(((str(k), int(v)) for k, v in counts.items()), key=lambda kv: (-kv[1], kv[0])))
+    ids = [str(x) for x in rows["example_id"].to_numpy()[positions][:5]]
+    return {"rows": int(len(positions)), "labels": labels,
+            "input": input_excerpt(rows[column].iloc[int(positions[0])], column), "example_ids": ids}
+
+
+def conflict_text(conflict: dict[str, Any]) -> str:
+    """'N rows of one input carry K different labels (a: 2, b: 1; input '...'; example ids [...])'."""
+    shown = ", ".join(f"{k}: {v}" for k, v in conflict["labels"].items())
+    return (f"{conflict['rows']} rows of one input carry {len(conflict['labels'])} different labels ({shown}; "
+            f"input {conflict['input']}; example ids {conflict['example_ids']})")
+
+
+def _conflict_check(a: _Audit, sub: pd.DataFrame, idx: np.ndarray, exact: np.ndarray) -> None:
+    """Inputs that carry more than one label (a warning: the model sees one input with different answers, and
+    the split keeps the input's rows in one split; see the module docstring for why it does not block)."""
+    col = a.ctx.spec.data.input_column
+    groups = label_conflicts(exact, sub["label"])
+    mask = np.zeros(len(a.rows), dtype=bool)
+    for positions in groups:
+        mask[idx[positions]] = True
+    listed = [describe_conflict(sub, p, col) for p in groups[:MAX_CONFLICTS_LISTED]]
+    message = (f"{len(groups)} input(s) carry more than one label ({int(mask.sum())} rows); the largest: "
+               f"{conflict_text(listed[0])}; training sees one input with different answers and the split keeps "
+               "each input's rows together: fix the labels at the source" if groups else
+               "no input carries more than one label")
+    a.add("conflicting_labels", "warning", mask, col, message, conflicts=listed)
+
+
 def _near_method(spec: Any) -> str:
     d = spec.data
     if d.input_column == "text":
@@ -316,8 +382,9 @@ def _duplicate_checks(a: _Audit, hashes: ImageHashes | None, test_days: list[str
     mask[idx[in_exact]] = True
     a.add("exact_duplicates", "warning" if n_conflict else "info", mask, col,
           f"{int(in_exact.sum())} rows share their exact input with another row "
-          f"({int(pd.Series(exact_cluster[in_exact]).nunique())} groups, {n_conflict} with conflicting labels)",
-          conflicting_label_groups=n_conflict)
+          f"({int(pd.Series(exact_cluster[in_exact]).nunique())} groups, {n_conflict} with conflicting labels"
+          f"{': see conflicting_labels' if n_conflict else ''})", conflicting_label_groups=n_conflict)
+    _conflict_check(a, sub, idx, exact)
     mask = np.zeros(len(rows), dtype=bool)
     mask[idx[in_near]] = True
     stats = _cluster_sizes(sub, near_cluster, in_near_any)

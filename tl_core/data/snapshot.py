@@ -8,12 +8,17 @@ Manifest (``snapshot/manifest.json``, schema_version 1)::
     ignored: [{key, dt, reason}] (keys under the dataset that are not read: bad folder names, nested or
              non-parquet files; listed up to MAX_IGNORED_LISTED), ignored_count
     completion_marker (the spec's marker name, or null when markers are not used)
+    missing_day (the logical date when its own partition has no data file, else null; see below)
+    images: {key, sha256, count, unreadable}   (image_uri specs only)
 
 Completion markers: unless the spec sets ``data.completion_marker: null``, every partition in the window that has
 data files must also hold the marker (``dt=YYYY-MM-DD/_SUCCESS`` by default, written last by its writer);
 otherwise the snapshot raises IncompletePartition naming the partition and the marker. The marker is not part of
 the content hash (it carries no data).
-    images: {key, sha256, count, unreadable}   (image_uri specs only)
+
+The run's own day: when ``dt=<logical date>`` has no data file (the marker but no parquet file, or no folder),
+``data.missing_day: warn`` (default) logs a warning naming the day and the folder, snapshots the earlier days of
+the window and records the day as ``missing_day``; ``fail`` raises DataError naming the day, folder and setting.
 
 For ``image_uri`` specs the snapshot reads every referenced image under the data root once and writes
 ``snapshot/images/<sha256>.json`` (``{"schema_version": 1, "images": {uri: sha256 | null}}``, null: the
@@ -181,6 +186,31 @@ def _require_markers(spec: ModelSpec, window: dict[date, list[str]], marked: set
         "dataset's writers do not write markers")
 
 
+def _missing_day(spec: ModelSpec, logical_date: date, window: dict[date, list[str]], marked: set[date],
+                 folders: set[date]) -> str | None:
+    """The logical date (ISO) when its own partition has no data file, else None; with data.missing_day "fail"
+    raises DataError naming the day, the folder and the setting, with "warn" logs a warning naming both."""
+    if logical_date in window:
+        return None
+    day = logical_date.isoformat()
+    folder = f"{spec.data.root.rstrip('/')}/{spec.data.dataset}/dt={day}"
+    marker = spec.data.completion_marker
+    if marker is not None and logical_date in marked:
+        why = f"its folder holds the completion marker {marker!r} but no .parquet file"
+    elif logical_date in folders:
+        why = "its folder holds no .parquet file"
+    else:
+        why = "no such folder"
+    if spec.data.missing_day == "fail":
+        raise DataError(f"logical date {day} has no data: {folder} ({why}); expected at least one "
+                        f"{folder}/*.parquet file for the run's own day (data.missing_day: fail). Write the day's "
+                        "data, or set data.missing_day: warn to train on the earlier days of the window")
+    logger.warning("snapshot: logical date %s has no data: %s (%s); the snapshot holds only the earlier days of "
+                   "the window and records missing_day %s in the manifest (data.missing_day: warn; set it to fail "
+                   "to stop such a run)", day, folder, why, day)
+    return day
+
+
 def _build(ctx: RunContext, logical_date: date) -> tuple[SnapshotManifest, bytes | None]:
     """(manifest, image list bytes or None) of the window ending at ``logical_date``."""
     spec = ctx.spec
@@ -197,6 +227,8 @@ def _build(ctx: RunContext, logical_date: date) -> tuple[SnapshotManifest, bytes
         raise BlockingAuditFinding(
             f"empty window: no partitions of {spec.data.root}/{spec.data.dataset} in [{start}, {logical_date}] "
             f"(window_days {spec.data.window_days}; the dataset has {len(all_dates)} partitions{span}{skipped})")
+    folders = {date.fromisoformat(i["dt"]) for i in ignored_all if i["dt"]}
+    missing = _missing_day(spec, logical_date, window, marked, folders)
     partitions, hashes = _read_window(ctx, window)
     totals: dict[str, int] = {}
     for p in partitions:
@@ -214,7 +246,8 @@ def _build(ctx: RunContext, logical_date: date) -> tuple[SnapshotManifest, bytes
         spec_fingerprint=spec.fingerprint(), partitions=partitions, total_rows=sum(p["rows"] for p in partitions),
         rows_per_label=dict(sorted(totals.items())),
         content_hash=content_hash(spec.data.dataset, partitions, images_sha), ignored=ignored[:MAX_IGNORED_LISTED],
-        ignored_count=len(ignored), completion_marker=spec.data.completion_marker, images=images_info)
+        ignored_count=len(ignored), completion_marker=spec.data.completion_marker, images=images_info,
+        missing_day=missing)
     return manifest, images
 
 

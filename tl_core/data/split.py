@@ -14,6 +14,9 @@ per class) and fails closed: the split is refused (BlockingAuditFinding, after t
 any example file) when clusters pulled into test raise the test share by more than ``data.split_tolerance``
 (naming how many clusters, the largest's size and example ids), when a class has no rows in a split of
 ``data.split_required_classes``, or when a slice of ``gate.required_slices`` has no test rows.
+A refusal (these, or an empty split) that would not happen were the rows of the inputs under more than one label
+free to go to any split is blamed on them: "N rows of one input carry K different labels (...): fix the labels
+(see the audit's conflicting_labels)" instead of advice about the window or the tolerance.
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ import hashlib
 import io
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from tl_core.artifacts import AuditReport, SnapshotManifest, SplitCheck, SplitReport
-from tl_core.data.audit import QUARANTINE, REPORT, load_snapshot_rows, newest_days
+from tl_core.data.audit import (
+    QUARANTINE,
+    REPORT,
+    conflict_text,
+    describe_conflict,
+    label_conflicts,
+    load_snapshot_rows,
+    newest_days,
+)
 from tl_core.data.dedup import NearRule, row_clusters
 from tl_core.data.partitions import ImageReader
 from tl_core.data.snapshot import read_image_hashes, read_manifest
@@ -64,6 +75,14 @@ def plan_split(rows: pd.DataFrame, column: str, test_days: int, val_frac: float,
         return np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     rule = near if isinstance(near, NearRule) else NearRule(bits=near)
     cid, _, _ = row_clusters(rows, column, rule, images)
+    split, on_test_days = assign_clusters(rows, cid, test_days, val_frac, cal_frac, seed)
+    return split, cid, on_test_days
+
+
+def assign_clusters(rows: pd.DataFrame, cid: np.ndarray, test_days: int, val_frac: float, cal_frac: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(split per row, whether the row is on the newest ``test_days`` days) for given split clusters: a cluster
+    goes wholly to the side of its newest member; the others are stratified as the module docstring says."""
     dt = rows["dt"].astype(str).to_numpy()
     test_set = newest_days(rows["dt"], test_days)
     frame = pd.DataFrame({"cid": cid, "dt": dt, "label": rows["label"].astype(str).to_numpy(),
@@ -89,7 +108,7 @@ def plan_split(rows: pd.DataFrame, column: str, test_days: int, val_frac: float,
                                                                          "train"))
         _every_label_everywhere(meta, (val_frac, cal_frac))
         split[~is_test] = rest["cid"].map(meta["split"]).to_numpy()
-    return split, cid, np.isin(dt, test_set)
+    return split, np.isin(dt, test_set)
 
 
 def _every_label_everywhere(meta: pd.DataFrame, fractions: tuple[float, float]) -> None:
@@ -103,6 +122,32 @@ def _every_label_everywhere(meta: pd.DataFrame, fractions: tuple[float, float]) 
             if (g["split"] == name).any() or len(train) < 2:
                 continue
             meta.loc[train[0], "split"] = name
+
+
+class ConflictCause(NamedTuple):
+    """Inputs that carry more than one label, and the split their rows would get if each row were free to go
+    to any split: a refusal the free split does not have is caused by those inputs."""
+
+    advice: str
+    """'N rows of one input carry K different labels (...): fix the labels (see the audit's conflicting_labels)'"""
+    free_split: np.ndarray
+
+
+def conflict_cause(rows: pd.DataFrame, cid: np.ndarray, exact: np.ndarray, spec: Any) -> ConflictCause | None:
+    """The inputs (``exact`` keys) of ``rows`` under more than one label (None: none) and the split the clusters
+    ``cid`` give with each of their rows made a cluster of its own."""
+    d = spec.data
+    groups = label_conflicts(exact, rows["label"])
+    if not groups:
+        return None
+    free = cid.copy()
+    pos = np.concatenate(groups)
+    free[pos] = int(cid.max()) + 1 + np.arange(len(pos))
+    free_split, _ = assign_clusters(rows, free, d.test_days, d.validation_fraction, d.calibration_fraction,
+                                    d.split_seed)
+    text = conflict_text(describe_conflict(rows, groups[0], d.input_column))
+    more = f" and {len(groups) - 1} more input(s) carry more than one label" if len(groups) > 1 else ""
+    return ConflictCause(f"{text}{more}: fix the labels (see the audit's conflicting_labels)", free_split)
 
 
 def _shares(split: np.ndarray) -> dict[str, dict[str, float]]:
@@ -124,9 +169,10 @@ def _pulled_into_test(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on
 
 
 def split_report(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on_test_days: np.ndarray,
-                 spec: Any) -> SplitCheck:
+                 spec: Any, cause: ConflictCause | None = None) -> SplitCheck:
     """Achieved against requested (rows and share per split, per class) and the findings; ``blocking`` lists
-    the messages that refuse the split."""
+    the messages that refuse the split (a refusal that ``cause``'s free split does not have names the input
+    under several labels instead of the window or the tolerance)."""
     d = spec.data
     requested_test = float(on_test_days.mean()) if len(rows) else 0.0
     rest = 1.0 - requested_test
@@ -140,28 +186,34 @@ def split_report(rows: pd.DataFrame, split: np.ndarray, cid: np.ndarray, on_test
     blocking: list[str] = []
     excess = achieved["test"]["share"] - requested_test
     if excess > d.split_tolerance:
+        free_excess = float((cause.free_split == "test").mean()) - requested_test if cause else excess
+        advice = f": {cause.advice}" if cause and free_excess <= d.split_tolerance else \
+            " (look at the audit's near_duplicates / group_id, or raise the tolerance)"
         blocking.append(
             f"test_share: test holds {achieved['test']['rows']} of {len(rows)} rows ({achieved['test']['share']:.1%}), "
             f"the newest data.test_days {d.test_days} days hold {requested_test:.1%}: {pulled['clusters']} duplicate/"
             f"group clusters with rows on earlier days were pulled in ({pulled['rows']} rows), the largest has "
             f"{pulled['largest_cluster']} rows, e.g. example ids {pulled['largest_cluster_ids']}; that is "
-            f"{excess:.1%} more than requested, above data.split_tolerance {d.split_tolerance:.0%} (look at the "
-            "audit's near_duplicates / group_id, or raise the tolerance)")
-    blocking += _class_and_slice_findings(rows, split, per_class, spec)
+            f"{excess:.1%} more than requested, above data.split_tolerance {d.split_tolerance:.0%}{advice}")
+    blocking += _class_and_slice_findings(rows, split, per_class, spec, cause)
     return SplitCheck(requested=requested, achieved=achieved, per_class=per_class, pulled_into_test=pulled,
                       blocking=blocking)
 
 
 def _class_and_slice_findings(rows: pd.DataFrame, split: np.ndarray, per_class: dict[str, dict[str, int]],
-                              spec: Any) -> list[str]:
+                              spec: Any, cause: ConflictCause | None = None) -> list[str]:
     out = []
+    labels = rows["label"].astype(str).to_numpy()
     for lab, counts in per_class.items():
         total = sum(counts.values())
         for s in spec.data.split_required_classes:
             if total and counts[s] == 0:
+                freed = cause is not None and bool(((labels == lab) & (cause.free_split == s)).any())
+                advice = f": {cause.advice}" if cause is not None and freed else \
+                    " (more days in data.window_days, fewer data.test_days, or more rows of this class)"
                 out.append(f"class_missing: class {lab!r} has no {s} rows ({total} usable rows: {counts}); "
-                           f"data.split_required_classes {list(spec.data.split_required_classes)} needs it in {s} "
-                           "(more days in data.window_days, fewer data.test_days, or more rows of this class)")
+                           f"data.split_required_classes {list(spec.data.split_required_classes)} needs it in {s}"
+                           f"{advice}")
     test = rows[split == "test"]
     for name in spec.gate.required_slices:
         col, _, value = name.partition("=")
@@ -201,6 +253,23 @@ def _usable_rows(ctx: RunContext) -> tuple[pd.DataFrame, SnapshotManifest]:
     return usable, manifest
 
 
+def _refuse_empty_splits(ctx: RunContext, usable: pd.DataFrame, cause: ConflictCause | None) -> None:
+    """DataError when a split would be empty, naming the input under several labels when it is the cause (its
+    free split has every split that is empty), else advising a wider window."""
+    d = ctx.spec.data
+    counts = usable["split"].value_counts()
+    empty = [s for s in SPLITS if counts.get(s, 0) == 0]
+    if not empty:
+        return
+    advice = "widen data.window_days or lower data.test_days"
+    if cause is not None and all(bool((cause.free_split == s).any()) for s in empty):
+        advice = cause.advice
+    raise DataError(
+        f"run {ctx.run_id}: split(s) {empty} would be empty ({ {s: int(counts.get(s, 0)) for s in SPLITS} } "
+        f"of {len(usable)} usable rows over {usable['dt'].nunique()} days; data.test_days {d.test_days}, "
+        f"validation_fraction {d.validation_fraction}, calibration_fraction {d.calibration_fraction}): {advice}")
+
+
 def run_split(ctx: RunContext) -> str:
     """Write split/examples.parquet and split/split.json; returns the URI of split.json."""
     d = ctx.spec.data
@@ -209,20 +278,15 @@ def run_split(ctx: RunContext) -> str:
         raise DataError(f"run {ctx.run_id}: no usable rows left after the audit")
     hashes = read_image_hashes(ctx, manifest)
     reader = ImageReader(d.root, hashes) if hashes is not None else None
-    split, cid, on_test_days = plan_split(usable, d.input_column, d.test_days, d.validation_fraction,
-                                          d.calibration_fraction, d.split_seed, NearRule.of(d), reader)
+    cid, exact, _ = row_clusters(usable, d.input_column, NearRule.of(d), reader)
+    split, on_test_days = assign_clusters(usable, cid, d.test_days, d.validation_fraction, d.calibration_fraction,
+                                          d.split_seed)
+    cause = conflict_cause(usable, cid, exact, ctx.spec)
     usable["split"] = split
     if hashes is not None:  # what training must find when it reads each image
         usable[IMAGE_SHA256] = [hashes.get(str(u).strip()) for u in usable[d.input_column].tolist()]
-    counts = usable["split"].value_counts()
-    empty = [s for s in SPLITS if counts.get(s, 0) == 0]
-    if empty:
-        raise DataError(
-            f"run {ctx.run_id}: split(s) {empty} would be empty ({ {s: int(counts.get(s, 0)) for s in SPLITS} } "
-            f"of {len(usable)} usable rows over {usable['dt'].nunique()} days; data.test_days {d.test_days}, "
-            f"validation_fraction {d.validation_fraction}, calibration_fraction {d.calibration_fraction}): "
-            "widen data.window_days or lower data.test_days")
-    report = split_report(usable, split, cid, on_test_days, ctx.spec)
+    _refuse_empty_splits(ctx, usable, cause)
+    report = split_report(usable, split, cid, on_test_days, ctx.spec, cause)
     ctx.write(report)
     if report.blocking:
         raise BlockingAuditFinding(f"run {ctx.run_id}: the split degenerates, refusing it (report "

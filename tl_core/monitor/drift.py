@@ -17,6 +17,11 @@ Where the champion comes from: the registry pointer gives the version; the versi
 (``run_id``) and strategy; the version's ``spec.json`` is the spec the run was trained with (its backbone); the
 run's ``split/examples.parquet`` under ``<store>/runs/<model>/<run_id>/`` is the training snapshot.
 Output: ``scores/<model>/dt=<day>/drift/report.json`` (tl_core.artifacts.DriftReport) and ``report.html``.
+
+A partition with fewer than ``monitor.min_rows`` scored rows is measured and reported, but its overall checks (input
+drift, prediction shift, overall accuracy) raise no alert: the report's ``not_judged`` says "N rows, below
+monitor.min_rows M: not judged" (slices keep ``monitor.min_slice_rows``). A partition scored as 0 rows is not read
+at all: its report has 0 rows, an unavailable input-drift section and no alerts.
 """
 
 from __future__ import annotations
@@ -259,21 +264,31 @@ def measure(spec: ModelSpec, day: date, run_id: str = "manual") -> dict[str, Any
     out = open_store(spec.store)
     prefix = scores_prefix(spec, day)
     slice_columns = list(record.slice_columns)
-    tally = tally_predictions(out, join_key(prefix, PREDICTIONS), ref.labels, slice_columns, spec.monitor.chunk_rows)
+    if record.rows:
+        tally = tally_predictions(out, join_key(prefix, PREDICTIONS), ref.labels, slice_columns,
+                                  spec.monitor.chunk_rows)
+        embedding = measure_embedding(spec, ref, day)
+    else:  # scored as 0 rows: no predictions file, nothing to sample
+        tally = PredictionTally({name: 0 for name in ref.labels}, slices={})
+        embedding = {"status": "unavailable", "reason": f"the partition has 0 rows ({len(record.inputs)} file(s)): "
+                     "nothing to compare with the training snapshot"}
     shift, accuracy = prediction_sections(ref, tally)
     monitor = spec.monitor
     return {"schema_version": DRIFT_SCHEMA_VERSION, "model": spec.name, "dt": day.isoformat(), "run_id": run_id,
             "champion_version": ref.version, "challenger_version": record.challenger_version,
-            "rows": tally.rows, "scores_uri": out.url(prefix), "embedding": measure_embedding(spec, ref, day),
+            "rows": tally.rows, "scores_uri": out.url(prefix), "embedding": embedding,
             "predictions": shift, "accuracy": accuracy, "disagreement": record.disagreement,
             "thresholds": {"embedding_alpha": monitor.embedding_alpha, "chi2_alpha": monitor.chi2_alpha,
                            "psi_threshold": monitor.psi_threshold, "accuracy_drop": monitor.accuracy_drop,
-                           "min_slice_rows": float(monitor.min_slice_rows)},
+                           "min_slice_rows": float(monitor.min_slice_rows), "min_rows": float(monitor.min_rows)},
             "created_at": datetime.now(UTC).isoformat()}
 
 
-def _accuracy_alerts(accuracy: dict[str, Any], monitor: MonitorSpec) -> list[dict[str, Any]]:
-    groups = [("overall", None, accuracy.get("rows"), accuracy["expected_accuracy"], accuracy["reference_accuracy"])]
+def _accuracy_alerts(accuracy: dict[str, Any], monitor: MonitorSpec, overall: bool = True) -> list[dict[str, Any]]:
+    """Accuracy-drop alerts of the slices with at least monitor.min_slice_rows rows, and (``overall``) of the
+    whole partition."""
+    groups = [("overall", None, accuracy.get("rows"), accuracy["expected_accuracy"],
+               accuracy["reference_accuracy"])] if overall else []
     groups += [(name, name, s["rows"], s["expected_accuracy"], s["reference_accuracy"])
                for name, s in accuracy["slices"].items()]
     alerts = []
@@ -289,8 +304,27 @@ def _accuracy_alerts(accuracy: dict[str, Any], monitor: MonitorSpec) -> list[dic
     return alerts
 
 
+def not_judged(rows: int, monitor: MonitorSpec) -> str | None:
+    """Why the overall checks of a partition of ``rows`` rows raise no alert (None: they are judged)."""
+    if rows >= monitor.min_rows:
+        return None
+    empty = "; the partition is empty, so nothing was measured" if rows == 0 else ""
+    return (f"{rows} rows, below monitor.min_rows {monitor.min_rows}: not judged (input drift, prediction shift and "
+            f"the overall label-free accuracy are reported but raise no alert; a slice is judged from monitor."
+            f"min_slice_rows {monitor.min_slice_rows} rows){empty}")
+
+
 def decide_alerts(report: dict[str, Any], monitor: MonitorSpec) -> list[dict[str, Any]]:
-    """The alerts a measured report raises under the spec's thresholds (pure: no I/O)."""
+    """The alerts a measured report raises under the spec's thresholds (pure: no I/O). Below monitor.min_rows
+    rows the overall checks raise none (see :func:`not_judged`); the slices keep monitor.min_slice_rows."""
+    judged = not_judged(int(report["rows"]), monitor) is None
+    alerts = _overall_alerts(report, monitor) if judged else []
+    alerts += _accuracy_alerts({**report["accuracy"], "rows": report["rows"]}, monitor, overall=judged)
+    return alerts
+
+
+def _overall_alerts(report: dict[str, Any], monitor: MonitorSpec) -> list[dict[str, Any]]:
+    """Input drift (or that it was not measured) and prediction shift of the whole partition."""
     alerts: list[dict[str, Any]] = []
     emb = report["embedding"]
     if emb["status"] != "ok":
@@ -313,7 +347,6 @@ def decide_alerts(report: dict[str, Any], monitor: MonitorSpec) -> list[dict[str
                        "threshold": monitor.chi2_alpha,
                        "text": f"prediction shift: chi-square {pred['chi2']:.1f} (dof {pred['dof']}), p = "
                                f"{pred['chi2_p_value']:.2g} < {monitor.chi2_alpha} ({detail})"})
-    alerts += _accuracy_alerts({**report["accuracy"], "rows": report["rows"]}, monitor)
     return alerts
 
 
@@ -323,11 +356,13 @@ def _share(counts: dict[str, int], name: str) -> float:
 
 
 def run_drift(spec: ModelSpec, day: date, run_id: str = "manual") -> dict[str, Any]:
-    """Measure, decide, write drift/report.json and report.html; returns report_uri, alerts, champion_version."""
+    """Measure, decide, write drift/report.json and report.html; returns report_uri, alerts, champion_version,
+    rows and not_judged (why the overall checks raised no alert, None when they were judged)."""
     from tl_core.monitor.html import drift_page
 
     report = measure(spec, day, run_id)
     report["alerts"] = decide_alerts(report, spec.monitor)
+    report["not_judged"] = not_judged(int(report["rows"]), spec.monitor)
     check_artifact(DriftReport, report, f"{spec.name} dt={day.isoformat()} drift report")
     out = open_store(spec.store)
     prefix = join_key(scores_prefix(spec, day), "drift")
@@ -335,5 +370,8 @@ def run_drift(spec: ModelSpec, day: date, run_id: str = "manual") -> dict[str, A
     out.put_bytes(join_key(prefix, "report.json"), json.dumps(report, indent=2, sort_keys=True).encode())
     for alert in report["alerts"]:
         logger.warning("%s dt=%s: %s", spec.name, day, alert["text"])
+    if report["not_judged"]:
+        logger.warning("%s dt=%s: %s", spec.name, day, report["not_judged"])
     return {"report_uri": out.url(join_key(prefix, "report.json")),
-            "alerts": [a["text"] for a in report["alerts"]], "champion_version": report["champion_version"]}
+            "alerts": [a["text"] for a in report["alerts"]], "champion_version": report["champion_version"],
+            "rows": report["rows"], "not_judged": report["not_judged"]}

@@ -23,7 +23,7 @@ def _class_shares(report: dict[str, Any]) -> str:
     ax.set_ylabel("share of predictions")
     ax.set_title(f"PSI {pred['psi']:.3f}, chi-square p = {pred['chi2_p_value']:.2g}", fontsize=9)
     ax.legend(fontsize=8)
-    return _png(fig, "predicted-class shares, reference vs partition")
+    return _png(fig, f"predicted-class shares, reference vs partition: {', '.join(names)}")
 
 
 def _accuracy_chart(report: dict[str, Any]) -> str:
@@ -42,7 +42,8 @@ def _accuracy_chart(report: dict[str, Any]) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("accuracy")
     ax.legend(fontsize=8, loc="lower left")
-    return _png(fig, "label-free accuracy estimate per slice vs the champion's test accuracy")
+    return _png(fig, "label-free accuracy estimate per slice vs the champion's test accuracy: "
+                + ", ".join(g[0] for g in groups))
 
 
 def _embedding_chart(report: dict[str, Any]) -> str:
@@ -65,6 +66,7 @@ def drift_section(report: dict[str, Any]) -> str:
     """The ``<section>`` a page (the plugin's views, the run report) embeds."""
     alerts = report["alerts"]
     items = "".join(f"<li>{html.escape(a['text'])}</li>" for a in alerts) or "<li>none</li>"
+    judged = f"<p>{html.escape(report['not_judged'])}</p>" if report.get("not_judged") else ""
     dis = report.get("disagreement")
     shadow = (f"<p>Shadow {html.escape(str(report['challenger_version']))}: disagrees with the champion on "
               f"{dis['rate']:.1%} of {dis['rows']} rows; per slice: "
@@ -72,7 +74,7 @@ def drift_section(report: dict[str, Any]) -> str:
               + "</p>") if dis else "<p>No challenger scored in shadow.</p>"
     return (f'<section id="drift"><h2>Drift: {html.escape(report["model"])} dt={report["dt"]} '
             f"(champion {html.escape(report['champion_version'])}, {report['rows']} rows)</h2>"
-            f"<h3>Alerts</h3><ul>{items}</ul>{shadow}"
+            f"<h3>Alerts</h3><ul>{items}</ul>{judged}{shadow}"
             f"<h3>Input drift</h3>{_embedding_chart(report)}"
             f"<h3>Prediction shift</h3>{_class_shares(report)}"
             f"<h3>Label-free accuracy</h3>{_accuracy_chart(report)}</section>")

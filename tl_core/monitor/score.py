@@ -16,12 +16,17 @@ The rows stream through in chunks of ``monitor.chunk_rows`` (pyarrow ``iter_batc
 loop that `tl predict` uses (tl_core.export.predict.score), and are appended to local Parquet writers; the files
 are uploaded whole (temporary file, then rename / managed upload) and ``scoring.json`` last. A re-run for the same
 inputs and versions finds the record and returns without scoring; anything else changed is scored again.
+
+A partition whose files hold 0 rows is committed as a record of 0 rows without prediction files, with a warning
+saying so; its drift step reports 0 rows and judges nothing (tl_core.monitor.drift). A file that is not readable
+Parquet (a bad footer, or a page that cannot be decoded) is a MonitorError naming the file and what was expected.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -80,12 +85,39 @@ def champion_and_challenger(spec: ModelSpec) -> tuple[Registry, str, str | None]
     return registry, champion.version, (others[-1] if others and spec.monitor.shadow else None)
 
 
-def _check_columns(path: Path, key: str, needed: list[str]) -> None:
-    names = pq.ParquetFile(path).schema_arrow.names
+def _unreadable(url: str, needed: list[str], exc: Exception) -> MonitorError:
+    return MonitorError(f"scoring file {url} is not a readable Parquet file ({exc}): expected a Parquet file with "
+                        f"columns {needed} (example_id, the model's input column and the spec's slice columns); "
+                        "rewrite or remove the file and score the partition again")
+
+
+def _open_checked(path: Path, url: str, needed: list[str]) -> pq.ParquetFile:
+    """The partition file opened for reading, after checking it is Parquet with the ``needed`` columns;
+    MonitorError naming the file (``url``) and what was expected otherwise."""
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(url, needed, exc) from None
     missing = [c for c in needed if c not in names]
     if missing:
-        raise MonitorError(f"scoring file {key} lacks columns {missing} (has {names}); every partition file needs "
+        raise MonitorError(f"scoring file {url} lacks columns {missing} (has {names}); every partition file needs "
                            f"{needed}: example_id, the model's input column and the spec's slice columns")
+    return parquet
+
+
+def _batches(parquet: pq.ParquetFile, url: str, needed: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """The file's ``needed`` columns in chunks; a page that cannot be read is a MonitorError naming the file
+    (only the reading is guarded: errors of the code consuming a chunk pass through unchanged)."""
+    batches = parquet.iter_batches(batch_size=chunk_rows, columns=needed)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(url, needed, exc) from None
+        yield batch
 
 
 @dataclass
@@ -154,10 +186,9 @@ def _score_files(spec: ModelSpec, store: ObjectStore, keys: list[str], models: l
     with tqdm(total=None, desc=f"scoring {spec.name}", unit="ex", disable=None) as bar:
         for key in keys:
             with local_file(store, key) as path:
-                _check_columns(path, key, needed)
-                parquet = pq.ParquetFile(path)
+                parquet = _open_checked(path, store.url(key), needed)
                 bar.total = (bar.total or 0) + parquet.metadata.num_rows
-                for batch in parquet.iter_batches(batch_size=spec.monitor.chunk_rows, columns=needed):
+                for batch in _batches(parquet, store.url(key), needed, spec.monitor.chunk_rows):
                     chunk = batch.to_pandas()
                     chunk["example_id"] = chunk["example_id"].astype(str)
                     frames = [_frame(m, chunk, spec.monitor.batch_size, bar if i == 0 else None, slices)
@@ -212,6 +243,10 @@ def score_partition(spec: ModelSpec, day: date, run_id: str = "manual") -> str:
               "disagreement": tally.disagreement() if challenger else None,
               "scored_at": datetime.now(UTC).isoformat()}, out.url(join_key(prefix, RECORD)))
     out.put_bytes(join_key(prefix, RECORD), dump_artifact(record))
+    if tally.rows == 0:
+        logger.warning("scoring partition %s/%s/ has 0 rows (%d file(s): %s): committed a record of 0 rows and no "
+                       "predictions; its drift step reports 0 rows and judges nothing", in_store.uri,
+                       partition_prefix(spec, day), len(keys), ", ".join(keys[:5]))
     logger.info("scored %d rows of %s dt=%s with %s%s -> %s", tally.rows, spec.name, day, champion,
                 f" (shadow {challenger}: disagreement {record.disagreement['rate']:.3f})"
                 if record.disagreement else "", out.url(prefix))

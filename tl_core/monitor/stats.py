@@ -59,7 +59,10 @@ def _shares(counts: np.ndarray) -> np.ndarray:
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
-    """Population stability index of two count vectors over the same classes (shares floored at PSI_FLOOR)."""
+    """Population stability index of two count vectors over the same classes (shares floored at PSI_FLOOR); 0.0
+    when either side has no counts (nothing to compare, as :func:`chi_square` gives p = 1 then)."""
+    if not np.asarray(reference).sum() or not np.asarray(current).sum():
+        return 0.0
     ref = np.maximum(_shares(np.asarray(reference, np.float64)), PSI_FLOOR)
     cur = np.maximum(_shares(np.asarray(current, np.float64)), PSI_FLOOR)
     return float(np.sum((cur - ref) * np.log(cur / ref)))
