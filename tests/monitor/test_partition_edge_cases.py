@@ -51,7 +51,7 @@ def _spec_file(champion: Champion, tmp_path: Path, **monitor: Any) -> str:
 
 
 def test_a_zero_row_partition_is_scored_as_0_rows_and_drift_skips_cleanly(
-        champion: Champion, caplog: pytest.LogCaptureFixture) -> None:
+        champion: Champion, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
     with caplog.at_level("WARNING", logger="tl_core.monitor.score"):
         uri = step_score(str(champion.spec_file), "r", EMPTY)
     record = json.loads(read_uri(f"{uri}/scoring.json"))
@@ -69,6 +69,7 @@ def test_a_zero_row_partition_is_scored_as_0_rows_and_drift_skips_cleanly(
     html = read_uri(result["report_uri"].replace("report.json", "report.html")).decode()
     assert "0 rows, below monitor.min_rows 100: not judged" in html
     assert tl_main(["score", "--spec", str(champion.spec_file), "--date", EMPTY]) == 0
+    assert "overall checks: 0 rows, below monitor.min_rows 100: not judged" in capsys.readouterr().out
 
 
 def test_a_corrupt_parquet_file_is_named_with_what_was_expected(champion: Champion) -> None:

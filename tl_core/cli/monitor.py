@@ -26,6 +26,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _drift_text(drift: dict[str, object]) -> str:
     alerts = list(drift["alerts"])  # type: ignore[call-overload]
     lines = [f"\ndrift report (champion {drift['champion_version']}): {drift['report_uri']}",
+             *([f"overall checks: {drift['not_judged']}"] if drift.get("not_judged") else []),
              f"alerts: {len(alerts)}", *(f"  - {a}" for a in alerts)]
     return "\n".join(lines)
 
