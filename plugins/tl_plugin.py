@@ -2,7 +2,8 @@
 
 A FastAPI app mounted on the Airflow API server at ``/tl`` and two external views that put it in the UI:
 
-  /tl/report/{dag_id}/{run_id}    the run's ``evaluation/report.html`` (tab "Evidence report" on a DAG run)
+  /tl/report/{dag_id}/{run_id}    the run's evidence report: ``gate/report.html`` (with the gate's decision), or
+                                  before the gate ran ``evaluation/report.html`` (tab "Evidence report" on a run)
   /tl/registry/{dag_id}           champion, trends (the champion's metric on every run's test data and every
                                   candidate's gate outcome over time: plot + table) and registry ledger of the
                                   model (tab "Model registry" on a DAG), ``?run_id=`` highlights one run's records;
@@ -28,7 +29,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 logger = logging.getLogger(__name__)
-REPORT_REL = "evaluation/report.html"
+# The gate's page (the evidence with its decision) once the gate ran, before that evaluate's own page.
+REPORT_RELS = ("gate/report.html", "evaluation/report.html")
 # Every page shows data (labels, slice values, run ids) that nobody here wrote: no script runs, nothing loads from
 # elsewhere, inline PNGs and styles only, framed only by the Airflow UI itself.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -99,13 +101,18 @@ def report(run_id: str, dag_id: str = Depends(readable_dag)) -> HTMLResponse:
         ctx = RunContext.open(spec, run_id)
     except ValueError as exc:
         raise HTTPException(400, f"invalid run id: {exc}") from None
-    try:
-        body = ctx.store.get_bytes(ctx.key(REPORT_REL))
-    except NoSuchKey:  # the text names the run and the file, never where the store keeps it
-        raise HTTPException(404, f"run {shown(run_id)} of {spec.name} has no {REPORT_REL} yet (the evaluate task "
-                                 "writes it)") from None
-    except StoreError as exc:
-        raise store_failure(spec.name, exc) from None
+    body = None
+    for rel in REPORT_RELS:
+        try:
+            body = ctx.store.get_bytes(ctx.key(rel))
+            break
+        except NoSuchKey:
+            continue
+        except StoreError as exc:
+            raise store_failure(spec.name, exc) from None
+    if body is None:  # the text names the run and the file, never where the store keeps it
+        raise HTTPException(404, f"run {shown(run_id)} of {spec.name} has no {REPORT_RELS[-1]} yet (the evaluate "
+                                 "task writes it)")
     return HTMLResponse(body.decode("utf-8"), headers=PAGE_HEADERS)
 
 

@@ -107,6 +107,12 @@ def test_manual_promotion_needs_a_passed_gate_or_an_override_with_a_reason(tmp_p
     assert checked["override"] == {"by": "ana", "reason": "hotfix for the outage INC-42",
                                    "overrides": ["its gate decision is FAIL (no reasons recorded)"]}
     assert "**override** by ana" in checked["summary_markdown"] and "macro_f1: 0.8100" in checked["summary_markdown"]
+    # the reason and the actor are typed by people: text in the approval body, never a link (issue 29 #3)
+    from markdown_it import MarkdownIt
+
+    linked = step_check_promotable(spec, "v0001", True, "see [Approve now](https://evil.example/a)", "ana_b")
+    rendered = MarkdownIt("gfm-like").render(linked["summary_markdown"])
+    assert "<a " not in rendered and "[Approve now](https://evil.example/a)" in rendered and "ana_b" in rendered
 
 
 def test_manual_promotion_refuses_shadow_versions_and_missing_gate_results(tmp_path: Path) -> None:

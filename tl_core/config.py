@@ -583,7 +583,9 @@ class WebhookSpec(_Strict):
     @model_validator(mode="after")
     def _one_url(self) -> WebhookSpec:
         if (self.url is None) == (self.url_env is None):
-            raise ValueError(f"give exactly one of url and url_env, got url={self.url!r}, url_env={self.url_env!r}")
+            given = "neither" if self.url is None else f"both (url_env={self.url_env!r})"
+            # a webhook URL may carry a secret (a token in its path, user:password@): never echoed
+            raise ValueError(f"give exactly one of url and url_env, got {given}")
         return self
 
 

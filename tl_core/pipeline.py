@@ -7,6 +7,7 @@ that importing this module stays cheap.
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from typing import Any
 
@@ -16,6 +17,9 @@ from tl_core.artifacts import ApprovalAnswer, GateOutcome, LabelIssues, NoPromot
 from tl_core.config import load_spec
 from tl_core.errors import DataError
 from tl_core.runs import RunContext, artifact_rel
+from tl_core.textsafe import code_span, escape_markdown
+
+logger = logging.getLogger(__name__)
 
 
 def _ctx(spec_path: str, run_id: str, step: str | None = None, part: str = "") -> RunContext:
@@ -188,7 +192,9 @@ def step_score(spec_path: str, run_id: str, dt: str) -> str:
 
 
 def step_drift(spec_path: str, run_id: str, dt: str) -> dict[str, Any]:
-    """Drift and label-free accuracy of the scored partition ``dt``: {report_uri, alerts, champion_version}."""
+    """Drift and label-free accuracy of the scored partition ``dt``: {report_uri, alerts, champion_version, rows,
+    not_judged} (not_judged: why the overall checks raised no alert - fewer rows than monitor.min_rows, 0 rows
+    included - else None)."""
     from tl_core.monitor.drift import run_drift
     from tl_core.runs import check_run_id
 
@@ -256,12 +262,14 @@ def step_check_promotable(spec_path: str, version: str, override: bool, override
                                "trigger with override_gate: true and an override_reason (recorded in the ledger)")
     if override and len(reason) < 10:
         raise PromotionRefused(f"override_gate needs an override_reason of at least 10 characters, got {reason!r}")
-    lines = [f"**Manual promotion of {version}** (run {manifest.run_id}, strategy {manifest.strategy}), "
-             f"requested by {actor}", "", f"- gate: {manifest.gate.decision}",
-             f"- shadow version: {manifest.shadow}"]
+    # The approval body is Markdown that Airflow renders: every value someone typed (run id, actor, reason) is text.
+    lines = [f"**Manual promotion of {code_span(version)}** (run {code_span(manifest.run_id)}, strategy "
+             f"{escape_markdown(manifest.strategy)}), requested by {escape_markdown(actor)}", "",
+             f"- gate: {manifest.gate.decision}", f"- shadow version: {manifest.shadow}"]
     lines += [f"- {k}: {v:.4f}" for k, v in sorted(manifest.metrics.items()) if isinstance(v, int | float)]
     if override:
-        lines.append(f"- **override** by {actor}: {reason} ({'; '.join(problems) or 'nothing to override'})")
+        lines.append(f"- **override** by {escape_markdown(actor)}: {escape_markdown(reason)} "
+                     f"({escape_markdown('; '.join(problems) or 'nothing to override')})")
     return {"version": version, "requested_by": actor, "summary_markdown": "\n".join(lines),
             "override": {"by": actor, "reason": reason, "overrides": problems} if override else None}
 
@@ -302,21 +310,63 @@ def step_promote_manual(spec_path: str, run_id: str, version: str, expect_champi
     return step_promote(spec_path, version, expect, record, approver, override=override)
 
 
+def _finished(ctx: RunContext, step: str, part: str, logical_date: str, strategies: list[str] | None) -> Any:
+    """What ``step`` (of train: model ``part``) returned when it finished on this run, read back from its outputs;
+    None when it has not finished, or finished for another logical date or other strategies (then the step runs
+    and refuses the change itself)."""
+    from tl_core.artifacts import Plan, SnapshotManifest
+    from tl_core.runs import STEP_DONE
+
+    if not ctx.step_done(step, part):
+        return None
+    if step == "snapshot":
+        day = _logical_date(ctx.run_id, logical_date).isoformat()
+        return ctx.uri(STEP_DONE[step]) if ctx.read(SnapshotManifest).logical_date[:10] == day else None
+    if step == "plan":
+        from tl_core.train.plan import is_frozen, planned_model_ids
+
+        if ctx.read(Plan).requested != strategies:
+            return None
+        ids = planned_model_ids(ctx)
+        return {"frozen": [m for m in ids if is_frozen(m)], "tuned": [m for m in ids if not is_frozen(m)],
+                "uri": ctx.uri(STEP_DONE[step])}
+    if step == "gate":
+        from tl_core.gate.step import read_gate_outcome
+
+        return read_gate_outcome(ctx).model_dump(mode="json")
+    if step == "train":
+        return ctx.uri("models", part)
+    if step == "export":
+        return ctx.uri("export/model.onnx")
+    return ctx.uri(STEP_DONE[step])
+
+
 def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = False,
               progress: Any = None, strategies: list[str] | None = None) -> dict[str, Any]:
     """A whole retrain without Airflow, through the same step functions the DAG calls, in the DAG's order.
 
     snapshot -> audit -> split -> label-issues -> plan (all models, or ``strategies``) -> train (each) -> select
     -> export -> evaluate -> gate, and with ``register`` the registration of a passed candidate (a FAIL is recorded
-    in the ledger as the DAG does).
+    in the ledger as the DAG does; both are idempotent per run in the registry).
     Promotion stays approval-gated (`promote_<model>` or `tl registry promote`). ``progress(step, result)`` is
     called after each step. Returns each step's result; a step that raises stops the run with its error.
+    A step that already finished on this run (RunContext.step_done) is skipped, its result read back: re-running
+    a finished run (e.g. to add ``register``) trains and writes nothing again. The spec is checked first: a run
+    is bound to the spec it started with, skipped steps included.
     """
+    from tl_core.runs import STEP_DONE
+
     report = progress or (lambda step, result: None)
     results: dict[str, Any] = {}
+    ctx = _ctx(spec_path, run_id)
 
-    def step(name: str, fn: Any, *args: Any) -> Any:
-        results[name] = fn(*args)
+    def step(name: str, fn: Any, *args: Any, stage: str = "", part: str = "") -> Any:
+        """Run step ``name`` (of STEP_ORDER ``stage``, default the name), unless it has finished on this run."""
+        stage = stage or name
+        done = _finished(ctx, stage, part, logical_date, strategies) if stage in STEP_DONE else None
+        if done is not None:
+            logger.info("step %s already done for run %s, skipped", name, run_id)
+        results[name] = fn(*args) if done is None else done
         report(name, results[name])
         return results[name]
 
@@ -326,7 +376,7 @@ def run_local(spec_path: str, run_id: str, logical_date: str, register: bool = F
     step("label-issues", step_label_issues, spec_path, run_id)
     plan = step("plan", step_plan, spec_path, run_id, strategies)
     for model_id in [*plan["frozen"], *plan["tuned"]]:
-        step(f"train_{model_id}", step_train, spec_path, run_id, model_id)
+        step(f"train_{model_id}", step_train, spec_path, run_id, model_id, stage="train", part=model_id)
     step("select", step_select, spec_path, run_id)
     step("export", step_export, spec_path, run_id)
     step("evaluate", step_evaluate, spec_path, run_id)

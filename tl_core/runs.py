@@ -18,8 +18,8 @@ Layout under the run prefix::
     candidate.json                    the selected strategy and every strategy's validation score
     export/model.onnx, export/parity.json, export/golden.npz   (export)
     export/model.int8.onnx, export/int8.json   (export with quantize_int8: the int8 artifact and its own gate)
-    evaluation/report.json, evaluation/report.html             (evaluate)
-    gate/decision.json                (gate)
+    evaluation/report.json, evaluation/report.html             (evaluate; the page says the gate has not run)
+    gate/report.html, gate/decision.json   (gate: the evidence report with its decision, then the decision)
     steps/<step>[.<part>].json        one record per step that started on this run (what has consumed what)
 
 A run is bound to the spec it started with: the first step writes ``spec.json`` create-only, and every
@@ -27,7 +27,10 @@ later step (a re-run included) refuses a spec with another fingerprint. Steps ru
 a step has started it has consumed every artifact of the steps before it, so an earlier step re-run after
 it may rewrite an existing artifact only with identical bytes (then nothing is written, etags stay),
 never with different ones (:class:`RunConflict`; the fix is a new run id). A re-run of a step that nothing
-later has used yet (an Airflow retry) writes as before.
+later has used yet (an Airflow retry) writes as before. No step writes another step's file.
+
+Each step writes one file last (``STEP_DONE``): its presence marks the step as done (``RunContext.step_done``),
+and the local ``tl run`` skips a done step, so a finished run re-run (e.g. with ``--register``) only registers.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ CANDIDATE_RUN_FILES = ("export/model.onnx", "candidate.json")
 # The int8 artifact and its own gate decision (export with quantize_int8); registered only when that passed.
 INT8_FILE = "export/model.int8.onnx"
 INT8_REPORT = "export/int8.json"
+# The evidence report with the gate's decision on top (the gate's own page; evaluation/report.html is evaluate's).
+GATE_REPORT_HTML = "gate/report.html"
 # The one place that knows where each run artifact lives (relative to the run; ``{strategy}`` is filled in from
 # the reader's ``strategy=``), and the step that writes it (named when it is missing).
 RUN_ARTIFACTS: dict[type[Artifact], tuple[str, str]] = {
@@ -100,6 +105,16 @@ RUN_ARTIFACTS: dict[type[Artifact], tuple[str, str]] = {
     Int8Report: (INT8_REPORT, "export"),
     EvaluationReport: ("evaluation/report.json", "evaluate"),
     GateDecision: ("gate/decision.json", "gate"),
+}
+
+
+# The file each step writes last: present, the step has finished (train: per model; export with quantize_int8:
+# INT8_REPORT, written after the fp32 model). register is the registry's (idempotent per run on its own).
+STEP_DONE: dict[str, str] = {
+    "snapshot": "snapshot/manifest.json", "audit": "audit/report.json", "split": "split/split.json",
+    "label-issues": "audit/label_issues.json", "plan": "plan.json", "train": "models/{strategy}/train_report.json",
+    "select": "candidate.json", "export": "export/model.onnx", "evaluate": "evaluation/report.json",
+    "gate": "gate/decision.json",
 }
 
 
@@ -262,6 +277,26 @@ class RunContext:
 
     def has(self, model: type[Artifact], strategy: str | None = None) -> bool:
         return self.store.exists(self.key(artifact_rel(model, strategy)))
+
+    def step_done(self, step: str, part: str = "") -> bool:
+        """Whether ``step`` (of train: model ``part``) has finished on this run: the file it writes last exists
+        (STEP_DONE). An audit or label-issue finding that blocks the run is not done: re-running refuses again."""
+        if step not in STEP_DONE:
+            raise ValueError(f"step {step!r} has no completion file: expected one of {sorted(STEP_DONE)}")
+        rel = STEP_DONE[step]
+        if "{strategy}" in rel:
+            if not part:
+                raise ValueError(f"step {step!r} is done per model ({rel}): pass part=")
+            rel = rel.format(strategy=part)
+        if step == "export" and self.spec.export.quantize_int8:
+            rel = INT8_REPORT
+        if not self.store.exists(self.key(rel)):
+            return False
+        if step == "audit":
+            return not self.read(AuditReport).blocking
+        if step == "label-issues":
+            return self.read(LabelIssues).severity != "blocking"
+        return True
 
     def write(self, artifact: Artifact, strategy: str | None = None, *, create_only: bool = False) -> str:
         """Write ``artifact`` at its key (validated: a model instance); returns its URI. ``create_only``: only if

@@ -77,6 +77,10 @@ def test_report_is_served_from_the_configured_store(plugin: tuple[Any, Path]) ->
         resp = client.get(f"/report/{dag_id}/{RUN}")
         assert resp.status_code == 200 and resp.text == html
         assert "default-src 'none'" in resp.headers["content-security-policy"]
+    # once the gate ran, its own page (the evidence with the decision) is the one served
+    gated = "<!doctype html><title>evidence</title><h1>Gate: PASS</h1>"
+    ctx.store.put_bytes(ctx.key("gate/report.html"), gated.encode())
+    assert client.get(f"/report/retrain_m1/{RUN}").text == gated
 
 
 def test_report_errors_name_what_is_missing(plugin: tuple[Any, Path]) -> None:

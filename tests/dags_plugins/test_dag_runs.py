@@ -249,7 +249,7 @@ def test_retrain_dag_reject_then_approve_and_the_promotion_policy(tmp_path: Path
                     conf={"version": "v0001", "expect_champion": "v0003", "reason": "known good",
                           "override_gate": True, "override_reason": "reviewer asked for the older model back"})
     assert "ANSWERED Approve" in out and "STATE success" in out, out[-2000:]
-    assert "**override** by dag_test" in _line(out, "BODY")
+    assert "**override** by dag\\_test" in _line(out, "BODY")  # Markdown-escaped: the actor is text
     overridden = registry.history()[-1]
     assert (overridden["action"], overridden["version"], overridden["previous"]) == ("promote", "v0001", "v0003")
     assert overridden["override"]["by"] == "dag_test"

@@ -62,7 +62,7 @@ def test_first_model_report_gate_and_evidence(store_uri: str) -> None:
     assert current_evidence_hash(ctx) == result["evidence_hash"]
     assert result["summary_markdown"].startswith("**Decision: PASS** (bootstrap")
     assert "| majority-class | macro_f1 | overall |" in result["summary_markdown"]
-    html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    html = ctx.store.get_bytes(ctx.key("gate/report.html")).decode()
     assert "Gate: PASS" in html and html.index("Gate: PASS") < html.index("All models")
 
     # Anything the decision rests on changes the evidence hash: candidate files, the reports, the champion.
@@ -107,7 +107,7 @@ def test_champion_comparison_and_pointer_check(tmp_path: Path) -> None:
                          r"p\(harm\)=.*, detects drops >= 0\.\d{3} \(80% power\)", r["text"]) for r in slice_reasons)
     assert all(r["outcome"] in ("harm", "non-inferior", "inconclusive") and r["detectable"] > 0.05
                for r in slice_reasons)
-    html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    html = ctx.store.get_bytes(ctx.key("gate/report.html")).decode()
     assert "Comparisons: outcome and power" in html and "detects drops ≥" in html
     overall = [r for r in decision["reasons"] if r["check"] == "non-inferiority"]
     assert {r["metric"] for r in overall} == {"macro_f1", "accuracy"} and all(r["status"] == "PASS" for r in overall)
@@ -182,7 +182,7 @@ def test_tl_evaluate_and_gate_commands(tmp_path: Path, capsys: pytest.CaptureFix
     assert json.loads(capsys.readouterr().out)["report"] == ctx.uri("evaluation/report.json")
     assert tl_main(["gate", "--spec", str(spec_path), "--run", ctx.run_id]) == 3  # FAIL exits 3
     out = capsys.readouterr().out
-    assert out.startswith("**Decision: FAIL**") and re.search(r"macro_f1 overall 0\.\d{3} < minimum 0\.99: FAIL", out)
+    assert out.startswith("Decision: FAIL") and re.search(r"macro_f1 overall 0\.\d{3} < minimum 0\.99: FAIL", out)
 
 
 def test_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_html_report_is_self_contained_and_renders(tmp_path: Path) -> None:
         top_examples=[{"example_id": "train-3", "given": "login", "suspected": "billing", "given_probability": 0.1}]))
     run_evaluate(ctx, champion)
     run_gate(ctx)
-    html = ctx.store.get_bytes(ctx.key("evaluation/report.html")).decode()
+    html = ctx.store.get_bytes(ctx.key("gate/report.html")).decode()
     assert "7 of 300 rows look mislabelled" in html and "Suspected label issues" in html
     assert "<td>train-3</td><td>login</td><td>billing</td>" in html
     assert re.findall(r'(?:src|href)\s*=\s*(?!["\']?data:)', html) == []

@@ -19,7 +19,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from tl_core.pipeline import step_gate
 
     result = step_gate(args.spec, args.run)
-    emit(args, result, result["summary_markdown"] + f"\n\nreport: {result['report_uri']}")
+    # A terminal gets the reasons as typed; the Markdown (escaped data) is the approval body's, shown by Airflow.
+    lines = [f"Decision: {'PASS' if result['passed'] else 'FAIL'} (candidate {result['candidate']}, champion "
+             f"{result['champion_version'] or 'none'})", *(f"  {r}" for r in result["reasons"])]
+    emit(args, result, "\n".join(lines) + f"\n\nreport: {result['report_uri']}")
     return 0 if result["passed"] else 3
 
 

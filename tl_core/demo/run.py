@@ -111,8 +111,11 @@ def run_once(af: LocalAirflow, spec_path: Path, day: date, label: str) -> dict[s
     decision: dict[str, Any] | None = None
     if ctx.store.exists(ctx.key("gate/decision.json")):
         decision = ctx.read(GateDecision).model_dump(mode="json")
-        say(decision["summary_markdown"])
-        say(f"\nevidence report: {ctx.uri('evaluation/report.html')}\n  in Airflow: "
+        say(f"gate decision: {decision['decision']}")  # the reasons as typed (the Markdown is the approval body's)
+        for reason in decision["reasons"]:
+            if reason["status"] != "PASS":
+                say(f"  {reason['status']}: {reason['text']}")
+        say(f"\nevidence report: {ctx.uri('gate/report.html')}\n  in Airflow: "
             f"{af.url}/tl/report/{DAG}/{urllib.parse.quote(run_id, safe='')}")
     if state == "awaiting_input":
         pending = af.client().pending_approvals(DAG, run_id)

@@ -543,8 +543,11 @@ def _audit_summary(audit: AuditReport | None, label_issues: LabelIssues | None =
         findings.insert(0, label_issues)
         summary["label_issue_examples"] = [t.model_dump(include={"example_id", "given", "suspected"})
                                            for t in label_issues.top_examples][:10]
+    # Every finding the audit made (about 20 checks, each once): the approver sees the ones that matter first.
+    rank = {"blocking": 0, "warning": 1}
+    findings.sort(key=lambda f: rank.get(f.severity, 2))
     summary["findings"] = [{"check": f.check, "severity": f.severity, "count": f.count, "message": f.message}
-                           for f in findings][:20]
+                           for f in findings]
     return summary
 
 

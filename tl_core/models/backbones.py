@@ -9,8 +9,11 @@ tl_core.models.adapters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from tl_core.models.weights import resolve_weights_path
 from tl_core.models.weights import sibling_key as sibling_key  # re-exported: tl_core.train.pretrain_source uses it
 
 logger = logging.getLogger(__name__)
+# The logger transformers' from_pretrained logs its load report on (transformers.utils.loading_report).
+HF_LOAD_REPORT_LOGGER = "transformers.modeling_utils"
 
 
 def _timm_cfg_overlay(cfg_file: Path) -> dict[str, Any]:
@@ -124,6 +129,55 @@ def _timm_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
     return Backbone(module=module, kind="timm", num_features=int(module.num_features), preprocessing=prep)
 
 
+class _HoldLoadReport(logging.Filter):
+    """Keeps transformers' load report (its table of UNEXPECTED / MISSING keys, a warning on its own stderr
+    handler at every from_pretrained) out of the output; the caller reports the load in its own words."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" not in str(record.msg):
+            return True
+        self.held.append(record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _load_report_held() -> Iterator[None]:
+    """While loading: transformers' load report is held back; a load that fails shows it (as an error of ours,
+    its table is what explains the failure)."""
+    hold = _HoldLoadReport()
+    source = logging.getLogger(HF_LOAD_REPORT_LOGGER)
+    source.addFilter(hold)
+    try:
+        yield
+    except Exception:
+        for report in hold.held:
+            logger.error("%s", re.sub(r"\x1b\[[0-9;]*m", "", report))
+        raise
+    finally:
+        source.removeFilter(hold)
+
+
+def _report_load(source: str, info: dict[str, Any]) -> None:
+    """What transformers' load report said, in one record of ours: checkpoint tensors the backbone does not use
+    (the pooler: the backbone is built without it) at debug; tensors of the backbone missing from the checkpoint
+    (initialised at random) or of another shape at warning."""
+    unused = sorted(str(k) for k in info.get("unexpected_keys") or ())
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    mismatched = sorted(str(k[0]) for k in info.get("mismatched_keys") or ())
+    if unused:
+        logger.debug("text backbone %s: %d checkpoint tensor(s) not used by the backbone (expected: it is built "
+                     "without the pooler and heads): %s", source, len(unused), ", ".join(unused))
+    if missing or mismatched:
+        logger.warning("text backbone %s: %d tensor(s) of the backbone missing from the checkpoint%s, initialised "
+                       "at random: %s", source, len(missing) + len(mismatched),
+                       f" ({len(mismatched)} of another shape)" if mismatched else "",
+                       ", ".join([*missing, *mismatched]))
+
+
 def _hf_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -133,7 +187,10 @@ def _hf_backbone(spec: ModelSpec, pretrained: bool) -> Backbone:
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     module: Any
     if pretrained and spec.backbone.weights != "none":
-        module = AutoModel.from_pretrained(source, revision=revision, add_pooling_layer=False)
+        with _load_report_held():
+            module, info = AutoModel.from_pretrained(source, revision=revision, add_pooling_layer=False,
+                                                     output_loading_info=True)
+        _report_load(str(source), info)
     else:
         module = AutoModel.from_config(AutoConfig.from_pretrained(source, revision=revision), add_pooling_layer=False)
     prep = {"kind": "text", "max_length": spec.backbone.max_length}

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 # What register copies from a run besides RunContext.candidate_files (the selected model's folder without
 # its transient resume state, export/model.onnx, candidate.json): evidence and provenance, relative to the run.
 OPTIONAL_RUN_FILES = ("export/golden.npz", "export/parity.json", INT8_REPORT, "evaluation/report.json",
-                      "evaluation/report.html", "gate/decision.json", "snapshot/manifest.json", "spec.json")
+                      "evaluation/report.html", "gate/report.html", "gate/decision.json", "snapshot/manifest.json",
+                      "spec.json")
 
 
 def library_versions() -> dict[str, str]:
