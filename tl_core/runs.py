@@ -113,7 +113,7 @@ RUN_ARTIFACTS: dict[type[Artifact], tuple[str, str]] = {
 STEP_DONE: dict[str, str] = {
     "snapshot": "snapshot/manifest.json", "audit": "audit/report.json", "split": "split/split.json",
     "label-issues": "audit/label_issues.json", "plan": "plan.json", "train": "models/{strategy}/train_report.json",
-    "select": "candidate.json", "export": "export/model.onnx", "evaluate": "evaluation/report.json",
+    "select": "candidate.json", "export": "export/model.onnx", "evaluate": "evaluation/report.html",
     "gate": "gate/decision.json",
 }
 
