@@ -38,6 +38,8 @@ class Recorder(BaseHTTPRequestHandler):
     stored: dict[str, Any] | None = None
     # hitlDetails GETs still to answer late (a busy API server: longer than the client's timeout)
     slow_reads = 0
+    # the DAG's hitlDetails across runs (/dagRuns/~/hitlDetails); None: one pending, one answered, one timed out
+    details: list[dict[str, Any]] | None = None
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -95,7 +97,8 @@ class Recorder(BaseHTTPRequestHandler):
                        "task_instance": {"dag_run_id": RUN, "state": "awaiting_input"}}
             answered = {**pending, "subject": "old", "response_received": True}
             timed_out = {**pending, "subject": "gone", "task_instance": {"dag_run_id": "x", "state": "failed"}}
-            return self._reply(200, {"hitl_details": [pending, answered, timed_out], "total_entries": 3})
+            details = [pending, answered, timed_out] if Recorder.details is None else Recorder.details
+            return self._reply(200, {"hitl_details": details, "total_entries": len(details)})
         if "/dagRuns?" in self.path:
             return self._reply(200, {"dag_runs": [{"dag_run_id": RUN, "state": "running", "run_type": "manual",
                                                    "logical_date": "2026-11-01T00:00:00Z"}], "total_entries": 1})
@@ -115,7 +118,7 @@ class Recorder(BaseHTTPRequestHandler):
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     Recorder.calls, Recorder.answered, Recorder.task_states, Recorder.current_try = [], set(), [], 1
     Recorder.call_times = []
-    Recorder.patch_failures, Recorder.stored, Recorder.slow_reads = [], None, 0
+    Recorder.patch_failures, Recorder.stored, Recorder.slow_reads, Recorder.details = [], None, 0, None
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -245,12 +248,33 @@ def test_a_bad_http_timeout_is_named(server: str, monkeypatch: pytest.MonkeyPatc
         AirflowClient()
 
 
-def test_reject_defaults_to_the_latest_run(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["reject", "--dag", "retrain_m", "--task", "approval", "--no-wait"]) == 0
-    assert "Reject: retrain_m run" in capsys.readouterr().out
+def test_reject_without_run_answers_the_single_pending_request_and_says_which(
+        server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reject", "--dag", "retrain_m1", "--task", "approval", "--no-wait"]) == 0
+    out, err = capsys.readouterr()
+    assert f"Reject: retrain_m1 run {RUN}" in out
+    assert f"Reject for retrain_m1 run {RUN}: Promote m1: candidate v0002" in err  # echoed before answering
     paths = [c[1] for c in Recorder.calls]
-    assert paths[1] == "/api/v2/dags/retrain_m/dagRuns?order_by=-run_after&limit=1"
+    assert paths[1] == "/api/v2/dags/retrain_m1/dagRuns/~/hitlDetails"  # never "the newest run"
+    assert "/dagRuns/manual__2026-11-01T00%3A00%3A00%2B00%3A00/taskInstances/approval/-1/hitlDetails" in paths[2]
     assert Recorder.calls[2][3] == {"chosen_options": ["Reject"], "params_input": {"comment": ""}}
+
+
+@pytest.mark.parametrize("pending", [0, 2])
+def test_approve_without_run_refuses_unless_exactly_one_request_is_pending(
+        server: str, capsys: pytest.CaptureFixture[str], pending: int) -> None:
+    """Issue 30: `tl approve` without --run approved whatever the newest run asked next, unseen."""
+    Recorder.details = [{"subject": f"Promote m1: candidate v000{i + 2} (strategy lora) over champion v0001",
+                         "body": f"**Decision: {'PASS' if i else 'FAIL'}**", "created_at": f"2026-11-0{i + 1}T00:00Z",
+                         "response_received": False, "task_instance": {"dag_run_id": f"run-{i}", "state": "deferred"}}
+                        for i in range(pending)]
+    assert main(["approve", "--dag", "retrain_m1", "--no-wait"]) == 1
+    err = capsys.readouterr().err
+    assert f"{pending} approval requests are pending for DAG retrain_m1; pass --run RUN" in err
+    if pending:
+        assert ("run run-0: Promote m1: candidate v0002 (strategy lora) over champion v0001 (gate FAIL), requested "
+                "2026-11-01T00:00Z") in err and "run run-1: Promote m1: candidate v0003" in err
+    assert [c[0] for c in Recorder.calls].count("PATCH") == 0  # nothing answered
 
 
 def test_second_answer_is_refused_with_the_servers_reason(server: str, capsys: pytest.CaptureFixture[str]) -> None:

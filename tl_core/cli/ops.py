@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 from typing import Any
 
 from tl_core.airflow_api import RETRY_SETTLE_S, SETTLE_S, AirflowAPIError, AirflowClient, answer_when_settled, q
@@ -14,9 +16,30 @@ from tl_core.cli.util import emit
 from tl_core.errors import SpecError
 
 
+def _request_line(detail: dict[str, Any]) -> str:
+    """One pending request as a person reads it: run, subject (candidate and champion), gate decision, age."""
+    ti = detail.get("task_instance") or {}
+    decision = re.search(r"Decision: (PASS|FAIL)", detail.get("body") or "")
+    return (f"run {ti.get('dag_run_id')}: {detail.get('subject')}"
+            f"{f' (gate {decision.group(1)})' if decision else ''}, requested {detail.get('created_at')}")
+
+
+def _single_pending_run(client: AirflowClient, dag: str, task: str, option: str) -> str:
+    """The run of the one pending approval request of ``dag``; with none or several, refuse and list them
+    (answering "whatever the newest run asks next" could approve a candidate nobody looked at)."""
+    pending = [d for d in client.pending_approvals(dag) if (d.get("task_instance") or {}).get("task_id", task) == task]
+    if len(pending) != 1:
+        listed = "".join(f"\n  {_request_line(d)}" for d in pending) or " (a run whose request is not open yet needs "\
+            "--run)"
+        raise AirflowAPIError(f"{len(pending)} approval requests are pending for DAG {dag}; pass --run RUN to "
+                              f"answer one{listed}")
+    print(f"{option} for {dag} {_request_line(pending[0])}", file=sys.stderr)  # what is being answered, first
+    return str(pending[0]["task_instance"]["dag_run_id"])
+
+
 def _answer(args: argparse.Namespace, option: str) -> int:
     client = AirflowClient(args.url)
-    run_id = args.run or client.latest_run(args.dag)["dag_run_id"]
+    run_id = args.run or _single_pending_run(client, args.dag, args.task, option)
     if args.no_wait:
         result = client.answer(args.dag, run_id, args.task, option, args.comment or "")
         emit(args, result, f"{option}: {args.dag} run {run_id} (by {result['responded_by']['name']})")
@@ -86,7 +109,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                                     ("reject", cmd_reject, "reject a pending promotion in Airflow")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--dag", required=True, help="e.g. retrain_support-tickets")
-        p.add_argument("--run", help="dag run id (default: the latest run)")
+        p.add_argument("--run", help="dag run id (default: the one run whose approval request is pending; none or "
+                       "several: refused, listing them)")
         p.add_argument("--task", default="approval", help="the approval task id")
         p.add_argument("--comment", help="recorded with the answer")
         p.add_argument("--url", help="Airflow base URL (default TL_AIRFLOW_URL)")
