@@ -871,6 +871,22 @@ def load_spec(path: str | Path) -> ModelSpec:
     return parse_spec(raw, source=f"{p} (with {', '.join(applied)})" if applied else str(p))
 
 
+def resolve_store_uri(uri: str) -> str:
+    """``uri`` as the process that reads it sees it: a relative ``file://`` URI resolved against the working
+    directory (``file://.tl/store`` run from /srv is file:///srv/.tl/store); any other URI unchanged."""
+    if uri.startswith("file://") and not uri.startswith("file:///"):
+        return Path(uri[len("file://"):]).resolve().as_uri()
+    return uri
+
+
+def relative_store_uris(spec: ModelSpec) -> dict[str, str]:
+    """The spec's store URIs that are relative ``file://`` paths (field path -> URI): they name another folder
+    from every working directory, so the same spec read elsewhere sees no runs, versions or data."""
+    uris = {"store": spec.store, "registry": spec.registry, "data.root": spec.data.root,
+            "monitor.scoring_root": spec.monitor.scoring_root}
+    return {field: uri for field, uri in uris.items() if uri and resolve_store_uri(uri) != uri}
+
+
 @dataclass(frozen=True)
 class SpecFolder:
     """The specs of a configs folder, each judged on its own: one broken file never hides the others."""

@@ -154,3 +154,21 @@ def test_plan_prints_the_planned_models_and_names_a_strategy_the_spec_lacks(
     err = _fails(["plan", "--spec", spec, "--run", "r3", "--strategy", "partial"], capsys)
     assert "params.strategies: 'partial' is not trained by spec 'support-tickets': expected names from " \
            "['frozen', 'lora', 'full']" in err
+
+
+def test_validate_spec_warns_about_relative_store_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 30: `file://.tl/store` names another folder from every working directory ("champion none" elsewhere)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    absolute = _spec(tmp_path, "abs.yaml", monitor={"scoring_root": (tmp_path / "scoring").as_uri()})
+    assert main(["validate-spec", absolute, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [] and "warning" not in err
+    relative = _spec(tmp_path, "rel.yaml", store="file://.tl/store", monitor={"scoring_root": "file://scoring"})
+    assert main(["validate-spec", relative]) == 0  # valid, with a warning naming each relative field
+    err = capsys.readouterr().err
+    assert (f"{relative}: warning: store: file://.tl/store is relative: it resolves against the working directory "
+            f"(here {(tmp_path / '.tl' / 'store').as_uri()})") in err
+    assert "monitor.scoring_root: file://scoring is relative" in err and "data.root" not in err

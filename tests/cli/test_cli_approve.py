@@ -324,11 +324,13 @@ def test_status_by_model_name(server: str, tmp_path: Path, monkeypatch: pytest.M
     assert "no spec named 'm9' in" in capsys.readouterr().err
     assert main(["status"]) == 1
     assert "tl status needs a MODEL name or --spec PATH" in capsys.readouterr().err
-    # Airflow down: the registry part still answers, the error says where it looked
+    assert status["registry"] == (tmp_path / "store").as_uri()  # "none" says where it looked
+    # Airflow down: the registry part still answers, the error says where it looked, and the command fails
     monkeypatch.setenv("TL_AIRFLOW_URL", "http://127.0.0.1:9")
-    assert main(["status", "m1"]) == 0
+    assert main(["status", "m1"]) == 1
     out = capsys.readouterr().out
-    assert "model m1: champion none" in out and "cannot reach Airflow at http://127.0.0.1:9" in out
+    assert f"model m1: champion none (registry {(tmp_path / 'store').as_uri()})" in out
+    assert "cannot reach Airflow at http://127.0.0.1:9" in out
 
 
 def test_status_names_a_missing_configs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,13 +81,15 @@ def spec_by_name(model: str | None) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tl_core.config import dag_id, load_spec
+    from tl_core.config import dag_id, load_spec, resolve_store_uri
     from tl_core.registry import Registry
 
     spec = load_spec(args.spec) if args.spec else spec_by_name(args.model)
     champion = Registry.for_spec(spec).champion()
-    status: dict[str, Any] = {"model": spec.name, "champion": champion.version if champion else None}
-    lines = [f"model {spec.name}: champion {status['champion'] or 'none'}"]
+    registry = resolve_store_uri(spec.registry_root)  # "none" must say where it looked
+    status: dict[str, Any] = {"model": spec.name, "champion": champion.version if champion else None,
+                              "registry": registry}
+    lines = [f"model {spec.name}: champion {status['champion'] or 'none'} (registry {registry})"]
     try:
         client = AirflowClient(args.url)
         retrain = dag_id("retrain", spec.name)
@@ -97,11 +99,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                                        for d in client.pending_approvals(retrain)]
         lines += [f"  run {r['dag_run_id']}: {r['state']} ({r['run_type']})" for r in status["runs"]]
         lines += [f"  pending approval: {p['run_id']}: {p['subject']}" for p in status["pending_approvals"]]
-    except AirflowAPIError as exc:
+    except AirflowAPIError as exc:  # the registry part still answers; the command did not reach its goal
         status["airflow"] = str(exc)
         lines.append(f"  Airflow: {exc}")
     emit(args, status, "\n".join(lines))
-    return 0
+    return 1 if "airflow" in status else 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
